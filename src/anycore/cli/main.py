@@ -1,0 +1,184 @@
+"""The ``anycore`` command line. Every command but ``up`` talks to a node over NATS only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import click
+
+from anycore.cluster.control import ControlClient, home_dir, logs_subject
+from anycore.config import load_service
+from anycore.errors import AnycoreError, ConfigError
+
+T = TypeVar("T")
+
+
+def _run(coro: Awaitable[T]) -> T:
+    import uvloop
+
+    try:
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except AnycoreError as exc:
+        click.echo(f"anycore: {exc}", err=True)
+        sys.exit(2)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8000; port 0 picks a free one)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+nats_options = [
+    click.option("--nats", "nats_url", envvar="ANYCORE_NATS", help="NATS URL of the cluster (default: the local node's)."),
+    click.option("--token", envvar="ANYCORE_TOKEN", help="NATS token (default: $ANYCORE_HOME/token)."),
+    click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS credentials file."),
+]
+
+
+def with_nats(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(nats_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(package_name="anycore")
+def cli() -> None:
+    """anycore: run Python services on any free core, replace their code while they serve."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1)
+@click.option("--listen", default="127.0.0.1:8000", show_default=True, help="Gateway HOST:PORT (port 0: any free port).")
+@click.option("--access-log", is_flag=True, help="One log line per request, with its time spent queued.")
+@click.option("--header-timeout", type=float, default=10.0, show_default=True, help="Seconds to receive request headers.")
+@click.option("--keepalive-timeout", type=float, default=5.0, show_default=True, help="Seconds an idle connection stays open.")
+@click.option("--max-connections", type=int, default=10000, show_default=True)
+@click.option("--max-header-bytes", type=int, default=65536, show_default=True)
+@with_nats
+def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: float, keepalive_timeout: float,
+       max_connections: int, max_header_bytes: int, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Start a node in the foreground, serving each PATH (a directory, or module:attr)."""
+    from anycore.gateway.http import Limits
+    from anycore.node.node import Node
+
+    try:
+        services = [load_service(p) for p in paths]
+    except ConfigError as exc:
+        click.echo(f"anycore: {exc}", err=True)
+        sys.exit(2)
+    if nats_url and not (token or creds):
+        click.echo("anycore: --nats needs --token or --creds: the control plane is always authenticated", err=True)
+        sys.exit(2)
+    limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
+                    keepalive_timeout=keepalive_timeout, max_connections=max_connections)
+    node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits)
+    sys.exit(_run(node.run(services)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_nats
+def ps(as_json: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Services, releases and workers of the node."""
+
+    async def go() -> dict[str, Any]:
+        async with ControlClient(nats_url, token, creds) as client:
+            return await client.call("ps")
+
+    reply = _run(go())
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    from anycore.cli.render import render_ps
+
+    render_ps(reply)
+
+
+def _simple(command: str, timeout: float = 60.0) -> Callable[..., None]:
+    @with_nats
+    def run(service: str, nats_url: str | None, token: str | None, creds: str | None) -> None:
+        async def go() -> dict[str, Any]:
+            async with ControlClient(nats_url, token, creds) as client:
+                return await client.call(command, timeout=timeout, service=service)
+
+        click.echo(_run(go())["message"])
+
+    return run
+
+
+cli.command("stop", help="Drain SERVICE and stop it; it answers 503 with Retry-After until started.")(
+    click.argument("service")(_simple("stop", timeout=120.0)))
+cli.command("start", help="Turn SERVICE back on.")(click.argument("service")(_simple("start", timeout=120.0)))
+
+
+@cli.command()
+@click.argument("service", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", type=int, default=200, show_default=True)
+@with_nats
+def logs(service: str | None, follow: bool, lines: int, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Worker output (tagged by release and worker) and node events."""
+
+    async def go() -> None:
+        async with ControlClient(nats_url, token, creds) as client:
+            reply = await client.call("logs", service=service, lines=lines)
+            for line in reply["lines"]:
+                click.echo(line)
+            if not follow:
+                return
+            assert client.nc is not None
+            done = asyncio.get_running_loop().create_future()
+
+            async def on_line(msg: Any) -> None:
+                click.echo(msg.data.decode())
+
+            await client.nc.subscribe(logs_subject(client.node_id, service or ""), cb=on_line)
+            await done
+
+    try:
+        _run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@with_nats
+def down(nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Stop the node: stop accepting, drain (bounded), stop workers and the embedded NATS."""
+
+    async def go() -> tuple[str, int]:
+        async with ControlClient(nats_url, token, creds) as client:
+            from anycore.cluster.control import local_node
+
+            reply = await client.call("down")
+            pid = local_node().get("pid", 0) if not nats_url else 0
+            return reply["message"], pid
+
+    message, pid = _run(go())
+    click.echo(message)
+    # Wait (bounded) for the node process to be gone, so `down` returning means down.
+    import time
+
+    deadline = time.monotonic() + 60
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

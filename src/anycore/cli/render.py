@@ -1,0 +1,29 @@
+"""Human output for ``anycore ps``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def render_ps(reply: dict[str, Any]) -> None:
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(f"node [bold]{reply['node']}[/] (pid {reply['pid']}) gateway {reply['gateway']}, "
+                  f"{reply['connections']} connections")
+    services = Table("service", "state", "release", "workers", "inflight", "queued", "served", "rejected", "quarantined", "health")
+    workers = Table("service", "worker", "pid", "release", "state", "inflight", "served", "restarts", "rss MiB", "uptime s")
+    for svc in reply["services"]:
+        live = svc["live"] or {}
+        health = "crashlooping" if live.get("crashlooping") else ("failed: " + live["failure"] if live.get("failure") else "ok")
+        if live.get("last_exit"):
+            health += f" (last exit: {live['last_exit']})"
+        services.add_row(svc["name"], svc["state"], svc["release"], f"{len(live.get('workers', []))}/{live.get('target', 0)}",
+                         str(svc["inflight"]), str(svc["queued"]), str(svc["served"]), str(svc["rejected"]),
+                         str(svc["quarantined"]), health)
+        for w in live.get("workers", []):
+            workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",
+                            str(w["served"]), str(live.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
+    console.print(services)
+    console.print(workers)

@@ -1,0 +1,135 @@
+"""The control plane over NATS: what the CLI asks a node, and how.
+
+Every CLI command is a NATS request to ``anycore.node.<node_id>.<command>`` with a JSON
+body; the node turns it into a ``Command`` on its single command queue (the same objects
+its signal handlers enqueue) and replies ``{"ok": true, ...}`` or ``{"ok": false,
+"error": "..."}``. ``anycore logs -f`` subscribes to ``anycore.logs.<node_id>.<service>``.
+The connection is authenticated (token or creds file); NATS refuses anything else, and
+the CLI says so in words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.errors import NoServersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+
+from anycore.errors import ControlError, NodeNotFound, NotAuthorized
+
+COMMANDS = ("ps", "stop", "start", "logs", "down")
+
+
+def home_dir() -> Path:
+    return Path(os.environ.get("ANYCORE_HOME") or Path.home() / ".anycore")
+
+
+def control_subject(node_id: str, command: str) -> str:
+    return f"anycore.node.{node_id}.{command}"
+
+
+def logs_subject(node_id: str, service: str) -> str:
+    return f"anycore.logs.{node_id}.{service or '_'}"
+
+
+@dataclass
+class Command:
+    """One thing the node is asked to do, from a signal, the CLI or a peer."""
+
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+    reply: asyncio.Future[dict[str, Any]] | None = None
+
+
+@dataclass
+class NatsAuth:
+    url: str
+    token: str | None = None
+    creds: str | None = None
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"servers": [self.url]}
+        if self.token:
+            kwargs["token"] = self.token
+        if self.creds:
+            kwargs["user_credentials"] = self.creds
+        return kwargs
+
+
+async def connect(auth: NatsAuth, name: str, **extra: Any) -> nats.NATS:
+    """Connect or raise a ControlError that says what to do."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        return await nats.connect(**auth.connect_kwargs(), name=name, error_cb=on_error,
+                                  allow_reconnect=extra.pop("allow_reconnect", False), connect_timeout=3,
+                                  max_reconnect_attempts=extra.pop("max_reconnect_attempts", 0), **extra)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        text = " ".join(str(e) for e in [exc, *errors]).lower()
+        if "authorization" in text or "authentication" in text:
+            raise NotAuthorized(
+                f"NATS at {auth.url} refused the credentials (authorization violation) — use the token in "
+                f"{home_dir() / 'token'}, or pass --token / --creds for a remote cluster"
+            ) from None
+        if isinstance(exc, (NoServersError, OSError, asyncio.TimeoutError)) or "connect" in text:
+            raise ControlError(f"cannot reach NATS at {auth.url} — is the node running (`anycore up`)?") from None
+        raise ControlError(f"cannot connect to NATS at {auth.url}: {exc}") from None
+
+
+def local_node() -> dict[str, Any]:
+    path = home_dir() / "node.json"
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        raise NodeNotFound(f"no node is running under {home_dir()} — start one with `anycore up`, "
+                           "or set ANYCORE_HOME / pass --nats") from None
+
+
+class ControlClient:
+    """The CLI's side: find the node, connect with credentials, send commands."""
+
+    def __init__(self, nats_url: str | None, token: str | None, creds: str | None) -> None:
+        self.nats_url = nats_url
+        self.token = token
+        self.creds = creds
+        self.nc: nats.NATS | None = None
+        self.node_id = ""
+
+    async def __aenter__(self) -> "ControlClient":
+        node = local_node() if not self.nats_url or not os.environ.get("ANYCORE_NODE") else {}
+        url = self.nats_url or node.get("nats_url", "")
+        self.node_id = os.environ.get("ANYCORE_NODE") or node.get("node_id", "")
+        token = self.token
+        if token is None and not self.creds:
+            token = os.environ.get("ANYCORE_TOKEN")
+            if token is None:
+                token_file = home_dir() / "token"
+                token = token_file.read_text().strip() if token_file.exists() else None
+        self.nc = await connect(NatsAuth(url, token, self.creds), "anycore-cli")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def call(self, command: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+        assert self.nc is not None
+        try:
+            msg = await self.nc.request(control_subject(self.node_id, command), json.dumps(args).encode(), timeout=timeout)
+        except NoRespondersError:
+            raise ControlError(f"node {self.node_id} does not answer on NATS — is it running?") from None
+        except NatsTimeout:
+            raise ControlError(f"node {self.node_id} did not answer `{command}` within {timeout:.0f}s") from None
+        reply: dict[str, Any] = json.loads(msg.data)
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "the node refused the command"))
+        return reply

@@ -1,0 +1,124 @@
+"""Service configuration: an optional ``anycore.toml`` beside the code.
+
+Zero config runs: a directory with ``app.py`` defining ``app`` is a service named after
+the directory. Every key is typed and checked up front; an unknown key is an error that
+names it, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from anycore.errors import ConfigError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    name: str
+    entry: str = "app:app"
+    # "/prefix", "host" or "host/prefix"; the longest matching prefix wins, host routes
+    # before host-less ones.
+    routes: list[str] = msgspec.field(default_factory=lambda: ["/"])
+    workers: int = 0  # 0: one per core
+    slots: int = 8  # concurrent requests per worker
+    timeout: float = 30.0  # request deadline, queue time included
+    max_queue: int = 1000
+    max_queue_bytes: int = 64 * 1024 * 1024
+    max_body: int = 100 * 1024 * 1024
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    hang_timeout: float = 30.0  # event loop stuck this long: stacks dumped, worker replaced
+    max_requests: int = 0  # recycle a worker after this many requests (0: never)
+    max_rss: int = 0  # recycle a worker above this RSS in MiB (0: never)
+    drain_timeout: float = 30.0
+    startup_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"service name {self.name!r} is not valid: use lowercase letters, digits, '-' or '_' "
+                "(set `name` in anycore.toml)"
+            )
+        if ":" not in self.entry:
+            raise ConfigError(f"entry {self.entry!r} must be 'module:attribute', e.g. 'app:app'")
+        for key in ("slots", "max_queue", "max_queue_bytes", "max_body"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)})")
+        for key in ("timeout", "hang_timeout", "drain_timeout", "startup_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be a positive number of seconds (got {getattr(self, key)})")
+        if self.workers < 0 or self.max_requests < 0 or self.max_rss < 0:
+            raise ConfigError("workers, max_requests and max_rss cannot be negative")
+        for route in self.routes:
+            parse_route(route)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+def parse_route(route: str) -> tuple[str | None, str]:
+    """``"api.example.com/v1"`` -> ``("api.example.com", "/v1")``; ``"/v1"`` -> ``(None, "/v1")``."""
+    if not route:
+        raise ConfigError("an empty route matches nothing: use '/' for everything")
+    host, slash, prefix = route.partition("/")
+    prefix = "/" + prefix.rstrip("/") if slash else "/"
+    return (host.lower() or None), prefix
+
+
+class Service(msgspec.Struct, frozen=True):
+    """A service ready to run: where its code is and how it is configured."""
+
+    directory: str
+    config: ServiceConfig
+
+
+def load_service(path: str, cwd: str | None = None) -> Service:
+    """Resolve ``anycore up PATH``: a service directory or ``module:attr`` in the current one."""
+    base = Path(cwd or os.getcwd())
+    candidate = (base / path).resolve()
+    if candidate.is_dir():
+        return Service(str(candidate), _read_config(candidate))
+    if ":" in path and re.match(r"^[\w.]+:[\w.]+$", path):
+        module = path.split(":", 1)[0]
+        name = _slug(module.split(".")[-1])
+        return Service(str(base.resolve()), _read_config(base.resolve(), name=name, entry=path))
+    raise ConfigError(f"{path!r} is neither a service directory nor 'module:attr' — pass a directory holding app.py")
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
+    return slug or "app"
+
+
+def _read_config(directory: Path, name: str | None = None, entry: str | None = None) -> ServiceConfig:
+    raw: dict[str, object] = {}
+    toml = directory / "anycore.toml"
+    if toml.exists():
+        try:
+            raw = tomllib.loads(toml.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{toml}: not valid TOML: {exc}") from None
+    raw.setdefault("name", name or _slug(directory.name))
+    if entry is not None:
+        raw["entry"] = entry
+    if isinstance(raw.get("routes"), str):
+        raw["routes"] = [raw["routes"]]
+    try:
+        return msgspec.convert(raw, ServiceConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{toml}: {_explain(exc)}") from None
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    unknown = re.match(r"Object contains unknown field `(\w+)`", text)
+    if unknown:
+        known = ", ".join(ServiceConfig.__struct_fields__)
+        return f"unknown key {unknown.group(1)!r} (known keys: {known})"
+    return text

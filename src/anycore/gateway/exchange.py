@@ -1,0 +1,227 @@
+"""One HTTP request/response as the gateway sees it, from parsed headers to last byte.
+
+An exchange is created when a request's headers are parsed. Its body arrives from the
+client in chunks: before a worker is chosen they are buffered (bounded: past
+``PREDISPATCH_BUFFER`` bytes the connection stops reading), after that they are forwarded
+under the worker's credit window. The response comes back as ``Resp``/``Body`` frames and
+is written to the client, returning credit to the worker only once the client's socket
+has taken the bytes, so a slow reader slows the app rather than filling the node.
+
+Who may answer: exactly one of the worker (frames) or the node (``fail``: 413, 502, 503,
+504) produces the response; ``response_started`` is the switch. A failure after the
+response began can only abort the connection.
+"""
+
+from __future__ import annotations
+
+import http
+import itertools
+import json
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from anycore import wire
+
+if TYPE_CHECKING:
+    from anycore.gateway.http import HttpConnection
+    from anycore.node.service import ServiceRuntime
+    from anycore.supervisor.worker import WorkerHandle
+
+PREDISPATCH_BUFFER = 256 * 1024
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_ids = itertools.count(1)
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
+class Exchange:
+    def __init__(self, conn: "HttpConnection", method: str, raw_path: bytes, query: bytes,
+                 headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool,
+                 content_length: int | None, chunked: bool, now: float) -> None:
+        self.id = next(_ids)
+        self.conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.created = now
+        self.dispatched_at = 0.0
+        self.service: ServiceRuntime | None = None
+        self.root_path = ""
+        self.path = ""  # decoded, set by the gateway when routed
+        self.deadline = 0.0
+        self.worker: WorkerHandle | None = None
+        self.attempts = 0
+        self.crashes = 0
+        # request body
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.body_done = content_length in (None, 0) and not chunked
+        self.body_received = 0
+        self.body_forwarded = 0
+        self.credit = wire.WINDOW
+        self.end_sent = False
+        # response
+        self.status = 0
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_response = False
+        self.close_after = not keep_alive
+        self.owed_credit = 0
+        self.release = ""
+        self.finished = False
+        self.timer: Any = None
+
+    @property
+    def size(self) -> int:
+        """Bytes this request holds in the node while queued (headers + buffered body)."""
+        return sum(len(k) + len(v) for k, v in self.headers) + len(self.raw_path) + self.buffered
+
+    # -- request body from the client ----------------------------------------------
+    def feed_body(self, data: bytes) -> None:
+        self.body_received += len(data)
+        self.body.append(data)
+        self.buffered += len(data)
+        self._pump()
+
+    def end_body(self) -> None:
+        self.body_done = True
+        self._pump()
+
+    def _pump(self) -> None:
+        """Forward buffered body chunks to the worker while credit lasts."""
+        worker = self.worker
+        if worker is not None and not self.end_sent:
+            while self.body and self.credit > 0:
+                data = self.body.popleft()
+                self.buffered -= len(data)
+                self.credit -= len(data)
+                self.body_forwarded += len(data)
+                self.end_sent = not self.body and self.body_done
+                worker.send(wire.Body(self.id, data, not self.end_sent))
+            if not self.body and self.body_done and not self.end_sent:
+                self.end_sent = True
+                worker.send(wire.Body(self.id, b"", False))
+        # Stop reading the client while this request holds too much unforwarded body.
+        self.conn.body_flow(self.buffered <= PREDISPATCH_BUFFER)
+
+    def request_frame(self, path: str, server: tuple[str, int] | None) -> wire.Req:
+        """The frame that starts this request on a worker; takes the body if it is all here."""
+        self.attempts += 1
+        whole = self.body_done and self.buffered <= wire.CHUNK
+        body = b"".join(self.body) if whole else b""
+        if whole:
+            self.end_sent = True
+            self.body_forwarded += len(body)
+            self.body.clear()
+            self.buffered = 0
+        return wire.Req(
+            self.id, self.method, path, self.raw_path, self.query, self.headers, self.http_version,
+            "http", self.conn.client, server, self.root_path, body, not whole,
+        )
+
+    def on_dispatched(self, worker: "WorkerHandle", now: float) -> None:
+        self.worker = worker
+        self.dispatched_at = now
+        self.release = worker.release
+        self._pump()
+
+    @property
+    def retryable(self) -> bool:
+        return self.method in SAFE_METHODS and not self.response_started and self.body_forwarded == 0 and self.attempts < 2
+
+    # -- response from the worker -----------------------------------------------------
+    def on_frame(self, frame: wire.Frame) -> None:
+        if type(frame) is wire.Credit:
+            self.credit += frame.n
+            self._pump()
+        elif type(frame) is wire.Resp:
+            self._start_response(frame.status, frame.headers, frame.body, frame.more)
+        elif type(frame) is wire.Body:
+            self._write_body(frame.data, frame.more)
+
+    def _start_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
+        if self.response_started or self.conn.closed:
+            return
+        self.response_started = True
+        self.status = status
+        parts = [status_line(status)]
+        has_length = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                has_length = True
+            elif lname == b"connection" and value.lower() == b"close":
+                self.close_after = True
+                continue
+            elif lname == b"transfer-encoding":
+                continue  # the gateway frames the body itself
+            parts += [name, b": ", value, b"\r\n"]
+        no_body = status < 200 or status in (204, 304) or self.method == "HEAD"
+        if not has_length:
+            if not more and (status >= 200 and status not in (204, 304)):
+                parts.append(b"content-length: %d\r\n" % len(body))
+            elif more and not no_body:
+                if self.http_version == "1.1":
+                    self.chunked_response = True
+                    parts.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    self.close_after = True
+        parts.append(b"anycore-release: " + self.release.encode() + b"\r\n")
+        if self.close_after or self.conn.closing:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.conn.write(b"".join(parts))
+        self._write_body(body, more, skip=no_body)
+
+    def _write_body(self, data: bytes, more: bool, skip: bool = False) -> None:
+        if self.response_complete or self.conn.closed:
+            return
+        if data and not skip and self.method != "HEAD":
+            if self.chunked_response:
+                self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                self.conn.write(data)
+        if data:
+            self._credit_back(len(data))
+        if not more:
+            if self.chunked_response:
+                self.conn.write(b"0\r\n\r\n")
+            self.response_complete = True
+            self.conn.response_done(self)
+
+    def _credit_back(self, n: int) -> None:
+        if self.conn.writing_paused:
+            self.owed_credit += n
+        elif self.worker is not None:
+            self.worker.send(wire.Credit(self.id, n))
+
+    def writable(self) -> None:
+        """The client's socket drained below its high-water mark: pay the owed credit."""
+        if self.owed_credit and self.worker is not None:
+            self.worker.send(wire.Credit(self.id, self.owed_credit))
+        self.owed_credit = 0
+
+    # -- answers from the node -----------------------------------------------------------
+    def fail(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
+        """Answer with a JSON error if nothing was sent yet; otherwise abort the connection."""
+        if self.response_complete:
+            return
+        if self.response_started:
+            self.response_complete = True
+            self.conn.abort()
+            return
+        body = json.dumps({"error": error, "detail": detail, "status": status}).encode()
+        headers = [(b"content-type", b"application/json")]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        if status in (400, 408, 413, 431) or not self.body_done:
+            self.close_after = True  # the rest of the body will not be read, or framing is lost
+        self._start_response(status, headers, body, False)

@@ -1,0 +1,116 @@
+"""The gateway: the listening socket, the route table, and the hand-off to services.
+
+Routes map ``(host, path prefix)`` to a service; a host-specific route beats a host-less
+one, then the longest prefix wins. The matched prefix becomes the ASGI ``root_path``
+(``path`` keeps the full path, as the ASGI spec asks), so an app mounted under ``/api``
+sees its own routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from anycore.config import parse_route
+from anycore.errors import ConfigError
+from anycore.gateway.exchange import Exchange
+from anycore.gateway.http import HttpConnection, Limits
+from anycore.log import NodeLog
+
+if TYPE_CHECKING:
+    from anycore.node.service import ServiceRuntime
+
+
+class Gateway:
+    def __init__(self, log: NodeLog, limits: Limits, access_log: bool = False) -> None:
+        self.log = log
+        self.limits = limits
+        self.access_log = access_log
+        self.connections: set[HttpConnection] = set()
+        self.routes: list[tuple[str | None, str, ServiceRuntime]] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.host = ""
+        self.port = 0
+        self.errors: dict[int, int] = {}
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True)
+        sockname = self.server.sockets[0].getsockname()
+        self.host, self.port = sockname[0], sockname[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # -- routes ------------------------------------------------------------------------
+    def add_service(self, service: "ServiceRuntime") -> None:
+        taken = {(h, p): s.name for h, p, s in self.routes}
+        mine = [parse_route(r) for r in service.config.routes]
+        for key in mine:
+            if key in taken and taken[key] != service.name:
+                host, prefix = key
+                raise ConfigError(
+                    f"route {host or ''}{prefix} of service {service.name!r} is already taken by {taken[key]!r} — "
+                    "set distinct `routes` in anycore.toml"
+                )
+        self.remove_service(service.name)
+        self.routes += [(host, prefix, service) for host, prefix in mine]
+        self.routes.sort(key=lambda r: (r[0] is not None, len(r[1])), reverse=True)
+
+    def remove_service(self, name: str) -> None:
+        self.routes = [r for r in self.routes if r[2].name != name]
+
+    def route(self, host: str, path: str) -> tuple["ServiceRuntime", str] | None:
+        host = host.rsplit(":", 1)[0].lower() if not host.endswith("]") else host.lower()
+        for route_host, prefix, service in self.routes:
+            if route_host is not None and route_host != host:
+                continue
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return service, "" if prefix == "/" else prefix
+        return None
+
+    # -- hand-off -------------------------------------------------------------------------
+    def submit(self, exchange: Exchange, host: str, path: str) -> None:
+        found = self.route(host, path)
+        if found is None:
+            exchange.fail(404, "not found", f"no service is routed at {host}{path} on this node — see `anycore ps`")
+            return
+        service, prefix = found
+        exchange.root_path = prefix
+        service.submit(exchange, path)
+
+    def client_gone(self, exchange: Exchange) -> None:
+        if exchange.service is not None:
+            exchange.service.client_gone(exchange)
+
+    def count_error(self, status: int) -> None:
+        self.errors[status] = self.errors.get(status, 0) + 1
+
+    def access(self, exchange: Exchange) -> None:
+        if exchange.status >= 400:
+            self.count_error(exchange.status)
+        if not self.access_log:
+            return
+        now = asyncio.get_running_loop().time()
+        queued = (exchange.dispatched_at or now) - exchange.created
+        self.log.event(
+            "request", exchange.service.name if exchange.service else "",
+            method=exchange.method, path=exchange.raw_path.decode("latin-1"), status=exchange.status,
+            ms=round((now - exchange.created) * 1000, 2), queued_ms=round(max(queued, 0.0) * 1000, 2),
+            release=exchange.release or None, client=exchange.conn.client[0] if exchange.conn.client else None,
+        )
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting, let connections finish their current response, then cut the rest."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()

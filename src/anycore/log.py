@@ -1,0 +1,85 @@
+"""Structured node events and captured worker output.
+
+Every node event is one logfmt line (``ts=... event=worker.exited service=hello ...``) on
+the node's stderr. Worker and zygote stdout/stderr arrive through a socket per process
+and are tagged ``[release worker N]``. Both kinds of line are kept in a bounded ring per
+service for ``anycore logs`` and handed to subscribers (``anycore logs -f`` over NATS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections import deque
+from typing import Callable
+
+RING = 2000
+
+
+def _fmt(value: object) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class NodeLog:
+    def __init__(self, stream: object = None) -> None:
+        self.stream = stream or sys.stderr
+        self.rings: dict[str, deque[str]] = {}
+        self.all: deque[str] = deque(maxlen=RING)
+        self.subscribers: list[Callable[[str, str], None]] = []
+
+    def _emit(self, service: str, line: str) -> None:
+        print(line, file=self.stream, flush=True)  # type: ignore[call-overload]
+        self.rings.setdefault(service, deque(maxlen=RING)).append(line)
+        self.all.append(line)
+        for subscriber in self.subscribers:
+            subscriber(service, line)
+
+    def event(self, event: str, service: str = "", **fields: object) -> None:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        parts = [f"ts={ts}", f"event={event}"]
+        if service:
+            parts.append(f"service={_fmt(service)}")
+        parts += [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
+        self._emit(service, " ".join(parts))
+
+    def output(self, service: str, tag: str, text: str) -> None:
+        self._emit(service, f"[{tag}] {text}")
+
+    def tail(self, service: str | None, n: int) -> list[str]:
+        if service:
+            return list(self.rings.get(service, ()))[-n:]
+        return list(self.all)[-n:]
+
+
+async def pump_output(sock: socket.socket, log: NodeLog, service: str, tag: str,
+                      on_line: Callable[[str], None] | None = None) -> None:
+    """Read one process's output socket until EOF, a tagged log line per line of text."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    pending = b""
+    try:
+        while True:
+            data = await loop.sock_recv(sock, 65536)
+            if not data:
+                break
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                text = raw.decode("utf-8", "replace")
+                log.output(service, tag, text)
+                if on_line is not None:
+                    on_line(text)
+            if len(pending) > 65536:
+                log.output(service, tag, pending.decode("utf-8", "replace"))
+                pending = b""
+    except OSError:
+        pass
+    finally:
+        if pending:
+            log.output(service, tag, pending.decode("utf-8", "replace"))
+        sock.close()

@@ -1,0 +1,229 @@
+"""A service on this node: its router (pure) wired to its live release's workers.
+
+This is the executor around ``router.core.Router``: it turns the router's decisions into
+frames, timers and answers, and feeds back what happens (a slot freed, a worker ready,
+draining or dead). Deadlines: a queued request is expired by one timer armed at the
+earliest queued deadline (504, never reaching a worker); a dispatched request has its own
+timer (504 and a Cancel to the worker if the response has not started).
+
+When a worker dies, each of its in-flight requests is retried once at the head of the
+queue if it is safe (GET/HEAD/OPTIONS, nothing sent, no body consumed); otherwise it gets
+a 502 saying what happened. A request that crashed two workers is quarantined: answered
+502, recorded, and identical requests (method, path, query) are refused for
+``QUARANTINE_TTL`` seconds so one poison request cannot take down the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from anycore import wire
+from anycore.config import ServiceConfig
+from anycore.lifecycle import Lifecycle, ServiceState
+from anycore.log import NodeLog
+from anycore.router.core import Placed, Queued, Rejected, Router
+from anycore.supervisor.release import ReleaseSupervisor
+
+if TYPE_CHECKING:
+    from anycore.gateway.exchange import Exchange
+    from anycore.supervisor.worker import WorkerHandle
+
+QUARANTINE_TTL = 300.0
+STOPPED_RETRY_AFTER = 5
+
+
+class ServiceRuntime:
+    def __init__(self, name: str, directory: str, config: ServiceConfig, release: str, log: NodeLog,
+                 server: tuple[str, int] | None = None) -> None:
+        self.name = name
+        self.directory = directory
+        self.config = config
+        self.release_id = release
+        self.log = log
+        self.server = server
+        self.life: Lifecycle[ServiceState] = Lifecycle(f"service {name}", ServiceState.RUNNING)
+        self.router: Router[Exchange] = Router(config.max_queue, config.max_queue_bytes)
+        self.release: ReleaseSupervisor | None = None
+        self.workers: dict[int, WorkerHandle] = {}
+        self.quarantine: dict[tuple[str, bytes, bytes], float] = {}
+        self.quarantined = 0
+        self.served = 0
+        self.loop = asyncio.get_running_loop()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the release (raises ReleaseFailed) and take traffic."""
+        release = ReleaseSupervisor(self, self.release_id, self.directory, self.config, self.log)
+        self.release = release
+        await release.start()
+        if self.life.state is ServiceState.STOPPED:
+            self.life.to(ServiceState.RUNNING)
+        self.log.event("service.running", self.name, release=self.release_id, workers=release.target)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Turn off: new requests get 503, queued and in-flight ones finish (bounded)."""
+        if self.life.state is ServiceState.RUNNING:
+            self.life.to(ServiceState.STOPPED)
+        if self.release is not None:
+            release, self.release = self.release, None
+            self.log.event("service.stopping", self.name, release=release.release, inflight=self.router.inflight,
+                           queued=len(self.router.queue))
+            await release.stop(timeout)
+        for exchange in [p.item for p in self.router.queue]:
+            self.router.cancel(exchange)
+            exchange.fail(503, "service stopped", f"service {self.name} was stopped — `anycore start {self.name}`",
+                          STOPPED_RETRY_AFTER)
+        self.log.event("service.stopped", self.name)
+
+    # -- requests from the gateway -----------------------------------------------------------
+    def submit(self, exchange: "Exchange", path: str) -> None:
+        exchange.service = self
+        exchange.path = path
+        if self.life.state is ServiceState.STOPPED:
+            exchange.fail(503, "service stopped", f"service {self.name} is stopped — `anycore start {self.name}`",
+                          STOPPED_RETRY_AFTER)
+            return
+        if exchange.content_length is not None and exchange.content_length > self.config.max_body:
+            exchange.fail(413, "payload too large",
+                          f"request body of {exchange.content_length} bytes exceeds max_body={self.config.max_body}")
+            return
+        key = (exchange.method, exchange.raw_path, exchange.query)
+        if key in self.quarantine:
+            if self.quarantine[key] > self.loop.time():
+                exchange.fail(502, "quarantined",
+                              f"an identical request crashed two workers of {self.release_id}; it is refused for "
+                              f"{QUARANTINE_TTL:.0f}s — fix the handler and deploy")
+                return
+            del self.quarantine[key]
+        if any(k == b"expect" and v.lower() == b"100-continue" for k, v in exchange.headers):
+            exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        now = self.loop.time()
+        exchange.deadline = now + self.config.timeout
+        self._place(exchange, now, front=False)
+
+    def _place(self, exchange: "Exchange", now: float, front: bool) -> None:
+        decision = self.router.submit(exchange, exchange.size, exchange.deadline, now, front=front)
+        if type(decision) is Placed:
+            self._dispatch(exchange, decision.worker, now)
+        elif type(decision) is Queued:
+            self._arm_expiry()
+        elif type(decision) is Rejected:
+            exchange.fail(503, "overloaded", f"service {self.name}: {decision.reason}; retry after {decision.retry_after}s",
+                          decision.retry_after)
+
+    def _dispatch(self, exchange: "Exchange", worker_id: int, now: float) -> None:
+        worker = self.workers[worker_id]
+        frame = exchange.request_frame(exchange.path, self.server)
+        worker.start_request(exchange, frame)
+        exchange.on_dispatched(worker, now)
+        if exchange.timer is None:
+            exchange.timer = self.loop.call_at(exchange.deadline, self._deadline_passed, exchange)
+
+    def _drain_queue(self) -> None:
+        placed = self.router.drain_queue()
+        if placed:
+            now = self.loop.time()
+            for exchange, worker_id in placed:
+                self._dispatch(exchange, worker_id, now)
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        deadline = self.router.next_deadline()
+        if self._expiry is not None:
+            if deadline is not None and self._expiry.when() == deadline:
+                return
+            self._expiry.cancel()
+            self._expiry = None
+        if deadline is not None:
+            self._expiry = self.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        for exchange in self.router.expire(self.loop.time()):
+            exchange.fail(504, "deadline passed while queued",
+                          f"no worker of {self.name} became free within timeout={self.config.timeout}s")
+        self._arm_expiry()
+
+    def _deadline_passed(self, exchange: "Exchange") -> None:
+        exchange.timer = None
+        if exchange.worker is not None and not exchange.response_complete:
+            exchange.worker.send(wire.Cancel(exchange.id))
+            exchange.fail(504, "deadline passed", f"the request ran past timeout={self.config.timeout}s and was cancelled")
+
+    def client_gone(self, exchange: "Exchange") -> None:
+        if self.router.cancel(exchange):
+            self._arm_expiry()
+        elif exchange.worker is not None and exchange.id in exchange.worker.exchanges:
+            exchange.worker.send(wire.Cancel(exchange.id))
+        if exchange.timer is not None:
+            exchange.timer.cancel()
+            exchange.timer = None
+
+    # -- events from workers --------------------------------------------------------------------
+    def on_done(self, worker: "WorkerHandle", exchange: "Exchange", error: str | None) -> None:
+        now = self.loop.time()
+        self.router.release(worker.id, now - exchange.dispatched_at)
+        self.served += 1
+        if exchange.timer is not None:
+            exchange.timer.cancel()
+            exchange.timer = None
+        if not exchange.response_complete:
+            if exchange.response_started:
+                exchange.fail(500, "incomplete response", error or "the app stopped mid-response")
+            elif error != "cancelled":
+                exchange.fail(500, "no response", error or "the app returned without a response")
+        self._drain_queue()
+
+    def worker_ready(self, worker: "WorkerHandle") -> None:
+        self.workers[worker.id] = worker
+        self.router.add_worker(worker.id, worker.slots)
+        self._drain_queue()
+
+    def worker_draining(self, worker: "WorkerHandle") -> None:
+        self.router.stop_accepting(worker.id)
+
+    def worker_lost(self, worker: "WorkerHandle") -> None:
+        self.router.remove_worker(worker.id)
+        self.workers.pop(worker.id, None)
+        lost = list(worker.exchanges.values())
+        worker.exchanges.clear()
+        now = self.loop.time()
+        for exchange in lost:
+            exchange.crashes += 1
+            exchange.worker = None
+            if exchange.timer is not None:
+                exchange.timer.cancel()
+                exchange.timer = None
+            if exchange.response_complete or exchange.conn.closed:
+                continue
+            if exchange.crashes >= 2:
+                self.quarantined += 1
+                self.quarantine[(exchange.method, exchange.raw_path, exchange.query)] = now + QUARANTINE_TTL
+                self.log.event("request.quarantined", self.name, method=exchange.method,
+                               path=exchange.raw_path.decode("latin-1"), crashed_workers=exchange.crashes)
+                exchange.fail(502, "quarantined", "this request crashed two workers; it will not be retried — "
+                              "see `anycore logs` for the crash")
+            elif exchange.retryable:
+                self.log.event("request.retried", self.name, method=exchange.method,
+                               path=exchange.raw_path.decode("latin-1"), dead_worker=worker.id)
+                exchange.release = ""
+                self._place(exchange, now, front=True)
+            else:
+                exchange.fail(502, "worker died",
+                              f"the worker running this {exchange.method} request died "
+                              f"({'response already started' if exchange.response_started else 'unsafe to retry: not GET/HEAD/OPTIONS or body consumed'}); "
+                              "the request may or may not have taken effect")
+        self._drain_queue()
+
+    # -- reporting -------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        release = self.release.info() if self.release is not None else None
+        return {
+            "name": self.name, "state": self.life.state.value, "release": self.release_id,
+            "directory": self.directory, "routes": self.config.routes, "slots": self.config.slots,
+            "queued": len(self.router.queue), "queued_bytes": self.router.queued_bytes,
+            "inflight": self.router.inflight, "served": self.served, "rejected": self.router.rejected,
+            "expired": self.router.expired, "quarantined": self.quarantined, "live": release,
+        }

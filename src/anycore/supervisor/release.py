@@ -1,0 +1,348 @@
+"""The supervisor of one release on this node: its zygote and its workers.
+
+``start`` imports the code in a zygote (an import error fails the release with the
+traceback; nothing is retried: a broken import does not heal by itself), then forks
+``target`` workers and waits until each has run its ASGI lifespan startup. After that the
+release keeps ``target`` workers alive:
+
+- A worker's death is seen at once as EOF on its frame socket; its in-flight requests go
+  back to the service (retry or 502) right then. The exit cause (code, signal, OOM) comes
+  from the zygote, which reaps its children, and is logged with the worker.
+- An unexpected exit is restarted under the release's RestartPolicy (immediate, then
+  backoff; crashlooping past the intensity limit).
+- ``check`` runs every ``HOUSEKEEPING`` seconds: a worker whose event loop has not ticked
+  within ``hang_timeout`` is hung (stacks dumped through faulthandler, then killed, then
+  replaced); a worker past ``max_requests`` or ``max_rss`` is recycled: its replacement
+  starts first and the old one drains only once the new one is ready.
+
+The supervisor owns every process it starts and stops them with a bound: drain (Stop
+frame), wait up to the drain timeout, then SIGKILL; the zygote last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+from anycore import wire
+from anycore.config import ServiceConfig
+from anycore.errors import ReleaseFailed
+from anycore.lifecycle import Lifecycle, ReleaseState, WorkerState
+from anycore.log import NodeLog, pump_output
+from anycore.supervisor.policy import RestartPolicy
+from anycore.supervisor.worker import WorkerHandle
+from anycore.supervisor.zygote import ZygoteHandle, start_zygote
+
+if TYPE_CHECKING:
+    from anycore.node.service import ServiceRuntime
+
+HOUSEKEEPING = 0.25
+_worker_ids = itertools.count(1)
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return f"wait status {status}"
+
+
+def oom_kills() -> int:
+    """The cgroup's OOM-kill counter, to tell an OOM kill from another SIGKILL."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+        except OSError:
+            continue
+    return 0
+
+
+class ReleaseSupervisor:
+    def __init__(self, service: "ServiceRuntime", release: str, directory: str, config: ServiceConfig, log: NodeLog) -> None:
+        self.service = service
+        self.release = release
+        self.directory = directory
+        self.config = config
+        self.log = log
+        self.life: Lifecycle[ReleaseState] = Lifecycle(f"release {release}", ReleaseState.STARTING)
+        self.policy = RestartPolicy()
+        self.zygote: ZygoteHandle | None = None
+        self.workers: dict[int, WorkerHandle] = {}
+        self.by_pid: dict[int, WorkerHandle] = {}
+        self.target = config.worker_count
+        self.restarts = 0
+        self.last_exit = ""
+        self.failure = ""
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._oom_baseline = oom_kills()
+        self._tick = min(1.0, config.hang_timeout / 4)
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    def _spawn_task(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- start ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Import the code and warm ``target`` workers; raises ReleaseFailed on any failure."""
+        out_node, out_child = socket.socketpair()
+        self.zygote = start_zygote(
+            self.release, self.directory, self.config.entry, self.config.env, self.config.slots, self._tick,
+            self._on_forked, self._on_exited, out_child.fileno(),
+        )
+        out_child.close()
+        self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.zygote.ready), self.config.startup_timeout)
+            self.log.event("release.imported", self.name, release=self.release, zygote_pid=self.zygote.pid, kind=self.zygote.kind)
+            workers = [self._start_worker() for _ in range(self.target)]
+            await asyncio.wait_for(asyncio.gather(*(self._until_ready(w) for w in workers)), self.config.startup_timeout)
+        except asyncio.TimeoutError:
+            await self._fail(f"not ready within startup_timeout={self.config.startup_timeout}s")
+        except ReleaseFailed as exc:
+            await self._fail(exc.reason, exc.traceback)
+        self.life.to(ReleaseState.LIVE)
+        self._housekeeping = asyncio.ensure_future(self._housekeep())
+
+    async def _fail(self, reason: str, traceback: str = "") -> None:
+        self.failure = reason
+        self.log.event("release.failed", self.name, release=self.release, reason=reason)
+        if traceback:
+            self.log.output(self.name, f"{self.release} zygote", traceback.rstrip())
+        await self._stop_processes(timeout=2.0)
+        self.life.to(ReleaseState.FAILED)
+        raise ReleaseFailed(self.release, reason, traceback)
+
+    async def _until_ready(self, worker: WorkerHandle) -> None:
+        ready = self.loop.create_future()
+        worker.ready_waiter = ready
+        await ready
+
+    def _start_worker(self) -> WorkerHandle:
+        assert self.zygote is not None
+        worker = WorkerHandle(
+            next(_worker_ids), self.release, self.config.slots, self.loop.time(),
+            self._on_ready, self._on_failed_start, self.service.on_done, self._on_lost,
+        )
+        self.workers[worker.id] = worker
+        data, logs = self.zygote.fork(worker.id)
+        self._spawn_task(worker.connect(data))
+        self._spawn_task(pump_output(logs, self.log, self.name, f"{self.release} worker {worker.id}"))
+        return worker
+
+    # -- events from the zygote and the workers ----------------------------------------------
+    def _on_forked(self, worker_id: int, pid: int) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        worker.pid = pid
+        self.by_pid[pid] = worker
+        if worker.state is WorkerState.FORKING:
+            worker.life.to(WorkerState.STARTING)
+        self.log.event("worker.started", self.name, release=self.release, worker=worker_id, pid=pid)
+
+    def _on_ready(self, worker: WorkerHandle) -> None:
+        if worker.state is not WorkerState.STARTING:
+            return
+        worker.life.to(WorkerState.READY)
+        worker.last_tick = self.loop.time()
+        waiter = worker.ready_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.log.event("worker.ready", self.name, release=self.release, worker=worker.id, pid=worker.pid,
+                       ms=round((self.loop.time() - worker.started_at) * 1000, 1))
+        self.service.worker_ready(worker)
+        self._retire_replaced()
+
+    def _on_failed_start(self, worker: WorkerHandle, reason: str) -> None:
+        worker.killed_by_us = reason
+        waiter = worker.ready_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ReleaseFailed(self.release, reason))
+
+    def _on_lost(self, worker: WorkerHandle) -> None:
+        """EOF on the worker's socket: it is dead (or as good as dead) right now."""
+        was = worker.state
+        if was is not WorkerState.EXITED:
+            worker.life.to(WorkerState.EXITED)
+        worker.lost_inflight = worker.inflight
+        self.service.worker_lost(worker)
+        if was is WorkerState.DRAINING:
+            # A drained worker closes its socket, then exits by itself: give it a moment.
+            self.loop.call_later(2.0, worker.signal, signal.SIGKILL)
+        else:
+            worker.signal(signal.SIGKILL)  # closed its socket but lives on: of no use to anyone
+        waiter = worker.ready_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ReleaseFailed(self.release, worker.killed_by_us or "a worker exited during startup"))
+        deliberate = was is WorkerState.DRAINING or self.life.state is not ReleaseState.LIVE
+        if not deliberate:
+            uptime = self.loop.time() - worker.started_at
+            decision = self.policy.on_crash(self.loop.time(), uptime)
+            self.restarts += 1
+            if decision.crashlooping:
+                self.log.event("release.crashlooping", self.name, release=self.release, restarts=self.restarts,
+                               next_restart_s=decision.delay)
+            self.log.event("worker.restarting", self.name, release=self.release, replaces=worker.id, delay_s=decision.delay)
+            self.loop.call_later(decision.delay, self._replace)
+        if worker.exit_status is not None or not worker.pid:
+            self._forget(worker)
+        else:
+            # The exit status comes from the zygote in a moment; log without it if it never does.
+            self.loop.call_later(1.0, self._forget, worker)
+
+    def _on_exited(self, pid: int, status: int) -> None:
+        worker = self.by_pid.get(pid)
+        if worker is None:
+            return
+        worker.exit_status = status
+        cause = describe_exit(status)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not worker.killed_by_us:
+            ooms = oom_kills()
+            if ooms > self._oom_baseline:
+                cause = "killed by the kernel's OOM killer (SIGKILL)"
+            self._oom_baseline = ooms
+        if worker.killed_by_us:
+            cause += f" ({worker.killed_by_us})"
+        worker.exit_cause = cause
+        if not worker.exited.done():
+            worker.exited.set_result(None)
+        if worker.lost:
+            self._forget(worker)
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        if self.workers.pop(worker.id, None) is None:
+            return
+        self.by_pid.pop(worker.pid, None)
+        cause = worker.exit_cause or "unknown (exit status not reported)"
+        deliberate = bool(worker.killed_by_us) and worker.killed_by_us.startswith(("drained", "stopped", "recycled"))
+        if not deliberate:
+            self.last_exit = f"worker {worker.id} (pid {worker.pid}): {cause}"
+        self.log.event("worker.exited", self.name, release=self.release, worker=worker.id, pid=worker.pid, cause=cause,
+                       inflight=worker.lost_inflight, served=worker.served)
+
+    def _replace(self) -> None:
+        if self.life.state is ReleaseState.LIVE and self.zygote is not None and not self.zygote.gone.done():
+            if self._live_count() < self.target:
+                self._start_worker()
+
+    def _live_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state in (WorkerState.FORKING, WorkerState.STARTING, WorkerState.READY)
+                   and not w.replacing)
+
+    # -- housekeeping: hangs, recycling, stability ---------------------------------------------
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING)
+            now = self.loop.time()
+            if self.policy.on_stable(now):
+                self.log.event("release.healthy", self.name, release=self.release)
+            for worker in list(self.workers.values()):
+                if worker.state is not WorkerState.READY or worker.killed_by_us:
+                    continue
+                if now - worker.last_tick > self.config.hang_timeout:
+                    self._spawn_task(self._kill_hung(worker, now - worker.last_tick))
+                elif worker.replacing:
+                    continue
+                elif self.config.max_requests and worker.served >= self.config.max_requests:
+                    self._recycle(worker, f"served {worker.served} requests (max_requests={self.config.max_requests})")
+                elif self.config.max_rss and worker.rss_mib() > self.config.max_rss:
+                    self._recycle(worker, f"RSS {worker.rss_mib():.0f} MiB over max_rss={self.config.max_rss} MiB")
+
+    async def _kill_hung(self, worker: WorkerHandle, stuck: float) -> None:
+        worker.killed_by_us = f"hung: event loop stuck for {stuck:.1f}s"
+        self.log.event("worker.hung", self.name, release=self.release, worker=worker.id, pid=worker.pid,
+                       stuck_s=round(stuck, 1), action="dumping stacks, then kill")
+        worker.signal(signal.SIGUSR1)  # faulthandler writes every thread's stack to the log
+        await asyncio.sleep(0.5)
+        worker.signal(signal.SIGKILL)
+
+    def _recycle(self, worker: WorkerHandle, why: str) -> None:
+        """Start the replacement first; the old worker drains once the new one is ready."""
+        worker.replacing = True
+        worker.recycle_reason = why
+        self.log.event("worker.recycling", self.name, release=self.release, worker=worker.id, reason=why)
+        self._start_worker()
+
+    def _retire_replaced(self) -> None:
+        ready = sum(1 for w in self.workers.values() if w.state is WorkerState.READY and not w.replacing)
+        for worker in list(self.workers.values()):
+            if ready < self.target:
+                break
+            if worker.replacing and worker.state is WorkerState.READY:
+                self._spawn_task(self.drain_worker(worker, f"recycled: {worker.recycle_reason}"))
+
+    async def drain_worker(self, worker: WorkerHandle, why: str) -> None:
+        """Stop routing to it, let its requests finish (bounded), then stop it."""
+        if worker.state in (WorkerState.DRAINING, WorkerState.EXITED):
+            return
+        worker.life.to(WorkerState.DRAINING)
+        worker.killed_by_us = why
+        self.service.worker_draining(worker)
+        worker.send(wire.Stop())
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.exited), self.config.drain_timeout + 5)
+        except asyncio.TimeoutError:
+            worker.signal(signal.SIGKILL)
+
+    # -- stop -----------------------------------------------------------------------------------
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain every worker (bounded by the drain timeout), then stop the zygote."""
+        if self.life.state is ReleaseState.LIVE:
+            self.life.to(ReleaseState.DRAINING)
+        await self._stop_processes(self.config.drain_timeout if timeout is None else timeout)
+        if self.life.state is ReleaseState.DRAINING:
+            self.life.to(ReleaseState.RETIRED)
+
+    async def _stop_processes(self, timeout: float) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        workers = list(self.workers.values())
+        for worker in workers:
+            if worker.state in (WorkerState.STARTING, WorkerState.READY):
+                worker.life.to(WorkerState.DRAINING)
+                worker.killed_by_us = worker.killed_by_us or "stopped"
+                self.service.worker_draining(worker)
+                worker.send(wire.Stop())
+            elif worker.state is WorkerState.FORKING:
+                worker.killed_by_us = "stopped"
+        pending = [w.exited for w in workers if not w.exited.done() and w.pid]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for worker in workers:
+            if not worker.exited.done():
+                worker.killed_by_us = worker.killed_by_us or "stopped"
+                worker.signal(signal.SIGKILL)
+        pending = [w.exited for w in workers if not w.exited.done() and w.pid]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+        if self.zygote is not None:
+            await self.zygote.stop()
+        for task in list(self.tasks):
+            task.cancel()
+
+    # -- reporting ------------------------------------------------------------------------------
+    def info(self) -> dict[str, object]:
+        now = self.loop.time()
+        return {
+            "release": self.release, "state": self.life.state.value, "crashlooping": self.policy.crashlooping,
+            "target": self.target, "restarts": self.restarts, "last_exit": self.last_exit, "failure": self.failure,
+            "zygote_pid": self.zygote.pid if self.zygote else None,
+            "workers": [w.info(now) for w in sorted(self.workers.values(), key=lambda w: w.id)],
+        }

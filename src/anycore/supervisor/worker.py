@@ -1,0 +1,117 @@
+"""The node's handle on one worker process: its frame channel, lifecycle and bookkeeping.
+
+Frames for a request are routed to the request's exchange by id. The handle never decides
+anything: a lost connection (the worker's death, seen at once as EOF) and every ``Done``
+are reported to its owner, the release's supervisor, which applies the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import TYPE_CHECKING, Any, Callable
+
+from anycore import wire
+from anycore.lifecycle import Lifecycle, WorkerState
+
+if TYPE_CHECKING:
+    from anycore.gateway.exchange import Exchange
+
+
+class WorkerHandle:
+    def __init__(self, worker_id: int, release: str, slots: int, now: float,
+                 on_ready: Callable[["WorkerHandle"], None],
+                 on_failed_start: Callable[["WorkerHandle", str], None],
+                 on_done: Callable[["WorkerHandle", "Exchange", str | None], None],
+                 on_lost: Callable[["WorkerHandle"], None]) -> None:
+        self.id = worker_id
+        self.release = release
+        self.slots = slots
+        self.life: Lifecycle[WorkerState] = Lifecycle(f"worker {worker_id} of {release}", WorkerState.FORKING)
+        self.pid = 0
+        self.started_at = now
+        self.last_tick = now
+        self.served = 0
+        self.exchanges: dict[int, Exchange] = {}
+        self.proto: wire.FrameProtocol | None = None
+        self.exit_status: int | None = None
+        self.exit_cause = ""
+        self.killed_by_us = ""  # why the node killed it (hang, recycle), if it did
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost = False
+        self.lost_inflight = 0
+        self.replacing = False  # a replacement is starting; drain this one once it is ready
+        self.recycle_reason = ""
+        self.ready_waiter: asyncio.Future[None] | None = None
+        self._on_ready = on_ready
+        self._on_failed_start = on_failed_start
+        self._on_done = on_done
+        self._on_lost = on_lost
+
+    @property
+    def state(self) -> WorkerState:
+        return self.life.state
+
+    @property
+    def inflight(self) -> int:
+        return len(self.exchanges)
+
+    async def connect(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.connect_accepted_socket(lambda: wire.FrameProtocol(self._frame, self._lost), sock=sock)
+        self.proto = proto
+
+    def send(self, frame: wire.Frame) -> None:
+        if self.proto is not None:
+            self.proto.send(frame)
+
+    def start_request(self, exchange: "Exchange", frame: wire.Req) -> None:
+        self.exchanges[frame.id] = exchange
+        self.send(frame)
+
+    def _frame(self, frame: wire.Frame) -> None:
+        kind = type(frame)
+        if kind is wire.Resp or kind is wire.Body or kind is wire.Credit:
+            exchange = self.exchanges.get(frame.id)  # type: ignore[union-attr]
+            if exchange is not None:
+                exchange.on_frame(frame)
+        elif kind is wire.Done:
+            exchange = self.exchanges.pop(frame.id, None)  # type: ignore[union-attr]
+            if exchange is not None:
+                self.served += 1
+                self._on_done(self, exchange, frame.error)  # type: ignore[union-attr]
+        elif kind is wire.Tick:
+            self.last_tick = asyncio.get_running_loop().time()
+        elif kind is wire.Ready:
+            self.pid = self.pid or frame.pid  # type: ignore[union-attr]
+            self._on_ready(self)
+        elif kind is wire.StartFailed:
+            self._on_failed_start(self, frame.reason)  # type: ignore[union-attr]
+
+    def _lost(self, exc: Exception | None) -> None:
+        self.proto = None
+        if not self.lost:
+            self.lost = True
+            self._on_lost(self)
+
+    def signal(self, signum: int) -> None:
+        if self.pid and not self.exited.done():
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def rss_mib(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def info(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id, "pid": self.pid, "release": self.release, "state": self.state.value,
+            "inflight": self.inflight, "slots": self.slots, "served": self.served,
+            "uptime": round(now - self.started_at, 1), "rss_mib": round(self.rss_mib(), 1),
+        }

@@ -1,0 +1,119 @@
+"""The node's handle on one zygote process (see anycore.worker.zygote for the other side).
+
+``start_zygote`` spawns the zygote in its own session with the release directory as cwd
+and the service's env, and returns a handle whose ``ready`` future resolves once the code
+is imported (or fails with ReleaseFailed carrying the import traceback). ``fork`` asks for
+one worker: the node makes the worker's two socketpairs (frames, log) and passes the
+worker's ends over SCM_RIGHTS, so no listening socket exists and no other process can
+pose as a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Callable
+
+import msgspec
+
+from anycore.errors import ReleaseFailed
+
+
+class ZygoteHandle:
+    def __init__(self, release: str, process: subprocess.Popen[bytes], control: socket.socket,
+                 on_forked: Callable[[int, int], None], on_exited: Callable[[int, int], None]) -> None:
+        self.release = release
+        self.process = process
+        self.control = control
+        self.kind = "asgi"
+        self.on_forked = on_forked
+        self.on_exited = on_exited
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.gone: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(control.fileno(), self._readable)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _readable(self) -> None:
+        try:
+            data = self.control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._closed()
+            return
+        message = msgspec.msgpack.decode(data)
+        kind = message[0]
+        if kind == "ready":
+            self.kind = message[2]
+            if not self.ready.done():
+                self.ready.set_result(None)
+        elif kind == "failed":
+            if not self.ready.done():
+                self.ready.set_exception(ReleaseFailed(self.release, message[1], message[2]))
+        elif kind == "forked":
+            self.on_forked(message[1], message[2])
+        elif kind == "exited":
+            self.on_exited(message[1], message[2])
+
+    def _closed(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.control.fileno())
+        if not self.ready.done():
+            self.ready.set_exception(ReleaseFailed(self.release, "the zygote exited before importing the code"))
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def fork(self, worker_id: int) -> tuple[socket.socket, socket.socket]:
+        """Ask for a worker; returns the node's ends of its frame and log sockets."""
+        data_node, data_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_node, log_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            socket.send_fds(self.control, [msgspec.msgpack.encode(["fork", worker_id])],
+                            [data_worker.fileno(), log_worker.fileno()])
+        finally:
+            data_worker.close()
+            log_worker.close()
+        return data_node, log_node
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close the control socket (the zygote exits on EOF), then confirm death; kill if slow."""
+        loop = asyncio.get_running_loop()
+        if not self.gone.done():
+            loop.remove_reader(self.control.fileno())
+            self.gone.set_result(None)
+        self.control.close()
+        deadline = loop.time() + timeout
+        while self.process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], slots: int, tick: float,
+                 on_forked: Callable[[int, int], None], on_exited: Callable[[int, int], None],
+                 stdout: int) -> ZygoteHandle:
+    node_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    node_end.setblocking(False)
+    spec = json.dumps({"entry": entry, "slots": slots, "tick": tick, "release": release})
+    child_env = {**os.environ, **env, "ANYCORE_RELEASE": release}
+    # The zygote's control socket must land on fd 3 (CONTROL_FD) in the child.
+    os.set_inheritable(zygote_end.fileno(), True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"import os; os.dup2({zygote_end.fileno()}, 3); "
+         "from anycore.worker.zygote import main; main()", spec],
+        cwd=directory, env=child_env, pass_fds=(zygote_end.fileno(),), start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout,
+    )
+    zygote_end.close()
+    return ZygoteHandle(release, process, node_end, on_forked, on_exited)

@@ -1,0 +1,185 @@
+"""Running one request of an ASGI 3 app inside a worker.
+
+A ``Cycle`` is the worker's half of one request: ``receive`` hands out the body chunks the
+node forwards (returning credit as the app consumes them), ``send`` turns ASGI messages
+into frames (``http.response.start`` is held back and leaves together with the first body
+chunk). A streamed response waits for credit when ``WINDOW`` bytes are unacknowledged, so
+a slow client slows the app instead of filling memory. After ``Cancel`` (the client went
+away) ``receive`` returns ``http.disconnect`` and ``send`` is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+from anycore import wire
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
+
+
+class Cycle:
+    __slots__ = (
+        "id", "send_frame", "chunks", "body_done", "disconnected", "waiter", "status",
+        "headers", "started", "complete", "credit", "credit_waiter", "task",
+    )
+
+    def __init__(self, req: wire.Req, send_frame: Callable[[wire.Frame], None]) -> None:
+        self.id = req.id
+        self.send_frame = send_frame
+        self.chunks: deque[bytes] = deque()
+        if req.body or not req.more:
+            self.chunks.append(req.body)
+        self.body_done = not req.more
+        self.disconnected = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.started = False
+        self.complete = False
+        self.credit = wire.WINDOW
+        self.credit_waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- frames from the node ------------------------------------------------------
+    def feed(self, data: bytes, more: bool) -> None:
+        self.chunks.append(data)
+        self.body_done = not more
+        self._wake()
+
+    def add_credit(self, n: int) -> None:
+        self.credit += n
+        if self.credit > 0 and self.credit_waiter is not None and not self.credit_waiter.done():
+            self.credit_waiter.set_result(None)
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+        self._wake()
+        if self.credit_waiter is not None and not self.credit_waiter.done():
+            self.credit_waiter.set_result(None)
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # -- the ASGI side ---------------------------------------------------------------
+    async def receive(self) -> dict[str, Any]:
+        while not self.chunks and not self.disconnected:
+            if self.body_done and self.complete:
+                break
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+            self.waiter = None
+        if self.chunks and not self.disconnected:
+            data = self.chunks.popleft()
+            if data:
+                self.send_frame(wire.Credit(self.id, len(data)))
+            return {"type": "http.request", "body": data, "more_body": bool(self.chunks) or not self.body_done}
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.disconnected or self.complete:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.status:
+                raise RuntimeError("ASGI app sent http.response.start twice")
+            self.status = int(message["status"])
+            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"ASGI app sent unexpected message {kind!r} for an HTTP request")
+        if not self.status:
+            raise RuntimeError("ASGI app sent http.response.body before http.response.start")
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        if not self.started:
+            self.started = True
+            self.send_frame(wire.Resp(self.id, self.status, self.headers, body, more))
+        else:
+            self.send_frame(wire.Body(self.id, body, more))
+        if not more:
+            self.complete = True
+            self._wake()
+            return
+        self.credit -= len(body)
+        while self.credit <= 0 and not self.disconnected:
+            self.credit_waiter = asyncio.get_running_loop().create_future()
+            await self.credit_waiter
+            self.credit_waiter = None
+
+
+def build_scope(req: wire.Req, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": req.http_version,
+        "method": req.method,
+        "scheme": req.scheme,
+        "path": req.path,
+        "raw_path": req.raw_path,
+        "query_string": req.query,
+        "root_path": req.root_path,
+        "headers": req.headers,
+        "client": req.client,
+        "server": req.server,
+        "state": state.copy(),
+    }
+
+
+class Lifespan:
+    """ASGI lifespan for one worker, in uvicorn's "auto" mode: an app that raises before
+    sending any lifespan message does not support the protocol, and that is fine."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.supported = True
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> str | None:
+        """Run startup; returns None on success, else the failure message."""
+        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
+        self.task = asyncio.ensure_future(self._run(scope))
+        return await self._ask("lifespan.startup")
+
+    async def shutdown(self) -> str | None:
+        if not self.supported or self.task is None or self.task.done():
+            return None
+        return await self._ask("lifespan.shutdown")
+
+    async def _ask(self, event: str) -> str | None:
+        assert self.task is not None
+        await self.events.put({"type": event})
+        getter = asyncio.ensure_future(self.replies.get())
+        await asyncio.wait([getter, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done():
+            getter.cancel()
+            return None  # unsupported, or the app returned: nothing more to wait for
+        reply = getter.result()
+        if reply["type"].endswith(".failed"):
+            return str(reply.get("message", "")) or f"{event} failed"
+        return None
+
+    async def _run(self, scope: dict[str, Any]) -> None:
+        sent_any = False
+
+        async def receive() -> dict[str, Any]:
+            return await self.events.get()
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal sent_any
+            sent_any = True
+            await self.replies.put(message)
+
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:  # noqa: BLE001 - the app's failure is reported, not raised
+            if not sent_any:
+                self.supported = False
+                return
+            await self.replies.put({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})

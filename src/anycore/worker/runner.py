@@ -1,0 +1,155 @@
+"""A worker's main: forked from the zygote, it builds its own uvloop loop and serves frames.
+
+Order of life: run ASGI lifespan startup, say ``Ready`` (or ``StartFailed`` and exit 3),
+then run one task per ``Req`` until ``Stop`` or until the node's socket closes. A ``Tick``
+frame leaves from the event loop itself every ``tick`` seconds: it is the liveness signal,
+so a loop blocked by a handler (``time.sleep(60)``) stops ticking and the node notices.
+``SIGUSR1`` makes faulthandler dump every thread's stack to stderr (the node's log)
+before the node kills a hung worker. The worker always leaves through ``os._exit``: it
+shares the zygote's inherited state and must not run its atexit handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import uvloop
+
+from anycore import wire
+from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, build_scope
+
+DISCONNECT_GRACE = 0.5  # seconds an app has to notice http.disconnect before it is cancelled
+EXIT_STARTUP_FAILED = 3
+
+
+class WorkerServer:
+    def __init__(self, app: ASGIApp, lifespan: bool, tick: float) -> None:
+        self.app = app
+        self.use_lifespan = lifespan
+        self.tick = tick
+        self.cycles: dict[int, Cycle] = {}
+        self.stopping: asyncio.Future[None] | None = None
+        self.proto: wire.FrameProtocol | None = None
+        self.state: dict[str, Any] = {}
+
+    async def main(self, sock: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopping = loop.create_future()
+        _, proto = await loop.connect_accepted_socket(
+            lambda: wire.FrameProtocol(self.on_frame, self.on_lost), sock=sock
+        )
+        self.proto = proto
+        lifespan = Lifespan(self.app) if self.use_lifespan else None
+        if lifespan is not None:
+            failure = await lifespan.startup()
+            if failure is not None:
+                print(f"lifespan startup failed: {failure}", file=sys.stderr, flush=True)
+                proto.send(wire.StartFailed(f"ASGI lifespan startup failed: {failure}", ""))
+                proto.close()
+                await asyncio.sleep(0)
+                return EXIT_STARTUP_FAILED
+            self.state = lifespan.state
+        proto.send(wire.Ready(os.getpid()))
+        ticker = asyncio.ensure_future(self._tick())
+        await self.stopping
+        # Drain: the node stops routing to us before sending Stop; finish what runs.
+        pending = [c.task for c in self.cycles.values() if c.task is not None]
+        if pending:
+            await asyncio.wait(pending)
+        if lifespan is not None:
+            failure = await lifespan.shutdown()
+            if failure:
+                print(f"lifespan shutdown failed: {failure}", file=sys.stderr, flush=True)
+        ticker.cancel()
+        proto.close()
+        return 0
+
+    async def _tick(self) -> None:
+        assert self.proto is not None
+        while True:
+            self.proto.send(wire.Tick())
+            await asyncio.sleep(self.tick)
+
+    def on_lost(self, exc: Exception | None) -> None:
+        # The node is gone (or closed us): nobody can receive our answers any more.
+        for cycle in self.cycles.values():
+            cycle.disconnect()
+            if cycle.task is not None:
+                cycle.task.cancel()
+        if self.stopping is not None and not self.stopping.done():
+            self.stopping.set_result(None)
+
+    def on_frame(self, frame: wire.Frame) -> None:
+        if type(frame) is wire.Req:
+            cycle = Cycle(frame, self.proto.send)  # type: ignore[union-attr]
+            self.cycles[frame.id] = cycle
+            cycle.task = asyncio.ensure_future(self._run(cycle, build_scope(frame, self.state)))
+        elif type(frame) is wire.Body:
+            cycle = self.cycles.get(frame.id)
+            if cycle is not None:
+                cycle.feed(frame.data, frame.more)
+        elif type(frame) is wire.Credit:
+            cycle = self.cycles.get(frame.id)
+            if cycle is not None:
+                cycle.add_credit(frame.n)
+        elif type(frame) is wire.Cancel:
+            cycle = self.cycles.get(frame.id)
+            if cycle is not None:
+                cycle.disconnect()
+                task = cycle.task
+                if task is not None:
+                    asyncio.get_running_loop().call_later(DISCONNECT_GRACE, task.cancel)
+        elif type(frame) is wire.Stop:
+            if self.stopping is not None and not self.stopping.done():
+                self.stopping.set_result(None)
+
+    async def _run(self, cycle: Cycle, scope: dict[str, Any]) -> None:
+        error: str | None = None
+        try:
+            await self.app(scope, cycle.receive, cycle.send)
+            if not cycle.started and not cycle.disconnected:
+                error = "the app returned without sending a response"
+        except asyncio.CancelledError:
+            error = "cancelled"
+        except BaseException as exc:  # noqa: BLE001 - any app failure becomes a 500, never a dead worker
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"error in {scope['method']} {scope['path']}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        if error is not None and not cycle.started and not cycle.disconnected:
+            body = b'{"error": "internal server error", "detail": "the service raised an exception; see `anycore logs`"}'
+            self.proto.send(wire.Resp(cycle.id, 500, [(b"content-type", b"application/json")], body, False))  # type: ignore[union-attr]
+            cycle.started = cycle.complete = True
+        elif cycle.started and not cycle.complete and error is None:
+            error = "the app returned before finishing its response body"
+        del self.cycles[cycle.id]
+        self.proto.send(wire.Done(cycle.id, error))  # type: ignore[union-attr]
+
+
+def run_worker(app: ASGIApp, lifespan: bool, data_fd: int, log_fd: int, tick: float) -> None:
+    """Entry point in the forked child; never returns."""
+    code = 1
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        sock = socket.socket(fileno=data_fd)
+        server = WorkerServer(app, lifespan, tick)
+        code = uvloop.run(server.main(sock))
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)

@@ -1,0 +1,142 @@
+"""The zygote: one per release and node. It imports the release's code and forks workers.
+
+Started by the node as ``python -m anycore.worker.zygote SPEC_JSON`` in its own session
+(so a terminal's Ctrl-C reaches only the node), with the release directory as cwd and one
+end of a SOCK_SEQPACKET socketpair as fd ``CONTROL_FD``. It never starts an event loop or
+a thread: a child forked from it starts clean (see MEASURED.md, "fork after a loop has run
+is unsafe"). It preloads everything a worker imports lazily and calls ``gc.freeze()`` so
+the pages stay shared copy-on-write.
+
+Control messages (msgpack arrays, one per datagram):
+  node -> zygote   ["fork", worker_id]  with two fds: the worker's frame socket and log socket
+  zygote -> node   ["ready", pid, kind]       code imported; kind is "asgi" or "wsgi"
+                   ["failed", reason, traceback]  import failed; the zygote exits 1
+                   ["forked", worker_id, pid]
+                   ["exited", pid, wait_status]   a worker was reaped
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import inspect
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import msgspec
+
+CONTROL_FD = 3
+
+
+def import_app(entry: str) -> Any:
+    module_name, _, attr = entry.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr!r} (entry {entry!r})") from None
+    return obj
+
+
+def detect_kind(app: Any) -> str:
+    """ASGI 3 apps are coroutine functions (or objects with an async ``__call__``); anything
+    else callable is taken as WSGI (Flask, Django's WSGIHandler)."""
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None)):
+        return "asgi"
+    if callable(app):
+        return "wsgi"
+    raise TypeError(f"{app!r} is not callable: entry must name an ASGI or WSGI application")
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    control = socket.socket(fileno=CONTROL_FD)
+    control.setblocking(True)
+    send = lambda *msg: control.send(msgspec.msgpack.encode(list(msg)))  # noqa: E731
+    sys.path.insert(0, os.getcwd())
+    try:
+        # Preload what workers import lazily, so a fork answers in milliseconds.
+        import uvloop  # noqa: F401
+
+        from anycore.worker import runner  # noqa: F401
+
+        app = import_app(spec["entry"])
+        kind = detect_kind(app)
+        if kind == "wsgi":
+            import a2wsgi  # noqa: F401
+    except BaseException as exc:  # noqa: BLE001 - reported to the node with its traceback
+        send("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        sys.exit(1)
+    gc.collect()
+    gc.freeze()
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    send("ready", os.getpid(), kind)
+
+    while True:
+        readable, _, _ = select.select([control, wake_r], [], [])
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+            _reap(send)
+        if control in readable:
+            try:
+                data, fds, _, _ = socket.recv_fds(control, 4096, 2)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                os._exit(0)  # the node is gone or retired us; workers notice their own sockets
+            message = msgspec.msgpack.decode(data)
+            if message[0] == "fork":
+                _fork(message[1], fds, spec, app, kind, control, wake_r, wake_w, send)
+
+
+def _reap(send: Any) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        send("exited", pid, status)
+
+
+def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: str,
+          control: socket.socket, wake_r: int, wake_w: int, send: Any) -> None:
+    data_fd, log_fd = fds
+    pid = os.fork()
+    if pid == 0:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        control.close()
+        os.close(wake_r)
+        os.close(wake_w)
+        from anycore.worker.runner import run_worker
+
+        asgi_app = app
+        if kind == "wsgi":
+            from a2wsgi import WSGIMiddleware
+
+            asgi_app = WSGIMiddleware(app, workers=spec["slots"])
+        run_worker(asgi_app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"])
+    os.close(data_fd)
+    os.close(log_fd)
+    send("forked", worker_id, pid)
+
+
+if __name__ == "__main__":
+    main()
