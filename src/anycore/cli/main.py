@@ -6,12 +6,13 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
-from anycore.cluster.control import ControlClient, home_dir, logs_subject
+from anycore.cluster.control import ControlClient, home_dir, local_node, logs_subject
 from anycore.config import load_service
 from anycore.errors import AnycoreError, ConfigError
 
@@ -155,25 +156,26 @@ def down(nats_url: str | None, token: str | None, creds: str | None) -> None:
     """Stop the node: stop accepting, drain (bounded), stop workers and the embedded NATS."""
 
     async def go() -> tuple[str, int]:
+        pid = 0 if nats_url else local_node().get("pid", 0)
         async with ControlClient(nats_url, token, creds) as client:
-            from anycore.cluster.control import local_node
-
             reply = await client.call("down")
-            pid = local_node().get("pid", 0) if not nats_url else 0
             return reply["message"], pid
 
     message, pid = _run(go())
     click.echo(message)
     # Wait (bounded) for the node process to be gone, so `down` returning means down.
-    import time
-
     deadline = time.monotonic() + 60
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while pid and _running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) is not running."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def main() -> None:
