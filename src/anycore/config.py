@@ -36,7 +36,10 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     max_requests: int = 0  # recycle a worker after this many requests (0: never)
     max_rss: int = 0  # recycle a worker above this RSS in MiB (0: never)
     drain_timeout: float = 30.0
-    startup_timeout: float = 60.0
+    startup_timeout: float = 60.0  # the warm timeout: import + lifespan startup + readiness
+    readiness: str = ""  # a GET path each new worker must answer 2xx/3xx before it takes traffic
+    migrate: str = ""  # "module:function" run once per release before the shift
+    rollback_window: float = 60.0  # a release that crashloops this soon after its shift is rolled back
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -49,7 +52,11 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
         for key in ("slots", "max_queue", "max_queue_bytes", "max_body"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)})")
-        for key in ("timeout", "hang_timeout", "drain_timeout", "startup_timeout"):
+        if self.readiness and not self.readiness.startswith("/"):
+            raise ConfigError(f"readiness {self.readiness!r} must be a path starting with '/', e.g. '/healthz'")
+        if self.migrate and ":" not in self.migrate:
+            raise ConfigError(f"migrate {self.migrate!r} must be 'module:function', e.g. 'app:on_deploy'")
+        for key in ("timeout", "hang_timeout", "drain_timeout", "startup_timeout", "rollback_window"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive number of seconds (got {getattr(self, key)})")
         if self.workers < 0 or self.max_requests < 0 or self.max_rss < 0:

@@ -6,6 +6,7 @@ be shown to the user as it is (the CLI prints ``anycore: <message>`` and exits n
     AnycoreError
     ├── ConfigError            bad anycore.toml, bad PATH, bad flag value
     ├── ReleaseFailed          a release could not start (import error, lifespan failure)
+    ├── BundleRefused          a release bundle is unsafe or too large
     ├── ControlError           the CLI could not talk to a node
     │   ├── NodeNotFound       no local node recorded under $ANYCORE_HOME
     │   └── NotAuthorized      NATS refused the credentials
@@ -30,6 +31,10 @@ class ReleaseFailed(AnycoreError):
         self.reason = reason
         self.traceback = traceback
         super().__init__(f"release {release} failed to start: {reason}")
+
+
+class BundleRefused(AnycoreError):
+    pass
 
 
 class ControlError(AnycoreError):

@@ -23,7 +23,7 @@ from nats.errors import NoRespondersError
 
 from anycore.errors import ControlError, NodeNotFound, NotAuthorized
 
-COMMANDS = ("ps", "stop", "start", "logs", "down")
+COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback")
 
 
 def home_dir() -> Path:
@@ -32,6 +32,10 @@ def home_dir() -> Path:
 
 def control_subject(node_id: str, command: str) -> str:
     return f"anycore.node.{node_id}.{command}"
+
+
+def deploy_subject(deploy_id: str) -> str:
+    return f"anycore.deploy.{deploy_id}"
 
 
 def logs_subject(node_id: str, service: str) -> str:

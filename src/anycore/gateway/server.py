@@ -46,16 +46,21 @@ class Gateway:
         return f"http://{host}:{self.port}"
 
     # -- routes ------------------------------------------------------------------------
-    def add_service(self, service: "ServiceRuntime") -> None:
+    def check_routes(self, name: str, routes: list[str]) -> list[tuple[str | None, str]]:
+        """Parse ``routes`` for service ``name``; ConfigError if another service holds one."""
         taken = {(h, p): s.name for h, p, s in self.routes}
-        mine = [parse_route(r) for r in service.config.routes]
+        mine = [parse_route(r) for r in routes]
         for key in mine:
-            if key in taken and taken[key] != service.name:
+            if key in taken and taken[key] != name:
                 host, prefix = key
                 raise ConfigError(
-                    f"route {host or ''}{prefix} of service {service.name!r} is already taken by {taken[key]!r} — "
+                    f"route {host or ''}{prefix} of service {name!r} is already taken by {taken[key]!r} — "
                     "set distinct `routes` in anycore.toml"
                 )
+        return mine
+
+    def add_service(self, service: "ServiceRuntime") -> None:
+        mine = self.check_routes(service.name, service.config.routes)
         self.remove_service(service.name)
         self.routes += [(host, prefix, service) for host, prefix in mine]
         self.routes.sort(key=lambda r: (r[0] is not None, len(r[1])), reverse=True)

@@ -26,15 +26,17 @@ from typing import Any
 
 import nats
 
-from anycore.cluster.control import Command, NatsAuth, connect, control_subject, logs_subject, COMMANDS
+from anycore.cluster.control import COMMANDS, Command, NatsAuth, connect, control_subject, deploy_subject, logs_subject
 from anycore.cluster.embedded import EmbeddedNats
-from anycore.config import Service
+from anycore.config import Service, ServiceConfig
 from anycore.errors import AnycoreError, ReleaseFailed, UnknownService
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
+from anycore.node.deployer import Deployer
 from anycore.node.service import ServiceRuntime
-from anycore.release.bundle import release_id
+from anycore.release.deploy import Phase
+from anycore.release.store import CodeStore, describe
 
 SHUTDOWN_GRACE = 10.0
 
@@ -57,6 +59,7 @@ class Node:
         self.nc: nats.NATS | None = None
         self.services: dict[str, ServiceRuntime] = {}
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
+        self.deployer: Deployer | None = None
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
@@ -70,8 +73,11 @@ class Node:
             self._write_record()
             self.log.event("node.started", node=self.node_id, gateway=self.gateway.url, nats=self.auth.url, pid=os.getpid())
             print(f"anycore node {self.node_id} serving on {self.gateway.url}", flush=True)
-            for service in services:
-                await self._add_service(service)
+            if services:
+                for service in services:
+                    await self._add_service(service)
+            else:
+                await self._restore()
         except ReleaseFailed as exc:
             print(f"anycore: {exc}", file=sys.stderr)
             if exc.traceback:
@@ -93,9 +99,18 @@ class Node:
             self.auth = NatsAuth(self.embedded.url, self.embedded.token)
         self.nc = await connect(self.auth, f"anycore-node-{self.node_id}", allow_reconnect=True,
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        store = await CodeStore(self.nc.jetstream(), self.home / "releases").open()
+        self.deployer = Deployer(self, store)
+        self.deployer.listeners.append(self._on_deploy_event)
         for command in COMMANDS:
             await self.nc.subscribe(control_subject(self.node_id, command), cb=self._on_control)
         self.log.subscribers.append(self._publish_log)
+
+    def _on_deploy_event(self, event: dict[str, Any]) -> None:
+        self.log.event("deploy.phase", event["service"], deploy=event["id"], release=event["release"], phase=event["phase"],
+                       detail=event["detail"] or None, error=event["error"] or None, elapsed_s=event["elapsed"])
+        if self.nc is not None and self.nc.is_connected:
+            asyncio.ensure_future(self.nc.publish(deploy_subject(event["id"]), json.dumps(event).encode()))
 
     def _publish_log(self, service: str, line: str) -> None:
         if self.nc is not None and self.nc.is_connected:
@@ -112,23 +127,56 @@ class Node:
         tmp.replace(path)
 
     async def _add_service(self, service: Service) -> None:
+        """`anycore up PATH`: publish the directory as a release and deploy it; ReleaseFailed if it fails."""
+        assert self.deployer is not None
         if service.config.name in self.services:
             raise AnycoreError(f"two services are named {service.config.name!r} — set distinct `name` in anycore.toml")
-        runtime = ServiceRuntime(service.config.name, service.directory, service.config,
-                                 release_id(service.directory, service.config), self.log,
-                                 server=(self.gateway.host, self.gateway.port))
-        self.gateway.add_service(runtime)
-        self.services[runtime.name] = runtime
-        self.log.event("service.starting", runtime.name, release=runtime.release_id, directory=service.directory)
-        try:
-            await runtime.start()
-        except ReleaseFailed:
-            self.gateway.remove_service(runtime.name)
-            del self.services[runtime.name]
-            raise
-        prefix = service.config.routes[0]
+        record = await self.deployer.publish_local(service, source=service.directory)
+        deploy = self.deployer.start(record, source=service.directory)
+        await deploy.task
+        if deploy.phase is Phase.FAILED:
+            raise ReleaseFailed(record.id, deploy.error.removeprefix(f"release {record.id} failed to start: "), deploy.traceback)
+        self._announce(self.services[record.service])
+
+    async def _restore(self) -> None:
+        """`anycore up` with no PATH: bring back every service that was live and not stopped."""
+        assert self.deployer is not None
+        for kept in await self.deployer.store.all_services():
+            record = await self.deployer.store.get_release(kept.live) if kept.live else None
+            if record is None or kept.stopped:
+                continue
+            deploy = self.deployer.start(record, source="restore")
+            await deploy.task
+            if deploy.phase is Phase.FAILED:
+                self.log.event("service.restore_failed", kept.name, release=kept.live, error=deploy.error)
+            else:
+                self._announce(self.services[kept.name])
+
+    def _announce(self, runtime: ServiceRuntime) -> None:
+        prefix = runtime.config.routes[0]
         print(f"service {runtime.name} ({runtime.release_id}) at {self.gateway.url}{prefix if prefix.startswith('/') else '/'}",
               flush=True)
+
+    def create_service(self, name: str, config: ServiceConfig) -> ServiceRuntime:
+        runtime = ServiceRuntime(name, "", config, "", self.log, server=(self.gateway.host, self.gateway.port))
+        runtime.on_crashloop = self._auto_rollback
+        self.services[name] = runtime
+        return runtime
+
+    def forget_service(self, runtime: ServiceRuntime) -> None:
+        if self.services.get(runtime.name) is runtime and runtime.release is None:
+            del self.services[runtime.name]
+            self.gateway.remove_service(runtime.name)
+
+    def _auto_rollback(self, runtime: ServiceRuntime, to: str) -> None:
+        async def go() -> None:
+            assert self.deployer is not None
+            try:
+                await self.deployer.rollback(runtime, to, source="auto-rollback (crashlooping after shift)")
+            except AnycoreError as exc:
+                self.log.event("release.rollback_failed", runtime.name, error=str(exc))
+
+        asyncio.ensure_future(go())
 
     # -- commands --------------------------------------------------------------------------
     async def _on_control(self, msg: Any) -> None:
@@ -176,12 +224,16 @@ class Node:
             if service.release is None:
                 return {"ok": True, "message": f"service {service.name} was already stopped"}
             await service.stop()
+            if self.deployer is not None:
+                await self.deployer.store.set_stopped(service.name, True)
             return {"ok": True, "message": f"service {service.name} stopped; it answers 503 until `anycore start {service.name}`"}
         if kind == "start":
             service = self._service(args.get("service"))
             if service.release is not None:
                 return {"ok": True, "message": f"service {service.name} is already running ({service.release_id})"}
             await service.start()
+            if self.deployer is not None:
+                await self.deployer.store.set_stopped(service.name, False)
             return {"ok": True, "message": f"service {service.name} running ({service.release_id})"}
         if kind == "logs":
             name = args.get("service") or None
@@ -189,15 +241,48 @@ class Node:
                 self._service(name)
             lines = int(args.get("lines", 200))
             return {"ok": True, "lines": self.log.tail(name, lines)}
+        if kind == "deploy":
+            assert self.deployer is not None
+            record = await self.deployer.store.get_release(str(args.get("release")))
+            if record is None:
+                return {"ok": False, "error": f"release {args.get('release')} is not in the code store — upload it first"}
+            deploy = self.deployer.start(record, str(args.get("source", "")), args.get("deploy_id"))
+            return {"ok": True, "deploy": deploy.snapshot()}
+        if kind == "rollback":
+            assert self.deployer is not None
+            deploy = await self.deployer.rollback(self._service(args.get("service")), args.get("to") or None,
+                                                  source=f"rollback{' to ' + args['to'] if args.get('to') else ''}")
+            return {"ok": True, "deploy": deploy.snapshot()}
+        if kind == "releases":
+            return await self._releases(args.get("service"))
         if kind == "down":
             self.log.event("node.stopping", node=self.node_id, reason=f"signal {args['signal']}" if "signal" in args else "anycore down")
             return {"ok": True, "message": f"node {self.node_id} is shutting down"}
         return {"ok": False, "error": f"unknown command {kind!r}"}
 
+    async def _releases(self, name: Any) -> dict[str, Any]:
+        assert self.deployer is not None
+        store = self.deployer.store
+        kept = await store.get_service(str(name)) if name else None
+        if name and kept is None and name not in self.services:
+            raise UnknownService(str(name), list(self.services))
+        records = []
+        for release in reversed(kept.history if kept else []):
+            record = await store.get_release(release)
+            if record is not None:
+                entry = describe(record)
+                entry["live"] = release == kept.live and not kept.stopped  # type: ignore[union-attr]
+                entry["cached"] = store.cached(release) is not None
+                records.append(entry)
+        deploys = [d.snapshot() for d in self.deployer.deploys.values() if not name or d.service == name]
+        runtime = self.services.get(str(name)) if name else None
+        return {"ok": True, "service": name, "live": kept.live if kept else "", "releases": records, "deploys": deploys[-10:],
+                "failed": runtime.failed if runtime else [], "rolled_back": runtime.rolled_back if runtime else ""}
+
     # -- shutdown -------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
         await self.gateway.stop(timeout=SHUTDOWN_GRACE)
-        await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None))
+        await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
         try:
             (self.home / "node.json").unlink()
         except OSError:

@@ -16,7 +16,8 @@ a 502 saying what happened. A request that crashed two workers is quarantined: a
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from anycore import wire
 from anycore.config import ServiceConfig
@@ -45,6 +46,11 @@ class ServiceRuntime:
         self.life: Lifecycle[ServiceState] = Lifecycle(f"service {name}", ServiceState.RUNNING)
         self.router: Router[Exchange] = Router(config.max_queue, config.max_queue_bytes)
         self.release: ReleaseSupervisor | None = None
+        self.draining: set[ReleaseSupervisor] = set()
+        self.previous: tuple[str, str, ServiceConfig] | None = None  # (release, directory, config)
+        self.on_crashloop: Callable[[ServiceRuntime, str], None] | None = None
+        self.rolled_back = ""
+        self.failed: list[dict[str, Any]] = []
         self.workers: dict[int, WorkerHandle] = {}
         self.quarantine: dict[tuple[str, bytes, bytes], float] = {}
         self.quarantined = 0
@@ -53,29 +59,85 @@ class ServiceRuntime:
         self._expiry: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
+    #
+    # ``release`` is the live release (None while stopped); ``draining`` holds old releases
+    # finishing their in-flight requests after a shift, any number at once. ``directory``,
+    # ``config`` and ``release_id`` describe the release that is (or was last) live, which
+    # is what ``start`` brings back.
+
+    def new_release(self, release: str, directory: str, config: ServiceConfig) -> ReleaseSupervisor:
+        return ReleaseSupervisor(self, release, directory, config, self.log)
+
     async def start(self) -> None:
-        """Start the release (raises ReleaseFailed) and take traffic."""
-        release = ReleaseSupervisor(self, self.release_id, self.directory, self.config, self.log)
-        self.release = release
+        """Turn on the last live release again (raises ReleaseFailed)."""
+        release = self.new_release(self.release_id, self.directory, self.config)
         await release.start()
+        self.shift(release, self.directory, self.config)
+
+    def shift(self, new: ReleaseSupervisor, directory: str, config: ServiceConfig) -> ReleaseSupervisor | None:
+        """New requests go to ``new`` from now on; returns the previous live release, to drain."""
+        old = self.release
+        if old is not None:
+            self.previous = (old.release, self.directory, self.config)
+            self.draining.add(old)
+            for worker in old.workers.values():
+                self.router.stop_accepting(worker.id)
+        self.release, self.release_id, self.directory, self.config = new, new.release, directory, config
+        self.router.max_queue, self.router.max_queue_bytes = config.max_queue, config.max_queue_bytes
+        new.promote()
         if self.life.state is ServiceState.STOPPED:
             self.life.to(ServiceState.RUNNING)
-        self.log.event("service.running", self.name, release=self.release_id, workers=release.target)
+        for worker in new.workers.values():
+            if worker.id in self.router.workers:
+                self.router.set_accepting(worker.id, True)
+        self.log.event("service.shifted", self.name, release=new.release, previous=old.release if old else None,
+                       workers=len(new.workers))
+        self._drain_queue()
+        return old
+
+    async def retire(self, old: ReleaseSupervisor, on_drained: Callable[[], None] | None = None) -> None:
+        """Let an old release finish its in-flight requests (bounded by drain_timeout), then stop it."""
+        try:
+            await old.stop(on_drained=on_drained)
+        finally:
+            self.draining.discard(old)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Turn off: new requests get 503, queued and in-flight ones finish (bounded)."""
         if self.life.state is ServiceState.RUNNING:
             self.life.to(ServiceState.STOPPED)
-        if self.release is not None:
-            release, self.release = self.release, None
-            self.log.event("service.stopping", self.name, release=release.release, inflight=self.router.inflight,
+        # Queued requests were accepted: they are served before the workers go.
+        bound = self.loop.time() + (self.config.drain_timeout if timeout is None else timeout)
+        while self.router.queue and self.router.capacity and self.loop.time() < bound:
+            await asyncio.sleep(0.02)
+        releases = [r for r in (self.release, *self.draining) if r is not None]
+        self.release = None
+        if releases:
+            self.log.event("service.stopping", self.name, release=self.release_id, inflight=self.router.inflight,
                            queued=len(self.router.queue))
-            await release.stop(timeout)
+            await asyncio.gather(*(r.stop(timeout) for r in releases))
+            self.draining.clear()
         for exchange in [p.item for p in self.router.queue]:
             self.router.cancel(exchange)
             exchange.fail(503, "service stopped", f"service {self.name} was stopped — `anycore start {self.name}`",
                           STOPPED_RETRY_AFTER)
         self.log.event("service.stopped", self.name)
+
+    def release_crashlooping(self, release: ReleaseSupervisor) -> None:
+        """A live release crashloops: roll back if it was shifted in within ``rollback_window``."""
+        if release is not self.release or self.previous is None or self.on_crashloop is None:
+            return
+        since = self.loop.time() - release.live_since
+        if since <= self.config.rollback_window:
+            self.rolled_back = (f"{release.release} crashlooped {since:.1f}s after its shift "
+                                f"(rollback_window={self.config.rollback_window:.0f}s); rolled back to {self.previous[0]}")
+            self.log.event("release.rollback", self.name, release=release.release, to=self.previous[0],
+                           reason="crashlooping after shift", seconds_after_shift=round(since, 1))
+            self.on_crashloop(self, self.previous[0])
+
+    def record_failure(self, release: str, reason: str) -> None:
+        self.failed.append({"release": release, "reason": reason, "at": time.time()})
+        del self.failed[:-5]
 
     # -- requests from the gateway -----------------------------------------------------------
     def submit(self, exchange: "Exchange", path: str) -> None:
@@ -177,8 +239,10 @@ class ServiceRuntime:
         self._drain_queue()
 
     def worker_ready(self, worker: "WorkerHandle") -> None:
+        """A worker finished its startup; it takes traffic only if its release is live."""
         self.workers[worker.id] = worker
-        self.router.add_worker(worker.id, worker.slots)
+        live = self.release is not None and worker.release == self.release.release and self.release.live_since > 0
+        self.router.add_worker(worker.id, worker.slots, accepting=live and self.life.state is ServiceState.RUNNING)
         self._drain_queue()
 
     def worker_draining(self, worker: "WorkerHandle") -> None:
@@ -222,6 +286,7 @@ class ServiceRuntime:
         release = self.release.info() if self.release is not None else None
         return {
             "name": self.name, "state": self.life.state.value, "release": self.release_id,
+            "draining": [r.info() for r in self.draining], "failed": self.failed, "rolled_back": self.rolled_back,
             "directory": self.directory, "routes": self.config.routes, "slots": self.config.slots,
             "queued": len(self.router.queue), "queued_bytes": self.router.queued_bytes,
             "inflight": self.router.inflight, "served": self.served, "rejected": self.router.rejected,

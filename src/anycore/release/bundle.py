@@ -61,3 +61,83 @@ def release_id(directory: str, config: ServiceConfig) -> str:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
     return f"{config.name}@{digest.hexdigest()[:12]}"
+
+
+# -- bundles: the bytes of a release, as stored in the code store ------------------------
+#
+# A bundle is a gzipped tar of the files ``iter_files`` lists, with normalised metadata
+# (mtime 0, uid/gid 0, no owner names) so the same tree packs to the same bytes. Unpacking
+# trusts nothing: every member must be a regular file, a directory, or a symlink that
+# resolves inside the release directory; no absolute path, no ``..``, no device or fifo;
+# and the totals stay under the limits. The unpacked tree is then hashed again with the
+# release's config, and must give the release id it was fetched as.
+
+import io  # noqa: E402
+import tarfile  # noqa: E402
+
+from anycore.errors import BundleRefused  # noqa: E402
+
+MAX_BUNDLE_BYTES = 200 * 1024 * 1024
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+MAX_FILES = 50_000
+
+
+def pack(directory: str) -> bytes:
+    root = Path(directory)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
+        for rel in iter_files(directory):
+            info = tar.gettarinfo(str(root / rel), arcname=str(rel))
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(root / rel, "rb") as f:
+                    tar.addfile(info, f)
+            elif info.issym():
+                tar.addfile(info)
+    data = buffer.getvalue()
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleRefused(f"{directory} packs to {len(data) >> 20} MiB, over the {MAX_BUNDLE_BYTES >> 20} MiB limit — "
+                            "list large files in .anycoreignore")
+    return data
+
+
+def unpack(data: bytes, dest: str) -> None:
+    """Unpack a bundle into ``dest`` (which must not exist yet), refusing anything unsafe."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleRefused(f"bundle of {len(data)} bytes is over the {MAX_BUNDLE_BYTES} byte limit")
+    root = Path(dest)
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = tar.getmembers()
+            if len(members) > MAX_FILES:
+                raise BundleRefused(f"bundle has {len(members)} entries, over the {MAX_FILES} limit")
+            for member in members:
+                _check_member(member, root)
+                total += member.size
+                if total > MAX_UNPACKED_BYTES:
+                    raise BundleRefused(f"bundle unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+            root.mkdir(parents=True)
+            tar.extractall(root, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleRefused(f"bundle is not a valid release archive: {exc}") from None
+
+
+def _check_member(member: tarfile.TarInfo, root: Path) -> None:
+    name = member.name
+    parts = Path(name).parts
+    if name.startswith("/") or ".." in parts or not parts:
+        raise BundleRefused(f"bundle entry {name!r} escapes the release directory")
+    if member.issym():
+        target = member.linkname
+        if target.startswith("/"):
+            raise BundleRefused(f"bundle symlink {name!r} points to an absolute path {target!r}")
+        resolved = os.path.normpath(os.path.join(os.path.dirname(name), target))
+        if resolved.startswith("..") or os.path.isabs(resolved):
+            raise BundleRefused(f"bundle symlink {name!r} -> {target!r} points outside the release directory")
+    elif member.islnk():
+        raise BundleRefused(f"bundle entry {name!r} is a hard link; only files, directories and symlinks are allowed")
+    elif not (member.isreg() or member.isdir()):
+        raise BundleRefused(f"bundle entry {name!r} is not a regular file, directory or symlink")

@@ -81,8 +81,13 @@ class Router(Generic[T]):
     _rr: int = 0
 
     # -- workers -----------------------------------------------------------------
-    def add_worker(self, worker_id: int, slots: int) -> None:
-        self.workers[worker_id] = WorkerSlots(worker_id, slots)
+    def add_worker(self, worker_id: int, slots: int, accepting: bool = True) -> None:
+        self.workers[worker_id] = WorkerSlots(worker_id, slots, accepting=accepting)
+
+    def set_accepting(self, worker_id: int, accepting: bool) -> None:
+        """A warm worker of a new release starts taking requests at the shift."""
+        if worker_id in self.workers:
+            self.workers[worker_id].accepting = accepting
 
     def stop_accepting(self, worker_id: int) -> None:
         """Draining or gone: no new request goes there; running ones keep their slot."""

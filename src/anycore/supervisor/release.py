@@ -26,7 +26,7 @@ import itertools
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from anycore import wire
 from anycore.config import ServiceConfig
@@ -81,6 +81,7 @@ class ReleaseSupervisor:
         self.by_pid: dict[int, WorkerHandle] = {}
         self.target = config.worker_count
         self.restarts = 0
+        self.live_since = 0.0
         self.last_exit = ""
         self.failure = ""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -99,25 +100,44 @@ class ReleaseSupervisor:
         task.add_done_callback(self.tasks.discard)
 
     # -- start ------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Import the code and warm ``target`` workers; raises ReleaseFailed on any failure."""
+    async def start(self, on_imported: Callable[[], None] | None = None) -> None:
+        """Import the code and warm ``target`` workers; raises ReleaseFailed on any failure.
+
+        The warm workers are ready but take no traffic until ``promote`` (the shift)."""
         out_node, out_child = socket.socketpair()
         self.zygote = start_zygote(
             self.release, self.directory, self.config.entry, self.config.env, self.config.slots, self._tick,
-            self._on_forked, self._on_exited, out_child.fileno(),
+            self.config.readiness, self._on_forked, self._on_exited, out_child.fileno(),
         )
         out_child.close()
         self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
         try:
             await asyncio.wait_for(asyncio.shield(self.zygote.ready), self.config.startup_timeout)
             self.log.event("release.imported", self.name, release=self.release, zygote_pid=self.zygote.pid, kind=self.zygote.kind)
+            if on_imported is not None:
+                on_imported()
             workers = [self._start_worker() for _ in range(self.target)]
             await asyncio.wait_for(asyncio.gather(*(self._until_ready(w) for w in workers)), self.config.startup_timeout)
         except asyncio.TimeoutError:
             await self._fail(f"not ready within startup_timeout={self.config.startup_timeout}s")
         except ReleaseFailed as exc:
             await self._fail(exc.reason, exc.traceback)
+
+    async def run_hook(self, context: dict[str, object]) -> None:
+        """Run the release's migration hook in a child of its zygote; ReleaseFailed if it fails."""
+        assert self.zygote is not None
+        entry = self.config.migrate
+        self.log.event("release.migrating", self.name, release=self.release, hook=entry)
+        try:
+            await self.zygote.run_hook(entry, context, self.config.startup_timeout, lambda sock: self._spawn_task(
+                pump_output(sock, self.log, self.name, f"{self.release} migrate")))
+        except ReleaseFailed as exc:
+            await self._fail(exc.reason, exc.traceback)
+
+    def promote(self) -> None:
+        """The shift: this release is live; its workers take traffic and are restarted if they die."""
         self.life.to(ReleaseState.LIVE)
+        self.live_since = self.loop.time()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
 
     async def _fail(self, reason: str, traceback: str = "") -> None:
@@ -199,6 +219,7 @@ class ReleaseSupervisor:
             if decision.crashlooping:
                 self.log.event("release.crashlooping", self.name, release=self.release, restarts=self.restarts,
                                next_restart_s=decision.delay)
+                self.service.release_crashlooping(self)
             self.log.event("worker.restarting", self.name, release=self.release, replaces=worker.id, delay_s=decision.delay)
             self.loop.call_later(decision.delay, self._replace)
         if worker.exit_status is not None or not worker.pid:
@@ -302,15 +323,16 @@ class ReleaseSupervisor:
             worker.signal(signal.SIGKILL)
 
     # -- stop -----------------------------------------------------------------------------------
-    async def stop(self, timeout: float | None = None) -> None:
+    async def stop(self, timeout: float | None = None, on_drained: Callable[[], None] | None = None) -> None:
         """Drain every worker (bounded by the drain timeout), then stop the zygote."""
-        if self.life.state is ReleaseState.LIVE:
+        if self.life.state in (ReleaseState.LIVE, ReleaseState.STARTING):
             self.life.to(ReleaseState.DRAINING)
-        await self._stop_processes(self.config.drain_timeout if timeout is None else timeout)
+        await self._stop_processes(self.config.drain_timeout if timeout is None else timeout, on_drained)
         if self.life.state is ReleaseState.DRAINING:
             self.life.to(ReleaseState.RETIRED)
+            self.log.event("release.retired", self.name, release=self.release)
 
-    async def _stop_processes(self, timeout: float) -> None:
+    async def _stop_processes(self, timeout: float, on_drained: Callable[[], None] | None = None) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         workers = list(self.workers.values())
@@ -332,6 +354,8 @@ class ReleaseSupervisor:
         pending = [w.exited for w in workers if not w.exited.done() and w.pid]
         if pending:
             await asyncio.wait(pending, timeout=2.0)
+        if on_drained is not None:
+            on_drained()
         if self.zygote is not None:
             await self.zygote.stop()
         for task in list(self.tasks):

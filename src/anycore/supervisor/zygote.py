@@ -85,6 +85,38 @@ class ZygoteHandle:
             log_worker.close()
         return data_node, log_node
 
+    async def run_hook(self, entry: str, context: dict[str, object], timeout: float,
+                       on_output: Callable[[socket.socket], None]) -> None:
+        """Run a migration hook in a fresh child of this zygote; raises ReleaseFailed if it fails."""
+        result_node, result_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_node, log_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            socket.send_fds(self.control, [msgspec.msgpack.encode(["hook", entry, context])],
+                            [result_child.fileno(), log_child.fileno()])
+        finally:
+            result_child.close()
+            log_child.close()
+        on_output(log_node)
+        loop = asyncio.get_running_loop()
+        result_node.setblocking(False)
+        data = b""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    chunk = await loop.sock_recv(result_node, 1 << 20)
+                    if not chunk:
+                        break
+                    data += chunk
+        except TimeoutError:
+            raise ReleaseFailed(self.release, f"migration hook {entry} did not finish within {timeout:.0f}s") from None
+        finally:
+            result_node.close()
+        if not data:
+            raise ReleaseFailed(self.release, f"migration hook {entry} died without a result (see `anycore logs`)")
+        outcome = msgspec.msgpack.decode(data)
+        if outcome[0] != "ok":
+            raise ReleaseFailed(self.release, f"migration hook {entry} failed: {outcome[1]}", outcome[2])
+
     async def stop(self, timeout: float = 5.0) -> None:
         """Close the control socket (the zygote exits on EOF), then confirm death; kill if slow."""
         loop = asyncio.get_running_loop()
@@ -100,12 +132,12 @@ class ZygoteHandle:
             self.process.wait()
 
 
-def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], slots: int, tick: float,
+def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], slots: int, tick: float, readiness: str,
                  on_forked: Callable[[int, int], None], on_exited: Callable[[int, int], None],
                  stdout: int) -> ZygoteHandle:
     node_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     node_end.setblocking(False)
-    spec = json.dumps({"entry": entry, "slots": slots, "tick": tick, "release": release})
+    spec = json.dumps({"entry": entry, "slots": slots, "tick": tick, "release": release, "readiness": readiness})
     child_env = {**os.environ, **env, "ANYCORE_RELEASE": release}
     # The zygote's control socket must land on fd 3 (CONTROL_FD) in the child.
     os.set_inheritable(zygote_end.fileno(), True)

@@ -30,8 +30,9 @@ EXIT_STARTUP_FAILED = 3
 
 
 class WorkerServer:
-    def __init__(self, app: ASGIApp, lifespan: bool, tick: float) -> None:
+    def __init__(self, app: ASGIApp, lifespan: bool, tick: float, readiness: str = "") -> None:
         self.app = app
+        self.readiness = readiness
         self.use_lifespan = lifespan
         self.tick = tick
         self.cycles: dict[int, Cycle] = {}
@@ -56,6 +57,14 @@ class WorkerServer:
                 await asyncio.sleep(0)
                 return EXIT_STARTUP_FAILED
             self.state = lifespan.state
+        if self.readiness:
+            failure = await self._probe(self.readiness)
+            if failure is not None:
+                print(failure, file=sys.stderr, flush=True)
+                proto.send(wire.StartFailed(failure, ""))
+                proto.close()
+                await asyncio.sleep(0)
+                return EXIT_STARTUP_FAILED
         proto.send(wire.Ready(os.getpid()))
         ticker = asyncio.ensure_future(self._tick())
         await self.stopping
@@ -70,6 +79,23 @@ class WorkerServer:
         ticker.cancel()
         proto.close()
         return 0
+
+    async def _probe(self, path: str) -> str | None:
+        """Call the app with ``GET path`` in-process; None if it answered 2xx or 3xx."""
+        sent: list[wire.Frame] = []
+        req = wire.Req(0, "GET", path, path.encode(), b"", [(b"host", b"anycore-readiness")], "1.1", "http",
+                       None, None, "", b"", False)
+        cycle = Cycle(req, sent.append)
+        try:
+            await self.app(build_scope(req, self.state), cycle.receive, cycle.send)
+        except Exception as exc:  # noqa: BLE001 - reported as the readiness failure
+            return f"readiness check GET {path} raised {type(exc).__name__}: {exc}"
+        status = next((f.status for f in sent if type(f) is wire.Resp), None)
+        if status is None:
+            return f"readiness check GET {path} sent no response"
+        if status >= 400:
+            return f"readiness check GET {path} answered {status}"
+        return None
 
     async def _tick(self) -> None:
         assert self.proto is not None
@@ -131,19 +157,24 @@ class WorkerServer:
         self.proto.send(wire.Done(cycle.id, error))  # type: ignore[union-attr]
 
 
-def run_worker(app: ASGIApp, lifespan: bool, data_fd: int, log_fd: int, tick: float) -> None:
+def redirect_output(log_fd: int) -> None:
+    """Point fds 1 and 2 at the node's log socket for this process; dump stacks there on SIGUSR1."""
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+
+
+def run_worker(app: ASGIApp, lifespan: bool, data_fd: int, log_fd: int, tick: float, readiness: str = "") -> None:
     """Entry point in the forked child; never returns."""
     code = 1
     try:
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
-        sys.stdout = open(1, "w", buffering=1, closefd=False)
-        sys.stderr = open(2, "w", buffering=1, closefd=False)
-        faulthandler.enable(file=sys.stderr, all_threads=True)
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        redirect_output(log_fd)
         sock = socket.socket(fileno=data_fd)
-        server = WorkerServer(app, lifespan, tick)
+        server = WorkerServer(app, lifespan, tick, readiness)
         code = uvloop.run(server.main(sock))
     except BaseException:  # noqa: BLE001
         traceback.print_exc()

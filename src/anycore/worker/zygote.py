@@ -100,6 +100,8 @@ def main() -> None:
             message = msgspec.msgpack.decode(data)
             if message[0] == "fork":
                 _fork(message[1], fds, spec, app, kind, control, wake_r, wake_w, send)
+            elif message[0] == "hook":
+                _hook(message[1], message[2], fds, control, wake_r, wake_w)
 
 
 def _reap(send: Any) -> None:
@@ -111,6 +113,54 @@ def _reap(send: Any) -> None:
         if pid == 0:
             return
         send("exited", pid, status)
+
+
+class HookContext:
+    """What a migration hook is told: ``release``, ``previous_release`` (or None), ``service``, ``env``."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.release: str = data["release"]
+        self.previous_release: str | None = data.get("previous_release") or None
+        self.service: str = data["service"]
+        self.env: dict[str, str] = dict(os.environ)
+
+    def __repr__(self) -> str:
+        return f"HookContext(release={self.release!r}, previous_release={self.previous_release!r}, service={self.service!r})"
+
+
+def _hook(entry: str, context: dict[str, Any], fds: list[int], control: socket.socket, wake_r: int, wake_w: int) -> None:
+    """Run the release's migration hook once, in a child of this zygote (a process of the new release)."""
+    result_fd, log_fd = fds
+    pid = os.fork()
+    if pid == 0:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        control.close()
+        os.close(wake_r)
+        os.close(wake_w)
+        from anycore.worker.runner import redirect_output
+
+        redirect_output(log_fd)
+        result = socket.socket(fileno=result_fd)
+        code = 0
+        try:
+            function = import_app(entry)
+            outcome = function(HookContext(context))
+            if inspect.isawaitable(outcome):
+                import asyncio
+
+                asyncio.run(outcome)  # type: ignore[arg-type]
+            result.sendall(msgspec.msgpack.encode(["ok"]))
+        except BaseException as exc:  # noqa: BLE001 - reported to the node with its traceback
+            traceback.print_exc()
+            result.sendall(msgspec.msgpack.encode(["failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()]))
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(result_fd)
+    os.close(log_fd)
 
 
 def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: str,
@@ -132,7 +182,8 @@ def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: 
             from a2wsgi import WSGIMiddleware
 
             asgi_app = WSGIMiddleware(app, workers=spec["slots"])
-        run_worker(asgi_app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"])
+        run_worker(asgi_app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"],
+                   readiness=spec.get("readiness", ""))
     os.close(data_fd)
     os.close(log_fd)
     send("forked", worker_id, pid)

@@ -1,0 +1,136 @@
+"""Deploys on this node: the executor of the ``release.deploy`` phases.
+
+A deploy takes a release that is already in the code store (the CLI, or ``anycore up`` /
+``anycore dev`` for a local directory, packs and uploads it first) and swaps it in:
+
+    fetch    the bundle from the Object Store into the verified local cache
+    import   a new zygote imports the code (an import error ends the deploy here)
+    warm     its workers fork and run lifespan startup and the readiness check
+    migrate  the release's migration hook, once per release, in a child of the new zygote
+    shift    new requests go to the new release (one step in the node's loop)
+    drain    the old release finishes its in-flight requests (bounded by drain_timeout)
+    retire   the old release's workers and zygote are gone
+
+Deploys of one service are serialised up to the shift; draining happens outside the lock,
+so a second deploy can shift while the first one's old release still drains (any number
+of releases may drain together). A failure before the shift stops the new release's
+processes and leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import TYPE_CHECKING, Any, Callable
+
+from anycore.config import Service
+from anycore.errors import AnycoreError, ReleaseFailed
+from anycore.release.bundle import pack, release_id
+from anycore.release.deploy import Deploy, Phase
+from anycore.release.store import CodeStore, ReleaseRecord, now
+
+if TYPE_CHECKING:
+    from anycore.node.node import Node
+    from anycore.node.service import ServiceRuntime
+
+
+class Deployer:
+    def __init__(self, node: "Node", store: CodeStore) -> None:
+        self.node = node
+        self.store = store
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.deploys: dict[str, Deploy] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    async def publish_local(self, service: Service, source: str) -> ReleaseRecord:
+        """Pack a local service directory and put it in the code store (what `deploy` does client-side)."""
+        data = await asyncio.get_running_loop().run_in_executor(None, pack, service.directory)
+        record = ReleaseRecord(id=release_id(service.directory, service.config), service=service.config.name,
+                               config=service.config, source=source, created_at=now())
+        await self.store.put_bundle(record.id, data)
+        existing = await self.store.get_release(record.id)
+        if existing is not None:
+            record.migrated = existing.migrated
+        await self.store.put_release(record)
+        return record
+
+    def start(self, record: ReleaseRecord, source: str, deploy_id: str | None = None) -> Deploy:
+        """Begin a deploy in the background; progress goes to the listeners."""
+        live = self.node.services.get(record.service)
+        deploy = Deploy(deploy_id or secrets.token_hex(6), record.service, record.id,
+                        live.release_id if live is not None and live.release is not None else "", source)
+        deploy.listeners.extend(self.listeners)
+        self.deploys[deploy.id] = deploy
+        for old in [d for d in self.deploys.values() if d.finished][:-50]:
+            del self.deploys[old.id]
+        task = asyncio.ensure_future(self._run(deploy, record))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        deploy.task = task
+        return deploy
+
+    async def _run(self, deploy: Deploy, record: ReleaseRecord) -> None:
+        try:
+            old = await self._prepare_and_shift(deploy, record)
+        except Exception as exc:  # anything before the shift aborts the deploy, never the node
+            if not deploy.finished:
+                deploy.fail(str(exc) if isinstance(exc, AnycoreError) else f"internal error: {exc!r}",
+                            getattr(exc, "traceback", ""))
+            return
+        if deploy.finished:
+            return
+        if old is not None:
+            service = self.node.services[record.service]
+            deploy.enter(Phase.DRAIN, f"{old.release}: {sum(w.inflight for w in old.workers.values())} in flight")
+            await service.retire(old, on_drained=lambda: deploy.enter(Phase.RETIRE, old.release))
+        deploy.enter(Phase.DONE)
+
+    async def _prepare_and_shift(self, deploy: Deploy, record: ReleaseRecord) -> Any:
+        lock = self.locks.setdefault(record.service, asyncio.Lock())
+        async with lock:
+            service = self.node.services.get(record.service)
+            if service is not None and service.release is not None and service.release_id == record.id:
+                deploy.noop(f"{record.id} is already live; nothing changed")
+                return None
+            deploy.enter(Phase.FETCH)
+            self.node.gateway.check_routes(record.service, record.config.routes)
+            directory = str(await self.store.materialize(record))
+            deploy.enter(Phase.IMPORT)
+            created = service is None
+            if service is None:
+                service = self.node.create_service(record.service, record.config)
+            new = service.new_release(record.id, directory, record.config)
+            previous = service.release_id if service.release is not None else ""
+            try:
+                await new.start(on_imported=lambda: deploy.enter(Phase.WARM, f"{new.target} workers"))
+                if record.config.migrate and not record.migrated:
+                    deploy.enter(Phase.MIGRATE, record.config.migrate)
+                    await new.run_hook({"release": record.id, "previous_release": previous, "service": record.service})
+                    record.migrated = True
+                    await self.store.put_release(record)
+            except ReleaseFailed as exc:
+                service.record_failure(record.id, exc.reason)
+                if created:
+                    self.node.forget_service(service)
+                raise
+            deploy.enter(Phase.SHIFT)
+            old = service.shift(new, directory, record.config)
+            self.node.gateway.add_service(service)
+            record.deployed_at = now()
+            await self.store.put_release(record)
+            await self.store.set_live(record.service, record.id)
+            return old
+
+    async def rollback(self, service: "ServiceRuntime", to: str | None, source: str) -> Deploy:
+        target = to or (service.previous[0] if service.previous else "")
+        if not target:
+            kept = await self.store.get_service(service.name)
+            history = [r for r in (kept.history if kept else []) if r != service.release_id]
+            target = history[-1] if history else ""
+        if not target:
+            raise AnycoreError(f"service {service.name} has no earlier release to roll back to — see `anycore releases {service.name}`")
+        record = await self.store.get_release(target)
+        if record is None:
+            raise AnycoreError(f"release {target} is not kept — see `anycore releases {service.name}`")
+        return self.start(record, source)
