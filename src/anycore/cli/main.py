@@ -178,6 +178,147 @@ def _running(pid: int) -> bool:
         return False
 
 
+# -- releases -----------------------------------------------------------------------------
+
+PHASE_DONE = {"done", "failed", "noop"}
+
+
+async def _follow(client: ControlClient, command: str, **args: Any) -> dict[str, Any]:
+    """Send a deploying command and print its phases live until it ends; returns the last event."""
+    import secrets
+
+    from anycore.cluster.control import deploy_subject
+
+    assert client.nc is not None
+    deploy_id = secrets.token_hex(6)
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        events.put_nowait(json.loads(msg.data))
+
+    sub = await client.nc.subscribe(deploy_subject(deploy_id), cb=on_event)
+    reply = await client.call(command, timeout=30, deploy_id=deploy_id, **args)
+    deploy = reply["deploy"]
+    if args.get("detach"):
+        return deploy
+    event = deploy
+    click.echo(f"deploying {deploy['release']} (was {deploy['previous'] or 'not running'})")
+    last_phase = ""
+    while event["phase"] not in PHASE_DONE:
+        event = await events.get()
+        if last_phase and last_phase in event["timings"]:
+            click.echo(f"  {last_phase:<8} {event['timings'][last_phase] * 1000:8.1f} ms")
+        last_phase = event["phase"]
+        if event["phase"] not in PHASE_DONE and event["detail"]:
+            click.echo(f"  {event['phase']:<8} ... {event['detail']}")
+    await sub.unsubscribe()
+    return event
+
+
+def _report(event: dict[str, Any]) -> None:
+    if event["phase"] == "done":
+        click.echo(f"{event['release']} is live on every serving worker ({event['elapsed']:.2f}s)")
+    elif event["phase"] == "noop":
+        click.echo(f"no change: {event['detail']}")
+    else:
+        click.echo(f"anycore: deploy of {event['release']} failed in phase {_failed_phase(event)}: {event['error']}", err=True)
+        if event.get("traceback"):
+            click.echo(event["traceback"].rstrip(), err=True)
+        click.echo(f"anycore: {event['previous'] or 'nothing'} keeps serving as before", err=True)
+        sys.exit(1)
+
+
+def _failed_phase(event: dict[str, Any]) -> str:
+    return list(event["timings"])[-1] if event["timings"] else "fetch"
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--name", help="Service name (default: anycore.toml's name, else the directory name).")
+@click.option("--detach", is_flag=True, help="Return once the node accepted the deploy; see `anycore releases`.")
+@with_nats
+def deploy(path: str, name: str | None, detach: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Upload PATH as a release and swap it in while the service serves."""
+    import msgspec
+
+    from anycore.release.bundle import pack, release_id
+    from anycore.release.store import CodeStore, ReleaseRecord, now
+
+    service = load_service(path)
+    config = msgspec.structs.replace(service.config, name=name) if name else service.config
+    data = pack(service.directory)
+    record = ReleaseRecord(id=release_id(service.directory, config), service=config.name, config=config,
+                           source=service.directory, created_at=now())
+
+    async def go() -> dict[str, Any]:
+        async with ControlClient(nats_url, token, creds) as client:
+            assert client.nc is not None
+            store = await CodeStore(client.nc.jetstream(), None).open()
+            await store.put_bundle(record.id, data)
+            existing = await store.get_release(record.id)
+            if existing is not None:
+                record.migrated, record.deployed_at = existing.migrated, existing.deployed_at
+            await store.put_release(record)
+            return await _follow(client, "deploy", release=record.id, source=service.directory, detach=detach)
+
+    event = _run(go())
+    if detach:
+        click.echo(f"deploy {event['id']} of {event['release']} started; follow it with `anycore releases {config.name}`")
+        return
+    _report(event)
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--to", "to", help="Release id to go back to (default: the previous one).")
+@with_nats
+def rollback(service: str, to: str | None, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Go back to a kept release of SERVICE, from cache."""
+
+    async def go() -> dict[str, Any]:
+        async with ControlClient(nats_url, token, creds) as client:
+            return await _follow(client, "rollback", service=service, to=to)
+
+    _report(_run(go()))
+
+
+@cli.command()
+@click.argument("service", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@with_nats
+def releases(service: str | None, as_json: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Kept releases of SERVICE (live one marked), deploys in progress, failed releases."""
+
+    async def go() -> dict[str, Any]:
+        async with ControlClient(nats_url, token, creds) as client:
+            return await client.call("releases", service=service)
+
+    reply = _run(go())
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    from anycore.cli.render import render_releases
+
+    render_releases(reply)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--listen", default="127.0.0.1:8000", show_default=True)
+@click.option("--access-log", is_flag=True)
+def dev(path: str, listen: str, access_log: bool) -> None:
+    """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
+    from anycore.node.node import Node
+
+    try:
+        service = load_service(path)
+    except ConfigError as exc:
+        click.echo(f"anycore: {exc}", err=True)
+        sys.exit(2)
+    node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path)
+    sys.exit(_run(node.run([service])))
+
+
 def main() -> None:
     cli()
 

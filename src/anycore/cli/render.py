@@ -27,3 +27,21 @@ def render_ps(reply: dict[str, Any]) -> None:
                             str(w["served"]), str(live.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
     console.print(services)
     console.print(workers)
+
+
+def render_releases(reply: dict[str, Any]) -> None:
+    import time
+
+    console = Console(width=None if Console().is_terminal else 160)
+    table = Table("release", "live", "deployed", "from", "cached")
+    for r in reply["releases"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["deployed_at"])) if r["deployed_at"] else "-"
+        table.add_row(r["id"], "*" if r["live"] else "", when, r["source"], "yes" if r["cached"] else "no")
+    console.print(table)
+    for d in reply["deploys"]:
+        if d["phase"] not in ("done", "noop"):
+            console.print(f"deploy {d['id']} of {d['release']}: {d['phase']} {d['detail']} {d['error']}".rstrip())
+    for f in reply["failed"]:
+        console.print(f"failed: {f['release']}: {f['reason']}")
+    if reply.get("rolled_back"):
+        console.print(f"auto-rollback: {reply['rolled_back']}")

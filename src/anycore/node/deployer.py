@@ -51,7 +51,7 @@ class Deployer:
         await self.store.put_bundle(record.id, data)
         existing = await self.store.get_release(record.id)
         if existing is not None:
-            record.migrated = existing.migrated
+            record.migrated, record.deployed_at = existing.migrated, existing.deployed_at
         await self.store.put_release(record)
         return record
 
@@ -122,7 +122,7 @@ class Deployer:
             await self.store.set_live(record.service, record.id)
             return old
 
-    async def rollback(self, service: "ServiceRuntime", to: str | None, source: str) -> Deploy:
+    async def rollback(self, service: "ServiceRuntime", to: str | None, source: str, deploy_id: str | None = None) -> Deploy:
         target = to or (service.previous[0] if service.previous else "")
         if not target:
             kept = await self.store.get_service(service.name)
@@ -133,4 +133,4 @@ class Deployer:
         record = await self.store.get_release(target)
         if record is None:
             raise AnycoreError(f"release {target} is not kept — see `anycore releases {service.name}`")
-        return self.start(record, source)
+        return self.start(record, source, deploy_id)

@@ -48,7 +48,8 @@ def make_node_id() -> str:
 
 class Node:
     def __init__(self, home: Path, listen: tuple[str, int], nats_url: str | None = None, token: str | None = None,
-                 creds: str | None = None, access_log: bool = False, limits: Limits | None = None) -> None:
+                 creds: str | None = None, access_log: bool = False, limits: Limits | None = None,
+                 watch: str | None = None) -> None:
         self.home = home
         self.listen = listen
         self.node_id = make_node_id()
@@ -60,6 +61,7 @@ class Node:
         self.services: dict[str, ServiceRuntime] = {}
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
         self.deployer: Deployer | None = None
+        self.watch = watch
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
@@ -89,7 +91,10 @@ class Node:
             print(f"anycore: {exc}", file=sys.stderr, flush=True)
             await self._shutdown()
             return 2
+        watcher = asyncio.ensure_future(self._watch(self.watch)) if self.watch else None
         code = await self._command_loop()
+        if watcher is not None:
+            watcher.cancel()
         await self._shutdown()
         return code
 
@@ -151,6 +156,29 @@ class Node:
                 self.log.event("service.restore_failed", kept.name, release=kept.live, error=deploy.error)
             else:
                 self._announce(self.services[kept.name])
+
+    async def _watch(self, path: str) -> None:
+        """`anycore dev`: deploy a new release of ``path`` after every saved change (debounced)."""
+        import watchfiles
+
+        from anycore.config import load_service
+        from anycore.release.bundle import ALWAYS_IGNORED
+
+        def relevant(change: watchfiles.Change, name: str) -> bool:
+            parts = set(Path(name).parts)
+            return not (parts & ALWAYS_IGNORED) and not name.endswith((".pyc", ".swp", "~"))
+
+        assert self.deployer is not None
+        async for _ in watchfiles.awatch(path, watch_filter=relevant, debounce=200, step=50):
+            try:
+                service = load_service(path)
+                record = await self.deployer.publish_local(service, source=f"{service.directory} (dev)")
+            except AnycoreError as exc:
+                self.log.event("dev.deploy_skipped", error=str(exc))
+                continue
+            deploy = self.deployer.start(record, source=f"{service.directory} (dev)")
+            await deploy.task
+            print(f"dev: {deploy.phase.value} {record.id}" + (f": {deploy.error}" if deploy.error else ""), flush=True)
 
     def _announce(self, runtime: ServiceRuntime) -> None:
         prefix = runtime.config.routes[0]
@@ -251,7 +279,8 @@ class Node:
         if kind == "rollback":
             assert self.deployer is not None
             deploy = await self.deployer.rollback(self._service(args.get("service")), args.get("to") or None,
-                                                  source=f"rollback{' to ' + args['to'] if args.get('to') else ''}")
+                                                  source=f"rollback{' to ' + args['to'] if args.get('to') else ''}",
+                                                  deploy_id=args.get("deploy_id"))
             return {"ok": True, "deploy": deploy.snapshot()}
         if kind == "releases":
             return await self._releases(args.get("service"))

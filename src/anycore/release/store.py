@@ -56,7 +56,7 @@ def _hash(release: str) -> str:
 
 
 class CodeStore:
-    def __init__(self, js: JetStreamContext, cache: Path) -> None:
+    def __init__(self, js: JetStreamContext, cache: Path | None) -> None:
         self.js = js
         self.cache = cache
         self.objects: Any = None
@@ -64,7 +64,8 @@ class CodeStore:
         self.services: Any = None
 
     async def open(self) -> "CodeStore":
-        self.cache.mkdir(parents=True, exist_ok=True)
+        if self.cache is not None:
+            self.cache.mkdir(parents=True, exist_ok=True)
         try:
             self.objects = await self.js.object_store(CODE_BUCKET)
         except (BucketNotFoundError, NotFoundError):
@@ -90,6 +91,7 @@ class CodeStore:
             await self.objects.put(_hash(release), data)
 
     def cached(self, release: str) -> Path | None:
+        assert self.cache is not None, "the CLI's store has no cache"
         path = self.cache / release
         return path if path.is_dir() else None
 
@@ -102,6 +104,7 @@ class CodeStore:
             result = await self.objects.get(_hash(record.id))
         except (ObjectNotFoundError, NotFoundError):
             raise BundleRefused(f"release {record.id} is not in the code store — deploy it again from its directory") from None
+        assert self.cache is not None
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.cache))
         try:
             unpack(result.data, str(staging / "code"))
@@ -172,7 +175,8 @@ class CodeStore:
             await self.releases.delete(f"{release.split('@', 1)[0]}.{_hash(release)}")
         except Exception:
             pass
-        shutil.rmtree(self.cache / release, ignore_errors=True)
+        if self.cache is not None:
+            shutil.rmtree(self.cache / release, ignore_errors=True)
 
 
 def now() -> float:
