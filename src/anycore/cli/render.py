@@ -22,11 +22,17 @@ def render_ps(reply: dict[str, Any]) -> None:
         services.add_row(svc["name"], svc["state"], svc["release"], f"{len(live.get('workers', []))}/{live.get('target', 0)}",
                          str(svc["inflight"]), str(svc["queued"]), str(svc["served"]), str(svc["rejected"]),
                          str(svc["quarantined"]), health)
-        for w in live.get("workers", []):
-            workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",
-                            str(w["served"]), str(live.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
+        for release in [live, *svc.get("draining", [])]:
+            for w in release.get("workers", []):
+                workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",
+                                str(w["served"]), str(release.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
     console.print(services)
     console.print(workers)
+    for svc in reply["services"]:
+        for failure in svc.get("failed", []):
+            console.print(f"[red]failed release[/] {failure['release']}: {failure['reason']}")
+        if svc.get("rolled_back"):
+            console.print(f"[yellow]rolled back[/] {svc['rolled_back']}")
 
 
 def render_releases(reply: dict[str, Any]) -> None:
