@@ -25,7 +25,12 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # "/prefix", "host" or "host/prefix"; the longest matching prefix wins, host routes
     # before host-less ones.
     routes: list[str] = msgspec.field(default_factory=lambda: ["/"])
-    workers: int = 0  # 0: one per core
+    workers: int = 0  # a fixed count: shorthand for min_workers = max_workers = workers
+    min_workers: int = -1  # -1: 1 (0 scales to zero: the zygote stays warm, a request forks a worker)
+    max_workers: int = 0  # 0: one per core of the node
+    target_utilization: float = 0.7  # the scaler aims at this share of slots busy
+    scale_down_delay: float = 30.0  # no scale-down this soon after a scale-up
+    keep_warm: float = 60.0  # the last worker stays this long after the load ends
     slots: int = 8  # concurrent requests per worker
     timeout: float = 30.0  # request deadline, queue time included
     max_queue: int = 1000
@@ -59,14 +64,31 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
         for key in ("timeout", "hang_timeout", "drain_timeout", "startup_timeout", "rollback_window"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive number of seconds (got {getattr(self, key)})")
-        if self.workers < 0 or self.max_requests < 0 or self.max_rss < 0:
-            raise ConfigError("workers, max_requests and max_rss cannot be negative")
+        if self.workers < 0 or self.max_requests < 0 or self.max_rss < 0 or self.max_workers < 0:
+            raise ConfigError("workers, max_workers, max_requests and max_rss cannot be negative")
+        if self.workers and (self.min_workers >= 0 or self.max_workers):
+            raise ConfigError("set either `workers` (a fixed count) or `min_workers`/`max_workers`, not both")
+        if self.max_workers and self.min_count > self.max_workers:
+            raise ConfigError(f"min_workers={self.min_workers} is above max_workers={self.max_workers}")
+        if not 0 < self.target_utilization <= 1:
+            raise ConfigError(f"target_utilization must be in (0, 1] (got {self.target_utilization})")
+        if self.scale_down_delay < 0 or self.keep_warm < 0:
+            raise ConfigError("scale_down_delay and keep_warm cannot be negative")
         for route in self.routes:
             parse_route(route)
 
     @property
+    def min_count(self) -> int:
+        return self.workers or (1 if self.min_workers < 0 else self.min_workers)
+
+    @property
+    def max_count(self) -> int:
+        return self.workers or self.max_workers or max(os.cpu_count() or 1, self.min_count)
+
+    @property
     def worker_count(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+        """Workers to warm when the release starts: the minimum, and at least one to prove it runs."""
+        return max(1, self.min_count)
 
 
 def parse_route(route: str) -> tuple[str | None, str]:

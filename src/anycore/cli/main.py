@@ -283,6 +283,23 @@ def rollback(service: str, to: str | None, nats_url: str | None, token: str | No
 
 
 @cli.command()
+@click.argument("service")
+@click.option("--min", "low", type=int, help="Fewest workers (0: scale to zero).")
+@click.option("--max", "high", type=int, help="Most workers.")
+@with_nats
+def scale(service: str, low: int | None, high: int | None, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Change SERVICE's worker limits at run time (no restart, not a deploy)."""
+    if low is None and high is None:
+        raise click.UsageError("give --min, --max or both")
+
+    async def go() -> dict[str, Any]:
+        async with ControlClient(nats_url, token, creds) as client:
+            return await client.call("scale", service=service, min=low, max=high)
+
+    click.echo(_run(go())["message"])
+
+
+@cli.command()
 @click.argument("service", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @with_nats

@@ -8,20 +8,30 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _scaler(info: dict[str, Any] | None) -> str:
+    if not info:
+        return ""
+    text = f"{info['actual']}→{info['desired']} [{info['min']}..{info['max']}]"
+    if info.get("reason"):
+        text += f" {info['reason']} (demand {info['demand']}, need {info['stable_need']}/{info['panic_need']})"
+    return text
+
+
 def render_ps(reply: dict[str, Any]) -> None:
     console = Console(width=None if Console().is_terminal else 160)
     console.print(f"node [bold]{reply['node']}[/] (pid {reply['pid']}) gateway {reply['gateway']}, "
                   f"{reply['connections']} connections")
-    services = Table("service", "state", "release", "workers", "inflight", "queued", "served", "rejected", "quarantined", "health")
+    services = Table("service", "state", "release", "workers", "inflight", "queued", "served", "rejected", "quarantined",
+                     "scaler", "health")
     workers = Table("service", "worker", "pid", "release", "state", "inflight", "served", "restarts", "rss MiB", "uptime s")
     for svc in reply["services"]:
         live = svc["live"] or {}
         health = "crashlooping" if live.get("crashlooping") else ("failed: " + live["failure"] if live.get("failure") else "ok")
         if live.get("last_exit"):
             health += f" (last exit: {live['last_exit']})"
-        services.add_row(svc["name"], svc["state"], svc["release"], f"{len(live.get('workers', []))}/{live.get('target', 0)}",
+        services.add_row(svc["name"], svc["state"], svc["release"], str(len(live.get("workers", []))),
                          str(svc["inflight"]), str(svc["queued"]), str(svc["served"]), str(svc["rejected"]),
-                         str(svc["quarantined"]), health)
+                         str(svc["quarantined"]), _scaler(live.get("scaler")), health)
         for release in [live, *svc.get("draining", [])]:
             for w in release.get("workers", []):
                 workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",

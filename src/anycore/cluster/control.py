@@ -23,7 +23,7 @@ from nats.errors import NoRespondersError
 
 from anycore.errors import ControlError, NodeNotFound, NotAuthorized
 
-COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback")
+COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale")
 
 
 def home_dir() -> Path:

@@ -103,7 +103,10 @@ class Deployer:
             new = service.new_release(record.id, directory, record.config)
             previous = service.release_id if service.release is not None else ""
             try:
-                await new.start(on_imported=lambda: deploy.enter(Phase.WARM, f"{new.target} workers"))
+                # Warm as many workers as the old release has now, so capacity never dips.
+                serving = service.release.live_count() if service.release is not None else 0
+                await new.start(on_imported=lambda: deploy.enter(Phase.WARM, f"{new.target} workers"),
+                                warm=max(record.config.worker_count, serving))
                 if record.config.migrate and not record.migrated:
                     deploy.enter(Phase.MIGRATE, record.config.migrate)
                     await new.run_hook({"release": record.id, "previous_release": previous, "service": record.service})

@@ -37,8 +37,10 @@ from anycore.node.deployer import Deployer
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
 from anycore.release.store import CodeStore, describe
+from anycore.scaler.core import share
 
 SHUTDOWN_GRACE = 10.0
+SCALE_TICK = 0.25
 
 
 def make_node_id() -> str:
@@ -92,7 +94,9 @@ class Node:
             await self._shutdown()
             return 2
         watcher = asyncio.ensure_future(self._watch(self.watch)) if self.watch else None
+        scaler = asyncio.ensure_future(self._scale_loop())
         code = await self._command_loop()
+        scaler.cancel()
         if watcher is not None:
             watcher.cancel()
         await self._shutdown()
@@ -156,6 +160,21 @@ class Node:
                 self.log.event("service.restore_failed", kept.name, release=kept.live, error=deploy.error)
             else:
                 self._announce(self.services[kept.name])
+
+    async def _scale_loop(self) -> None:
+        """Every SCALE_TICK: share the node's cores among the services that want them, then
+        let each live release's scaler act within its share (see anycore.scaler.core)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SCALE_TICK)
+            live = [s for s in self.services.values() if s.release is not None]
+            if not live:
+                continue
+            budget = max([os.cpu_count() or 1] + [s.release.scaler.limits.max_workers for s in live])  # type: ignore[union-attr]
+            wants = {s.name: (s.release.scaler.limits.min_workers, s.release.target) for s in live}  # type: ignore[union-attr]
+            grants = share(budget, wants) if sum(w for _, w in wants.values()) > budget else {}
+            for service in live:
+                service.autoscale(loop.time(), grants.get(service.name))
 
     async def _watch(self, path: str) -> None:
         """`anycore dev`: deploy a new release of ``path`` after every saved change (debounced)."""
@@ -282,6 +301,10 @@ class Node:
                                                   source=f"rollback{' to ' + args['to'] if args.get('to') else ''}",
                                                   deploy_id=args.get("deploy_id"))
             return {"ok": True, "deploy": deploy.snapshot()}
+        if kind == "scale":
+            service = self._service(args.get("service"))
+            low, high = service.set_limits(args.get("min"), args.get("max"))
+            return {"ok": True, "message": f"service {service.name}: workers between {low} and {high} (no restart)"}
         if kind == "releases":
             return await self._releases(args.get("service"))
         if kind == "down":

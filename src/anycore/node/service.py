@@ -16,11 +16,13 @@ a 502 saying what happened. A request that crashed two workers is quarantined: a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from anycore import wire
 from anycore.config import ServiceConfig
+from anycore.errors import AnycoreError
 from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
 from anycore.router.core import Placed, Queued, Rejected, Router
@@ -50,6 +52,8 @@ class ServiceRuntime:
         self.previous: tuple[str, str, ServiceConfig] | None = None  # (release, directory, config)
         self.on_crashloop: Callable[[ServiceRuntime, str], None] | None = None
         self.rolled_back = ""
+        self.scale_override: tuple[int, int] | None = None  # `anycore scale` limits, kept across deploys
+        self._rejected_seen = 0
         self.failed: list[dict[str, Any]] = []
         self.workers: dict[int, WorkerHandle] = {}
         self.quarantine: dict[tuple[str, bytes, bytes], float] = {}
@@ -123,6 +127,26 @@ class ServiceRuntime:
                           STOPPED_RETRY_AFTER)
         self.log.event("service.stopped", self.name)
 
+    def autoscale(self, now: float, budget: int | None) -> None:
+        if self.release is None or self.life.state is ServiceState.STOPPED:
+            return
+        rejected, self._rejected_seen = self.router.rejected - self._rejected_seen, self.router.rejected
+        self.release.autoscale(now, budget, self.router.inflight, len(self.router.queue), rejected)
+
+    def set_limits(self, low: int | None, high: int | None) -> tuple[int, int]:
+        """`anycore scale`: new worker limits for the live release and later ones; no restart."""
+        if self.release is None:
+            raise AnycoreError(f"service {self.name} is stopped — `anycore start {self.name}` first")
+        limits = self.release.scaler.limits
+        low = limits.min_workers if low is None else low
+        high = limits.max_workers if high is None else high
+        if low < 0 or high < 1 or low > high:
+            raise AnycoreError(f"invalid limits min={low} max={high}: need 0 <= min <= max and max >= 1")
+        self.scale_override = (low, high)
+        self.release.scaler.limits = dataclasses.replace(limits, min_workers=low, max_workers=high)
+        self.log.event("scale.limits", self.name, release=self.release_id, min=low, max=high)
+        return low, high
+
     def release_crashlooping(self, release: ReleaseSupervisor) -> None:
         """A live release crashloops: roll back if it was shifted in within ``rollback_window``."""
         if release is not self.release or self.previous is None or self.on_crashloop is None:
@@ -171,6 +195,8 @@ class ServiceRuntime:
             self._dispatch(exchange, decision.worker, now)
         elif type(decision) is Queued:
             self._arm_expiry()
+            if not self.router.capacity and self.release is not None:
+                self.release.wake()  # scaled to zero (or all busy starting): fork now, not at the next tick
         elif type(decision) is Rejected:
             exchange.fail(503, "overloaded", f"service {self.name}: {decision.reason}; retry after {decision.retry_after}s",
                           decision.retry_after)

@@ -33,6 +33,7 @@ from anycore.config import ServiceConfig
 from anycore.errors import ReleaseFailed
 from anycore.lifecycle import Lifecycle, ReleaseState, WorkerState
 from anycore.log import NodeLog, pump_output
+from anycore.scaler.core import Limits, Scaler
 from anycore.supervisor.policy import RestartPolicy
 from anycore.supervisor.worker import WorkerHandle
 from anycore.supervisor.zygote import ZygoteHandle, start_zygote
@@ -67,6 +68,13 @@ def oom_kills() -> int:
     return 0
 
 
+def scaler_limits(config: ServiceConfig, override: tuple[int, int] | None = None) -> Limits:
+    low, high = override if override is not None else (config.min_count, config.max_count)
+    stable = max(2.0, min(60.0, config.scale_down_delay))
+    return Limits(low, high, config.slots, config.target_utilization, config.scale_down_delay, config.keep_warm,
+                  stable_window=stable, panic_window=max(1.0, stable / 10))
+
+
 class ReleaseSupervisor:
     def __init__(self, service: "ServiceRuntime", release: str, directory: str, config: ServiceConfig, log: NodeLog) -> None:
         self.service = service
@@ -80,6 +88,8 @@ class ReleaseSupervisor:
         self.workers: dict[int, WorkerHandle] = {}
         self.by_pid: dict[int, WorkerHandle] = {}
         self.target = config.worker_count
+        self.scaler = Scaler(scaler_limits(config, service.scale_override))
+        self.budget: int | None = None
         self.restarts = 0
         self.live_since = 0.0
         self.last_exit = ""
@@ -100,7 +110,7 @@ class ReleaseSupervisor:
         task.add_done_callback(self.tasks.discard)
 
     # -- start ------------------------------------------------------------------------
-    async def start(self, on_imported: Callable[[], None] | None = None) -> None:
+    async def start(self, on_imported: Callable[[], None] | None = None, warm: int | None = None) -> None:
         """Import the code and warm ``target`` workers; raises ReleaseFailed on any failure.
 
         The warm workers are ready but take no traffic until ``promote`` (the shift)."""
@@ -116,6 +126,8 @@ class ReleaseSupervisor:
             self.log.event("release.imported", self.name, release=self.release, zygote_pid=self.zygote.pid, kind=self.zygote.kind)
             if on_imported is not None:
                 on_imported()
+            if warm is not None:
+                self.target = max(1, min(warm, self.scaler.limits.max_workers))
             workers = [self._start_worker() for _ in range(self.target)]
             await asyncio.wait_for(asyncio.gather(*(self._until_ready(w) for w in workers)), self.config.startup_timeout)
         except asyncio.TimeoutError:
@@ -150,9 +162,7 @@ class ReleaseSupervisor:
         raise ReleaseFailed(self.release, reason, traceback)
 
     async def _until_ready(self, worker: WorkerHandle) -> None:
-        ready = self.loop.create_future()
-        worker.ready_waiter = ready
-        await ready
+        await worker.ready_waiter
 
     def _start_worker(self) -> WorkerHandle:
         assert self.zygote is not None
@@ -178,6 +188,10 @@ class ReleaseSupervisor:
         self.log.event("worker.started", self.name, release=self.release, worker=worker_id, pid=pid)
 
     def _on_ready(self, worker: WorkerHandle) -> None:
+        if worker.state is WorkerState.FORKING:
+            # The worker's own socket can outrun the zygote's "forked" message.
+            self.by_pid[worker.pid] = worker
+            worker.life.to(WorkerState.STARTING)
         if worker.state is not WorkerState.STARTING:
             return
         worker.life.to(WorkerState.READY)
@@ -260,12 +274,45 @@ class ReleaseSupervisor:
 
     def _replace(self) -> None:
         if self.life.state is ReleaseState.LIVE and self.zygote is not None and not self.zygote.gone.done():
-            if self._live_count() < self.target:
+            if self.live_count() < self.target:
                 self._start_worker()
 
-    def _live_count(self) -> int:
+    def live_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.state in (WorkerState.FORKING, WorkerState.STARTING, WorkerState.READY)
                    and not w.replacing)
+
+    # -- scaling ---------------------------------------------------------------------------------
+    def autoscale(self, now: float, budget: int | None, inflight: int, queued: int, rejected: int) -> None:
+        """Apply the scaler's decision: fork up to the need at once; drain one idle worker at a time."""
+        if self.life.state is not ReleaseState.LIVE:
+            return
+        self.budget = budget
+        current = self.live_count()
+        draining = sum(1 for w in self.workers.values() if w.state is WorkerState.DRAINING)
+        self.scaler.observe(now, inflight, queued, rejected)
+        decision = self.scaler.decide(now, current, draining, budget)
+        self.target = decision.desired
+        if decision.desired > current:
+            self.log.event("scale.up", self.name, release=self.release, workers=current, desired=decision.desired,
+                           reason=decision.reason, demand=decision.demand)
+            for _ in range(decision.desired - current):
+                self._start_worker()
+        elif decision.desired < current:
+            victim = self._idlest()
+            if victim is not None:
+                self.log.event("scale.down", self.name, release=self.release, workers=current, desired=decision.desired,
+                               worker=victim.id, reason=decision.reason)
+                self._spawn_task(self.drain_worker(victim, "drained: scaled down"))
+
+    def wake(self) -> None:
+        """A request is waiting and no worker can take it: decide now instead of at the next tick."""
+        self.service.autoscale(self.loop.time(), self.budget)
+
+    def _idlest(self) -> WorkerHandle | None:
+        """A worker to scale down: one still starting, else an idle one; never a busy one."""
+        candidates = [w for w in self.workers.values() if not w.replacing and
+                      (w.state in (WorkerState.FORKING, WorkerState.STARTING) or (w.state is WorkerState.READY and not w.inflight))]
+        return max(candidates, key=lambda w: (w.state is not WorkerState.READY, w.started_at), default=None)
 
     # -- housekeeping: hangs, recycling, stability ---------------------------------------------
     async def _housekeep(self) -> None:
@@ -362,11 +409,20 @@ class ReleaseSupervisor:
             task.cancel()
 
     # -- reporting ------------------------------------------------------------------------------
+    def _scaler_info(self) -> dict[str, object]:
+        limits, last = self.scaler.limits, self.scaler.last
+        info: dict[str, object] = {"min": limits.min_workers, "max": limits.max_workers, "budget": self.budget,
+                                   "desired": self.target, "actual": self.live_count()}
+        if last is not None:
+            info.update(reason=last.reason, demand=last.demand, stable_need=last.stable_need,
+                        panic_need=last.panic_need, panic=last.panic)
+        return info
+
     def info(self) -> dict[str, object]:
         now = self.loop.time()
         return {
             "release": self.release, "state": self.life.state.value, "crashlooping": self.policy.crashlooping,
-            "target": self.target, "restarts": self.restarts, "last_exit": self.last_exit, "failure": self.failure,
+            "target": self.target, "scaler": self._scaler_info(), "restarts": self.restarts, "last_exit": self.last_exit, "failure": self.failure,
             "zygote_pid": self.zygote.pid if self.zygote else None,
             "workers": [w.info(now) for w in sorted(self.workers.values(), key=lambda w: w.id)],
         }

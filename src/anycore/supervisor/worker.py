@@ -43,7 +43,9 @@ class WorkerHandle:
         self.lost_inflight = 0
         self.replacing = False  # a replacement is starting; drain this one once it is ready
         self.recycle_reason = ""
-        self.ready_waiter: asyncio.Future[None] | None = None
+        # Resolved when the worker is ready, failed if it dies or fails its startup first.
+        self.ready_waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready_waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
         self._on_ready = on_ready
         self._on_failed_start = on_failed_start
         self._on_done = on_done
@@ -58,9 +60,13 @@ class WorkerHandle:
         return len(self.exchanges)
 
     async def connect(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        _, proto = await loop.connect_accepted_socket(lambda: wire.FrameProtocol(self._frame, self._lost), sock=sock)
-        self.proto = proto
+        # The handle takes its protocol as soon as it exists: the worker's Ready can be read
+        # (and a request dispatched to it) before this coroutine resumes.
+        def protocol() -> wire.FrameProtocol:
+            self.proto = wire.FrameProtocol(self._frame, self._lost)
+            return self.proto
+
+        await asyncio.get_running_loop().connect_accepted_socket(protocol, sock=sock)
 
     def send(self, frame: wire.Frame) -> None:
         if self.proto is not None:

@@ -1,0 +1,132 @@
+"""The scaler: how many workers a release should have on this node. A pure decision.
+
+Inputs, sampled on every tick and on every wake-up (a request arriving with no worker):
+the demand, which is requests in flight + queued + rejected since the last sample (a
+rejected request was demand we could not hold). From the samples the scaler keeps two
+averages, in the Knative style: a *stable* window (``stable_window`` s) and a short *panic*
+window (``panic_window`` s). The estimated need is ``ceil(demand / (slots * target))``.
+
+Rules:
+- Up: straight to the need of the panic window when it exceeds the current count (a burst
+  is served at once, not one worker per tick), else to the need of the stable window.
+- Panic mode: while the panic window asks for twice the current count or more, and for one
+  stable window after, the count never goes down.
+- Down: only after ``scale_down_delay`` s without a scale-up, one worker at a time (each
+  drain must finish before the next is decided: the executor reports ``draining``), and
+  to zero only after ``keep_warm`` s without any demand.
+- Always within [min_workers, max_workers], and within the node's fair share (``budget``).
+
+``share`` divides a node's cores among services that compete: max-min fairness (each gets
+what it asks if it can; what is left is split evenly among those who want more), never
+below a service's ``min_workers``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Limits:
+    min_workers: int
+    max_workers: int
+    slots: int
+    target_utilization: float = 0.7
+    scale_down_delay: float = 30.0
+    keep_warm: float = 60.0
+    stable_window: float = 30.0
+    panic_window: float = 3.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    reason: str
+    stable_need: int
+    panic_need: int
+    demand: float
+    panic: bool
+
+
+@dataclass
+class Scaler:
+    limits: Limits
+    samples: deque[tuple[float, float]] = field(default_factory=deque)  # (time, demand)
+    last_up: float = -math.inf
+    last_demand: float = -math.inf  # last time demand was above zero
+    panic_until: float = -math.inf
+    last: Decision | None = None
+
+    def observe(self, now: float, inflight: int, queued: int, rejected: int) -> None:
+        demand = float(inflight + queued + rejected)
+        self.samples.append((now, demand))
+        if demand > 0:
+            self.last_demand = now
+        horizon = now - max(self.limits.stable_window, self.limits.panic_window)
+        while self.samples and self.samples[0][0] < horizon:
+            self.samples.popleft()
+
+    def _average(self, now: float, window: float) -> float:
+        values = [d for t, d in self.samples if t >= now - window]
+        return sum(values) / len(values) if values else 0.0
+
+    def _need(self, demand: float) -> int:
+        per_worker = self.limits.slots * self.limits.target_utilization
+        return math.ceil(demand / per_worker - 1e-9) if demand > 0 else 0
+
+    def decide(self, now: float, current: int, draining: int = 0, budget: int | None = None) -> Decision:
+        """Desired worker count given ``current`` ready-or-starting workers (``draining`` leaving)."""
+        lim = self.limits
+        stable = self._average(now, lim.stable_window)
+        panic_demand = self._average(now, lim.panic_window)
+        # The latest sample counts fully in the panic window: a burst is seen on its first tick.
+        if self.samples:
+            panic_demand = max(panic_demand, self.samples[-1][1])
+        stable_need, panic_need = self._need(stable), self._need(panic_demand)
+        ceiling = lim.max_workers if budget is None else max(lim.min_workers, min(lim.max_workers, budget))
+        clamp = lambda n: max(lim.min_workers, min(ceiling, n))  # noqa: E731
+
+        if current and panic_need >= 2 * current:
+            self.panic_until = now + lim.stable_window
+        panic = now < self.panic_until
+        if panic_need > current or stable_need > current:
+            desired, reason = clamp(max(panic_need, stable_need)), "demand above capacity"
+            if desired > current:
+                self.last_up = now
+        elif current > clamp(current):
+            desired, reason = clamp(current), "over the limits"
+        elif panic:
+            desired, reason = current, "panic mode: holding"
+        elif draining:
+            desired, reason = current, "waiting for a drain to finish"
+        elif now - self.last_up < lim.scale_down_delay:
+            desired, reason = current, "scale-down delay after a scale-up"
+        elif stable_need < current:
+            target = clamp(max(stable_need, 1 if now - self.last_demand < lim.keep_warm else 0))
+            desired = current - 1 if target < current else current
+            reason = "scaling down by one" if desired < current else ("keeping the last worker warm" if current == 1 else "steady")
+        else:
+            desired, reason = clamp(current), "steady"
+        self.last = Decision(desired, reason, stable_need, panic_need, round(panic_demand, 2), panic)
+        return self.last
+
+
+def share(budget: int, wants: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Max-min fair split of ``budget`` workers; ``wants[name] = (minimum, wanted)``."""
+    grant = {name: min(minimum, wanted) if wanted else minimum for name, (minimum, wanted) in wants.items()}
+    grant = {name: max(grant[name], wants[name][0]) for name in wants}
+    left = budget - sum(grant.values())
+    hungry = {name for name, (_, wanted) in wants.items() if wanted > grant[name]}
+    while left > 0 and hungry:
+        portion = max(1, left // len(hungry))
+        for name in sorted(hungry, key=lambda n: grant[n]):
+            if left <= 0:
+                break
+            extra = min(portion, wants[name][1] - grant[name], left)
+            grant[name] += extra
+            left -= extra
+            if grant[name] >= wants[name][1]:
+                hungry.discard(name)
+    return grant
