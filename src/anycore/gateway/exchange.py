@@ -178,22 +178,23 @@ class Exchange:
         if self.close_after or self.conn.closing:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        self.conn.write(b"".join(parts))
-        self._write_body(body, more, skip=no_body)
+        self._write_body(body, more, skip=no_body, head=b"".join(parts))
 
-    def _write_body(self, data: bytes, more: bool, skip: bool = False) -> None:
+    def _write_body(self, data: bytes, more: bool, skip: bool = False, head: bytes = b"") -> None:
+        """Write one body chunk (after ``head``, the status line and headers, if given) in a
+        single ``write``: one syscall per small response is most of the gateway's cost."""
         if self.response_complete or self.conn.closed:
             return
+        out = head
         if data and not skip and self.method != "HEAD":
-            if self.chunked_response:
-                self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
-            else:
-                self.conn.write(data)
+            out += b"%x\r\n%b\r\n" % (len(data), data) if self.chunked_response else data
+        if not more and self.chunked_response:
+            out += b"0\r\n\r\n"
+        if out:
+            self.conn.write(out)
         if data:
             self._credit_back(len(data))
         if not more:
-            if self.chunked_response:
-                self.conn.write(b"0\r\n\r\n")
             self.response_complete = True
             self.conn.response_done(self)
 
