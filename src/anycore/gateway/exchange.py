@@ -59,7 +59,7 @@ class Exchange:
         self.deadline = 0.0
         self.worker: WorkerHandle | None = None
         self.attempts = 0
-        self.crashes = 0
+        self.crashes = 0.0  # share of the blame for workers that died running it
         # request body
         self.body: deque[bytes] = deque()
         self.buffered = 0
@@ -77,7 +77,6 @@ class Exchange:
         self.owed_credit = 0
         self.release = ""
         self.finished = False
-        self.timer: Any = None
 
     @property
     def size(self) -> int:

@@ -56,7 +56,10 @@ class HttpConnection(asyncio.Protocol):
         self.writing_paused = False
         self.reading_paused = False
         self.body_paused = False
-        self.timer: asyncio.TimerHandle | None = None
+        # One pending timeout per connection (header read or keep-alive idle), checked by the
+        # gateway's sweep: a float per request instead of a timer object created and cancelled.
+        self.due = 0.0
+        self.on_due: Any = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -86,23 +89,24 @@ class HttpConnection(asyncio.Protocol):
         self.pipeline.clear()
 
     def _arm(self, delay: float, callback: Any) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(delay, callback)
+        self.due = self.loop.time() + delay
+        self.on_due = callback
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.due = 0.0
+
+    def check_due(self, now: float) -> None:
+        if self.due and now >= self.due:
+            self.due = 0.0
+            self.on_due()
 
     def _header_timeout(self) -> None:
-        self.timer = None
         if self.parsing is not None or self._url:
             self._reject(408, "request headers not received in time")
         else:
             self.close()
 
     def _idle_timeout(self) -> None:
-        self.timer = None
         if not self.pipeline:
             self.close()
 
@@ -222,7 +226,9 @@ class HttpConnection(asyncio.Protocol):
 
     # -- requests ---------------------------------------------------------------------
     def _begin(self, exchange: Exchange) -> None:
-        path = urllib.parse.unquote(exchange.raw_path.decode("latin-1"))
+        path = exchange.raw_path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
         host = next((v for k, v in exchange.headers if k == b"host"), b"").decode("latin-1")
         self.gateway.submit(exchange, host, path)
 

@@ -21,6 +21,8 @@ from anycore.log import NodeLog
 if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
 
+SWEEP = 0.1
+
 
 class Gateway:
     def __init__(self, log: NodeLog, limits: Limits, access_log: bool = False) -> None:
@@ -33,12 +35,23 @@ class Gateway:
         self.host = ""
         self.port = 0
         self.errors: dict[int, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True)
         sockname = self.server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Header and keep-alive timeouts of every connection, every SWEEP seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.check_due(now)
 
     @property
     def url(self) -> str:
@@ -112,6 +125,8 @@ class Gateway:
         """Stop accepting, let connections finish their current response, then cut the rest."""
         if self.server is not None:
             self.server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             conn.shutdown()
         deadline = time.monotonic() + timeout

@@ -167,6 +167,9 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SCALE_TICK)
+            now = loop.time()
+            for service in self.services.values():
+                service.sweep(now)
             live = [s for s in self.services.values() if s.release is not None]
             if not live:
                 continue

@@ -3,8 +3,9 @@
 This is the executor around ``router.core.Router``: it turns the router's decisions into
 frames, timers and answers, and feeds back what happens (a slot freed, a worker ready,
 draining or dead). Deadlines: a queued request is expired by one timer armed at the
-earliest queued deadline (504, never reaching a worker); a dispatched request has its own
-timer (504 and a Cancel to the worker if the response has not started).
+earliest queued deadline (504, never reaching a worker); running requests are checked on
+every node tick (``sweep``, 0.25 s): past the deadline they get 504 (if the response has not
+started) and a Cancel to the worker, without a timer object per request.
 
 When a worker dies, each of its in-flight requests is retried once at the head of the
 queue if it is safe (GET/HEAD/OPTIONS, nothing sent, no body consumed); otherwise it gets
@@ -206,8 +207,6 @@ class ServiceRuntime:
         frame = exchange.request_frame(exchange.path, self.server)
         worker.start_request(exchange, frame)
         exchange.on_dispatched(worker, now)
-        if exchange.timer is None:
-            exchange.timer = self.loop.call_at(exchange.deadline, self._deadline_passed, exchange)
 
     def _drain_queue(self) -> None:
         placed = self.router.drain_queue()
@@ -234,8 +233,14 @@ class ServiceRuntime:
                           f"no worker of {self.name} became free within timeout={self.config.timeout}s")
         self._arm_expiry()
 
+    def sweep(self, now: float) -> None:
+        """Called every node tick: running requests past their deadline get 504 and a Cancel."""
+        for worker in list(self.workers.values()):
+            for exchange in list(worker.exchanges.values()):
+                if exchange.deadline <= now and not exchange.response_complete:
+                    self._deadline_passed(exchange)
+
     def _deadline_passed(self, exchange: "Exchange") -> None:
-        exchange.timer = None
         if exchange.worker is not None and not exchange.response_complete:
             exchange.worker.send(wire.Cancel(exchange.id))
             exchange.fail(504, "deadline passed", f"the request ran past timeout={self.config.timeout}s and was cancelled")
@@ -245,18 +250,12 @@ class ServiceRuntime:
             self._arm_expiry()
         elif exchange.worker is not None and exchange.id in exchange.worker.exchanges:
             exchange.worker.send(wire.Cancel(exchange.id))
-        if exchange.timer is not None:
-            exchange.timer.cancel()
-            exchange.timer = None
 
     # -- events from workers --------------------------------------------------------------------
     def on_done(self, worker: "WorkerHandle", exchange: "Exchange", error: str | None) -> None:
         now = self.loop.time()
         self.router.release(worker.id, now - exchange.dispatched_at)
         self.served += 1
-        if exchange.timer is not None:
-            exchange.timer.cancel()
-            exchange.timer = None
         if not exchange.response_complete:
             if exchange.response_started:
                 exchange.fail(500, "incomplete response", error or "the app stopped mid-response")
@@ -281,14 +280,13 @@ class ServiceRuntime:
         worker.exchanges.clear()
         now = self.loop.time()
         for exchange in lost:
-            exchange.crashes += 1
+            # Blame is shared among the requests the dead worker was running: a request
+            # alone on two crashed workers is the likely cause; a bystander is not.
+            exchange.crashes += 1 / len(lost)
             exchange.worker = None
-            if exchange.timer is not None:
-                exchange.timer.cancel()
-                exchange.timer = None
             if exchange.response_complete or exchange.conn.closed:
                 continue
-            if exchange.crashes >= 2:
+            if exchange.crashes >= 2 - 1e-9:
                 self.quarantined += 1
                 self.quarantine[(exchange.method, exchange.raw_path, exchange.query)] = now + QUARANTINE_TTL
                 self.log.event("request.quarantined", self.name, method=exchange.method,

@@ -92,6 +92,7 @@ class ReleaseSupervisor:
         self.budget: int | None = None
         self.restarts = 0
         self.live_since = 0.0
+        self.pending_restarts = 0  # crashed workers whose replacement waits out the backoff
         self.last_exit = ""
         self.failure = ""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -235,6 +236,7 @@ class ReleaseSupervisor:
                                next_restart_s=decision.delay)
                 self.service.release_crashlooping(self)
             self.log.event("worker.restarting", self.name, release=self.release, replaces=worker.id, delay_s=decision.delay)
+            self.pending_restarts += 1
             self.loop.call_later(decision.delay, self._replace)
         if worker.exit_status is not None or not worker.pid:
             self._forget(worker)
@@ -273,6 +275,7 @@ class ReleaseSupervisor:
                        inflight=worker.lost_inflight, served=worker.served)
 
     def _replace(self) -> None:
+        self.pending_restarts -= 1
         if self.life.state is ReleaseState.LIVE and self.zygote is not None and not self.zygote.gone.done():
             if self.live_count() < self.target:
                 self._start_worker()
@@ -287,7 +290,9 @@ class ReleaseSupervisor:
         if self.life.state is not ReleaseState.LIVE:
             return
         self.budget = budget
-        current = self.live_count()
+        # A replacement waiting out its restart backoff counts as present: the scaler must
+        # not undo the backoff of a crashlooping release by forking at once.
+        current = self.live_count() + self.pending_restarts
         draining = sum(1 for w in self.workers.values() if w.state is WorkerState.DRAINING)
         self.scaler.observe(now, inflight, queued, rejected)
         decision = self.scaler.decide(now, current, draining, budget)
