@@ -1,3 +1,6 @@
+"""Hello world: the smallest ASGI 3 app, to measure the server itself."""
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
