@@ -173,7 +173,9 @@ class Exchange:
                     parts.append(b"transfer-encoding: chunked\r\n")
                 else:
                     self.close_after = True
-        parts.append(b"anycore-release: " + self.release.encode() + b"\r\n")
+        release = self.release or (self.service.release_id if self.service is not None else "")
+        if release:  # a node-made answer names the service's live release; a 404 names none
+            parts.append(b"anycore-release: " + release.encode() + b"\r\n")
         if self.close_after or self.conn.closing:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
