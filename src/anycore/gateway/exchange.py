@@ -193,7 +193,7 @@ class Exchange:
             out += b"0\r\n\r\n"
         if out:
             self.conn.write(out)
-        if data:
+        if data and more:  # credit matters only while the response goes on
             self._credit_back(len(data))
         if not more:
             self.response_complete = True

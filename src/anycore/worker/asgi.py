@@ -74,9 +74,10 @@ class Cycle:
             self.waiter = None
         if self.chunks and not self.disconnected:
             data = self.chunks.popleft()
-            if data:
+            more = bool(self.chunks) or not self.body_done
+            if data and not self.body_done:  # credit matters only while the body goes on
                 self.send_frame(wire.Credit(self.id, len(data)))
-            return {"type": "http.request", "body": data, "more_body": bool(self.chunks) or not self.body_done}
+            return {"type": "http.request", "body": data, "more_body": more}
         return {"type": "http.disconnect"}
 
     async def send(self, message: dict[str, Any]) -> None:
