@@ -74,6 +74,9 @@ class Deployer:
         try:
             old = await self._prepare_and_shift(deploy, record)
         except Exception as exc:  # anything before the shift aborts the deploy, never the node
+            service = self.node.services.get(record.service)
+            if service is not None:
+                service.record_failure(record.id, getattr(exc, "reason", str(exc)))
             if not deploy.finished:
                 deploy.fail(str(exc) if isinstance(exc, AnycoreError) else f"internal error: {exc!r}",
                             getattr(exc, "traceback", ""))
@@ -112,8 +115,7 @@ class Deployer:
                     await new.run_hook({"release": record.id, "previous_release": previous, "service": record.service})
                     record.migrated = True
                     await self.store.put_release(record)
-            except ReleaseFailed as exc:
-                service.record_failure(record.id, exc.reason)
+            except ReleaseFailed:
                 if created:
                     self.node.forget_service(service)
                 raise

@@ -290,7 +290,7 @@ class ServiceRuntime:
                 self.quarantined += 1
                 self.quarantine[(exchange.method, exchange.raw_path, exchange.query)] = now + QUARANTINE_TTL
                 self.log.event("request.quarantined", self.name, method=exchange.method,
-                               path=exchange.raw_path.decode("latin-1"), crashed_workers=exchange.crashes)
+                               path=exchange.raw_path.decode("latin-1"), crashed_workers=round(exchange.crashes))
                 exchange.fail(502, "quarantined", "this request crashed two workers; it will not be retried — "
                               "see `anycore logs` for the crash")
             elif exchange.retryable:

@@ -33,6 +33,12 @@ def iter_files(directory: str) -> list[Path]:
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
+        # A symlink to a directory is not walked into: it is packed as the link it is, so
+        # unpacking can refuse it if it points outside the release.
+        files += [rel_dir / d for d in sorted(dirnames) if Path(dirpath, d).is_symlink()]
+        dirnames[:] = sorted(
+            d for d in dirnames if not Path(dirpath, d).is_symlink()
+        )
         dirnames[:] = sorted(
             d for d in dirnames
             if d not in ALWAYS_IGNORED and not (Path(dirpath, d) / "pyvenv.cfg").exists()
