@@ -90,7 +90,43 @@ class Tick(msgspec.Struct, array_like=True, tag=10):
     """Sent by the worker's own event loop: proof of loop progress (hang detection)."""
 
 
-Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick]
+class WsOpen(msgspec.Struct, array_like=True, tag=11):
+    """A WebSocket handshake the gateway holds open: the worker runs the app's websocket scope."""
+
+    id: int
+    path: str
+    raw_path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    subprotocols: list[str]
+    client: tuple[str, int] | None
+    server: tuple[str, int] | None
+    root_path: str
+
+
+class WsAccept(msgspec.Struct, array_like=True, tag=12):
+    id: int
+    subprotocol: str | None
+    headers: list[tuple[bytes, bytes]]
+
+
+class WsMsg(msgspec.Struct, array_like=True, tag=13):
+    """One whole WebSocket message, either direction: ``text`` or ``data``."""
+
+    id: int
+    text: str | None
+    data: bytes | None
+
+
+class WsClose(msgspec.Struct, array_like=True, tag=14):
+    """Worker -> node: the app closed (or rejected, before accept). Node -> worker: the client left."""
+
+    id: int
+    code: int
+    reason: str
+
+
+Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

@@ -133,10 +133,19 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # Upgrades (WebSocket, h2c) are not served yet: answer the request as plain
-            # HTTP and close after it, since the bytes that follow are not HTTP/1.1.
-            if self.pipeline:
-                self.pipeline[-1].close_after = True
+            head = self.pipeline[-1] if self.pipeline else None
+            upgrade = next((v for k, v in head.headers if k == b"upgrade"), b"") if head is not None else b""
+            if head is not None and len(self.pipeline) == 1 and upgrade.lower() == b"websocket":
+                self._disarm()
+                self.pipeline.clear()
+                self.closed = True  # this protocol is done; the WebSocket session owns the transport
+                self.gateway.connections.discard(self)
+                self.gateway.upgrade(self, head)
+                return
+            # Other upgrades (h2c) are not served: answer the request as plain HTTP and
+            # close after it, since the bytes that follow are not HTTP/1.1.
+            if head is not None:
+                head.close_after = True
             self._pause(True)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadersTooLarge) or self._header_bytes > self.limits.max_header_bytes:

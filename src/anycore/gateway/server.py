@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import TYPE_CHECKING
 
 from anycore.config import parse_route
 from anycore.errors import ConfigError
 from anycore.gateway.exchange import Exchange
 from anycore.gateway.http import HttpConnection, Limits
+from anycore.gateway.websocket import WebSocketSession
 from anycore.log import NodeLog
 
 if TYPE_CHECKING:
@@ -99,6 +101,25 @@ class Gateway:
         service, prefix = found
         exchange.root_path = prefix
         service.submit(exchange, path)
+
+    def upgrade(self, conn: HttpConnection, exchange: Exchange) -> None:
+        """Hand an upgrade request's transport to a WebSocket session and open it on a worker."""
+        path = exchange.raw_path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        host = next((v for k, v in exchange.headers if k == b"host"), b"").decode("latin-1")
+        target = exchange.raw_path + (b"?" + exchange.query if exchange.query else b"")
+        handshake = b"".join([exchange.method.encode(), b" ", target, b" HTTP/1.1\r\n",
+                              *(k + b": " + v + b"\r\n" for k, v in exchange.headers), b"\r\n"])
+        session = WebSocketSession(conn.transport, conn.client, conn.server)
+        if session.start(handshake) is None:
+            return
+        found = self.route(host, path)
+        if found is None:
+            session.reject(404, f"no service is routed at {host}{path}\n")
+            return
+        service, prefix = found
+        service.open_websocket(session, session.open_frame(path, exchange.raw_path, exchange.query, exchange.headers, prefix))
 
     def client_gone(self, exchange: Exchange) -> None:
         if exchange.service is not None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.errors import AnycoreError
+from anycore.gateway.websocket import drain_delay
 from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
 from anycore.router.core import Placed, Queued, Rejected, Router
@@ -31,6 +32,7 @@ from anycore.supervisor.release import ReleaseSupervisor
 
 if TYPE_CHECKING:
     from anycore.gateway.exchange import Exchange
+    from anycore.gateway.websocket import WebSocketSession
     from anycore.supervisor.worker import WorkerHandle
 
 QUARANTINE_TTL = 300.0
@@ -272,8 +274,33 @@ class ServiceRuntime:
 
     def worker_draining(self, worker: "WorkerHandle") -> None:
         self.router.stop_accepting(worker.id)
+        for session in list(worker.sockets.values()):
+            session.close_later(drain_delay(self.config.drain_timeout), 1012)
+
+    # -- WebSockets --------------------------------------------------------------------------
+    def open_websocket(self, session: "WebSocketSession", frame: wire.WsOpen) -> None:
+        """Place a WebSocket on the least-loaded accepting worker (it takes no slot)."""
+        if self.life.state is ServiceState.STOPPED or self.release is None:
+            session.reject(503, f"service {self.name} is stopped\n")
+            return
+        accepting = [self.workers[w.id] for w in self.router.workers.values() if w.accepting and w.id in self.workers]
+        if not accepting:
+            self.release.wake()
+            session.reject(503, f"service {self.name} has no worker ready; retry\n")
+            return
+        worker = min(accepting, key=lambda w: (len(w.sockets), w.inflight))
+        session.worker, session.service, session.release = worker, self, worker.release
+        worker.sockets[session.id] = session
+        worker.send(frame)
+
+    def websocket_gone(self, session: "WebSocketSession") -> None:
+        if session.worker is not None:
+            session.worker.sockets.pop(session.id, None)
 
     def worker_lost(self, worker: "WorkerHandle") -> None:
+        for session in list(worker.sockets.values()):
+            session.worker_gone(draining=worker.killed_by_us.startswith(("drained", "stopped", "recycled")))
+        worker.sockets.clear()
         self.router.remove_worker(worker.id)
         self.workers.pop(worker.id, None)
         lost = list(worker.exchanges.values())

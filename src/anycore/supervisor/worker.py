@@ -17,6 +17,7 @@ from anycore.lifecycle import Lifecycle, WorkerState
 
 if TYPE_CHECKING:
     from anycore.gateway.exchange import Exchange
+    from anycore.gateway.websocket import WebSocketSession
 
 
 class WorkerHandle:
@@ -34,6 +35,7 @@ class WorkerHandle:
         self.last_tick = now
         self.served = 0
         self.exchanges: dict[int, Exchange] = {}
+        self.sockets: dict[int, WebSocketSession] = {}  # WebSockets: no slot, not in the router
         self.proto: wire.FrameProtocol | None = None
         self.exit_status: int | None = None
         self.exit_cause = ""
@@ -82,6 +84,12 @@ class WorkerHandle:
             exchange = self.exchanges.get(frame.id)  # type: ignore[union-attr]
             if exchange is not None:
                 exchange.on_frame(frame)
+        elif kind is wire.WsMsg or kind is wire.WsAccept or kind is wire.WsClose:
+            session = self.sockets.get(frame.id)  # type: ignore[union-attr]
+            if session is not None:
+                session.on_frame(frame)
+        elif kind is wire.Done and frame.id in self.sockets:  # type: ignore[union-attr]
+            self.sockets.pop(frame.id)  # type: ignore[union-attr]
         elif kind is wire.Done:
             exchange = self.exchanges.pop(frame.id, None)  # type: ignore[union-attr]
             if exchange is not None:

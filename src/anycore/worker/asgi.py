@@ -184,3 +184,57 @@ class Lifespan:
                 self.supported = False
                 return
             await self.replies.put({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+
+
+class WsCycle:
+    """The worker's half of one WebSocket: ASGI ``websocket.*`` messages <-> Ws* frames."""
+
+    def __init__(self, frame: wire.WsOpen, send_frame: Callable[[wire.Frame], None]) -> None:
+        self.id = frame.id
+        self.send_frame = send_frame
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.inbox.put_nowait({"type": "websocket.connect"})
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+
+    def feed(self, frame: wire.Frame) -> None:
+        if type(frame) is wire.WsMsg:
+            message: dict[str, Any] = {"type": "websocket.receive"}
+            if frame.text is not None:
+                message["text"] = frame.text
+            else:
+                message["bytes"] = frame.data
+            self.inbox.put_nowait(message)
+        elif type(frame) is wire.WsClose:
+            self.closed = True
+            self.inbox.put_nowait({"type": "websocket.disconnect", "code": frame.code, "reason": frame.reason})
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.inbox.get()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if self.closed:
+            if kind == "websocket.close":
+                return
+            raise OSError("the WebSocket is closed")  # what servers raise on send after disconnect
+        if kind == "websocket.accept":
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            self.send_frame(wire.WsAccept(self.id, message.get("subprotocol"), headers))
+        elif kind == "websocket.send":
+            text = message.get("text")
+            self.send_frame(wire.WsMsg(self.id, text, None if text is not None else bytes(message.get("bytes") or b"")))
+        elif kind == "websocket.close":
+            self.closed = True
+            self.send_frame(wire.WsClose(self.id, int(message.get("code", 1000)), str(message.get("reason") or "")))
+        else:
+            raise RuntimeError(f"ASGI app sent unexpected message {kind!r} on a WebSocket")
+
+
+def build_ws_scope(frame: wire.WsOpen, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "websocket", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": "ws", "path": frame.path,
+        "raw_path": frame.raw_path, "query_string": frame.query, "root_path": frame.root_path,
+        "headers": frame.headers, "client": frame.client, "server": frame.server,
+        "subprotocols": frame.subprotocols, "state": state.copy(),
+    }

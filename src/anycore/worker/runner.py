@@ -23,7 +23,7 @@ from typing import Any
 import uvloop
 
 from anycore import wire
-from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, build_scope
+from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
 
 DISCONNECT_GRACE = 0.5  # seconds an app has to notice http.disconnect before it is cancelled
 EXIT_STARTUP_FAILED = 3
@@ -36,6 +36,7 @@ class WorkerServer:
         self.use_lifespan = lifespan
         self.tick = tick
         self.cycles: dict[int, Cycle] = {}
+        self.sockets: dict[int, WsCycle] = {}
         self.stopping: asyncio.Future[None] | None = None
         self.proto: wire.FrameProtocol | None = None
         self.state: dict[str, Any] = {}
@@ -69,7 +70,7 @@ class WorkerServer:
         ticker = asyncio.ensure_future(self._tick())
         await self.stopping
         # Drain: the node stops routing to us before sending Stop; finish what runs.
-        pending = [c.task for c in self.cycles.values() if c.task is not None]
+        pending = [c.task for c in [*self.cycles.values(), *self.sockets.values()] if c.task is not None]
         if pending:
             await asyncio.wait(pending)
         if lifespan is not None:
@@ -109,6 +110,10 @@ class WorkerServer:
             cycle.disconnect()
             if cycle.task is not None:
                 cycle.task.cancel()
+        for ws in self.sockets.values():
+            ws.closed = True
+            if ws.task is not None:
+                ws.task.cancel()
         if self.stopping is not None and not self.stopping.done():
             self.stopping.set_result(None)
 
@@ -132,9 +137,32 @@ class WorkerServer:
                 task = cycle.task
                 if task is not None:
                     asyncio.get_running_loop().call_later(DISCONNECT_GRACE, task.cancel)
+        elif type(frame) is wire.WsOpen:
+            ws = WsCycle(frame, self.proto.send)  # type: ignore[union-attr]
+            self.sockets[frame.id] = ws
+            ws.task = asyncio.ensure_future(self._run_ws(ws, build_ws_scope(frame, self.state)))
+        elif type(frame) is wire.WsMsg or type(frame) is wire.WsClose:
+            ws = self.sockets.get(frame.id)
+            if ws is not None:
+                ws.feed(frame)
         elif type(frame) is wire.Stop:
             if self.stopping is not None and not self.stopping.done():
                 self.stopping.set_result(None)
+
+    async def _run_ws(self, ws: WsCycle, scope: dict[str, Any]) -> None:
+        error: str | None = None
+        try:
+            await self.app(scope, ws.receive, ws.send)
+        except asyncio.CancelledError:
+            error = "cancelled"
+        except BaseException as exc:  # noqa: BLE001 - closes the socket with 1011, never the worker
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"error in WebSocket {scope['path']}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        if not ws.closed:
+            ws.closed = True
+            self.proto.send(wire.WsClose(ws.id, 1011 if error else 1000, ""))  # type: ignore[union-attr]
+        del self.sockets[ws.id]
+        self.proto.send(wire.Done(ws.id, error))  # type: ignore[union-attr]
 
     async def _run(self, cycle: Cycle, scope: dict[str, Any]) -> None:
         error: str | None = None
