@@ -24,7 +24,8 @@ def _ignore_patterns(directory: Path) -> list[str]:
     path = directory / ".anycoreignore"
     if not path.exists():
         return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    # gitignore-style "data/" means the directory data: the walk matches names, so drop the slash.
+    return [line.strip().rstrip("/") for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def iter_files(directory: str) -> list[Path]:
@@ -59,10 +60,17 @@ def release_id(directory: str, config: ServiceConfig) -> str:
     for rel in iter_files(directory):
         path = root / rel
         digest.update(str(rel).encode() + b"\0")
+        # Each entry is framed (a target ends with NUL, content follows its length), so
+        # bytes cannot move between files, or a file be split in two, with the same hash.
         if path.is_symlink():
-            digest.update(b"L" + os.readlink(path).encode())
+            digest.update(b"L" + os.readlink(path).encode() + b"\0")
         elif path.is_file():
-            digest.update(b"F%o\0" % (path.stat().st_mode & 0o777))
+            stat = path.stat()
+            # Only the owner's execute bit is identity (as in git): unpacking normalises the
+            # other bits (tarfile's "data" filter drops group/other write, adds owner rw), so
+            # hashing them made a 0o664 file's fetched bundle hash to another id.
+            mode = 0o755 if stat.st_mode & 0o100 else 0o644
+            digest.update(b"F%o %d\0" % (mode, stat.st_size))
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)

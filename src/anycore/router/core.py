@@ -122,11 +122,21 @@ class Router(Generic[T]):
             return Rejected("deadline cannot be met", self._retry_after(len(self.queue)))
         pending = Pending(item, size, deadline, now)
         if front:
-            self.queue.appendleft(pending)
+            # A retry arrived before every regular request queued, but a dead worker's
+            # requests are retried one after another, oldest first: each goes behind the
+            # retries with an earlier deadline only, so retries keep their order and the
+            # head stays the earliest deadline (next_deadline).
+            position = 0
+            for queued in self.queue:
+                if queued.deadline >= deadline:
+                    break
+                position += 1
+            self.queue.insert(position, pending)
         else:
+            position = len(self.queue)
             self.queue.append(pending)
         self.queued_bytes += size
-        return Queued(0 if front else len(self.queue) - 1)
+        return Queued(position)
 
     def release(self, worker_id: int, service_time: float | None = None) -> None:
         """A request finished on ``worker_id``: its slot is free. Call ``drain_queue`` next."""

@@ -42,7 +42,8 @@ class RestartPolicy:
             self.exits.popleft()
         if len(self.exits) > self.intensity:
             self.crashlooping = True
-        delay = 0.0 if self.consecutive == 0 else min(self.cap, self.base * 2 ** (self.consecutive - 1))
+        # Bounded exponent: a crashloop of 1000+ exits would overflow a float (OverflowError).
+        delay = 0.0 if self.consecutive == 0 else min(self.cap, self.base * 2.0 ** min(self.consecutive - 1, 1000))
         if self.crashlooping:
             delay = self.cap
         self.consecutive += 1
