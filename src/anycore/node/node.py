@@ -174,7 +174,7 @@ class Node:
             if not live:
                 continue
             budget = max([os.cpu_count() or 1] + [s.release.scaler.limits.max_workers for s in live])  # type: ignore[union-attr]
-            wants = {s.name: (s.release.scaler.limits.min_workers, s.release.target) for s in live}  # type: ignore[union-attr]
+            wants = {s.name: (s.release.scaler.limits.min_workers, s.release.wanted()) for s in live}  # type: ignore[union-attr]
             grants = share(budget, wants) if sum(w for _, w in wants.values()) > budget else {}
             for service in live:
                 service.autoscale(loop.time(), grants.get(service.name))

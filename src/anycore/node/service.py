@@ -219,14 +219,13 @@ class ServiceRuntime:
         self._arm_expiry()
 
     def _arm_expiry(self) -> None:
-        deadline = self.router.next_deadline()
-        if self._expiry is not None:
-            if deadline is not None and self._expiry.when() == deadline:
-                return
-            self._expiry.cancel()
-            self._expiry = None
-        if deadline is not None:
-            self._expiry = self.loop.call_at(deadline, self._expire)
+        """Keep one timer at (or before) the head's deadline. Queued deadlines only grow
+        along the queue, so a timer already armed is never late: when it fires early it
+        expires nothing and re-arms for the new head. No timer churn per request."""
+        if self._expiry is None:
+            deadline = self.router.next_deadline()
+            if deadline is not None:
+                self._expiry = self.loop.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self._expiry = None

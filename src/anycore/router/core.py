@@ -79,10 +79,12 @@ class Router(Generic[T]):
     rejected: int = 0
     expired: int = 0
     _rr: int = 0
+    _order: list[WorkerSlots] = field(default_factory=list)  # cached list of workers; reset when they change
 
     # -- workers -----------------------------------------------------------------
     def add_worker(self, worker_id: int, slots: int, accepting: bool = True) -> None:
         self.workers[worker_id] = WorkerSlots(worker_id, slots, accepting=accepting)
+        self._order = []
 
     def set_accepting(self, worker_id: int, accepting: bool) -> None:
         """A warm worker of a new release starts taking requests at the shift."""
@@ -96,6 +98,7 @@ class Router(Generic[T]):
 
     def remove_worker(self, worker_id: int) -> None:
         self.workers.pop(worker_id, None)
+        self._order = []
 
     @property
     def capacity(self) -> int:
@@ -108,8 +111,8 @@ class Router(Generic[T]):
     # -- requests ------------------------------------------------------------------
     def submit(self, item: T, size: int, deadline: float, now: float, front: bool = False) -> Decision:
         """Place ``item`` or queue it; ``front`` puts a retried request ahead of the queue."""
-        worker = self._least_loaded()
-        if worker is not None and (front or not self.queue):
+        worker = self._least_loaded() if front or not self.queue else None  # FIFO: nobody jumps the queue
+        if worker is not None:
             worker.inflight += 1
             return Placed(worker.id)
         if len(self.queue) >= self.max_queue or self.queued_bytes + size > self.max_queue_bytes:
@@ -186,7 +189,8 @@ class Router(Generic[T]):
     # -- internals -------------------------------------------------------------------
     def _least_loaded(self) -> WorkerSlots | None:
         best: WorkerSlots | None = None
-        workers = list(self.workers.values())
+        workers = self._order or list(self.workers.values())
+        self._order = workers
         n = len(workers)
         # Rotate the start so that equally loaded workers take turns.
         self._rr = (self._rr + 1) % n if n else 0

@@ -95,8 +95,8 @@ class Scaler:
             desired, reason = clamp(max(panic_need, stable_need)), "demand above capacity"
             if desired > current:
                 self.last_up = now
-        elif current > clamp(current):
-            desired, reason = clamp(current), "over the limits"
+        elif current != clamp(current):  # over max (or the share), or under a min raised by `anycore scale`
+            desired, reason = clamp(current), "over the limits" if current > clamp(current) else "under min_workers"
         elif panic:
             desired, reason = current, "panic mode: holding"
         elif draining:
@@ -115,18 +115,17 @@ class Scaler:
 
 def share(budget: int, wants: dict[str, tuple[int, int]]) -> dict[str, int]:
     """Max-min fair split of ``budget`` workers; ``wants[name] = (minimum, wanted)``."""
-    grant = {name: min(minimum, wanted) if wanted else minimum for name, (minimum, wanted) in wants.items()}
-    grant = {name: max(grant[name], wants[name][0]) for name in wants}
+    grant = {name: minimum for name, (minimum, _) in wants.items()}
     left = budget - sum(grant.values())
-    hungry = {name for name, (_, wanted) in wants.items() if wanted > grant[name]}
-    while left > 0 and hungry:
-        portion = max(1, left // len(hungry))
-        for name in sorted(hungry, key=lambda n: grant[n]):
-            if left <= 0:
-                break
-            extra = min(portion, wants[name][1] - grant[name], left)
-            grant[name] += extra
-            left -= extra
-            if grant[name] >= wants[name][1]:
-                hungry.discard(name)
+    # Water-filling: each worker left goes to the service that wants more and has fewest
+    # (ties by name), so nobody gets more than its minimum while another that wants more
+    # has less. Splitting the rest evenly regardless of minimums would not be: budget 4,
+    # a=(0, 2), b=(2, 3) gave a=1, b=3.
+    while left > 0:
+        hungry = [name for name, (_, wanted) in wants.items() if wanted > grant[name]]
+        if not hungry:
+            break
+        name = min(hungry, key=lambda n: (grant[n], n))
+        grant[name] += 1
+        left -= 1
     return grant

@@ -309,6 +309,14 @@ class ReleaseSupervisor:
                                worker=victim.id, reason=decision.reason)
                 self._spawn_task(self.drain_worker(victim, "drained: scaled down"))
 
+    def wanted(self) -> int:
+        """Workers this release asks of the node's share: its target, or its need when a share
+        held it below that need (within its limits). Asking only the clamped target would make
+        the share vanish on the next tick, then come back: a fork/drain cycle every tick."""
+        limits, last = self.scaler.limits, self.scaler.last
+        need = max(last.stable_need, last.panic_need) if last is not None else 0
+        return max(limits.min_workers, min(limits.max_workers, max(self.target, need)))
+
     def wake(self) -> None:
         """A request is waiting and no worker can take it: decide now instead of at the next tick."""
         self.service.autoscale(self.loop.time(), self.budget)

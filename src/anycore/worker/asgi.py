@@ -126,7 +126,7 @@ def build_scope(req: wire.Req, state: dict[str, Any]) -> dict[str, Any]:
         "headers": req.headers,
         "client": req.client,
         "server": req.server,
-        "state": state.copy(),
+        "state": state.copy() if state else {},
     }
 
 

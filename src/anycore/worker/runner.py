@@ -30,6 +30,7 @@ EXIT_STARTUP_FAILED = 3
 
 
 class WorkerServer:
+    loop: asyncio.AbstractEventLoop  # set when main() runs
     def __init__(self, app: ASGIApp, lifespan: bool, tick: float, readiness: str = "") -> None:
         self.app = app
         self.readiness = readiness
@@ -42,7 +43,7 @@ class WorkerServer:
         self.state: dict[str, Any] = {}
 
     async def main(self, sock: socket.socket) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.stopping = loop.create_future()
         _, proto = await loop.connect_accepted_socket(
             lambda: wire.FrameProtocol(self.on_frame, self.on_lost), sock=sock
@@ -121,7 +122,7 @@ class WorkerServer:
         if type(frame) is wire.Req:
             cycle = Cycle(frame, self.proto.send)  # type: ignore[union-attr]
             self.cycles[frame.id] = cycle
-            cycle.task = asyncio.ensure_future(self._run(cycle, build_scope(frame, self.state)))
+            cycle.task = self.loop.create_task(self._run(cycle, build_scope(frame, self.state)))
         elif type(frame) is wire.Body:
             cycle = self.cycles.get(frame.id)
             if cycle is not None:
