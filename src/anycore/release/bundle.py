@@ -86,6 +86,7 @@ def release_id(directory: str, config: ServiceConfig) -> str:
 # and the totals stay under the limits. The unpacked tree is then hashed again with the
 # release's config, and must give the release id it was fetched as.
 
+import gzip  # noqa: E402
 import io  # noqa: E402
 import tarfile  # noqa: E402
 
@@ -99,7 +100,9 @@ MAX_FILES = 50_000
 def pack(directory: str) -> bytes:
     root = Path(directory)
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
+    # mtime=0 in the gzip header too, so the same tree packs to the same bytes.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for rel in iter_files(directory):
             info = tar.gettarinfo(str(root / rel), arcname=str(rel))
             info.mtime = 0
