@@ -2,6 +2,8 @@
 
     FETCH -> IMPORT -> WARM -> MIGRATE -> SHIFT -> DRAIN -> RETIRE -> DONE
     (any phase before SHIFT) -> FAILED        the old release serves as before
+    (a phase after SHIFT)    -> FAILED        the new release is live; only the old one's
+                                              retirement went wrong
     (NOOP: the release is already live)
 
 Everything before SHIFT is preparation that changes nothing users see; SHIFT is the one
