@@ -61,6 +61,8 @@ class Scaler:
 
     def observe(self, now: float, inflight: int, queued: int, rejected: int) -> None:
         demand = float(inflight + queued + rejected)
+        if self.last_demand == -math.inf:
+            self.last_demand = now  # keep_warm counts from the release's start, not from the epoch
         self.samples.append((now, demand))
         if demand > 0:
             self.last_demand = now

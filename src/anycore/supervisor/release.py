@@ -303,7 +303,10 @@ class ReleaseSupervisor:
             for _ in range(decision.desired - current):
                 self._start_worker()
         elif decision.desired < current:
-            victim = self._idlest()
+            # Demand fell: only a starting or idle worker goes. Over the limits (a smaller
+            # share of the node, a lowered max): the least busy one drains even if busy;
+            # draining lets its requests finish, it never kills one.
+            victim = self._idlest(allow_busy=decision.reason == "over the limits")
             if victim is not None:
                 self.log.event("scale.down", self.name, release=self.release, workers=current, desired=decision.desired,
                                worker=victim.id, reason=decision.reason)
@@ -321,11 +324,13 @@ class ReleaseSupervisor:
         """A request is waiting and no worker can take it: decide now instead of at the next tick."""
         self.service.autoscale(self.loop.time(), self.budget)
 
-    def _idlest(self) -> WorkerHandle | None:
-        """A worker to scale down: one still starting, else an idle one; never a busy one."""
+    def _idlest(self, allow_busy: bool = False) -> WorkerHandle | None:
+        """A worker to scale down: one still starting, else an idle one, else (``allow_busy``)
+        the least busy one."""
         candidates = [w for w in self.workers.values() if not w.replacing and
-                      (w.state in (WorkerState.FORKING, WorkerState.STARTING) or (w.state is WorkerState.READY and not w.inflight))]
-        return max(candidates, key=lambda w: (w.state is not WorkerState.READY, w.started_at), default=None)
+                      (w.state in (WorkerState.FORKING, WorkerState.STARTING) or
+                       (w.state is WorkerState.READY and (allow_busy or not w.inflight)))]
+        return max(candidates, key=lambda w: (w.state is not WorkerState.READY, -w.inflight, w.started_at), default=None)
 
     # -- housekeeping: hangs, recycling, stability ---------------------------------------------
     async def _housekeep(self) -> None:
