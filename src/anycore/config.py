@@ -31,7 +31,7 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     target_utilization: float = 0.7  # the scaler aims at this share of slots busy
     scale_down_delay: float = 30.0  # no scale-down this soon after a scale-up
     keep_warm: float = 60.0  # the last worker stays this long after the load ends
-    slots: int = 16  # concurrent requests per worker
+    slots: int = 8  # concurrent requests per worker
     timeout: float = 30.0  # request deadline, queue time included
     max_queue: int = 1000
     max_queue_bytes: int = 64 * 1024 * 1024
