@@ -76,7 +76,6 @@ class Exchange:
         self.close_after = not keep_alive
         self.owed_credit = 0
         self.release = ""
-        self.finished = False
 
     @property
     def size(self) -> int:
