@@ -4,7 +4,7 @@ the delay, a sawtooth load loses nothing and kills no worker mid-request, two se
 competing for the cores both keep serving, `anycore scale` changes the limits live, and
 `anycore ps` shows desired against actual workers with the scaler's last decision.
 
-The issue asks for a 60 s sawtooth; this one runs 30 s (three full periods) to keep CI time."""
+The sawtooth runs the full 60 s the issue asks for (three periods of 20 s)."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def test_a_burst_of_100_slow_requests_grows_workers_to_max_then_shrinks_back_wit
                                    for e in exits), exits
 
 
-def test_a_sawtooth_load_for_30s_has_zero_failures_and_kills_no_worker_mid_request(
+def test_a_sawtooth_load_for_60s_has_zero_failures_and_kills_no_worker_mid_request(
         nodes: NodeFactory, tmp_path: Path) -> None:
     svc = make_service(tmp_path, "saw", APP, """
         name = "saw"
@@ -196,7 +196,7 @@ def test_a_sawtooth_load_for_30s_has_zero_failures_and_kills_no_worker_mid_reque
         keep_warm = 1
     """)
     node = nodes.start(svc)
-    duration, period, peak = 30.0, 10.0, 24
+    duration, period, peak = 60.0, 20.0, 24
 
     async def load() -> list[int | str]:
         results: list[int | str] = []
@@ -222,7 +222,7 @@ def test_a_sawtooth_load_for_30s_has_zero_failures_and_kills_no_worker_mid_reque
 
     results = asyncio.run(load())
     failures = [r for r in results if r != 200]
-    assert len(results) > 300 and not failures, f"{len(failures)} of {len(results)} failed: {failures[:5]}"
+    assert len(results) > 600 and not failures, f"{len(failures)} of {len(results)} failed: {failures[:5]}"
     ups, downs = events(node, "scale.up"), events(node, "scale.down")
     assert len(ups) >= 2 and len(downs) >= 2, f"expected the workers to go up and down: {len(ups)} up, {len(downs)} down"
     exits = events(node, "worker.exited")
