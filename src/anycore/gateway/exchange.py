@@ -56,6 +56,7 @@ class Exchange:
         self.service: ServiceRuntime | None = None
         self.root_path = ""
         self.path = ""  # decoded, set by the gateway when routed
+        self.host = ""
         self.deadline = 0.0
         self.worker: WorkerHandle | None = None
         self.attempts = 0
@@ -91,7 +92,8 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_done = True
-        self._pump()
+        if not self.end_sent:  # a body-less request already went whole in its first frame
+            self._pump()
 
     def _pump(self) -> None:
         """Forward buffered body chunks to the worker while credit lasts."""

@@ -62,6 +62,7 @@ class HttpConnection(asyncio.Protocol):
         self.on_due: Any = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._host = b""
         self._header_bytes = 0
 
     # -- connection lifecycle -------------------------------------------------------
@@ -179,6 +180,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._host = b""
         self._header_bytes = 0
         if not self.pipeline:
             self._arm(self.limits.header_timeout, self._header_timeout)
@@ -193,7 +195,10 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.limits.max_header_bytes:
             raise _HeadersTooLarge()
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"host":
+            self._host = value
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parsed = httptools.parse_url(self._url)
@@ -209,6 +214,7 @@ class HttpConnection(asyncio.Protocol):
             self, self.parser.get_method().decode("ascii"), raw_path, parsed.query or b"", self._headers,
             self.parser.get_http_version(), self.parser.should_keep_alive(), content_length, chunked, self.loop.time(),
         )
+        exchange.host = self._host.decode("latin-1")
         self.parsing = exchange
         self.pipeline.append(exchange)
         if len(self.pipeline) == 1:
@@ -238,8 +244,7 @@ class HttpConnection(asyncio.Protocol):
         path = exchange.raw_path.decode("latin-1")
         if "%" in path:
             path = urllib.parse.unquote(path)
-        host = next((v for k, v in exchange.headers if k == b"host"), b"").decode("latin-1")
-        self.gateway.submit(exchange, host, path)
+        self.gateway.submit(exchange, exchange.host, path)
 
     def response_done(self, exchange: Exchange) -> None:
         self.gateway.access(exchange)

@@ -198,7 +198,7 @@ class ServiceRuntime:
             self._dispatch(exchange, decision.worker, now)
         elif type(decision) is Queued:
             self._arm_expiry()
-            if not self.router.capacity and self.release is not None:
+            if self.release is not None and not self.router.any_accepting:
                 self.release.wake()  # scaled to zero (or all busy starting): fork now, not at the next tick
         elif type(decision) is Rejected:
             exchange.fail(503, "overloaded", f"service {self.name}: {decision.reason}; retry after {decision.retry_after}s",

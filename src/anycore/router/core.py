@@ -101,6 +101,10 @@ class Router(Generic[T]):
         self._order = []
 
     @property
+    def any_accepting(self) -> bool:
+        return any(w.accepting for w in self.workers.values())
+
+    @property
     def capacity(self) -> int:
         return sum(w.slots for w in self.workers.values() if w.accepting)
 
