@@ -87,14 +87,17 @@ def test_deploy_keeps_websockets_on_the_old_release_then_closes_them_with_1012_s
         for ws in sockets:
             await ws.send("after")
             assert await ws.recv() == "v1:after"
-        codes: list[int | None] = []
-        closed_at: list[float] = []
-        for ws in sockets:
+        async def until_closed(ws: websockets.ClientConnection) -> tuple[int | None, float]:
             try:
                 await asyncio.wait_for(ws.recv(), 30)
             except websockets.ConnectionClosed as exc:
-                codes.append(exc.rcvd.code if exc.rcvd else None)
-                closed_at.append(time.monotonic())
+                return (exc.rcvd.code if exc.rcvd else None), time.monotonic()
+            return None, time.monotonic()
+
+        # Watch all of them at once, so each close is timed when it happens.
+        closes = await asyncio.gather(*(until_closed(ws) for ws in sockets))
+        codes = [code for code, _ in closes]
+        closed_at = [at for _, at in closes]
         assert await deploy.wait() == 0
         async with websockets.connect(ws_url(node, "/new")) as ws:
             await ws.send("hi")
