@@ -102,9 +102,12 @@ class NodeFactory:
         self.tmp_path = tmp_path
         self.nodes: list[RunningNode] = []
 
-    def start(self, *paths: str | Path, args: tuple[str, ...] = (), wait: bool = True, timeout: float = 60.0) -> RunningNode:
+    def start(self, *paths: str | Path, args: tuple[str, ...] = (), wait: bool = True, timeout: float = 60.0,
+              home: Path | None = None, services: int | None = None) -> RunningNode:
+        """Start `anycore up PATHS`; ``home`` reuses an earlier node's $ANYCORE_HOME, and
+        ``services`` is how many services to wait for (default: one per PATH)."""
         index = len(self.nodes)
-        home = self.tmp_path / f"home{index}"
+        home = home or self.tmp_path / f"home{index}"
         env = {**os.environ, "ANYCORE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         env.pop("ANYCORE_TOKEN", None)
         out_path = self.tmp_path / f"node{index}.out"
@@ -120,7 +123,8 @@ class NodeFactory:
             def started() -> bool:
                 if proc.poll() is not None:
                     raise AssertionError(f"node exited with {proc.returncode}:\n{node.output}")
-                return (home / "node.json").exists() and node.output.count("\nservice ") + node.output.startswith("service ") >= len(paths)
+                expected = len(paths) if services is None else services
+                return (home / "node.json").exists() and node.output.count("\nservice ") + node.output.startswith("service ") >= expected
             wait_for(started, timeout, what="node start")
             node.record = json.loads((home / "node.json").read_text())
             node.url = node.record["gateway"]

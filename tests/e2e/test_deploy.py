@@ -22,7 +22,7 @@ import pytest
 from anycore.config import load_service
 from anycore.errors import BundleRefused
 from anycore.release.bundle import release_id, unpack
-from tests.conftest import RunningNode, make_service, wait_for
+from tests.conftest import HELLO, RunningNode, make_service, wait_for
 
 # One app, varied per test through placeholders (one-line statements each). Every
 # response body is "<version> <pid>"; ``/gate?<path>`` waits (bounded) until that file exists.
@@ -502,3 +502,17 @@ def test_stop_then_start_brings_back_the_deployed_release_from_cache(nodes, tmp_
     assert get(node)[:2] == (200, b_id)
     assert get(node)[2].startswith("b ")
     assert node.service("svc")["live"]["release"] == b_id
+
+
+def test_up_without_path_brings_back_the_live_releases_and_not_the_stopped_ones(nodes, tmp_path):
+    on = make_service(tmp_path, "on", HELLO, 'name = "on"\nworkers = 1\nroutes = ["/on"]\n')
+    off = make_service(tmp_path, "off", HELLO, 'name = "off"\nworkers = 1\nroutes = ["/off"]\n')
+    first = nodes.start(on, off)
+    release = first.service("on")["release"]
+    assert first.cli("stop", "off").returncode == 0
+    assert first.stop() == 0
+    again = nodes.start(home=first.home, services=1)  # no PATH: restore from JetStream KV + cache
+    assert again.service("on")["release"] == release
+    response = httpx.get(again.url + "/on/")
+    assert response.status_code == 200 and response.headers["anycore-release"] == release
+    assert "off" not in {s["name"] for s in again.ps()["services"]}  # it was stopped: it stays off
