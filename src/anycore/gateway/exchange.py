@@ -57,6 +57,8 @@ class Exchange:
         self.root_path = ""
         self.path = ""  # decoded, set by the gateway when routed
         self.host = ""
+        self.header_bytes = 0  # request line + headers, as counted by the parser
+        self.expect_continue = False
         self.deadline = 0.0
         self.worker: WorkerHandle | None = None
         self.attempts = 0
@@ -80,8 +82,8 @@ class Exchange:
 
     @property
     def size(self) -> int:
-        """Bytes this request holds in the node while queued (headers + buffered body)."""
-        return sum(len(k) + len(v) for k, v in self.headers) + len(self.raw_path) + self.buffered
+        """Bytes this request holds in the node while queued (request line, headers, buffered body)."""
+        return self.header_bytes + self.buffered
 
     # -- request body from the client ----------------------------------------------
     def feed_body(self, data: bytes) -> None:

@@ -63,6 +63,8 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._host = b""
+        self._content_length: int | None = None
+        self._chunked = self._expect = False
         self._header_bytes = 0
 
     # -- connection lifecycle -------------------------------------------------------
@@ -181,6 +183,8 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._host = b""
+        self._content_length = None
+        self._chunked = self._expect = False
         self._header_bytes = 0
         if not self.pipeline:
             self._arm(self.limits.header_timeout, self._header_timeout)
@@ -196,25 +200,28 @@ class HttpConnection(asyncio.Protocol):
         if self._header_bytes > self.limits.max_header_bytes:
             raise _HeadersTooLarge()
         name = name.lower()
+        # One pass: pick out what the gateway itself needs while the headers go by.
         if name == b"host":
             self._host = value
+        elif name == b"content-length":
+            self._content_length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            self._chunked = True
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parsed = httptools.parse_url(self._url)
         raw_path = parsed.path or b"/"
-        content_length: int | None = None
-        chunked = False
-        for name, value in self._headers:
-            if name == b"content-length":
-                content_length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
         exchange = Exchange(
             self, self.parser.get_method().decode("ascii"), raw_path, parsed.query or b"", self._headers,
-            self.parser.get_http_version(), self.parser.should_keep_alive(), content_length, chunked, self.loop.time(),
+            self.parser.get_http_version(), self.parser.should_keep_alive(), self._content_length, self._chunked,
+            self.loop.time(),
         )
         exchange.host = self._host.decode("latin-1")
+        exchange.expect_continue = self._expect
+        exchange.header_bytes = self._header_bytes
         self.parsing = exchange
         self.pipeline.append(exchange)
         if len(self.pipeline) == 1:

@@ -186,7 +186,7 @@ class ServiceRuntime:
                               f"{QUARANTINE_TTL:.0f}s — fix the handler and deploy")
                 return
             del self.quarantine[key]
-        if any(k == b"expect" and v.lower() == b"100-continue" for k, v in exchange.headers):
+        if exchange.expect_continue:
             exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         now = self.loop.time()
         exchange.deadline = now + self.config.timeout
