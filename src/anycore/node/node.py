@@ -267,7 +267,7 @@ class Node:
         kind, args = command.kind, command.args
         if kind == "ps":
             return {"ok": True, "node": self.node_id, "gateway": self.gateway.url, "pid": os.getpid(),
-                    "connections": len(self.gateway.connections),
+                    "connections": len(self.gateway.connections), "gateway_errors": self.gateway.errors,
                     "services": [s.info() for s in self.services.values()]}
         if kind == "stop":
             service = self._service(args.get("service"))
