@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from common import free_port
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -38,12 +39,6 @@ APPS = HERE / "apps"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARMUP_S = 3
 KINDS = ("anycore", "uvicorn")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_app() -> Any:

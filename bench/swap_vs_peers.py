@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from common import free_port
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
@@ -38,12 +39,6 @@ async def app(scope, receive, send):
     await send({{"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}})
     await send({{"type": "http.response.body", "body": VERSION.encode()}})
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> str:
@@ -98,7 +93,6 @@ def run(system: str, connections: int) -> tuple[int, float]:
         wait_version(url, "A", streak=3)
         load = subprocess.Popen(["wrk", "-t1", f"-c{connections}", "-d6s", url], stdout=subprocess.PIPE, text=True)
         time.sleep(2)
-        t0 = time.monotonic()
         write_app(work, "B")
         deploy = None
         if system == "anycore":

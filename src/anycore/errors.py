@@ -11,7 +11,7 @@ be shown to the user as it is (the CLI prints ``anycore: <message>`` and exits n
     │   ├── NodeNotFound       no local node recorded under $ANYCORE_HOME
     │   └── NotAuthorized      NATS refused the credentials
     ├── UnknownService         a command named a service the node does not run
-    └── ProtocolError          a peer broke the node<->worker frame protocol
+    └── IllegalTransition      a lifecycle moved along an edge its table lacks (a bug)
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ class UnknownService(AnycoreError):
     def __init__(self, name: str, known: list[str]) -> None:
         listed = ", ".join(sorted(known)) or "none"
         super().__init__(f"no service named {name!r} on this node (running: {listed}) — see `anycore ps`")
-
-
-class ProtocolError(AnycoreError):
-    pass
 
 
 class IllegalTransition(AnycoreError):

@@ -56,8 +56,7 @@ class NodeLog:
         return list(self.all)[-n:]
 
 
-async def pump_output(sock: socket.socket, log: NodeLog, service: str, tag: str,
-                      on_line: Callable[[str], None] | None = None) -> None:
+async def pump_output(sock: socket.socket, log: NodeLog, service: str, tag: str) -> None:
     """Read one process's output socket until EOF, a tagged log line per line of text."""
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
@@ -72,8 +71,6 @@ async def pump_output(sock: socket.socket, log: NodeLog, service: str, tag: str,
             for raw in lines:
                 text = raw.decode("utf-8", "replace")
                 log.output(service, tag, text)
-                if on_line is not None:
-                    on_line(text)
             if len(pending) > 65536:
                 log.output(service, tag, pending.decode("utf-8", "replace"))
                 pending = b""

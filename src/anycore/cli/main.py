@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 import click

@@ -18,7 +18,7 @@ import http
 import itertools
 import json
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from anycore import wire
 
@@ -48,7 +48,6 @@ class Exchange:
         self.query = query
         self.headers = headers
         self.http_version = http_version
-        self.keep_alive = keep_alive
         self.content_length = content_length
         self.chunked = chunked
         self.created = now
