@@ -103,13 +103,16 @@ class NodeFactory:
         self.nodes: list[RunningNode] = []
 
     def start(self, *paths: str | Path, args: tuple[str, ...] = (), wait: bool = True, timeout: float = 60.0,
-              home: Path | None = None, services: int | None = None) -> RunningNode:
+              home: Path | None = None, services: int | None = None, env: dict[str, str] | None = None) -> RunningNode:
         """Start `anycore up PATHS`; ``home`` reuses an earlier node's $ANYCORE_HOME, and
-        ``services`` is how many services to wait for (default: one per PATH)."""
+        ``services`` is how many services to wait for (default: one per PATH); ``env`` adds
+        variables (e.g. ANYCORE_TOKEN for a node joining a cluster with --nats)."""
         index = len(self.nodes)
         home = home or self.tmp_path / f"home{index}"
+        extra = env or {}
         env = {**os.environ, "ANYCORE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         env.pop("ANYCORE_TOKEN", None)
+        env.update(extra)
         out_path = self.tmp_path / f"node{index}.out"
         out = open(out_path, "wb")
         proc = subprocess.Popen(

@@ -84,21 +84,25 @@ def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: fl
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--cluster", "whole", is_flag=True, help="Every node of the cluster, from their heartbeats.")
 @with_nats
-def ps(as_json: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
-    """Services, releases and workers of the node."""
+def ps(as_json: bool, whole: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """Services, releases and workers of the node (or, with --cluster, load per node)."""
+    import msgspec
 
     async def go() -> dict[str, Any]:
         async with ControlClient(nats_url, token, creds) as client:
+            if whole:
+                return {"ok": True, "nodes": [msgspec.to_builtins(h) for h in await client.cluster()]}
             return await client.call("ps")
 
     reply = _run(go())
     if as_json:
         click.echo(json.dumps(reply, indent=2))
         return
-    from anycore.cli.render import render_ps
+    from anycore.cli.render import render_cluster, render_ps
 
-    render_ps(reply)
+    render_cluster(reply) if whole else render_ps(reply)
 
 
 def _simple(command: str, timeout: float = 60.0) -> Callable[..., None]:

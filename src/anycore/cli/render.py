@@ -45,6 +45,24 @@ def render_ps(reply: dict[str, Any]) -> None:
             console.print(f"[yellow]rolled back[/] {svc['rolled_back']}")
 
 
+def render_cluster(reply: dict[str, Any]) -> None:
+    import time
+
+    console = Console(width=None if Console().is_terminal else 160)
+    table = Table("node", "gateway", "service", "release", "workers", "free/slots", "inflight", "queued", "heartbeat")
+    for node in reply["nodes"]:
+        age = f"{max(0.0, time.time() - node['sent_at']):.1f}s ago" + (" (leaving)" if node["leaving"] else "")
+        services = node["services"] or {"-": None}
+        for name, load in services.items():
+            if load is None:
+                table.add_row(node["node"], node["gateway"], "-", "", "", "", "", "", age)
+                continue
+            table.add_row(node["node"], node["gateway"], name, load["release"] or "stopped", str(load["workers"]),
+                          f"{load['free']}/{load['slots']}", str(load["inflight"]), str(load["queued"]), age)
+    console.print(f"{len(reply['nodes'])} node(s)")
+    console.print(table)
+
+
 def render_releases(reply: dict[str, Any]) -> None:
     import time
 

@@ -73,9 +73,16 @@ async def connect(auth: NatsAuth, name: str, **extra: Any) -> nats.NATS:
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
 
+    reconnect = extra.pop("allow_reconnect", False)
     try:
+        if reconnect:
+            # A reconnecting client retries its first connection forever too, even on an
+            # authorization error: check the URL and credentials once, without retrying.
+            probe = await nats.connect(**auth.connect_kwargs(), name=name, error_cb=on_error, allow_reconnect=False,
+                                       connect_timeout=3, max_reconnect_attempts=0)
+            await probe.close()
         return await nats.connect(**auth.connect_kwargs(), name=name, error_cb=on_error,
-                                  allow_reconnect=extra.pop("allow_reconnect", False), connect_timeout=3,
+                                  allow_reconnect=reconnect, connect_timeout=3,
                                   max_reconnect_attempts=extra.pop("max_reconnect_attempts", 0), **extra)
     except Exception as exc:  # nats-py raises several unrelated types here
         text = " ".join(str(e) for e in [exc, *errors]).lower()
@@ -98,6 +105,13 @@ def local_node() -> dict[str, Any]:
                            "or set ANYCORE_HOME / pass --nats") from None
 
 
+def _local_node_or_none() -> dict[str, Any]:
+    try:
+        return local_node()
+    except NodeNotFound:
+        return {}
+
+
 class ControlClient:
     """The CLI's side: find the node, connect with credentials, send commands."""
 
@@ -109,9 +123,11 @@ class ControlClient:
         self.node_id = ""
 
     async def __aenter__(self) -> "ControlClient":
-        node = local_node() if not self.nats_url or not os.environ.get("ANYCORE_NODE") else {}
+        # Without --nats: the local node, from $ANYCORE_HOME/node.json. With --nats: the node
+        # named by $ANYCORE_NODE, else the local node if it is in that cluster, else any live
+        # node from the heartbeats (every node can deploy for the whole cluster).
+        node = local_node() if not self.nats_url else _local_node_or_none()
         url = self.nats_url or node.get("nats_url", "")
-        self.node_id = os.environ.get("ANYCORE_NODE") or node.get("node_id", "")
         token = self.token
         if token is None and not self.creds:
             token = os.environ.get("ANYCORE_TOKEN")
@@ -119,7 +135,25 @@ class ControlClient:
                 token_file = home_dir() / "token"
                 token = token_file.read_text().strip() if token_file.exists() else None
         self.nc = await connect(NatsAuth(url, token, self.creds), "anycore-cli")
+        self.node_id = os.environ.get("ANYCORE_NODE") or ""
+        if not self.node_id and self.nats_url:
+            live = [h.node for h in await self.cluster()]
+            mine = node.get("node_id", "")
+            self.node_id = mine if mine in live else (live[0] if live else "")
+            if not self.node_id:
+                await self.nc.close()
+                raise NodeNotFound(f"no anycore node is heartbeating on NATS at {url} — start one with "
+                                   f"`anycore up --nats {url} ...`")
+        elif not self.node_id:
+            self.node_id = node.get("node_id", "")
         return self
+
+    async def cluster(self) -> list[Any]:
+        """Every node whose heartbeat has not expired (``Heartbeat`` records), by node id."""
+        from anycore.cluster.agent import read_nodes
+
+        assert self.nc is not None
+        return await read_nodes(self.nc.jetstream())
 
     async def __aexit__(self, *exc: object) -> None:
         if self.nc is not None:

@@ -78,6 +78,7 @@ class Exchange:
         self.close_after = not keep_alive
         self.owed_credit = 0
         self.release = ""
+        self.node = ""  # the peer node that ran it (cross-node dispatch); "" for this node
 
     @property
     def size(self) -> int:
@@ -178,6 +179,7 @@ class Exchange:
         release = self.release or (self.service.release_id if self.service is not None else "")
         if release:  # a node-made answer names the service's live release; a 404 names none
             parts.append(b"anycore-release: " + release.encode() + b"\r\n")
+        parts.append(b"anycore-node: " + (self.node or self.conn.gateway.node_id).encode() + b"\r\n")
         if self.close_after or self.conn.closing:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")

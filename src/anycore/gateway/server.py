@@ -37,6 +37,7 @@ class Gateway:
         self.host = ""
         self.port = 0
         self.errors: dict[int, int] = {}
+        self.node_id = ""  # named in every response's anycore-node header
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import nats
 
+from anycore.cluster.agent import ClusterAgent
 from anycore.cluster.control import COMMANDS, Command, NatsAuth, connect, control_subject, deploy_subject, logs_subject
 from anycore.cluster.embedded import EmbeddedNats
 from anycore.config import Service, ServiceConfig
@@ -63,7 +64,9 @@ class Node:
         self.services: dict[str, ServiceRuntime] = {}
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
         self.deployer: Deployer | None = None
+        self.cluster: ClusterAgent | None = None
         self.watch = watch
+        self.gateway.node_id = self.node_id
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
@@ -107,13 +110,24 @@ class Node:
             await self.embedded.start()
             self.auth = NatsAuth(self.embedded.url, self.embedded.token)
         self.nc = await connect(self.auth, f"anycore-node-{self.node_id}", allow_reconnect=True,
-                                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                disconnected_cb=self._nats_disconnected, reconnected_cb=self._nats_reconnected)
         store = await CodeStore(self.nc.jetstream(), self.home / "releases").open()
         self.deployer = Deployer(self, store)
         self.deployer.listeners.append(self._on_deploy_event)
         for command in COMMANDS:
             await self.nc.subscribe(control_subject(self.node_id, command), cb=self._on_control)
         self.log.subscribers.append(self._publish_log)
+        self.cluster = ClusterAgent(self)
+        await self.cluster.start()
+
+    async def _nats_disconnected(self) -> None:
+        self.log.event("node.nats_disconnected", nats=self.auth.url)
+        if self.cluster is not None:
+            self.cluster.on_disconnected()
+
+    async def _nats_reconnected(self) -> None:
+        self.log.event("node.nats_reconnected", nats=self.auth.url)
 
     def _on_deploy_event(self, event: dict[str, Any]) -> None:
         self.log.event("deploy.phase", event["service"], deploy=event["id"], release=event["release"], phase=event["phase"],
@@ -210,6 +224,8 @@ class Node:
     def create_service(self, name: str, config: ServiceConfig) -> ServiceRuntime:
         runtime = ServiceRuntime(name, "", config, "", self.log, server=(self.gateway.host, self.gateway.port))
         runtime.on_crashloop = self._auto_rollback
+        if self.cluster is not None:
+            runtime.on_queued = self.cluster.spill_soon
         self.services[name] = runtime
         return runtime
 
@@ -268,7 +284,8 @@ class Node:
         if kind == "ps":
             return {"ok": True, "node": self.node_id, "gateway": self.gateway.url, "pid": os.getpid(),
                     "connections": len(self.gateway.connections), "gateway_errors": self.gateway.errors,
-                    "services": [s.info() for s in self.services.values()]}
+                    "services": [s.info() for s in self.services.values()],
+                    "cluster": self.cluster.info() if self.cluster is not None else None}
         if kind == "stop":
             service = self._service(args.get("service"))
             if service.release is None:
@@ -336,8 +353,12 @@ class Node:
 
     # -- shutdown -------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
+        if self.cluster is not None:
+            self.cluster.leave()
         await self.gateway.stop(timeout=SHUTDOWN_GRACE)
         await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
+        if self.cluster is not None:
+            await self.cluster.close()
         try:
             (self.home / "node.json").unlink()
         except OSError:

@@ -64,6 +64,7 @@ class ServiceRuntime:
         self.served = 0
         self.loop = asyncio.get_running_loop()
         self._expiry: asyncio.TimerHandle | None = None
+        self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
 
     # -- lifecycle ------------------------------------------------------------------------
     #
@@ -198,11 +199,26 @@ class ServiceRuntime:
             self._dispatch(exchange, decision.worker, now)
         elif type(decision) is Queued:
             self._arm_expiry()
+            if self.on_queued is not None:
+                self.on_queued(self)
             if self.release is not None and not self.router.any_accepting:
                 self.release.wake()  # scaled to zero (or all busy starting): fork now, not at the next tick
         elif type(decision) is Rejected:
             exchange.fail(503, "overloaded", f"service {self.name}: {decision.reason}; retry after {decision.retry_after}s",
                           decision.retry_after)
+
+    def accept_remote(self, exchange: "Exchange") -> bool:
+        """A peer's claim: run ``exchange`` here only if a slot is free right now (never queue it)."""
+        if self.life.state is ServiceState.STOPPED or self.release is None or not self.router.can_place():
+            return False
+        exchange.service = self
+        self._place(exchange, self.loop.time(), front=False)
+        return True
+
+    def requeue(self, exchange: "Exchange") -> None:
+        """A request back from a peer (refused claim, or the peer was lost before it started)."""
+        exchange.worker, exchange.release, exchange.node = None, "", ""
+        self._place(exchange, self.loop.time(), front=True)
 
     def _dispatch(self, exchange: "Exchange", worker_id: int, now: float) -> None:
         worker = self.workers[worker_id]

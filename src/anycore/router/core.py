@@ -112,6 +112,15 @@ class Router(Generic[T]):
     def inflight(self) -> int:
         return sum(w.inflight for w in self.workers.values())
 
+    @property
+    def free(self) -> int:
+        """Free accepting slots; 0 while anything is queued (a queued request takes the next one)."""
+        return 0 if self.queue else sum(w.free for w in self.workers.values())
+
+    def can_place(self) -> bool:
+        """Would ``submit`` place a request right now (not queue it)? For a peer's claim."""
+        return not self.queue and any(w.free > 0 for w in self.workers.values())
+
     # -- requests ------------------------------------------------------------------
     def submit(self, item: T, size: int, deadline: float, now: float, front: bool = False) -> Decision:
         """Place ``item`` or queue it; ``front`` puts a retried request ahead of the queue."""

@@ -1,0 +1,314 @@
+"""The node's cluster agent: heartbeats, the peer table, and cross-node dispatch (executor).
+
+It owns, for one node: a heartbeat task (every ``HEARTBEAT_INTERVAL``: publish this node's
+load, put it in the ``anycore_nodes`` KV bucket, expire silent peers, check the deadline
+safety net), the NATS subscriptions of the dispatch protocol (see ``cluster/dispatch.py``)
+and the map of requests crossing nodes in either direction.
+
+Losing a peer (no heartbeat for ``PEER_EXPIRY`` s) or losing NATS (this node's connection
+dropped) is handled the same way: each request this node sent to that peer is retried
+locally when it is safe (GET/HEAD/OPTIONS, nothing sent to the client, no body forwarded:
+the rule for a local worker's crash) and otherwise answered 502 with a JSON body; each
+request a lost origin sent here is cancelled. While NATS is away the node serves its own
+traffic with what it has: the peer table is empty, so nothing spills over, and nothing
+waits on NATS on the request path. Subscriptions come back with the reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from anycore import wire
+from anycore.cluster import dispatch
+from anycore.cluster.dispatch import Claim, ClaimReply, Link, RemoteExchange, RemoteSlot
+from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
+from anycore.lifecycle import ServiceState
+
+if TYPE_CHECKING:
+    from anycore.gateway.exchange import Exchange
+    from anycore.node.node import Node
+    from anycore.node.service import ServiceRuntime
+
+NODES_BUCKET = "anycore_nodes"
+HEARTBEAT_SUBJECT = "anycore.heartbeat"
+
+heartbeat_encoder = msgspec.json.Encoder()
+heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+
+
+async def open_nodes_bucket(js: Any) -> Any:
+    try:
+        return await js.key_value(NODES_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(KeyValueConfig(bucket=NODES_BUCKET, history=1, ttl=NODES_TTL,
+                                                        description="anycore node heartbeats (expire)"))
+
+
+async def read_nodes(js: Any) -> list[Heartbeat]:
+    """The nodes whose heartbeat has not expired, as the CLI sees them."""
+    kv = await open_nodes_bucket(js)
+    try:
+        keys = await kv.keys()
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        return []
+    found = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except Exception:  # expired between keys() and get()
+            continue
+        if entry.value:
+            found.append(heartbeat_decoder.decode(entry.value))
+    return sorted(found, key=lambda h: h.node)
+
+
+def service_load(runtime: "ServiceRuntime") -> ServiceLoad:
+    router = runtime.router
+    accepting = [w for w in router.workers.values() if w.accepting]
+    running = runtime.life.state is ServiceState.RUNNING and runtime.release is not None
+    return ServiceLoad(release=runtime.release_id if running else "", workers=len(accepting),
+                       slots=sum(w.slots for w in accepting), free=router.free if running else 0,
+                       inflight=router.inflight, queued=len(router.queue))
+
+
+class ClusterAgent:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.me = node.node_id
+        self.loop = asyncio.get_running_loop()
+        self.table = PeerTable(self.me)
+        self.seq = 0
+        self.kv: Any = None
+        self.sent: dict[int, Exchange] = {}  # origin side: exchange id -> request running on a peer
+        self.running: dict[tuple[str, int], RemoteExchange] = {}  # runner side: (origin, id) -> request
+        self.links: dict[str, Link] = {}
+        self.spilling: set[str] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._beat: asyncio.Task[None] | None = None
+        self.leaving = False
+        self.spilled = 0  # requests this node sent to peers
+        self.accepted = 0  # requests peers sent here
+
+    @property
+    def nc(self) -> Any:
+        return self.node.nc
+
+    async def start(self) -> None:
+        self.kv = await open_nodes_bucket(self.nc.jetstream())
+        await self.nc.subscribe(f"{HEARTBEAT_SUBJECT}.*", cb=self._on_heartbeat)
+        await self.nc.subscribe(dispatch.claim_subject(self.me, "*"), cb=self._on_claim)
+        await self.nc.subscribe(dispatch.in_subject(self.me, "*"), cb=self._on_in)
+        await self.nc.subscribe(dispatch.out_subject(self.me, "*"), cb=self._on_out)
+        self._beat = asyncio.ensure_future(self._heartbeat_loop())
+
+    def leave(self) -> None:
+        """Shutting down: heartbeats say so (no free slot, no new claims accepted); what peers
+        already sent here finishes while the services drain."""
+        self.leaving = True
+        self._publish(f"{HEARTBEAT_SUBJECT}.{self.me}", self._heartbeat())
+
+    async def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+        if self.nc is not None and self.nc.is_connected:
+            try:
+                await asyncio.wait_for(self.kv.delete(self.me), 1.0)
+            except Exception:  # leaving anyway; the entry expires by itself
+                pass
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _publish(self, subject: str, data: bytes) -> None:
+        if self.nc is not None and self.nc.is_connected:
+            self._spawn(self.nc.publish(subject, data))
+
+    # -- heartbeats --------------------------------------------------------------------------
+    def _heartbeat(self) -> bytes:
+        self.seq += 1
+        services = {name: service_load(s) for name, s in self.node.services.items()}
+        return heartbeat_encoder.encode(Heartbeat(node=self.me, gateway=self.node.gateway.url, seq=self.seq,
+                                                  sent_at=time.time(), services=services, leaving=self.leaving))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                if self.nc.is_connected:
+                    data = self._heartbeat()
+                    self._publish(f"{HEARTBEAT_SUBJECT}.{self.me}", data)
+                    self._spawn(self._put(data))
+                for peer in self.table.expire(self.loop.time()):
+                    self.node.log.event("cluster.peer_lost", peer=peer.node,
+                                        silent_s=round(self.loop.time() - peer.last_seen, 1))
+                    self._peer_gone(peer.node)
+                self._deadline_net()
+            except Exception as exc:  # a bug here must not stop the heartbeats
+                self.node.log.event("cluster.heartbeat_failed", error=repr(exc)[:200])
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _put(self, data: bytes) -> None:
+        try:
+            await asyncio.wait_for(self.kv.put(self.me, data), HEARTBEAT_INTERVAL)
+        except Exception as exc:  # NATS away or slow: the core heartbeat still went, the next put retries
+            self.node.log.event("cluster.heartbeat_put_failed", error=repr(exc)[:200])
+
+    async def _on_heartbeat(self, msg: Any) -> None:
+        try:
+            heartbeat = heartbeat_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        event = self.table.observe(heartbeat, self.loop.time())
+        if event is PeerEvent.JOINED:
+            self.node.log.event("cluster.peer_joined", peer=heartbeat.node, gateway=heartbeat.gateway)
+        elif event is PeerEvent.LEFT:
+            self.node.log.event("cluster.peer_leaving", peer=heartbeat.node)
+        if event in (PeerEvent.JOINED, PeerEvent.REFRESHED):
+            for name, load in heartbeat.services.items():
+                runtime = self.node.services.get(name)
+                if load.free > 0 and runtime is not None and runtime.router.queue:
+                    self.spill_soon(runtime)
+
+    def on_disconnected(self) -> None:
+        """This node lost NATS: every peer is out of reach until it is back."""
+        for node in list(self.table.peers):
+            del self.table.peers[node]
+            self._peer_gone(node)
+
+    def _peer_gone(self, node: str) -> None:
+        for exchange in [e for e in self.sent.values() if e.node == node]:
+            self._lost(exchange, f"node {node} running it was lost")
+        for key in [k for k in self.running if k[0] == node]:
+            remote = self.running.pop(key)
+            remote.from_origin(wire.Cancel(remote.origin_id))
+
+    def _lost(self, exchange: "Exchange", why: str) -> None:
+        self.sent.pop(exchange.id, None)
+        if exchange.response_complete or exchange.conn.closed:
+            return
+        if exchange.retryable and exchange.service is not None:
+            self.node.log.event("request.retried", exchange.service.name, method=exchange.method,
+                                path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node)
+            exchange.service.requeue(exchange)
+        else:
+            exchange.fail(502, "node lost",
+                          f"the {exchange.method} request was running on another node and {why} "
+                          f"({'response already started' if exchange.response_started else 'unsafe to retry'}); "
+                          "it may or may not have taken effect")
+
+    def _deadline_net(self) -> None:
+        now = self.loop.time()
+        for exchange in [e for e in self.sent.values() if e.deadline + dispatch.DEADLINE_GRACE < now]:
+            self.sent.pop(exchange.id, None)
+            exchange.fail(504, "deadline passed", f"node {exchange.node} did not answer within the request's deadline")
+
+    # -- origin side ---------------------------------------------------------------------------
+    def spill_soon(self, runtime: "ServiceRuntime") -> None:
+        """A request queued here: if a peer advertises a free slot, claim it (never blocks)."""
+        if runtime.name not in self.spilling and self.table.any_free(runtime.name) and self.nc.is_connected:
+            self.spilling.add(runtime.name)
+            self._spawn(self._spill(runtime))
+
+    async def _spill(self, runtime: "ServiceRuntime") -> None:
+        try:
+            while runtime.router.queue and self.table.any_free(runtime.name) and self.nc.is_connected:
+                exchange = runtime.router.queue[0].item
+                runtime.router.cancel(exchange)
+                if not await self._claim(runtime, exchange):
+                    if not (exchange.conn.closed or exchange.response_complete):
+                        runtime.requeue(exchange)
+                    break
+        finally:
+            self.spilling.discard(runtime.name)
+
+    def _link(self, subject: str) -> Link:
+        link = self.links.get(subject)
+        if link is None:
+            link = self.links[subject] = Link(self._publish, subject)
+        return link
+
+    async def _claim(self, runtime: "ServiceRuntime", exchange: "Exchange") -> bool:
+        for node in self.table.candidates(runtime.name):
+            req = dispatch.claim_request(exchange, runtime.server)
+            claim = Claim(self.me, exchange.deadline - self.loop.time(), req)
+            self.sent[exchange.id] = exchange
+            try:
+                msg = await self.nc.request(dispatch.claim_subject(node, runtime.name),
+                                            dispatch.claim_encoder.encode(claim), timeout=dispatch.CLAIM_TIMEOUT)
+                reply = dispatch.reply_decoder.decode(msg.data)
+            except Exception:  # timeout, no responders, NATS away: refused (and cancelled, if it was taken late)
+                reply = ClaimReply(False, reason="no answer")
+                self._link(dispatch.in_subject(node, self.me)).send(wire.Cancel(exchange.id))
+            if not reply.ok:
+                self.sent.pop(exchange.id, None)
+                self.table.refused(node, runtime.name)
+                continue
+            self.table.claimed(node, runtime.name)
+            dispatch.commit_claim(exchange, req)
+            slot = RemoteSlot(self._link(dispatch.in_subject(node, self.me)), node, reply.release, exchange)
+            exchange.node = node
+            exchange.on_dispatched(slot, self.loop.time())  # type: ignore[arg-type]
+            self.spilled += 1
+            if exchange.conn.closed:
+                slot.send(wire.Cancel(exchange.id))
+            return True
+        return False
+
+    async def _on_out(self, msg: Any) -> None:
+        """Frames from a peer for requests that started here."""
+        for frame in dispatch.decode_batch(msg.data):
+            exchange = self.sent.get(frame.id)  # type: ignore[union-attr]
+            if exchange is None:
+                continue
+            if type(frame) is wire.Done:  # the peer gave up mid-response
+                self.sent.pop(exchange.id, None)
+                exchange.fail(502, "node failed", frame.error or "the peer aborted the response")
+                continue
+            exchange.on_frame(frame)
+            if exchange.response_complete:
+                self.sent.pop(exchange.id, None)
+
+    # -- runner side ---------------------------------------------------------------------------
+    async def _on_claim(self, msg: Any) -> None:
+        service = msg.subject.rsplit(".", 1)[1]
+        try:
+            claim = dispatch.claim_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        runtime = self.node.services.get(service)
+        if runtime is None or self.leaving:
+            result: RemoteExchange | ClaimReply = ClaimReply(False, reason=f"no service {service} here")
+        else:
+            link = self._link(dispatch.out_subject(claim.origin, self.me))
+            result = dispatch.accept_claim(runtime, claim.origin, link, claim, self.loop.time(), self._finished)
+        if isinstance(result, RemoteExchange):
+            self.running[(claim.origin, claim.req.id)] = result
+            self.accepted += 1
+            result = ClaimReply(True, release=result.release)
+        await msg.respond(dispatch.claim_encoder.encode(result))
+
+    def _finished(self, remote: RemoteExchange) -> None:
+        self.running.pop((remote.origin, remote.origin_id), None)
+
+    async def _on_in(self, msg: Any) -> None:
+        """Frames from a peer for requests that run here."""
+        origin = msg.subject.rsplit(".", 1)[1]
+        for frame in dispatch.decode_batch(msg.data):
+            remote = self.running.get((origin, frame.id))  # type: ignore[union-attr]
+            if remote is not None:
+                remote.from_origin(frame)
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        now = self.loop.time()
+        return {"peers": {p.node: {"gateway": p.heartbeat.gateway, "seen_s_ago": round(now - p.last_seen, 2),
+                                   "free": p.free} for p in self.table.peers.values()},
+                "spilled": self.spilled, "accepted": self.accepted, "remote_inflight": len(self.sent),
+                "running_for_peers": len(self.running)}
