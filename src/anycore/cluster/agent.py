@@ -129,7 +129,13 @@ class ClusterAgent:
 
     def _publish(self, subject: str, data: bytes) -> None:
         if self.nc is not None and self.nc.is_connected:
-            self._spawn(self.nc.publish(subject, data))
+            self._spawn(self._send(subject, data))
+
+    async def _send(self, subject: str, data: bytes) -> None:
+        try:
+            await self.nc.publish(subject, data)
+        except Exception as exc:  # NATS went away in between: the peer-loss path handles the requests
+            self.node.log.event("cluster.publish_failed", subject=subject, error=repr(exc)[:200])
 
     # -- heartbeats --------------------------------------------------------------------------
     def _heartbeat(self) -> bytes:

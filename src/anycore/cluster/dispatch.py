@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
 
 CLAIM_TIMEOUT = 0.5
+MESSAGE_BYTES = 256 * 1024
 DEADLINE_GRACE = 2.0
 
 _decoder = msgspec.msgpack.Decoder(wire.Frame)
@@ -107,22 +108,43 @@ def commit_claim(exchange: Exchange, req: wire.Req) -> None:
         exchange.buffered = 0
 
 
+def split(frame: wire.Frame) -> list[wire.Frame]:
+    """A body frame cut into ``wire.CHUNK`` pieces: an app may send 10 MB in one message,
+    and a NATS message is bounded (1 MiB by default)."""
+    if type(frame) is wire.Body and len(frame.data) > wire.CHUNK:
+        data = frame.data
+        pieces = range(0, len(data), wire.CHUNK)
+        return [wire.Body(frame.id, data[i:i + wire.CHUNK], frame.more or i + wire.CHUNK < len(data)) for i in pieces]
+    if type(frame) is wire.Resp and len(frame.body) > wire.CHUNK:
+        rest = wire.Body(frame.id, frame.body[wire.CHUNK:], frame.more)
+        return [wire.Resp(frame.id, frame.status, frame.headers, frame.body[:wire.CHUNK], True), *split(rest)]
+    return [frame]
+
+
 class Link:
-    """Frames to one peer in one direction, one NATS message per loop iteration."""
+    """Frames to one peer in one direction, batched per loop iteration into NATS messages
+    of at most ``MESSAGE_BYTES``."""
 
     def __init__(self, publish: Callable[[str, bytes], None], subject: str) -> None:
         self.publish = publish
         self.subject = subject
         self.out: list[bytes] = []
+        self.size = 0
         self.loop = asyncio.get_running_loop()
 
     def send(self, frame: wire.Frame) -> None:
         if not self.out:
             self.loop.call_soon(self.flush)
-        self.out.append(wire.encode(frame))
+        for piece in split(frame):
+            data = wire.encode(piece)
+            if self.size + len(data) > MESSAGE_BYTES:
+                self.flush()
+                self.loop.call_soon(self.flush)
+            self.out.append(data)
+            self.size += len(data)
 
     def flush(self) -> None:
-        out, self.out = self.out, []
+        out, self.out, self.size = self.out, [], 0
         if out:
             self.publish(self.subject, b"".join(out))
 

@@ -77,6 +77,7 @@ class Node:
         try:
             await self._start_control()
             await self.gateway.start(*self.listen)
+            await self.cluster.start()  # type: ignore[union-attr]  # heartbeats name the gateway's URL
             self._write_record()
             self.log.event("node.started", node=self.node_id, gateway=self.gateway.url, nats=self.auth.url, pid=os.getpid())
             print(f"anycore node {self.node_id} serving on {self.gateway.url}", flush=True)
@@ -119,7 +120,6 @@ class Node:
             await self.nc.subscribe(control_subject(self.node_id, command), cb=self._on_control)
         self.log.subscribers.append(self._publish_log)
         self.cluster = ClusterAgent(self)
-        await self.cluster.start()
 
     async def _nats_disconnected(self) -> None:
         self.log.event("node.nats_disconnected", nats=self.auth.url)

@@ -579,3 +579,19 @@ def test_submit_position_counts_from_the_head(front: bool) -> None:
     decision = r.submit("b", 1, 50.0 if front else 100.0, 0.0, front=front)
     assert decision == Queued(0 if front else 1)
     assert [p.item for p in r.queue][decision.position] == "b"  # type: ignore[union-attr]
+
+
+def test_can_place_and_free_follow_slots_and_the_queue():
+    router: Router[str] = Router(max_queue=10, max_queue_bytes=1000)
+    assert not router.can_place() and router.free == 0
+    router.add_worker(1, 2)
+    assert router.can_place() and router.free == 2
+    router.submit("a", 1, 10.0, 0.0)
+    router.submit("b", 1, 10.0, 0.0)
+    assert not router.can_place() and router.free == 0
+    router.submit("c", 1, 10.0, 0.0)  # queued
+    router.release(1)
+    assert router.free == 0  # the queued request takes the freed slot, not a peer
+    router.drain_queue()
+    router.release(1)
+    assert router.can_place() and router.free == 1
