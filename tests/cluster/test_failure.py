@@ -58,3 +58,30 @@ def test_a_post_in_flight_on_a_lost_node_gets_502_with_json(cluster, tmp_path):
     assert response.status_code == 502
     assert response.json()["error"] == "node lost" and "may or may not have taken effect" in response.json()["detail"]
     assert results["busy"].status_code == 200
+
+
+def test_nats_restart_under_load_local_requests_see_no_errors_and_the_cluster_recovers(cluster, nats_server, tmp_path):
+    app = make_service(tmp_path, "slow", SLOW, "workers = 1\nslots = 1\n")
+    a, b = cluster.join(app), cluster.join(app)
+    wait_peers([a, b], "slow")
+    with Load([a.url, b.url], path="/", clients=2) as load:
+        wait_for(lambda: load.mark()[0] >= 20, 20, interval=0.05, what="load to flow")
+        nats_server.stop()
+        down_at = load.mark()[0]
+        wait_for(lambda: "node.nats_disconnected" in a.output and "node.nats_disconnected" in b.output, 15,
+                 interval=0.1, what="both nodes to see NATS gone")
+        wait_for(lambda: load.mark()[0] >= down_at + 300, 60, interval=0.05, what="300 requests served without NATS")
+        served_without_nats = load.mark()[0] - down_at
+        nats_server.start()  # same port, same JetStream store_dir
+        wait_for(lambda: "node.nats_reconnected" in a.output and "node.nats_reconnected" in b.output, 30,
+                 interval=0.1, what="both nodes to reconnect")
+        wait_peers([a, b], "slow", timeout=30)
+    assert load.errors == [], load.errors[:5]
+    assert served_without_nats >= 300
+    # Cluster features are back: KV (ps --cluster), control, and spill-over.
+    assert set(cluster_view(a)) == {a.record["node_id"], b.record["node_id"]}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda _: httpx.get(a.url + "/?sleep=1.5", timeout=30), range(2)))
+    assert sorted(r.headers["anycore-node"] for r in responses) == sorted([a.record["node_id"], b.record["node_id"]])

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
 
 NODES_BUCKET = "anycore_nodes"
+FOLLOW_EVERY = 3  # heartbeats between two checks of the live releases in KV
 HEARTBEAT_SUBJECT = "anycore.heartbeat"
 
 heartbeat_encoder = msgspec.json.Encoder()
@@ -78,7 +79,7 @@ def service_load(runtime: "ServiceRuntime") -> ServiceLoad:
 
 
 class ClusterAgent:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: "Node", follow: bool = False) -> None:
         self.node = node
         self.me = node.node_id
         self.loop = asyncio.get_running_loop()
@@ -92,6 +93,8 @@ class ClusterAgent:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._beat: asyncio.Task[None] | None = None
         self.leaving = False
+        self.follow = follow  # catch up with the live releases in KV (cluster mode only)
+        self.follow_failed: set[str] = set()
         self.spilled = 0  # requests this node sent to peers
         self.accepted = 0  # requests peers sent here
 
@@ -156,6 +159,8 @@ class ClusterAgent:
                                         silent_s=round(self.loop.time() - peer.last_seen, 1))
                     self._peer_gone(peer.node)
                 self._deadline_net()
+                if self.follow and self.seq % FOLLOW_EVERY == 0 and self.nc.is_connected:
+                    self._spawn(self._follow())
             except Exception as exc:  # a bug here must not stop the heartbeats
                 self.node.log.event("cluster.heartbeat_failed", error=repr(exc)[:200])
             await asyncio.sleep(HEARTBEAT_INTERVAL)
@@ -214,6 +219,40 @@ class ClusterAgent:
         for exchange in [e for e in self.sent.values() if e.deadline + dispatch.DEADLINE_GRACE < now]:
             self.sent.pop(exchange.id, None)
             exchange.fail(504, "deadline passed", f"node {exchange.node} did not answer within the request's deadline")
+
+    def live_peers(self) -> list[str]:
+        return sorted(p.node for p in self.table.peers.values() if not p.heartbeat.leaving)
+
+    async def _follow(self) -> None:
+        """Deploy here what KV says is live, for services this node runs differently: a node
+        that missed a cluster deploy (joined later, or cut off from NATS) catches up."""
+        deployer = self.node.deployer
+        assert deployer is not None
+        try:
+            kept = await asyncio.wait_for(deployer.store.all_services(), HEARTBEAT_INTERVAL * 2)
+        except Exception:  # NATS slow or away: the next check retries
+            return
+        for service in kept:
+            runtime = self.node.services.get(service.name)
+            if service.stopped or not service.live or service.live in self.follow_failed:
+                continue
+            if runtime is not None and (runtime.release is None or runtime.release_id == service.live):
+                continue  # stopped here by the operator, or up to date
+            if any(d.service == service.name and not d.finished for d in deployer.deploys.values()):
+                continue
+            record = await deployer.store.get_release(service.live)
+            if record is None:
+                continue
+            self.node.log.event("cluster.follow", service.name, release=service.live,
+                                was=runtime.release_id if runtime is not None else None)
+            deploy = deployer.start(record, "follow (live release in cluster KV)")
+            failed = self.follow_failed
+
+            def done(_: Any, release: str = service.live, deploy: Any = deploy) -> None:
+                if deploy.error:
+                    failed.add(release)
+
+            deploy.task.add_done_callback(done)
 
     # -- origin side ---------------------------------------------------------------------------
     def spill_soon(self, runtime: "ServiceRuntime") -> None:

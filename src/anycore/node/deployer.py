@@ -55,8 +55,11 @@ class Deployer:
         await self.store.put_release(record)
         return record
 
-    def start(self, record: ReleaseRecord, source: str, deploy_id: str | None = None) -> Deploy:
-        """Begin a deploy in the background; progress goes to the listeners."""
+    def start(self, record: ReleaseRecord, source: str, deploy_id: str | None = None, gate: Any = None,
+              migrate: bool = True) -> Deploy:
+        """Begin a deploy in the background; progress goes to the listeners. A ``gate``
+        (cluster/rollout.py) holds the shift until every node is ready; ``migrate=False``
+        leaves the migration hook to the cluster deploy's coordinator."""
         live = self.node.services.get(record.service)
         deploy = Deploy(deploy_id or secrets.token_hex(6), record.service, record.id,
                         live.release_id if live is not None and live.release is not None else "", source)
@@ -64,15 +67,15 @@ class Deployer:
         self.deploys[deploy.id] = deploy
         for old in [d for d in self.deploys.values() if d.finished][:-50]:
             del self.deploys[old.id]
-        task = asyncio.ensure_future(self._run(deploy, record))
+        task = asyncio.ensure_future(self._run(deploy, record, gate, migrate))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         deploy.task = task
         return deploy
 
-    async def _run(self, deploy: Deploy, record: ReleaseRecord) -> None:
+    async def _run(self, deploy: Deploy, record: ReleaseRecord, gate: Any = None, migrate: bool = True) -> None:
         try:
-            old = await self._prepare_and_shift(deploy, record)
+            old = await self._prepare_and_shift(deploy, record, gate, migrate)
         except Exception as exc:  # anything before the shift aborts the deploy, never the node
             service = self.node.services.get(record.service)
             if service is not None:
@@ -89,7 +92,7 @@ class Deployer:
             await service.retire(old, on_drained=lambda: deploy.enter(Phase.RETIRE, old.release))
         deploy.enter(Phase.DONE)
 
-    async def _prepare_and_shift(self, deploy: Deploy, record: ReleaseRecord) -> Any:
+    async def _prepare_and_shift(self, deploy: Deploy, record: ReleaseRecord, gate: Any = None, migrate: bool = True) -> Any:
         lock = self.locks.setdefault(record.service, asyncio.Lock())
         async with lock:
             service = self.node.services.get(record.service)
@@ -110,11 +113,17 @@ class Deployer:
                 serving = service.release.live_count() if service.release is not None else 0
                 await new.start(on_imported=lambda: deploy.enter(Phase.WARM, f"{new.target} workers"),
                                 warm=max(record.config.worker_count, serving))
-                if record.config.migrate and not record.migrated:
+                if migrate and record.config.migrate and not record.migrated:
                     deploy.enter(Phase.MIGRATE, record.config.migrate)
                     await new.run_hook({"release": record.id, "previous_release": previous, "service": record.service})
                     record.migrated = True
                     await self.store.put_release(record)
+                if gate is not None:
+                    try:
+                        await gate.wait(deploy)
+                    except ReleaseFailed:
+                        await new.stop(timeout=2.0)
+                        raise
             except ReleaseFailed:
                 if created:
                     self.node.forget_service(service)
@@ -125,9 +134,12 @@ class Deployer:
             record.deployed_at = now()
             await self.store.put_release(record)
             await self.store.set_live(record.service, record.id)
+            if gate is not None:
+                await gate.shifted(deploy)
             return old
 
-    async def rollback(self, service: "ServiceRuntime", to: str | None, source: str, deploy_id: str | None = None) -> Deploy:
+    async def rollback(self, service: "ServiceRuntime", to: str | None, source: str, deploy_id: str | None = None,
+                       start: Callable[[ReleaseRecord, str, str | None], Deploy] | None = None) -> Deploy:
         target = to or (service.previous[0] if service.previous else "")
         if not target:
             kept = await self.store.get_service(service.name)
@@ -138,4 +150,4 @@ class Deployer:
         record = await self.store.get_release(target)
         if record is None:
             raise AnycoreError(f"release {target} is not kept — see `anycore releases {service.name}`")
-        return self.start(record, source, deploy_id)
+        return (start or self.start)(record, source, deploy_id)

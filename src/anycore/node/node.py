@@ -29,6 +29,7 @@ import nats
 from anycore.cluster.agent import ClusterAgent
 from anycore.cluster.control import COMMANDS, Command, NatsAuth, connect, control_subject, deploy_subject, logs_subject
 from anycore.cluster.embedded import EmbeddedNats
+from anycore.cluster.rollout import Rollout
 from anycore.config import Service, ServiceConfig
 from anycore.errors import AnycoreError, ReleaseFailed, UnknownService
 from anycore.gateway.http import Limits
@@ -65,6 +66,7 @@ class Node:
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
         self.deployer: Deployer | None = None
         self.cluster: ClusterAgent | None = None
+        self.rollout: Rollout | None = None
         self.watch = watch
         self.gateway.node_id = self.node_id
 
@@ -119,7 +121,9 @@ class Node:
         for command in COMMANDS:
             await self.nc.subscribe(control_subject(self.node_id, command), cb=self._on_control)
         self.log.subscribers.append(self._publish_log)
-        self.cluster = ClusterAgent(self)
+        self.cluster = ClusterAgent(self, follow=self.embedded is None)
+        self.rollout = Rollout(self)
+        await self.rollout.start()
 
     async def _nats_disconnected(self) -> None:
         self.log.event("node.nats_disconnected", nats=self.auth.url)
@@ -313,13 +317,17 @@ class Node:
             record = await self.deployer.store.get_release(str(args.get("release")))
             if record is None:
                 return {"ok": False, "error": f"release {args.get('release')} is not in the code store — upload it first"}
-            deploy = self.deployer.start(record, str(args.get("source", "")), args.get("deploy_id"))
+            assert self.rollout is not None
+            deploy = self.rollout.deploy(record, str(args.get("source", "")), args.get("deploy_id"), self.deployer.start)
             return {"ok": True, "deploy": deploy.snapshot()}
         if kind == "rollback":
             assert self.deployer is not None
+            rollout, deployer = self.rollout, self.deployer
+            assert rollout is not None
             deploy = await self.deployer.rollback(self._service(args.get("service")), args.get("to") or None,
                                                   source=f"rollback{' to ' + args['to'] if args.get('to') else ''}",
-                                                  deploy_id=args.get("deploy_id"))
+                                                  deploy_id=args.get("deploy_id"),
+                                                  start=lambda r, s, d: rollout.deploy(r, s, d, deployer.start))
             return {"ok": True, "deploy": deploy.snapshot()}
         if kind == "scale":
             service = self._service(args.get("service"))

@@ -92,6 +92,11 @@ class Deploy:
         self.phase = Phase.FAILED
         self._emit()
 
+    def note(self, detail: str) -> None:
+        """More about the current phase, as an event (e.g. the cluster's shift window)."""
+        self.detail = detail
+        self._emit()
+
     def noop(self, why: str) -> None:
         self.detail = why
         self.phase = Phase.NOOP

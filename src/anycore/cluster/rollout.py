@@ -1,0 +1,252 @@
+"""Deploy across the cluster: every node prepares, then all shift together (two-phase).
+
+How it works. The node that receives ``anycore deploy`` (any node: the CLI picks one) is
+the *coordinator* of that deploy. It starts the deploy on itself and sends ``prepare`` to
+every live peer (``anycore.node.<peer>.prepare``). Each node runs the phases up to the
+shift (fetch, import, warm; the migration hook runs on the coordinator only, so once per
+cluster) and then waits at a *gate* instead of shifting; reaching the gate is its vote
+``ready``, a failure before it is ``failed`` with the reason. ``decide`` turns the votes
+into COMMIT (every node ready), ABORT (any failed or did not answer within the prepare
+timeout) or WAIT. On COMMIT the coordinator opens every gate at once
+(``anycore.node.<peer>.commit``): each node shifts in one loop step and answers with the
+wall-clock instant of its shift, so the deploy output reports the window during which
+nodes served different releases. On ABORT every gate raises: the new release's processes
+stop on every node and the old release keeps serving everywhere.
+
+A node that missed the deploy (it joined later, or was cut off from NATS) catches up from
+the KV record of live releases (``follow``): the agent checks it every few heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from anycore.errors import ReleaseFailed
+from anycore.release.deploy import Deploy, Phase
+from anycore.release.store import ReleaseRecord
+
+if TYPE_CHECKING:
+    from anycore.node.node import Node
+
+PREPARE_MARGIN = 30.0  # on top of the release's startup_timeout
+COMMIT_TIMEOUT = 10.0
+
+
+class Vote(enum.Enum):
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Outcome(enum.Enum):
+    WAIT = "wait"
+    COMMIT = "commit"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str = ""
+
+
+def decide(nodes: set[str], votes: dict[str, tuple[Vote, str]], timed_out: bool) -> Decision:
+    """Commit only when every node voted ready; abort at the first failure or on timeout."""
+    failed = sorted(n for n, (vote, _) in votes.items() if vote is Vote.FAILED)
+    if failed:
+        return Decision(Outcome.ABORT, "; ".join(f"node {n}: {votes[n][1]}" for n in failed))
+    missing = sorted(nodes - set(votes))
+    if not missing:
+        return Decision(Outcome.COMMIT)
+    if timed_out:
+        return Decision(Outcome.ABORT, f"no answer from node(s) {', '.join(missing)} within the prepare timeout")
+    return Decision(Outcome.WAIT)
+
+
+def prepare_subject(node: str) -> str:
+    return f"anycore.node.{node}.prepare"
+
+
+def commit_subject(node: str) -> str:
+    return f"anycore.node.{node}.commit"
+
+
+class Gate:
+    """Where a prepared deploy waits for the cluster's decision (the deployer calls ``wait``
+    before its shift and ``shifted`` right after it)."""
+
+    def __init__(self, coordinating: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self.coordinating = coordinating
+        self.reached: asyncio.Future[None] = loop.create_future()
+        self.decision: asyncio.Future[Decision] = loop.create_future()
+        self.shifted_at: asyncio.Future[float] = loop.create_future()
+        self.report: asyncio.Future[str] = loop.create_future()  # coordinator: the shift window, for the output
+
+    async def wait(self, deploy: Deploy) -> None:
+        if not self.reached.done():
+            self.reached.set_result(None)
+        decision = await self.decision
+        if decision.outcome is not Outcome.COMMIT:
+            raise ReleaseFailed(deploy.release, f"the cluster aborted the deploy: {decision.reason}")
+        deploy.listeners.append(self._on_event)
+
+    async def shifted(self, deploy: Deploy) -> None:
+        if self.coordinating:
+            try:
+                deploy.note(await asyncio.wait_for(asyncio.shield(self.report), COMMIT_TIMEOUT + 1))
+            except asyncio.TimeoutError:
+                deploy.note("the cluster's shift window is unknown: peers did not confirm in time")
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event["phase"] == Phase.SHIFT.value and not self.shifted_at.done():
+            self.shifted_at.set_result(time.time())
+
+    def open(self, decision: Decision) -> None:
+        if not self.decision.done():
+            self.decision.set_result(decision)
+
+
+class Rollout:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.gates: dict[str, Gate] = {}  # deploy id -> gate, on this node
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        nc = self.node.nc
+        await nc.subscribe(prepare_subject(self.node.node_id), cb=self._on_prepare)
+        await nc.subscribe(commit_subject(self.node.node_id), cb=self._on_commit)
+
+    # -- coordinator --------------------------------------------------------------------
+    def deploy(self, record: ReleaseRecord, source: str, deploy_id: str | None,
+               start: Callable[..., Deploy]) -> Deploy:
+        """Deploy ``record`` on every live node; ``start`` is the local deployer's start."""
+        peers = self.node.cluster.live_peers() if self.node.cluster is not None else []
+        if not peers:
+            return start(record, source, deploy_id)
+        gate = Gate(coordinating=True)
+        deploy = start(record, source, deploy_id, gate=gate)
+        self.gates[deploy.id] = gate
+        task = asyncio.ensure_future(self._coordinate(deploy, record, source, peers, gate))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return deploy
+
+    async def _coordinate(self, deploy: Deploy, record: ReleaseRecord, source: str, peers: list[str], gate: Gate) -> None:
+        nc = self.node.nc
+        nodes = set(peers) | {self.node.node_id}
+        votes: dict[str, tuple[Vote, str]] = {}
+        timeout = record.config.startup_timeout + PREPARE_MARGIN
+        body = json.dumps({"release": record.id, "deploy_id": deploy.id, "source": source}).encode()
+
+        noop: set[str] = set()  # nodes where the release was live already: nothing to shift
+
+        async def ask(peer: str) -> None:
+            try:
+                msg = await nc.request(prepare_subject(peer), body, timeout=timeout)
+                reply = json.loads(msg.data)
+                votes[peer] = (Vote.READY, "") if reply.get("ok") else (Vote.FAILED, reply.get("error", "failed"))
+                if reply.get("noop"):
+                    noop.add(peer)
+            except Exception as exc:  # timeout, no responders: the node cannot vote ready
+                votes[peer] = (Vote.FAILED, f"no answer to prepare ({type(exc).__name__})")
+
+        async def me() -> None:
+            waiter = asyncio.ensure_future(asyncio.shield(gate.reached))
+            await asyncio.wait([waiter, deploy.task], return_when=asyncio.FIRST_COMPLETED)
+            if gate.reached.done():
+                votes[self.node.node_id] = (Vote.READY, "")
+                return
+            waiter.cancel()
+            if deploy.phase is Phase.NOOP:
+                votes[self.node.node_id] = (Vote.READY, "")
+                noop.add(self.node.node_id)
+            else:
+                votes[self.node.node_id] = (Vote.FAILED, deploy.error or deploy.phase.value)
+
+        asks = [asyncio.ensure_future(ask(p)) for p in peers] + [asyncio.ensure_future(me())]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        decision = Decision(Outcome.WAIT)
+        while decision.outcome is Outcome.WAIT:
+            pending = [t for t in asks if not t.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+            decision = decide(nodes, dict(votes), timed_out=loop.time() >= deadline or not pending)
+        for task in asks:
+            task.cancel()
+        targets = [p for p in peers if p not in noop]
+        if decision.outcome is Outcome.ABORT:
+            self.node.log.event("deploy.cluster_abort", record.service, release=record.id, reason=decision.reason)
+            gate.open(decision)
+            await asyncio.gather(*(self._commit(p, deploy.id, decision) for p in targets), return_exceptions=True)
+            self.gates.pop(deploy.id, None)
+            return
+        sent = time.time()
+        gate.open(decision)
+        replies = await asyncio.gather(*(self._commit(p, deploy.id, decision) for p in targets), return_exceptions=True)
+        acked = time.time()
+        shifts = [r for r in replies if isinstance(r, float) and r > 0]
+        if self.node.node_id not in noop:
+            shifts.append(await gate.shifted_at)
+        self.gates.pop(deploy.id, None)
+        missing = len(targets) + (self.node.node_id not in noop) - len(shifts)
+        window = (max(shifts) - min(shifts)) * 1000 if shifts else 0.0
+        detail = (f"{len(shifts)} nodes shifted within {window:.1f} ms (wall clocks); "
+                  f"commit to last ack {(acked - sent) * 1000:.1f} ms" + (f"; {missing} node(s) did not confirm" if missing else ""))
+        self.node.log.event("deploy.cluster_shift", record.service, release=record.id, nodes=len(shifts),
+                            window_ms=round(window, 2), acks_ms=round((acked - sent) * 1000, 2))
+        if not gate.report.done():
+            gate.report.set_result(detail)
+
+    async def _commit(self, peer: str, deploy_id: str, decision: Decision) -> float:
+        body = json.dumps({"deploy_id": deploy_id, "commit": decision.outcome is Outcome.COMMIT,
+                           "reason": decision.reason}).encode()
+        msg = await self.node.nc.request(commit_subject(peer), body, timeout=COMMIT_TIMEOUT)
+        return float(json.loads(msg.data).get("shifted_at", 0.0))
+
+    # -- participant ----------------------------------------------------------------------
+    async def _on_prepare(self, msg: Any) -> None:
+        args = json.loads(msg.data)
+        deployer = self.node.deployer
+        assert deployer is not None
+        record = await deployer.store.get_release(args["release"])
+        if record is None:
+            await msg.respond(json.dumps({"ok": False, "error": f"release {args['release']} is not in the code store"}).encode())
+            return
+        gate = Gate()
+        self.gates[args["deploy_id"]] = gate
+        # Its own deploy id: the CLI follows the coordinator's deploy events only.
+        deploy = deployer.start(record, f"{args['source']} (cluster deploy {args['deploy_id']})",
+                                f"{args['deploy_id']}-{self.node.node_id}", gate=gate, migrate=False)
+        waiter = asyncio.ensure_future(asyncio.shield(gate.reached))
+        await asyncio.wait([waiter, deploy.task], return_when=asyncio.FIRST_COMPLETED)
+        if gate.reached.done():
+            reply = {"ok": True}
+        else:
+            waiter.cancel()
+            self.gates.pop(args["deploy_id"], None)
+            noop = deploy.phase is Phase.NOOP
+            reply = {"ok": noop, "noop": noop, "error": deploy.error or deploy.phase.value}
+        await msg.respond(json.dumps(reply).encode())
+
+    async def _on_commit(self, msg: Any) -> None:
+        args = json.loads(msg.data)
+        gate = self.gates.pop(args["deploy_id"], None)
+        if gate is None:
+            await msg.respond(json.dumps({"ok": False}).encode())
+            return
+        gate.open(Decision(Outcome.COMMIT if args["commit"] else Outcome.ABORT, args.get("reason", "")))
+        shifted = 0.0
+        if args["commit"]:
+            try:
+                shifted = await asyncio.wait_for(asyncio.shield(gate.shifted_at), COMMIT_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass
+        await msg.respond(json.dumps({"ok": True, "shifted_at": shifted}).encode())
+
