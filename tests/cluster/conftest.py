@@ -102,10 +102,32 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
     try:
         for server in servers:
             server.start()
+        wait_for(lambda: _jetstream_ready(servers[0]), 30, interval=0.2, what="the NATS cluster's JetStream (meta leader)")
         yield servers
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+def _jetstream_ready(server: NatsServer) -> bool:
+    import asyncio
+
+    import nats
+
+    async def probe() -> bool:
+        try:
+            nc = await nats.connect(server.url, token=server.token, connect_timeout=1, allow_reconnect=False)
+        except Exception:
+            return False
+        try:
+            await nc.jetstream().account_info()
+            return True
+        except Exception:
+            return False
+        finally:
+            await nc.close()
+
+    return asyncio.run(probe())
 
 
 class ClusterNodes(NodeFactory):

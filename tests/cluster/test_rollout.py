@@ -82,3 +82,33 @@ def test_a_node_that_joins_later_with_no_path_runs_the_release_deployed_since(cl
     b = cluster.join(services=1)
     assert httpx.get(b.url + "/").text == "v2"
     assert b.service("shop")["release"] == a.service("shop")["release"]
+
+
+def test_a_node_that_missed_a_deploy_follows_the_live_release_in_kv(cluster, nats_server, tmp_path):
+    """What a node cut off during a cluster deploy sees when it is back: KV names a live
+    release it does not run. Written here straight into KV, as a deploy it did not take part in."""
+    import asyncio
+
+    import nats
+
+    from anycore.config import load_service
+    from anycore.release.bundle import pack, release_id
+    from anycore.release.store import CodeStore, ReleaseRecord
+
+    a = cluster.join(versioned(tmp_path, "v1"))
+    v2 = load_service(str(versioned(tmp_path, "v2")))
+    record = ReleaseRecord(id=release_id(v2.directory, v2.config), service="shop", config=v2.config, source="elsewhere")
+
+    async def publish() -> None:
+        nc = await nats.connect(nats_server.url, token=nats_server.token)
+        try:
+            store = await CodeStore(nc.jetstream(), None).open()
+            await store.put_bundle(record.id, pack(v2.directory))
+            await store.put_release(record)
+            await store.set_live("shop", record.id)
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+    wait_for(lambda: httpx.get(a.url + "/").text == "v2", 30, interval=0.2, what="a to follow the live release")
+    assert a.service("shop")["release"] == record.id and "cluster.follow" in a.output

@@ -26,6 +26,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from anycore import wire
 from anycore.cluster import dispatch
+from anycore.cluster.jetstream import create_replicated
 from anycore.cluster.dispatch import Claim, ClaimReply, Link, RemoteExchange, RemoteSlot
 from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
 from anycore.lifecycle import ServiceState
@@ -47,8 +48,8 @@ async def open_nodes_bucket(js: Any) -> Any:
     try:
         return await js.key_value(NODES_BUCKET)
     except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(KeyValueConfig(bucket=NODES_BUCKET, history=1, ttl=NODES_TTL,
-                                                        description="anycore node heartbeats (expire)"))
+        return await create_replicated(lambda n: js.create_key_value(KeyValueConfig(
+            bucket=NODES_BUCKET, history=1, ttl=NODES_TTL, replicas=n, description="anycore node heartbeats (expire)")))
 
 
 async def read_nodes(js: Any) -> list[Heartbeat]:

@@ -23,6 +23,7 @@ from nats.errors import NoRespondersError
 
 from anycore.errors import ControlError, NodeNotFound, NotAuthorized
 
+CONNECT_BOUND = 5.0
 COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale")
 
 
@@ -58,7 +59,7 @@ class NatsAuth:
     creds: str | None = None
 
     def connect_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"servers": [self.url]}
+        kwargs: dict[str, Any] = {"servers": [u.strip() for u in self.url.split(",") if u.strip()]}  # a cluster: URL,URL,...
         if self.token:
             kwargs["token"] = self.token
         if self.creds:
@@ -75,12 +76,14 @@ async def connect(auth: NatsAuth, name: str, **extra: Any) -> nats.NATS:
 
     reconnect = extra.pop("allow_reconnect", False)
     try:
-        if reconnect:
-            # A reconnecting client retries its first connection forever too, even on an
-            # authorization error: check the URL and credentials once, without retrying.
-            probe = await nats.connect(**auth.connect_kwargs(), name=name, error_cb=on_error, allow_reconnect=False,
-                                       connect_timeout=3, max_reconnect_attempts=0)
-            await probe.close()
+        # nats-py retries a first connection that is refused (or, reconnecting, one that is
+        # not authorized) again and again: check the URL and credentials once, bounded.
+        probe = await asyncio.wait_for(nats.connect(**auth.connect_kwargs(), name=name, error_cb=on_error,
+                                                    allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0),
+                                       CONNECT_BOUND)
+        if not reconnect:
+            return probe
+        await probe.close()
         return await nats.connect(**auth.connect_kwargs(), name=name, error_cb=on_error,
                                   allow_reconnect=reconnect, connect_timeout=3,
                                   max_reconnect_attempts=extra.pop("max_reconnect_attempts", 0), **extra)

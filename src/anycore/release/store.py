@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
 
+from anycore.cluster.jetstream import create_replicated
 from anycore.config import ServiceConfig
 from anycore.errors import BundleRefused
 from anycore.release.bundle import release_id, unpack
@@ -69,12 +70,14 @@ class CodeStore:
         try:
             self.objects = await self.js.object_store(CODE_BUCKET)
         except (BucketNotFoundError, NotFoundError):
-            self.objects = await self.js.create_object_store(CODE_BUCKET, ObjectStoreConfig(description="anycore release bundles"))
+            self.objects = await create_replicated(lambda n: self.js.create_object_store(
+                CODE_BUCKET, ObjectStoreConfig(description="anycore release bundles", replicas=n)))
         for attr, bucket in (("releases", RELEASES_BUCKET), ("services", SERVICES_BUCKET)):
             try:
                 kv = await self.js.key_value(bucket)
             except (BucketNotFoundError, NotFoundError):
-                kv = await self.js.create_key_value(KeyValueConfig(bucket=bucket, history=5))
+                kv = await create_replicated(lambda n, b=bucket: self.js.create_key_value(  # type: ignore[misc]
+                    KeyValueConfig(bucket=b, history=5, replicas=n)))
             setattr(self, attr, kv)
         return self
 
