@@ -36,6 +36,10 @@ def render_ps(reply: dict[str, Any]) -> None:
             for w in release.get("workers", []):
                 workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",
                                 str(w["served"]), str(release.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
+    cluster = reply.get("cluster")
+    if cluster and cluster["peers"]:
+        console.print(f"cluster: {len(cluster['peers'])} peer(s) {', '.join(sorted(cluster['peers']))}; "
+                      f"spilled to peers {cluster['spilled']}, run for peers {cluster['accepted']}")
     console.print(services)
     console.print(workers)
     for svc in reply["services"]:

@@ -88,6 +88,7 @@ class ClusterAgent:
         self.seq = 0
         self.kv: Any = None
         self.sent: dict[int, Exchange] = {}  # origin side: exchange id -> request running on a peer
+        self.claiming: dict[int, list[wire.Frame]] = {}  # origin side: claims awaiting their reply
         self.running: dict[tuple[str, int], RemoteExchange] = {}  # runner side: (origin, id) -> request
         self.links: dict[str, Link] = {}
         self.spilling: set[str] = set()
@@ -284,7 +285,9 @@ class ClusterAgent:
         for node in self.table.candidates(runtime.name):
             req = dispatch.claim_request(exchange, runtime.server)
             claim = Claim(self.me, exchange.deadline - self.loop.time(), req)
-            self.sent[exchange.id] = exchange
+            # The peer's first frames may arrive before its reply to the claim (another
+            # subscription): they wait here until the exchange is wired to the peer.
+            self.claiming[exchange.id] = []
             try:
                 msg = await self.nc.request(dispatch.claim_subject(node, runtime.name),
                                             dispatch.claim_encoder.encode(claim), timeout=dispatch.CLAIM_TIMEOUT)
@@ -292,24 +295,33 @@ class ClusterAgent:
             except Exception:  # timeout, no responders, NATS away: refused (and cancelled, if it was taken late)
                 reply = ClaimReply(False, reason="no answer")
                 self._link(dispatch.in_subject(node, self.me)).send(wire.Cancel(exchange.id))
+            early = self.claiming.pop(exchange.id, [])
             if not reply.ok:
-                self.sent.pop(exchange.id, None)
                 self.table.refused(node, runtime.name)
                 continue
-            self.table.claimed(node, runtime.name)
+            self.table.claimed(node, runtime.name, reply.free)
             dispatch.commit_claim(exchange, req)
             slot = RemoteSlot(self._link(dispatch.in_subject(node, self.me)), node, reply.release, exchange)
             exchange.node = node
+            self.sent[exchange.id] = exchange
             exchange.on_dispatched(slot, self.loop.time())  # type: ignore[arg-type]
             self.spilled += 1
             if exchange.conn.closed:
                 slot.send(wire.Cancel(exchange.id))
+            self._frames_back(early)
             return True
         return False
 
     async def _on_out(self, msg: Any) -> None:
         """Frames from a peer for requests that started here."""
-        for frame in dispatch.decode_batch(msg.data):
+        self._frames_back(dispatch.decode_batch(msg.data))
+
+    def _frames_back(self, frames: list[wire.Frame]) -> None:
+        for frame in frames:
+            early = self.claiming.get(frame.id)  # type: ignore[union-attr]
+            if early is not None:
+                early.append(frame)
+                continue
             exchange = self.sent.get(frame.id)  # type: ignore[union-attr]
             if exchange is None:
                 continue
@@ -320,6 +332,8 @@ class ClusterAgent:
             exchange.on_frame(frame)
             if exchange.response_complete:
                 self.sent.pop(exchange.id, None)
+                if exchange.service is not None:
+                    self.table.released(exchange.node, exchange.service.name)
 
     # -- runner side ---------------------------------------------------------------------------
     async def _on_claim(self, msg: Any) -> None:
@@ -337,7 +351,7 @@ class ClusterAgent:
         if isinstance(result, RemoteExchange):
             self.running[(claim.origin, claim.req.id)] = result
             self.accepted += 1
-            result = ClaimReply(True, release=result.release)
+            result = ClaimReply(True, release=result.release, free=runtime.router.free)  # type: ignore[union-attr]
         await msg.respond(dispatch.claim_encoder.encode(result))
 
     def _finished(self, remote: RemoteExchange) -> None:

@@ -60,6 +60,7 @@ class ClaimReply(msgspec.Struct):
     ok: bool
     release: str = ""
     reason: str = ""
+    free: int = 0  # the runner's free slots for the service after this claim: the origin's new estimate
 
 
 claim_encoder = msgspec.msgpack.Encoder()

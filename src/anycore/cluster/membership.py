@@ -107,11 +107,20 @@ class PeerTable:
         found.sort(key=lambda f: (-f[0], f[1]))
         return [node for _, node in found]
 
-    def claimed(self, node: str, service: str) -> None:
-        """A claim on ``node`` was accepted: one slot fewer until its next heartbeat."""
+    def claimed(self, node: str, service: str, free: int | None = None) -> None:
+        """A claim on ``node`` was accepted: its reply says how many slots are left (else one fewer)."""
         peer = self.peers.get(node)
-        if peer is not None and peer.free.get(service, 0) > 0:
-            peer.free[service] -= 1
+        if peer is not None:
+            left = peer.free.get(service, 0) - 1 if free is None else free
+            peer.free[service] = max(0, left)
+
+    def released(self, node: str, service: str) -> None:
+        """A request this node sent to ``node`` finished: its slot is (about to be) free again,
+        so the next queued request need not wait for a heartbeat. Never above its slots."""
+        peer = self.peers.get(node)
+        load = peer.heartbeat.services.get(service) if peer is not None else None
+        if peer is not None and load is not None and not peer.heartbeat.leaving:
+            peer.free[service] = min(load.slots, peer.free.get(service, 0) + 1)
 
     def refused(self, node: str, service: str) -> None:
         """``node`` refused a claim: it has no free slot now, whatever it advertised."""

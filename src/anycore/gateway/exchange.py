@@ -179,7 +179,7 @@ class Exchange:
         release = self.release or (self.service.release_id if self.service is not None else "")
         if release:  # a node-made answer names the service's live release; a 404 names none
             parts.append(b"anycore-release: " + release.encode() + b"\r\n")
-        parts.append(b"anycore-node: " + (self.node or self.conn.gateway.node_id).encode() + b"\r\n")
+        parts.append(b"anycore-node: " + self.node.encode() + b"\r\n" if self.node else self.conn.gateway.node_header)
         if self.close_after or self.conn.closing:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")

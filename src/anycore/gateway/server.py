@@ -37,7 +37,7 @@ class Gateway:
         self.host = ""
         self.port = 0
         self.errors: dict[int, int] = {}
-        self.node_id = ""  # named in every response's anycore-node header
+        self.node_header = b""  # "anycore-node: <node id>", in every response this node's workers ran
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -55,6 +55,9 @@ class Gateway:
             now = loop.time()
             for conn in list(self.connections):
                 conn.check_due(now)
+
+    def set_node(self, node_id: str) -> None:
+        self.node_header = b"anycore-node: " + node_id.encode() + b"\r\n"
 
     @property
     def url(self) -> str:

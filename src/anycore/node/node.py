@@ -68,7 +68,7 @@ class Node:
         self.cluster: ClusterAgent | None = None
         self.rollout: Rollout | None = None
         self.watch = watch
-        self.gateway.node_id = self.node_id
+        self.gateway.set_node(self.node_id)
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:

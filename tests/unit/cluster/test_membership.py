@@ -64,3 +64,17 @@ def test_a_leaving_peer_is_no_candidate_but_stays_until_silent():
     assert table.observe(beat("b", 3, free=4, leaving=True), 2.0) is PeerEvent.REFRESHED
     assert table.candidates("shop") == [] and table.alive("b")
     assert [p.node for p in table.expire(5.1)] == ["b"]
+
+
+def test_the_claim_reply_and_finished_requests_keep_the_estimate_fresh():
+    table = PeerTable("me")
+    table.observe(beat("b", 1, free=1), 0.0)  # 4 slots, 1 free when it was sent
+    table.claimed("b", "shop", free=2)  # the reply knows better than the heartbeat
+    assert table.peers["b"].free["shop"] == 2
+    table.claimed("b", "shop", free=0)
+    assert table.candidates("shop") == []
+    table.released("b", "shop")
+    assert table.candidates("shop") == ["b"]
+    for _ in range(10):
+        table.released("b", "shop")
+    assert table.peers["b"].free["shop"] == 4  # never above its slots
