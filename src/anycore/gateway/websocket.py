@@ -49,8 +49,13 @@ _ids = itertools.count(10**12)  # distinct from HTTP exchange ids
 
 
 class WebSocketSession(asyncio.Protocol):
-    def __init__(self, transport: Any, client: tuple[str, int] | None, server: tuple[str, int] | None) -> None:
+    def __init__(self, transport: Any, client: tuple[str, int] | None, server: tuple[str, int] | None,
+                 registry: set["WebSocketSession"] | None = None) -> None:
         self.id = next(_ids)
+        self.registry = registry if registry is not None else set()
+        self.registry.add(self)
+        self.last_seen = asyncio.get_running_loop().time()
+        self.ping_sent = 0.0
         self.transport = transport
         self.client = client
         self.server = server
@@ -159,6 +164,19 @@ class WebSocketSession(asyncio.Protocol):
                 self.protocol.send_binary(data or b"")
             self._flush()
 
+    def keepalive(self, now: float, interval: float) -> None:
+        """Ping a connection silent for ``interval``; close it with 1011 if the pong (or any
+        byte) does not come within ``interval`` more: the client is gone without a FIN."""
+        if self.closed or not self.accepted:
+            return
+        if self.ping_sent and now - self.ping_sent > interval:
+            self.close(1011, "keepalive ping timeout")
+            self._abort()
+        elif not self.ping_sent and now - self.last_seen > interval:
+            self.ping_sent = now
+            self.protocol.send_ping(b"anycore")
+            self._flush()
+
     def close_later(self, delay: float, code: int) -> None:
         if self.close_timer is None and not self.closed:
             self.close_timer = asyncio.get_running_loop().call_later(delay, self.close, code, "service restart")
@@ -253,6 +271,8 @@ class WebSocketSession(asyncio.Protocol):
 
     # -- bytes from the client ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.last_seen = asyncio.get_running_loop().time()
+        self.ping_sent = 0.0
         self.protocol.receive_data(data)
         for event in self.protocol.events_received():
             if isinstance(event, Frame):
@@ -293,6 +313,7 @@ class WebSocketSession(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.registry.discard(self)
         if not self.closed:
             self.closed = True
             self._tell_worker(1006, "")

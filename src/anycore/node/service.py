@@ -306,6 +306,7 @@ class ServiceRuntime:
     def websocket_gone(self, session: "WebSocketSession") -> None:
         if session.worker is not None:
             session.worker.sockets.pop(session.id, None)
+            self.sessions.gone(session, session.worker)
 
     def worker_lost(self, worker: "WorkerHandle") -> None:
         live = self.release is not None and self.life.state is ServiceState.RUNNING

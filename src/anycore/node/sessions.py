@@ -99,6 +99,12 @@ class SessionPlacer:
         worker.send(frame)
         return True
 
+    def gone(self, session: "WebSocketSession", worker: "WorkerHandle") -> None:
+        """A keyed session closed: forget the key's worker once its last session is gone."""
+        if session.key and not any(s.key == session.key for s in worker.sockets.values()):
+            if self.owners.get(session.key) == worker.id:
+                del self.owners[session.key]
+
     def worker_ready(self) -> None:
         self.worker_event.set()
 
@@ -191,6 +197,9 @@ class SessionPlacer:
         answers = await asyncio.gather(*(_answer(s.request_snapshot(detach=False)) for s in sessions))
         checks = []
         for session, answer in zip(sessions, answers):
+            if answer is not None and answer.error:
+                raise ReleaseFailed(new.release, f"snapshot() of a live {session.handler} session failed, so it could "
+                                                 f"not move to the new release: {answer.error}")
             if answer is None or answer.state is None:
                 continue  # closed or died meanwhile; a crash is recovered, not migrated
             if session.handler not in known:
