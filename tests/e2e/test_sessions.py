@@ -145,7 +145,11 @@ def test_chat_room_reaches_every_member_across_a_deploy(nodes, tmp_path):
     v2 = tmp_path / "chat2"
     shutil.copytree(CHAT_DIR, v2)
     (v2 / "app.py").write_text((v2 / "app.py").read_text().replace('f"{self.name}: {message}"', 'f"{self.name}> {message}"'))
+    for directory in (v1, v2):  # two workers: the room key, not luck, keeps the members together
+        (directory / "anycore.toml").write_text((directory / "anycore.toml").read_text().replace(
+            'client_notify', 'workers = 2\nclient_notify'))
     node = nodes.start(v1)
+    wait_for(lambda: len(node.ready_workers("chat")) == 2, what="two workers")
 
     async def read_until(ws, predicate, timeout=15.0):
         seen = []
@@ -158,8 +162,11 @@ def test_chat_room_reaches_every_member_across_a_deploy(nodes, tmp_path):
     async def scenario() -> None:
         names = ["ann", "bob", "cid"]
         members = []
-        for name in names:
+        others = []
+        for name in names:  # least-loaded placement alone would spread these over both workers
             members.append(await websockets.connect(ws_url(node, f"/rooms/lobby?name={name}")))
+        for name in names:
+            others.append(await websockets.connect(ws_url(node, f"/rooms/other?name={name}")))
         for ws in members:  # everyone sees the last join
             await read_until(ws, lambda m: m.startswith("* cid joined lobby (3 here)"))
         deploying = asyncio.ensure_future(deploy(node, v2))
@@ -182,6 +189,12 @@ def test_chat_room_reaches_every_member_across_a_deploy(nodes, tmp_path):
         assert logs[0] == logs[1] == logs[2]
         for ws in members:
             assert ws.close_code is None
+            await ws.close()
+        # Another room heard nothing of the lobby.
+        await others[0].send("here")
+        heard = await read_until(others[1], lambda m: m.endswith("here"))
+        assert not any("m1" in m or "after" in m for m in heard)
+        for ws in others:
             await ws.close()
 
     asyncio.run(scenario())
