@@ -270,6 +270,7 @@ def test_worker_kill_keeps_clients_connected_and_checkpoints_resume(nodes, tmp_p
     wait_for(lambda: any(w["pid"] != pid for w in node.ready_workers("crash")), what="a replacement worker")
     assert "event=session.recovered" in node.output
     assert node.service("crash")["sessions_recovered"] == 6
+    assert "sessions moved 0, recovered after a crash 6" in node.cli("ps").stdout
 
 
 FAILING_MIGRATE = COUNTER_A.replace('VERSION = "A"', 'VERSION = "C"').replace(

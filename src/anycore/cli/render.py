@@ -17,20 +17,12 @@ def _scaler(info: dict[str, Any] | None) -> str:
     return text
 
 
-def _sockets(svc: dict[str, Any]) -> str:
-    text = str(svc.get("websockets", 0))
-    moved, recovered = svc.get("sessions_moved", 0), svc.get("sessions_recovered", 0)
-    if moved or recovered:
-        text += f" (sessions moved {moved}, recovered {recovered})"
-    return text
-
-
 def render_ps(reply: dict[str, Any]) -> None:
     console = Console(width=None if Console().is_terminal else 160)
     console.print(f"node [bold]{reply['node']}[/] (pid {reply['pid']}) gateway {reply['gateway']}, "
                   f"{reply['connections']} connections")
     services = Table("service", "state", "release", "workers", "inflight", "queued", "served", "rejected", "quarantined",
-                     "websockets", "scaler", "health")
+                     "scaler", "health")
     workers = Table("service", "worker", "pid", "release", "state", "inflight", "websockets", "served", "restarts",
                     "rss MiB", "uptime s")
     for svc in reply["services"]:
@@ -40,7 +32,7 @@ def render_ps(reply: dict[str, Any]) -> None:
             health += f" (last exit: {live['last_exit']})"
         services.add_row(svc["name"], svc["state"], svc["release"], str(len(live.get("workers", []))),
                          str(svc["inflight"]), str(svc["queued"]), str(svc["served"]), str(svc["rejected"]),
-                         str(svc["quarantined"]), _sockets(svc), _scaler(live.get("scaler")), health)
+                         str(svc["quarantined"]), _scaler(live.get("scaler")), health)
         for release in [live, *svc.get("draining", [])]:
             for w in release.get("workers", []):
                 workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",
@@ -48,6 +40,10 @@ def render_ps(reply: dict[str, Any]) -> None:
     console.print(services)
     console.print(workers)
     for svc in reply["services"]:
+        moved, recovered = svc.get("sessions_moved", 0), svc.get("sessions_recovered", 0)
+        if svc.get("websockets") or moved or recovered:
+            console.print(f"{svc['name']}: {svc.get('websockets', 0)} WebSockets open; sessions moved {moved}, "
+                          f"recovered after a crash {recovered}")
         for failure in svc.get("failed", []):
             console.print(f"[red]failed release[/] {failure['release']}: {failure['reason']}")
         if svc.get("rolled_back"):
