@@ -40,7 +40,8 @@ class NodeLog:
             subscriber(service, line)
 
     def event(self, event: str, service: str = "", **fields: object) -> None:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        now = time.time()  # one reading: seconds and milliseconds of two readings can straddle a second
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
         parts = [f"ts={ts}", f"event={event}"]
         if service:
             parts.append(f"service={_fmt(service)}")

@@ -150,22 +150,26 @@ class ClusterAgent:
                                                   sent_at=time.time(), services=services, leaving=self.leaving))
 
     async def _heartbeat_loop(self) -> None:
+        """Every tick (a quarter of the heartbeat interval) expire silent peers, so a lost
+        node is out within ``PEER_EXPIRY`` + a quarter second; every fourth, send our own."""
+        tick = 0
         while True:
             try:
-                if self.nc.is_connected:
+                if tick % 4 == 0 and self.nc.is_connected:
                     data = self._heartbeat()
                     self._publish(f"{HEARTBEAT_SUBJECT}.{self.me}", data)
                     self._spawn(self._put(data))
+                tick += 1
                 for peer in self.table.expire(self.loop.time()):
                     self.node.log.event("cluster.peer_lost", peer=peer.node,
                                         silent_s=round(self.loop.time() - peer.last_seen, 1))
                     self._peer_gone(peer.node)
                 self._deadline_net()
-                if self.follow and self.seq % FOLLOW_EVERY == 0 and self.nc.is_connected:
+                if self.follow and tick % (4 * FOLLOW_EVERY) == 0 and self.nc.is_connected:
                     self._spawn(self._follow())
             except Exception as exc:  # a bug here must not stop the heartbeats
                 self.node.log.event("cluster.heartbeat_failed", error=repr(exc)[:200])
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(HEARTBEAT_INTERVAL / 4)
 
     async def _put(self, data: bytes) -> None:
         try:

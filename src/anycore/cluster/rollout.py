@@ -79,9 +79,10 @@ class Gate:
     """Where a prepared deploy waits for the cluster's decision (the deployer calls ``wait``
     before its shift and ``shifted`` right after it)."""
 
-    def __init__(self, coordinating: bool = False) -> None:
+    def __init__(self, coordinating: bool = False, timeout: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.coordinating = coordinating
+        self.timeout = timeout  # a participant does not hold its service's deploy lock forever
         self.reached: asyncio.Future[None] = loop.create_future()
         self.decision: asyncio.Future[Decision] = loop.create_future()
         self.shifted_at: asyncio.Future[float] = loop.create_future()
@@ -90,7 +91,13 @@ class Gate:
     async def wait(self, deploy: Deploy) -> None:
         if not self.reached.done():
             self.reached.set_result(None)
-        decision = await self.decision
+        try:
+            decision = await asyncio.wait_for(asyncio.shield(self.decision), self.timeout)
+        except asyncio.TimeoutError:
+            # The coordinator went away between prepare and commit. Abort here; if it had
+            # committed, the catch-up from KV (``ClusterAgent._follow``) deploys it again.
+            decision = Decision(Outcome.ABORT, f"no commit from the coordinator within {self.timeout:.0f}s")
+            self.open(decision)
         if decision.outcome is not Outcome.COMMIT:
             raise ReleaseFailed(deploy.release, f"the cluster aborted the deploy: {decision.reason}")
         deploy.listeners.append(self._on_event)
@@ -212,6 +219,13 @@ class Rollout:
 
     # -- participant ----------------------------------------------------------------------
     async def _on_prepare(self, msg: Any) -> None:
+        # A prepare lasts as long as a warm: run it beside the subscription, so prepares
+        # of other services (and their commits) are not queued behind it.
+        task = asyncio.ensure_future(self._prepare(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _prepare(self, msg: Any) -> None:
         args = json.loads(msg.data)
         deployer = self.node.deployer
         assert deployer is not None
@@ -219,7 +233,7 @@ class Rollout:
         if record is None:
             await msg.respond(json.dumps({"ok": False, "error": f"release {args['release']} is not in the code store"}).encode())
             return
-        gate = Gate()
+        gate = Gate(timeout=record.config.startup_timeout + PREPARE_MARGIN + 2 * COMMIT_TIMEOUT)
         self.gates[args["deploy_id"]] = gate
         # Its own deploy id: the CLI follows the coordinator's deploy events only.
         deploy = deployer.start(record, f"{args['source']} (cluster deploy {args['deploy_id']})",
