@@ -50,7 +50,8 @@ def test_a_post_in_flight_on_a_lost_node_gets_502_with_json(cluster, tmp_path):
         wait_for(lambda: a.service("slow")["inflight"] == 1, 10, what="a's only slot to be taken")
         post = threading.Thread(target=lambda: results.update(post=httpx.post(a.url + "/?sleep=30", content=b"x", timeout=30)))
         post.start()
-        wait_for(lambda: b.service("slow")["inflight"] == 1, 10, what="the POST to run on b")
+        wait_for(lambda: b.service("slow")["inflight"] == 1 and a.ps()["cluster"]["remote_inflight"] == 1, 10,
+                 what="the POST to run on b for a")
         os.kill(b.proc.pid, signal.SIGKILL)
         post.join(30)
         busy.join(30)

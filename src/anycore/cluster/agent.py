@@ -21,14 +21,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from nats.errors import NoRespondersError
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from anycore import wire
 from anycore.cluster import dispatch
-from anycore.cluster.jetstream import create_replicated
 from anycore.cluster.dispatch import Claim, ClaimReply, Link, RemoteExchange, RemoteSlot
+from anycore.cluster.jetstream import create_replicated
 from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
+from anycore.gateway.exchange import SAFE_METHODS
 from anycore.lifecycle import ServiceState
 
 if TYPE_CHECKING:
@@ -296,9 +298,19 @@ class ClusterAgent:
                 msg = await self.nc.request(dispatch.claim_subject(node, runtime.name),
                                             dispatch.claim_encoder.encode(claim), timeout=dispatch.CLAIM_TIMEOUT)
                 reply = dispatch.reply_decoder.decode(msg.data)
-            except Exception:  # timeout, no responders, NATS away: refused (and cancelled, if it was taken late)
-                reply = ClaimReply(False, reason="no answer")
+            except NoRespondersError:  # the peer is gone: the claim reached nobody
+                reply = ClaimReply(False, reason="no responders")
+            except Exception:  # no answer in time: the peer may have taken it late
                 self._link(dispatch.in_subject(node, self.me)).send(wire.Cancel(exchange.id))
+                self.claiming.pop(exchange.id, None)
+                self.table.refused(node, runtime.name)
+                if not (exchange.method in SAFE_METHODS and exchange.body_forwarded == 0):
+                    # Running it here too could run an unsafe request twice: say so instead.
+                    exchange.fail(502, "node did not answer", f"node {node} did not confirm taking this "
+                                  f"{exchange.method} request within {dispatch.CLAIM_TIMEOUT}s; it was cancelled there "
+                                  "but may have started — it may or may not have taken effect")
+                    return True
+                continue
             early = self.claiming.pop(exchange.id, [])
             if not reply.ok:
                 self.table.refused(node, runtime.name)

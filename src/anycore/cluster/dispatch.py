@@ -11,8 +11,9 @@ The protocol, between an *origin* (the node whose gateway holds the client) and 
    places the request on that slot in the same loop step (so the slot is reserved) and
    answers ``ClaimReply(ok=True, release)``. Otherwise ``ok=False``: the origin tries the
    next candidate, then puts the request back at the head of its own queue. A claim that
-   times out is treated as refused, and a ``Cancel`` follows it in case the runner
-   accepted late. NATS queue groups are not used: placement stays load-aware.
+   gets no answer in time may have been accepted late: a ``Cancel`` follows it, and only a
+   safe request (GET/HEAD/OPTIONS, no body sent) is tried elsewhere; another gets 502
+   saying it may have run. NATS queue groups are not used: placement stays load-aware.
 2. Stream. Frames are the node<->worker frames of ``anycore.wire``, keyed by the origin's
    request id, batched per loop iteration into one NATS message per peer and direction:
    origin -> runner on ``anycore.node.<runner>.in.<origin>`` (Body, response Credit,
@@ -43,7 +44,7 @@ from anycore.gateway.exchange import Exchange
 if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
 
-CLAIM_TIMEOUT = 0.5
+CLAIM_TIMEOUT = 2.0  # a dead peer answers at once (no responders); this bounds a stalled one
 MESSAGE_BYTES = 256 * 1024
 DEADLINE_GRACE = 2.0
 
