@@ -35,3 +35,67 @@ def test_a_claim_round_trips():
     req = wire.Req(5, "GET", "/x", b"/x", b"q=1", [(b"host", b"h")], "1.1", "http", ("127.0.0.1", 5), None, "", b"", False)
     claim = Claim("node-a", 12.5, req)
     assert claim_decoder.decode(claim_encoder.encode(claim)) == claim
+
+
+def _runner(body: bytes = b"", more: bool = False):
+    """A RemoteExchange whose frames to the origin are recorded (in memory, no NATS)."""
+    from anycore.cluster.dispatch import Link, RemoteExchange
+
+    sent: list[bytes] = []
+    link = Link(lambda subject, data: sent.append(data), "anycore.node.a.out.b")
+    req = wire.Req(41, "POST", "/x", b"/x", b"", [(b"host", b"h")], "1.1", "http", None, None, "", body, more)
+    finished: list[object] = []
+    remote = RemoteExchange("a", link, req, deadline=30.0, now=0.0, on_finished=finished.append)
+    return remote, link, sent, finished
+
+
+def _flushed(link, sent):
+    link.flush()
+    return [f for data in sent for f in decode_batch(data)]
+
+
+def test_a_node_answer_before_the_response_goes_back_as_a_json_response_for_the_origin_id():
+    import asyncio
+    import json
+
+    async def run() -> None:
+        remote, link, sent, finished = _runner(b"abc")
+        assert remote.body_done and remote.buffered == 3  # the whole body came with the claim
+        remote.fail(503, "overloaded", "busy", retry_after=2)
+        (frame,) = _flushed(link, sent)
+        assert type(frame) is wire.Resp and frame.id == 41 and frame.status == 503 and not frame.more
+        assert json.loads(frame.body)["error"] == "overloaded" and (b"retry-after", b"2") in frame.headers
+        assert finished == [remote] and remote.response_complete
+
+    asyncio.run(run())
+
+
+def test_a_failure_after_the_response_started_tells_the_origin_to_abort():
+    import asyncio
+
+    async def run() -> None:
+        remote, link, sent, finished = _runner()
+        remote.on_frame(wire.Resp(remote.id, 200, [], b"part", True))
+        remote.fail(504, "deadline passed", "too slow")
+        frames = _flushed(link, sent)
+        assert [type(f) for f in frames] == [wire.Resp, wire.Done]
+        assert frames[1].id == 41 and "deadline passed" in frames[1].error
+        assert finished == [remote]
+
+    asyncio.run(run())
+
+
+def test_credit_is_relayed_both_ways_and_a_streamed_body_is_fed_in_order():
+    import asyncio
+
+    async def run() -> None:
+        remote, link, sent, _ = _runner(more=True)
+        assert not remote.body_done
+        remote.from_origin(wire.Body(41, b"one", True))
+        remote.from_origin(wire.Body(41, b"two", False))
+        assert list(remote.body) == [b"one", b"two"] and remote.body_done
+        remote.on_frame(wire.Credit(remote.id, 100))  # the worker consumed request body
+        (frame,) = _flushed(link, sent)
+        assert frame == wire.Credit(41, 100)
+
+    asyncio.run(run())
