@@ -112,3 +112,17 @@ def test_a_node_that_missed_a_deploy_follows_the_live_release_in_kv(cluster, nat
     asyncio.run(publish())
     wait_for(lambda: httpx.get(a.url + "/").text == "v2", 30, interval=0.2, what="a to follow the live release")
     assert a.service("shop")["release"] == record.id and "cluster.follow" in a.output
+
+
+def test_stop_and_start_on_one_node_are_followed_by_the_others(cluster, tmp_path):
+    app = versioned(tmp_path, "v1")
+    a, b = cluster.join(app), cluster.join(app)
+    wait_peers([a, b], "shop")
+    stopped = a.cli("stop", "shop")
+    assert stopped.returncode == 0, stopped.stderr
+    wait_for(lambda: httpx.get(b.url + "/").status_code == 503, 20, interval=0.2, what="b to stop shop too")
+    assert b.service("shop")["state"] == "stopped"
+    started = a.cli("start", "shop")
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: httpx.get(b.url + "/").status_code == 200, 20, interval=0.2, what="b to start shop again")
+    assert "command=stop" in b.output and "command=start" in b.output

@@ -27,6 +27,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from anycore import wire
 from anycore.cluster import dispatch
+from anycore.cluster.control import Command
 from anycore.cluster.dispatch import Claim, ClaimReply, Link, RemoteExchange, RemoteSlot
 from anycore.cluster.jetstream import create_replicated
 from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
@@ -98,7 +99,7 @@ class ClusterAgent:
         self._beat: asyncio.Task[None] | None = None
         self.leaving = False
         self.follow = follow  # catch up with the live releases in KV (cluster mode only)
-        self.follow_failed: set[str] = set()
+        self.follow_failed: set[tuple[str, str, str]] = set()  # (service, deploy|stop|start, live release)
         self.spilled = 0  # requests this node sent to peers
         self.accepted = 0  # requests peers sent here
 
@@ -232,8 +233,11 @@ class ClusterAgent:
         return sorted(p.node for p in self.table.peers.values() if not p.heartbeat.leaving)
 
     async def _follow(self) -> None:
-        """Deploy here what KV says is live, for services this node runs differently: a node
-        that missed a cluster deploy (joined later, or cut off from NATS) catches up."""
+        """Bring this node in line with KV's desired state: deploy the live release it missed
+        (joined later, or cut off from NATS during a cluster deploy), and stop or start a
+        service that was stopped or started on another node (the same ``Command`` the CLI
+        sends, through the node's command queue). A follow that failed is not retried until
+        the desired state changes."""
         deployer = self.node.deployer
         assert deployer is not None
         try:
@@ -242,12 +246,22 @@ class ClusterAgent:
             return
         for service in kept:
             runtime = self.node.services.get(service.name)
-            if service.stopped or not service.live or service.live in self.follow_failed:
+            if not service.live or any(d.service == service.name and not d.finished for d in deployer.deploys.values()):
                 continue
-            if runtime is not None and (runtime.release is None or runtime.release_id == service.live):
-                continue  # stopped here by the operator, or up to date
-            if any(d.service == service.name and not d.finished for d in deployer.deploys.values()):
+            if runtime is not None and runtime.release_id == service.live:
+                running = runtime.release is not None
+                want = (service.name, "stop" if service.stopped else "start", service.live)
+                if running != service.stopped:
+                    self.follow_failed.discard(want)  # in line
+                elif want not in self.follow_failed:
+                    self.follow_failed.add(want)  # once per desired state
+                    self.node.log.event("cluster.follow", service.name, command=want[1])
+                    self.node.commands.put_nowait(Command(want[1], {"service": service.name}))
                 continue
+            if service.stopped or (service.name, "deploy", service.live) in self.follow_failed:
+                continue
+            if runtime is not None and runtime.release is None:
+                continue  # stopped here: `anycore start` brings back its last release, then this catches up
             record = await deployer.store.get_release(service.live)
             if record is None:
                 continue
@@ -256,9 +270,9 @@ class ClusterAgent:
             deploy = deployer.start(record, "follow (live release in cluster KV)")
             failed = self.follow_failed
 
-            def done(_: Any, release: str = service.live, deploy: Any = deploy) -> None:
+            def done(_: Any, key: tuple[str, str, str] = (service.name, "deploy", service.live), deploy: Any = deploy) -> None:
                 if deploy.error:
-                    failed.add(release)
+                    failed.add(key)
 
             deploy.task.add_done_callback(done)
 
