@@ -20,7 +20,7 @@ async def app(scope, receive, send):
         return
     if scope["path"] == "/slow":
         if os.environ.get("STARTED"):
-            open(os.environ["STARTED"], "w").write("started")
+            open(os.environ["STARTED"], "w").close()
         await asyncio.sleep(float(os.environ.get("SLOW", "2")))
     elif scope["path"] == "/mark":
         open(os.environ["MARKER"], "w").write("reached")
@@ -111,10 +111,10 @@ def test_queued_request_past_its_deadline_gets_504_and_never_reaches_a_worker(no
     async def scenario() -> tuple[httpx.Response, httpx.Response, float]:
         async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
             slow = asyncio.ensure_future(client.get("/slow"))
-            # The app says when /slow runs (a file, not `anycore ps`: a CLI call blocks this
-            # loop and, on a loaded machine, outlasts the 1 s deadline being tested).
+            # Queue the second request right after the first took the slot (a file, not
+            # `anycore ps`: a slow CLI under load would let the slot free up first).
             while not started.exists():
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.005)
             t0 = time.monotonic()
             queued = await client.get("/mark")
             return await slow, queued, time.monotonic() - t0
