@@ -120,9 +120,9 @@ def test_stop_and_start_on_one_node_are_followed_by_the_others(cluster, tmp_path
     wait_peers([a, b], "shop")
     stopped = a.cli("stop", "shop")
     assert stopped.returncode == 0, stopped.stderr
-    wait_for(lambda: httpx.get(b.url + "/").status_code == 503, 20, interval=0.2, what="b to stop shop too")
+    wait_for(lambda: httpx.get(b.url + "/").status_code == 503, 30, interval=0.2, what="b to stop shop too")
     assert b.service("shop")["state"] == "stopped"
     started = a.cli("start", "shop")
     assert started.returncode == 0, started.stderr
-    wait_for(lambda: httpx.get(b.url + "/").status_code == 200, 20, interval=0.2, what="b to start shop again")
+    wait_for(lambda: httpx.get(b.url + "/").status_code == 200, 30, interval=0.2, what="b to start shop again")
     assert "command=stop" in b.output and "command=start" in b.output

@@ -27,8 +27,8 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from anycore import wire
 from anycore.cluster import dispatch
-from anycore.cluster.control import Command
 from anycore.cluster.dispatch import Claim, ClaimReply, Link, RemoteExchange, RemoteSlot
+from anycore.cluster.follow import follow
 from anycore.cluster.jetstream import create_replicated
 from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
 from anycore.gateway.exchange import SAFE_METHODS
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
 
 NODES_BUCKET = "anycore_nodes"
-FOLLOW_EVERY = 3  # heartbeats between two checks of the live releases in KV
+FOLLOW_EVERY = 3  # heartbeats between two checks of the desired state in KV (cluster/follow.py)
 HEARTBEAT_SUBJECT = "anycore.heartbeat"
 
 heartbeat_encoder = msgspec.json.Encoder()
@@ -133,7 +133,12 @@ class ClusterAgent:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: "asyncio.Task[Any]") -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug: say it, do not lose it
+            self.node.log.event("cluster.task_failed", error=repr(task.exception())[:300])
 
     def _publish(self, subject: str, data: bytes) -> None:
         if self.nc is not None and self.nc.is_connected:
@@ -169,7 +174,7 @@ class ClusterAgent:
                     self._peer_gone(peer.node)
                 self._deadline_net()
                 if self.follow and tick % (4 * FOLLOW_EVERY) == 0 and self.nc.is_connected:
-                    self._spawn(self._follow())
+                    self._spawn(follow(self.node, self.follow_failed))
             except Exception as exc:  # a bug here must not stop the heartbeats
                 self.node.log.event("cluster.heartbeat_failed", error=repr(exc)[:200])
             await asyncio.sleep(HEARTBEAT_INTERVAL / 4)
@@ -231,50 +236,6 @@ class ClusterAgent:
 
     def live_peers(self) -> list[str]:
         return sorted(p.node for p in self.table.peers.values() if not p.heartbeat.leaving)
-
-    async def _follow(self) -> None:
-        """Bring this node in line with KV's desired state: deploy the live release it missed
-        (joined later, or cut off from NATS during a cluster deploy), and stop or start a
-        service that was stopped or started on another node (the same ``Command`` the CLI
-        sends, through the node's command queue). A follow that failed is not retried until
-        the desired state changes."""
-        deployer = self.node.deployer
-        assert deployer is not None
-        try:
-            kept = await asyncio.wait_for(deployer.store.all_services(), HEARTBEAT_INTERVAL * 2)
-        except Exception:  # NATS slow or away: the next check retries
-            return
-        for service in kept:
-            runtime = self.node.services.get(service.name)
-            if not service.live or any(d.service == service.name and not d.finished for d in deployer.deploys.values()):
-                continue
-            if runtime is not None and runtime.release_id == service.live:
-                running = runtime.release is not None
-                want = (service.name, "stop" if service.stopped else "start", service.live)
-                if running != service.stopped:
-                    self.follow_failed.discard(want)  # in line
-                elif want not in self.follow_failed:
-                    self.follow_failed.add(want)  # once per desired state
-                    self.node.log.event("cluster.follow", service.name, command=want[1])
-                    self.node.commands.put_nowait(Command(want[1], {"service": service.name}))
-                continue
-            if service.stopped or (service.name, "deploy", service.live) in self.follow_failed:
-                continue
-            if runtime is not None and runtime.release is None:
-                continue  # stopped here: `anycore start` brings back its last release, then this catches up
-            record = await deployer.store.get_release(service.live)
-            if record is None:
-                continue
-            self.node.log.event("cluster.follow", service.name, release=service.live,
-                                was=runtime.release_id if runtime is not None else None)
-            deploy = deployer.start(record, "follow (live release in cluster KV)")
-            failed = self.follow_failed
-
-            def done(_: Any, key: tuple[str, str, str] = (service.name, "deploy", service.live), deploy: Any = deploy) -> None:
-                if deploy.error:
-                    failed.add(key)
-
-            deploy.task.add_done_callback(done)
 
     # -- origin side ---------------------------------------------------------------------------
     def spill_soon(self, runtime: "ServiceRuntime") -> None:
