@@ -182,8 +182,13 @@ def test_chat_room_reaches_every_member_across_a_deploy(nodes, tmp_path):
         logs = [await read_until(ws, lambda m: m.endswith("after")) for ws in members]
         for log in logs:
             chat = [m for m in log if not m.startswith("*")]
-            # Every message, once, in the order the room saw it: the same for every member.
-            assert [m.split(" ", 1)[-1] if ">" in m else m.split(": ", 1)[1] for m in chat] == [m for _, m in sent] + ["after"]
+            said = [tuple(m.split("> ", 1) if "> " in m else m.split(": ", 1)) for m in chat]
+            # Every message exactly once, and each member's in the order that member sent them
+            # (across members the room's order is its arrival order, the same for everyone).
+            assert sorted(text for _, text in said) == sorted([m for _, m in sent] + ["after"])
+            for name in names:
+                mine = [m for who, m in sent if who == name] + (["after"] if name == "ann" else [])
+                assert [text for who, text in said if who == name] == mine
             assert any(">" in m for m in chat), "the new release's format never appeared"
             assert any(m.startswith("* the server now runs chat@") for m in log), "client-notify message missing"
         assert logs[0] == logs[1] == logs[2]
