@@ -1,0 +1,94 @@
+"""Scenario 3: kill -9 of one worker under load; errors, and time until capacity is back.
+
+Each system serves the 1 ms-CPU app with 2 workers (so the server, not the client, limits
+throughput and losing a worker shows) under the timeline client (16 connections); 2 s in,
+one worker gets SIGKILL. Measured: the errors the client saw; when a replacement process
+appeared (a new sibling of the killed one; for Ray a new ServeReplica process); and when
+capacity was back: the first moment from which a 1 s window served >= 90 % of the median
+rate before the kill (0 when the surviving worker alone kept that rate: the 2 cores are
+shared with the client, so one worker can carry most of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from common import APPS, Ctx, median
+from load import ERR, Timeline, run_timeline
+from procs import snapshot
+
+SYSTEMS = ["anycore", "uvicorn", "gunicorn", "ray"]
+CONNECTIONS = 16
+KILL_AT = 2.0
+WIDTH = 0.25
+BACK = 0.9
+
+
+def analyse(tl: Timeline) -> dict[str, Any]:
+    kill = tl.marks["kill"]
+    buckets = tl.buckets(WIDTH)
+    before = [b["ok"] for b in buckets if 0.5 <= b["t"] and b["t"] + WIDTH <= kill]
+    baseline = median(before)
+    per_window = int(1 / WIDTH)
+    back = None
+    dip = float("inf")
+    for i, b in enumerate(buckets):
+        window = buckets[i:i + per_window]
+        if b["t"] < kill - WIDTH or len(window) < per_window:
+            continue
+        rate = sum(w["ok"] for w in window) / per_window
+        dip = min(dip, rate)
+        if back is None and rate >= BACK * baseline:
+            back = max(0.0, b["t"] - kill)
+    return {
+        "errors": sum(1 for _, o, _ in tl.events if o == ERR), "error_kinds": tl.error_kinds(), "requests": len(tl.events),
+        "baseline_rps": baseline, "dip_ratio": dip / baseline if baseline else None,
+        "capacity_back_s": back, "replaced_s": tl.marks["replaced"] - kill if "replaced" in tl.marks else None,
+        "kill_at": kill, "timeline": buckets,
+    }
+
+
+def one(ctx: Ctx, name: str) -> dict[str, Any]:
+    system = ctx.systems[name]
+    system.start(APPS / "cpu1ms", ctx.env)
+    victim = sorted(system.worker_pids())[0]
+    ray = name == "ray"
+
+    def kill(tl: Timeline) -> None:
+        procs = snapshot()
+        known, parent = set(procs), procs[victim].ppid
+        tl.mark("kill")
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = snapshot()
+            if ray:
+                fresh = [p for p in system.worker_pids() if p not in known]
+            else:
+                fresh = [p.pid for p in now.values() if p.ppid == parent and p.pid not in known]
+            if fresh:
+                tl.mark("replaced")
+                return
+            time.sleep(0.01)
+
+    seconds = ctx.mode.ray_timeline_s if ray else ctx.mode.timeline_s
+    tl = asyncio.run(run_timeline(system.url, CONNECTIONS, seconds, [(KILL_AT, kill)]))
+    return analyse(tl)
+
+
+def run(ctx: Ctx) -> dict[str, Any]:
+    result: dict[str, Any] = {"rows": [], "errors": {}, "connections": CONNECTIONS, "back_threshold": BACK}
+    for r in range(ctx.mode.rounds):
+        for name in ctx.order(SYSTEMS, r):
+            with ctx.attempt(result, name) as ok:
+                if ok:
+                    m = one(ctx, name)
+                    m.update(system=name, round=r)
+                    result["rows"].append(m)
+                    back = "not within the run" if m["capacity_back_s"] is None else f"{m['capacity_back_s']:.2f} s"
+                    ctx.log(f"crash r{r} {name}: {m['errors']} errors of {m['requests']}, capacity back after {back}")
+    return result
