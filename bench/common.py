@@ -36,7 +36,7 @@ class Mode:
     ray_timeline_s: float
 
 
-QUICK = Mode("quick", rounds=1, duration=2, warmup=1, connections=(32, 256), cold_rounds=2, timeline_s=6, ray_timeline_s=14)
+QUICK = Mode("quick", rounds=1, duration=2, warmup=1, connections=(32, 256), cold_rounds=2, timeline_s=5, ray_timeline_s=10)
 FULL = Mode("full", rounds=3, duration=8, warmup=2, connections=(32, 256), cold_rounds=8, timeline_s=10, ray_timeline_s=20)
 
 

@@ -27,6 +27,8 @@ def wrk(url: str, connections: int, duration: float) -> dict[str, float]:
     lat = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     if not rps or not total:
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    if not float(total.group(1)):  # nothing answered within the run: no latency to speak of
+        lat = {}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"rps": float(rps.group(1)), "requests": float(total.group(1)),

@@ -28,11 +28,16 @@ import time
 import traceback
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Replies go to the original stdout; everything else (Ray prints some of its daemons' logs on
+# the driver's stdout) goes to stderr, so the bench never reads a stray line as an answer.
+REPLIES = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 APP = "bench"
+PREFIX = "@bench "
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
@@ -74,7 +79,8 @@ class Asgi:
 
 
 def reply(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
+    REPLIES.write(PREFIX + json.dumps(fields) + "\n")
+    REPLIES.flush()
 
 
 def running_replicas() -> int:

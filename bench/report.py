@@ -32,7 +32,8 @@ def f(x: Any, digits: int = 2, unit: str = "") -> str:
 def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return "–"
-    return f"{a / b:.2f}×"
+    r = a / b
+    return f"{r:.2f}×" if r >= 0.1 or r == 0 else f"{r:.2g}×"
 
 
 def systems_in(rows: list[dict[str, Any]]) -> list[str]:
@@ -82,9 +83,8 @@ def header(meta: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         f"took {meta['duration_s'] / 60:.1f} min{' (interrupted: partial)' if meta.get('interrupted') else ''}.",
         "",
         f"Machine: {meta['cpus']} cores, {meta['mem_total_mib'] / 1024:.1f} GiB, {meta['machine']}, Python {meta['python']}. "
-        "Versions: " + ", ".join(f"{k} {ver}" for n in ("anycore", "uvicorn", "gunicorn", "ray")
-                                 for k, ver in v.get(n, {}).items() if k in ("anycore", "uvicorn", "gunicorn", "ray", "uvloop"))
-        + ".",
+        "Versions (each system's venv): " + "; ".join(
+            f"{LABEL[n]}: " + ", ".join(f"{k} {ver}" for k, ver in v[n].items()) for n in ORDER if v.get(n)) + ".",
         "",
         "Systems: " + "; ".join(f"{LABEL[n]}: {DESCR[n]}" for n in ORDER if n in meta["systems"]) + ".",
         "",

@@ -25,7 +25,7 @@ ROOT = HERE.parent
 VENVS = HERE / ".venvs"
 
 REQUIREMENTS = {
-    "anycore": ["-e", str(ROOT)],
+    "anycore": ["-e", str(ROOT), "fastapi"],  # fastapi: for the memory scenario's app, as in the peers' venvs
     "uvicorn": ["uvicorn[standard]", "fastapi"],
     "gunicorn": ["gunicorn", "uvicorn[standard]", "fastapi"],
     "ray": ["ray[serve]>=2,<3"],
