@@ -6,3 +6,7 @@ zygote alive (supervisor). The control plane is NATS, embedded by default.
 """
 
 __version__ = "0.1.0"
+
+from anycore.worker.session import Session
+
+__all__ = ["Session", "__version__"]

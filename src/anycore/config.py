@@ -19,9 +19,33 @@ from anycore.errors import ConfigError
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
+class SessionRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[sessions]`` entry: ``"/rooms/{room}" = { handler = "app:Room", key = "room" }``
+    (or just ``"/echo" = "app:Echo"``). ``key`` names a ``{param}`` of the path, or else a
+    query parameter: connections with the same key share one worker."""
+
+    handler: str
+    key: str = ""
+
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def session_pattern(path: str) -> re.Pattern[str]:
+    """``"/rooms/{room}"`` -> a regex matching ``/rooms/abc`` with group ``room``."""
+    if not path.startswith("/"):
+        raise ConfigError(f"session path {path!r} must start with '/', e.g. '/chat/{{room}}'")
+    parts = _PARAM.split(path)
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+    try:
+        return re.compile(f"^{regex}$")
+    except re.error as exc:
+        raise ConfigError(f"session path {path!r}: {exc}") from None
+
+
 class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     name: str
-    entry: str = "app:app"
+    entry: str = "app:app"  # the ASGI/WSGI app; "" for a service of Sessions only
     # "/prefix", "host" or "host/prefix"; the longest matching prefix wins, host routes
     # before host-less ones.
     routes: list[str] = msgspec.field(default_factory=lambda: ["/"])
@@ -45,6 +69,9 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     readiness: str = ""  # a GET path each new worker must answer 2xx/3xx before it takes traffic
     migrate: str = ""  # "module:function" run once per release before the shift
     rollback_window: float = 60.0  # a release that crashloops this soon after its shift is rolled back
+    # WebSocket paths (below the service's route) served by anycore.Session classes.
+    sessions: dict[str, str | SessionRoute] = msgspec.field(default_factory=dict)
+    client_notify: str = ""  # "module:function" of the new release; its message goes to old connections at shift
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -52,7 +79,7 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
                 f"service name {self.name!r} is not valid: use lowercase letters, digits, '-' or '_' "
                 "(set `name` in anycore.toml)"
             )
-        if ":" not in self.entry:
+        if self.entry and ":" not in self.entry:
             raise ConfigError(f"entry {self.entry!r} must be 'module:attribute', e.g. 'app:app'")
         for key in ("slots", "max_queue", "max_queue_bytes", "max_body"):
             if getattr(self, key) < 1:
@@ -76,6 +103,19 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
             raise ConfigError("scale_down_delay and keep_warm cannot be negative")
         for route in self.routes:
             parse_route(route)
+        for path, route in self.session_routes().items():
+            session_pattern(path)
+            if ":" not in route.handler:
+                raise ConfigError(f"session handler {route.handler!r} for {path!r} must be 'module:Class', e.g. 'app:Room'")
+            if route.key and not route.key.isidentifier():
+                raise ConfigError(f"session key {route.key!r} for {path!r} must name a path {{param}} or a query parameter")
+        if self.client_notify and ":" not in self.client_notify:
+            raise ConfigError(f"client_notify {self.client_notify!r} must be 'module:function', e.g. 'app:notify'")
+        if not self.entry and not self.sessions:
+            raise ConfigError("entry is empty and there are no [sessions]: the service would serve nothing")
+
+    def session_routes(self) -> dict[str, SessionRoute]:
+        return {path: SessionRoute(route) if isinstance(route, str) else route for path, route in self.sessions.items()}
 
     @property
     def min_count(self) -> int:

@@ -91,7 +91,11 @@ class Tick(msgspec.Struct, array_like=True, tag=10):
 
 
 class WsOpen(msgspec.Struct, array_like=True, tag=11):
-    """A WebSocket handshake the gateway holds open: the worker runs the app's websocket scope."""
+    """A WebSocket the gateway holds open: the worker runs the app's websocket scope, or
+    (``handler`` set) an ``anycore.Session``: new (``mode`` "connect"), carried over from
+    another worker or release (``mode`` "migrate", ``state`` from ``snapshot()``), or
+    restarted after its worker died (``mode`` "recover", ``state`` the last checkpoint if
+    any). ``seq`` counts the client messages the state already reflects."""
 
     id: int
     path: str
@@ -102,12 +106,23 @@ class WsOpen(msgspec.Struct, array_like=True, tag=11):
     client: tuple[str, int] | None
     server: tuple[str, int] | None
     root_path: str
+    handler: str = ""
+    key: str = ""
+    params: dict[str, str] = {}
+    mode: str = "connect"
+    state: bytes | None = None
+    from_release: str = ""
+    seq: int = 0
 
 
 class WsAccept(msgspec.Struct, array_like=True, tag=12):
+    """The app accepted. A Session sends it on every open (again after a move) to say
+    whether its class checkpoints: then the node keeps the messages since the last checkpoint."""
+
     id: int
     subprotocol: str | None
     headers: list[tuple[bytes, bytes]]
+    checkpoint: bool = False
 
 
 class WsMsg(msgspec.Struct, array_like=True, tag=13):
@@ -126,7 +141,61 @@ class WsClose(msgspec.Struct, array_like=True, tag=14):
     reason: str
 
 
-Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose]
+SNAPSHOT, CHECKPOINT, DRY_RUN = 0, 1, 2
+
+
+class SessSnap(msgspec.Struct, array_like=True, tag=15):
+    """Node -> worker: snapshot Session ``id`` after the messages already sent to it. With
+    ``detach`` the session then leaves this worker (no ``on_close``): it is moving."""
+
+    id: int
+    detach: bool
+
+
+class SessState(msgspec.Struct, array_like=True, tag=16):
+    """Worker -> node: a Session's ``snapshot()`` (msgpack), after ``seq`` client messages.
+    ``kind``: SNAPSHOT (answer to a detaching SessSnap), DRY_RUN (answer to a non-detaching
+    one) or CHECKPOINT (sent by itself after each message when the class checkpoints)."""
+
+    id: int
+    kind: int
+    seq: int
+    state: bytes | None
+    error: str | None
+
+
+class MigrateCheck(msgspec.Struct, array_like=True, tag=17):
+    """Node -> worker of a release not yet live: would ``handler.migrate(state, from_release)`` work?"""
+
+    id: int
+    handler: str
+    state: bytes
+    from_release: str
+
+
+class MigrateChecked(msgspec.Struct, array_like=True, tag=18):
+    id: int
+    error: str | None
+
+
+class Notify(msgspec.Struct, array_like=True, tag=19):
+    """Node -> a worker of the new release at shift: run the client-notify hook."""
+
+    hook: str
+    from_release: str
+    to_release: str
+
+
+class Notice(msgspec.Struct, array_like=True, tag=20):
+    """The hook's answer: the message for every open WebSocket of the old release (none if both None)."""
+
+    text: str | None
+    data: bytes | None
+    error: str | None
+
+
+Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
+              SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

@@ -150,3 +150,34 @@ def test_bad_websocket_frames_are_refused_and_the_node_lives_on(nodes, tmp_path)
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
     assert node.proc.poll() is None
     assert httpx.get(node.url + "/").status_code == 200
+
+
+def test_silent_websocket_clients_are_pinged_and_dead_ones_closed(nodes, tmp_path):
+    """The WebSocket keepalive is its own timer, not the HTTP keep-alive: an idle client that
+    answers pings stays; one that never answers is closed after the ping timeout."""
+    node = nodes.start(make_service(tmp_path, "ws", ECHO.format(version="v1"), CONFIG), args=("--ws-ping-interval", "0.5"))
+    port = int(node.url.rsplit(":", 1)[1])
+
+    async def scenario() -> None:
+        # A live client (websockets answers pings by itself), idle for longer than the
+        # HTTP keep-alive timeout and several ping intervals: still open, still served.
+        async with websockets.connect(ws_url(node, "/echo"), ping_interval=None) as ws:
+            await asyncio.sleep(3)
+            await ws.send("still here")
+            assert await asyncio.wait_for(ws.recv(), 10) == "v1:still here"
+        # A client that completes the handshake and then reads nothing, answers nothing.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        await writer.drain()
+        started = time.monotonic()
+        received = b""
+        while chunk := await asyncio.wait_for(reader.read(4096), 15):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 101")
+        assert b"\x89" in received  # a ping frame (FIN + opcode 9) came before the close
+        assert time.monotonic() - started < 10
+        writer.close()
+
+    asyncio.run(scenario())
+    assert node.proc.poll() is None

@@ -61,9 +61,12 @@ def cli() -> None:
 @click.option("--keepalive-timeout", type=float, default=5.0, show_default=True, help="Seconds an idle connection stays open.")
 @click.option("--max-connections", type=int, default=10000, show_default=True)
 @click.option("--max-header-bytes", type=int, default=65536, show_default=True)
+@click.option("--ws-ping-interval", type=float, default=20.0, show_default=True,
+              help="Ping a WebSocket silent this many seconds; close it (1011) if the pong takes as long again.")
 @with_nats
 def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: float, keepalive_timeout: float,
-       max_connections: int, max_header_bytes: int, nats_url: str | None, token: str | None, creds: str | None) -> None:
+       max_connections: int, max_header_bytes: int, ws_ping_interval: float, nats_url: str | None, token: str | None,
+       creds: str | None) -> None:
     """Start a node in the foreground, serving each PATH (a directory, or module:attr)."""
     from anycore.gateway.http import Limits
     from anycore.node.node import Node
@@ -77,7 +80,7 @@ def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: fl
         click.echo("anycore: --nats needs --token or --creds: the control plane is always authenticated", err=True)
         sys.exit(2)
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
-                    keepalive_timeout=keepalive_timeout, max_connections=max_connections)
+                    keepalive_timeout=keepalive_timeout, max_connections=max_connections, ws_ping_interval=ws_ping_interval)
     node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits)
     sys.exit(_run(node.run(services)))
 

@@ -34,6 +34,7 @@ class Limits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
     max_connections: int = 10000
+    ws_ping_interval: float = 20.0  # WebSockets: idle this long -> ping; no answer as long again -> close 1011
 
 
 class _HeadersTooLarge(Exception):

@@ -32,6 +32,7 @@ class Gateway:
         self.limits = limits
         self.access_log = access_log
         self.connections: set[HttpConnection] = set()
+        self.websockets: set[WebSocketSession] = set()
         self.routes: list[tuple[str | None, str, ServiceRuntime]] = []
         self.server: asyncio.AbstractServer | None = None
         self.host = ""
@@ -47,13 +48,19 @@ class Gateway:
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
-        """Header and keep-alive timeouts of every connection, every SWEEP seconds."""
+        """Header and keep-alive timeouts of every connection, every SWEEP seconds; the
+        WebSockets' keepalive pings (their own timeout, not the HTTP ones) every second."""
         loop = asyncio.get_running_loop()
+        rounds = 0
         while True:
             await asyncio.sleep(SWEEP)
             now = loop.time()
             for conn in list(self.connections):
                 conn.check_due(now)
+            rounds += 1
+            if rounds % 10 == 0:
+                for ws in list(self.websockets):
+                    ws.keepalive(now, self.limits.ws_ping_interval)
 
     @property
     def url(self) -> str:
@@ -111,7 +118,7 @@ class Gateway:
         target = exchange.raw_path + (b"?" + exchange.query if exchange.query else b"")
         handshake = b"".join([exchange.method.encode(), b" ", target, b" HTTP/1.1\r\n",
                               *(k + b": " + v + b"\r\n" for k, v in exchange.headers), b"\r\n"])
-        session = WebSocketSession(conn.transport, conn.client, conn.server)
+        session = WebSocketSession(conn.transport, conn.client, conn.server, self.websockets)
         if session.start(handshake) is None:
             return
         found = self.route(host, path)

@@ -12,6 +12,13 @@ placed on the least-loaded accepting worker without consuming a slot. When its w
 drains (a deploy, a scale-down, a stop), the connection is closed with 1012 (service
 restart) at the end of the drain timeout, staggered with jitter, never a bare TCP drop;
 when its worker dies, with 1011.
+
+A connection routed to an ``anycore.Session`` (``handler`` set) is never closed by the
+node: when its worker drains or dies the node moves it (see ``node.sessions``). While it
+moves, the client's messages are held here, in order, and delivered to the new worker
+after the session's state. ``delivered`` numbers the client's messages; a checkpointing
+Session reports the number its state reflects, and the messages after it are kept
+(``unacked``) to be replayed if the worker dies.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections import deque
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -34,12 +44,18 @@ if TYPE_CHECKING:
     from anycore.supervisor.worker import WorkerHandle
 
 MAX_MESSAGE = 1024 * 1024
+MAX_HELD = 10_000  # client messages held for one moving Session; more closes it with 1013
 _ids = itertools.count(10**12)  # distinct from HTTP exchange ids
 
 
 class WebSocketSession(asyncio.Protocol):
-    def __init__(self, transport: Any, client: tuple[str, int] | None, server: tuple[str, int] | None) -> None:
+    def __init__(self, transport: Any, client: tuple[str, int] | None, server: tuple[str, int] | None,
+                 registry: set["WebSocketSession"] | None = None) -> None:
         self.id = next(_ids)
+        self.registry = registry if registry is not None else set()
+        self.registry.add(self)
+        self.last_seen = asyncio.get_running_loop().time()
+        self.ping_sent = 0.0
         self.transport = transport
         self.client = client
         self.server = server
@@ -53,6 +69,16 @@ class WebSocketSession(asyncio.Protocol):
         self.fragment_text = False
         self.release = ""
         self.close_timer: asyncio.TimerHandle | None = None
+        # anycore.Session connections only:
+        self.handler = ""
+        self.key = ""
+        self.opened: wire.WsOpen | None = None  # the open frame, sent again (with state) on a move
+        self.held: list[wire.WsMsg | wire.WsClose] | None = None  # not None while the session moves
+        self.delivered = 0
+        self.checkpointing = False
+        self.checkpoint: wire.SessState | None = None
+        self.unacked: deque[tuple[int, wire.WsMsg]] = deque()
+        self.snapshots: deque[asyncio.Future[wire.SessState | None]] = deque()
 
     # -- handshake ---------------------------------------------------------------------
     def start(self, handshake: bytes) -> Request | None:
@@ -81,6 +107,16 @@ class WebSocketSession(asyncio.Protocol):
     # -- frames from the worker -----------------------------------------------------------
     def on_frame(self, frame: wire.Frame) -> None:
         if self.closed:
+            return
+        if type(frame) is wire.WsAccept and self.handler:
+            self.checkpointing = frame.checkpoint
+            if not frame.checkpoint:
+                self.checkpoint = None
+                self.unacked.clear()
+            if self.accepted:
+                return  # the same session, opened again after a move
+        if type(frame) is wire.SessState:
+            self._session_state(frame)
             return
         if type(frame) is wire.WsAccept:
             assert self.request is not None
@@ -119,6 +155,28 @@ class WebSocketSession(asyncio.Protocol):
         if tell_worker:
             self._tell_worker(code, reason)
 
+    def push(self, text: str | None, data: bytes | None) -> None:
+        """A message from the node itself (the client-notify hook), not from a worker."""
+        if self.accepted and not self.closed:
+            if text is not None:
+                self.protocol.send_text(text.encode())
+            else:
+                self.protocol.send_binary(data or b"")
+            self._flush()
+
+    def keepalive(self, now: float, interval: float) -> None:
+        """Ping a connection silent for ``interval``; close it with 1011 if the pong (or any
+        byte) does not come within ``interval`` more: the client is gone without a FIN."""
+        if self.closed or not self.accepted:
+            return
+        if self.ping_sent and now - self.ping_sent > interval:
+            self.close(1011, "keepalive ping timeout")
+            self._abort()
+        elif not self.ping_sent and now - self.last_seen > interval:
+            self.ping_sent = now
+            self.protocol.send_ping(b"anycore")
+            self._flush()
+
     def close_later(self, delay: float, code: int) -> None:
         if self.close_timer is None and not self.closed:
             self.close_timer = asyncio.get_running_loop().call_later(delay, self.close, code, "service restart")
@@ -128,8 +186,77 @@ class WebSocketSession(asyncio.Protocol):
         self.close(1012 if draining else 1011, "service restart" if draining else "worker died", tell_worker=False)
 
     def _tell_worker(self, code: int, reason: str) -> None:
-        if self.worker is not None:
+        if self.held is not None:
+            self.held.append(wire.WsClose(self.id, code, reason))
+        elif self.worker is not None:
             self.worker.send(wire.WsClose(self.id, code, reason))
+
+    # -- Sessions: moving between workers -----------------------------------------------------
+    def _deliver(self, message: wire.WsMsg) -> None:
+        if self.held is not None:
+            if len(self.held) >= MAX_HELD:
+                self.held = None
+                self.close(1013, "too many messages while the session moved; reconnect")
+                return
+            self.held.append(message)
+        elif self.worker is not None:
+            self.worker.send(message)
+            self.delivered += 1
+            if self.checkpointing:
+                self.unacked.append((self.delivered, message))
+
+    def _session_state(self, frame: wire.SessState) -> None:
+        if frame.kind == wire.CHECKPOINT:
+            if frame.state is not None:
+                self.checkpoint = frame
+                while self.unacked and self.unacked[0][0] <= frame.seq:
+                    self.unacked.popleft()
+        elif self.snapshots:
+            self.snapshots.popleft().set_result(frame)
+
+    def request_snapshot(self, detach: bool) -> "asyncio.Future[wire.SessState | None]":
+        """Ask the worker for ``snapshot()`` after the messages it has; None if it dies first."""
+        future: asyncio.Future[wire.SessState | None] = asyncio.get_running_loop().create_future()
+        if self.worker is None:
+            future.set_result(None)
+        else:
+            self.snapshots.append(future)
+            self.worker.send(wire.SessSnap(self.id, detach))
+        return future
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
+
+    def detach(self) -> None:
+        """The worker holding the session is gone (or gave it up): fail pending snapshots."""
+        if self.worker is not None:
+            self.worker.sockets.pop(self.id, None)
+        self.worker = None
+        while self.snapshots:
+            self.snapshots.popleft().set_result(None)
+
+    def reopen(self, worker: "WorkerHandle", mode: str, state: wire.SessState | None, from_release: str) -> None:
+        """Open the session on ``worker`` from ``state`` (or fresh), replay what the state does
+        not reflect, then deliver the messages held during the move, in order."""
+        assert self.opened is not None
+        self.detach()
+        seq = state.seq if state is not None else self.delivered
+        frame = msgspec.structs.replace(self.opened, mode=mode, state=state.state if state else None,
+                                        from_release=from_release, seq=seq)
+        self.worker, self.release = worker, worker.release
+        worker.sockets[self.id] = self
+        worker.send(frame)
+        replay = [message for number, message in self.unacked if number > seq] if state is not None else []
+        self.unacked.clear()
+        self.checkpoint = state if state is not None and self.checkpointing else None  # a snapshot is a checkpoint too
+        self.delivered = seq
+        held, self.held = self.held or [], None
+        for message in [*replay, *held]:
+            if type(message) is wire.WsClose:
+                worker.send(message)
+            else:
+                self._deliver(message)  # type: ignore[arg-type]
 
     def _abort(self) -> None:
         if not self.transport.is_closing():
@@ -144,6 +271,8 @@ class WebSocketSession(asyncio.Protocol):
 
     # -- bytes from the client ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.last_seen = asyncio.get_running_loop().time()
+        self.ping_sent = 0.0
         self.protocol.receive_data(data)
         for event in self.protocol.events_received():
             if isinstance(event, Frame):
@@ -160,7 +289,7 @@ class WebSocketSession(asyncio.Protocol):
             self.fragments.append(frame.data)
         else:
             return  # ping/pong/close are handled by the protocol itself
-        if frame.fin and self.worker is not None:
+        if frame.fin and (self.worker is not None or self.held is not None):
             data = b"".join(self.fragments)
             self.fragments = []
             if self.fragment_text:
@@ -169,9 +298,9 @@ class WebSocketSession(asyncio.Protocol):
                 except UnicodeDecodeError:
                     self.protocol.fail(1007, "invalid UTF-8 in a text message")
                     return
-                self.worker.send(wire.WsMsg(self.id, text, None))
+                self._deliver(wire.WsMsg(self.id, text, None))
             else:
-                self.worker.send(wire.WsMsg(self.id, None, data))
+                self._deliver(wire.WsMsg(self.id, None, data))
 
     def _client_closed(self) -> None:
         received = self.protocol.close_rcvd
@@ -184,6 +313,7 @@ class WebSocketSession(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.registry.discard(self)
         if not self.closed:
             self.closed = True
             self._tell_worker(1006, "")

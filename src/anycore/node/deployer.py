@@ -6,7 +6,8 @@ A deploy takes a release that is already in the code store (the CLI, or ``anycor
     fetch    the bundle from the Object Store into the verified local cache
     import   a new zygote imports the code (an import error ends the deploy here)
     warm     its workers fork and run lifespan startup and the readiness check
-    migrate  the release's migration hook, once per release, in a child of the new zygote
+    migrate  the release's migration hook, once per release, in a child of the new zygote;
+             and the new release's Session.migrate() dry-run on a snapshot of every live session
     shift    new requests go to the new release (one step in the node's loop)
     drain    the old release finishes its in-flight requests (bounded by drain_timeout)
     retire   the old release's workers and zygote are gone
@@ -110,11 +111,17 @@ class Deployer:
                 serving = service.release.live_count() if service.release is not None else 0
                 await new.start(on_imported=lambda: deploy.enter(Phase.WARM, f"{new.target} workers"),
                                 warm=max(record.config.worker_count, serving))
-                if record.config.migrate and not record.migrated:
-                    deploy.enter(Phase.MIGRATE, record.config.migrate)
+                hook = record.config.migrate if not record.migrated else ""
+                sessions = service.sessions.live_sessions()
+                if hook or sessions:
+                    deploy.enter(Phase.MIGRATE, ", ".join(filter(None, [
+                        hook, f"dry-run of migrate() on {len(sessions)} live sessions" if sessions else ""])))
+                if hook:
                     await new.run_hook({"release": record.id, "previous_release": previous, "service": record.service})
                     record.migrated = True
                     await self.store.put_release(record)
+                if sessions:
+                    await new.guard(service.sessions.dry_run(new))
             except ReleaseFailed:
                 if created:
                     self.node.forget_service(service)
@@ -122,6 +129,8 @@ class Deployer:
             deploy.enter(Phase.SHIFT)
             old = service.shift(new, directory, record.config)
             self.node.gateway.add_service(service)
+            if old is not None and record.config.client_notify:
+                service.notify_clients(new, old)
             record.deployed_at = now()
             await self.store.put_release(record)
             await self.store.set_live(record.service, record.id)

@@ -27,6 +27,7 @@ from anycore.errors import AnycoreError
 from anycore.gateway.websocket import drain_delay
 from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
+from anycore.node.sessions import SessionPlacer, SessionRoutes
 from anycore.router.core import Placed, Queued, Rejected, Router
 from anycore.supervisor.release import ReleaseSupervisor
 
@@ -64,6 +65,8 @@ class ServiceRuntime:
         self.served = 0
         self.loop = asyncio.get_running_loop()
         self._expiry: asyncio.TimerHandle | None = None
+        self.session_routes = SessionRoutes(config)
+        self.sessions = SessionPlacer(self)
 
     # -- lifecycle ------------------------------------------------------------------------
     #
@@ -91,6 +94,7 @@ class ServiceRuntime:
                 self.router.stop_accepting(worker.id)
         self.release, self.release_id, self.directory, self.config = new, new.release, directory, config
         self.router.max_queue, self.router.max_queue_bytes = config.max_queue, config.max_queue_bytes
+        self.session_routes = SessionRoutes(config)
         new.promote()
         if self.life.state is ServiceState.STOPPED:
             self.life.to(ServiceState.RUNNING)
@@ -101,6 +105,9 @@ class ServiceRuntime:
                        workers=len(new.workers))
         self._drain_queue()
         return old
+
+    def notify_clients(self, new: ReleaseSupervisor, old: ReleaseSupervisor) -> None:
+        self.sessions.spawn(self.sessions.notify(new, old))
 
     async def retire(self, old: ReleaseSupervisor, on_drained: Callable[[], None] | None = None) -> None:
         """Let an old release finish its in-flight requests (bounded by drain_timeout), then stop it."""
@@ -134,7 +141,9 @@ class ServiceRuntime:
         if self.release is None or self.life.state is ServiceState.STOPPED:
             return
         rejected, self._rejected_seen = self.router.rejected - self._rejected_seen, self.router.rejected
-        self.release.autoscale(now, budget, self.router.inflight, len(self.router.queue), rejected)
+        # Open WebSockets are demand too: never scale to zero under a connected client.
+        sockets = any(w.sockets for w in self.workers.values())
+        self.release.autoscale(now, budget, max(self.router.inflight, int(sockets)), len(self.router.queue), rejected)
 
     def set_limits(self, low: int | None, high: int | None) -> tuple[int, int]:
         """`anycore scale`: new worker limits for the live release and later ones; no restart."""
@@ -270,11 +279,17 @@ class ServiceRuntime:
         live = self.release is not None and worker.release == self.release.release and self.release.live_since > 0
         self.router.add_worker(worker.id, worker.slots, accepting=live and self.life.state is ServiceState.RUNNING)
         self._drain_queue()
+        self.sessions.worker_ready()
 
     def worker_draining(self, worker: "WorkerHandle") -> None:
+        """Stop routing to it; its Sessions move to a live worker, its ASGI WebSockets close
+        with 1012 at the end of the drain timeout."""
         self.router.stop_accepting(worker.id)
+        if self.release is not None and self.life.state is ServiceState.RUNNING:
+            self.sessions.evacuate(worker)
         for session in list(worker.sockets.values()):
-            session.close_later(drain_delay(self.config.drain_timeout), 1012)
+            if session.held is None:
+                session.close_later(drain_delay(self.config.drain_timeout), 1012)
 
     # -- WebSockets --------------------------------------------------------------------------
     def open_websocket(self, session: "WebSocketSession", frame: wire.WsOpen) -> None:
@@ -282,23 +297,29 @@ class ServiceRuntime:
         if self.life.state is ServiceState.STOPPED or self.release is None:
             session.reject(503, f"service {self.name} is stopped\n")
             return
-        accepting = [self.workers[w.id] for w in self.router.workers.values() if w.accepting and w.id in self.workers]
-        if not accepting:
+        session.service = self
+        frame = self.session_routes.match(frame) or frame
+        if not self.sessions.open(session, frame):
             self.release.wake()
             session.reject(503, f"service {self.name} has no worker ready; retry\n")
-            return
-        worker = min(accepting, key=lambda w: (len(w.sockets), w.inflight))
-        session.worker, session.service, session.release = worker, self, worker.release
-        worker.sockets[session.id] = session
-        worker.send(frame)
 
     def websocket_gone(self, session: "WebSocketSession") -> None:
         if session.worker is not None:
             session.worker.sockets.pop(session.id, None)
+            self.sessions.gone(session, session.worker)
 
     def worker_lost(self, worker: "WorkerHandle") -> None:
+        live = self.release is not None and self.life.state is ServiceState.RUNNING
+        recover = []
         for session in list(worker.sockets.values()):
-            session.worker_gone(draining=worker.killed_by_us.startswith(("drained", "stopped", "recycled")))
+            if session.handler and live and not session.closed:
+                if session.held is None:
+                    recover.append(session)
+                else:
+                    session.detach()  # already moving: its move falls back to the checkpoint
+            else:
+                session.worker_gone(draining=worker.killed_by_us.startswith(("drained", "stopped", "recycled")))
+        self.sessions.recover(recover)
         worker.sockets.clear()
         self.router.remove_worker(worker.id)
         self.workers.pop(worker.id, None)

@@ -26,7 +26,7 @@ import itertools
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from anycore import wire
 from anycore.config import ServiceConfig
@@ -119,6 +119,7 @@ class ReleaseSupervisor:
         self.zygote = start_zygote(
             self.release, self.directory, self.config.entry, self.config.env, self.config.slots, self._tick,
             self.config.readiness, self._on_forked, self._on_exited, out_child.fileno(),
+            sessions=[route.handler for route in self.config.session_routes().values()],
         )
         out_child.close()
         self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
@@ -146,6 +147,15 @@ class ReleaseSupervisor:
                 pump_output(sock, self.log, self.name, f"{self.release} migrate")))
         except ReleaseFailed as exc:
             await self._fail(exc.reason, exc.traceback)
+
+    async def guard(self, check: Awaitable[object]) -> None:
+        """Run a pre-shift check (the Sessions' migrate dry-run); its ReleaseFailed fails this release."""
+        try:
+            await check
+        except ReleaseFailed as exc:
+            await self._fail(exc.reason, exc.traceback)
+        except asyncio.TimeoutError:
+            await self._fail("the Sessions' migrate() dry-run did not answer in time")
 
     def promote(self) -> None:
         """The shift: this release is live; its workers take traffic and are restarted if they die."""

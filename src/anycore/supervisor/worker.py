@@ -36,6 +36,8 @@ class WorkerHandle:
         self.served = 0
         self.exchanges: dict[int, Exchange] = {}
         self.sockets: dict[int, WebSocketSession] = {}  # WebSockets: no slot, not in the router
+        self.checks: dict[int, asyncio.Future[str | None]] = {}  # MigrateCheck answers by session id
+        self.notices: list[asyncio.Future[wire.Notice]] = []
         self.proto: wire.FrameProtocol | None = None
         self.exit_status: int | None = None
         self.exit_cause = ""
@@ -84,7 +86,7 @@ class WorkerHandle:
             exchange = self.exchanges.get(frame.id)  # type: ignore[union-attr]
             if exchange is not None:
                 exchange.on_frame(frame)
-        elif kind is wire.WsMsg or kind is wire.WsAccept or kind is wire.WsClose:
+        elif kind is wire.WsMsg or kind is wire.WsAccept or kind is wire.WsClose or kind is wire.SessState:
             session = self.sockets.get(frame.id)  # type: ignore[union-attr]
             if session is not None:
                 session.on_frame(frame)
@@ -102,9 +104,36 @@ class WorkerHandle:
             self._on_ready(self)
         elif kind is wire.StartFailed:
             self._on_failed_start(self, frame.reason)  # type: ignore[union-attr]
+        elif kind is wire.MigrateChecked:
+            check = self.checks.pop(frame.id, None)  # type: ignore[union-attr]
+            if check is not None and not check.done():
+                check.set_result(frame.error)  # type: ignore[union-attr]
+        elif kind is wire.Notice and self.notices:
+            self.notices.pop(0).set_result(frame)  # type: ignore[arg-type]
+
+    def check_migrate(self, frame: wire.MigrateCheck) -> "asyncio.Future[str | None]":
+        """Dry-run a Session's migrate() here; resolves to None or the error with its traceback."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.checks[frame.id] = future
+        self.send(frame)
+        return future
+
+    def notify(self, frame: wire.Notify) -> "asyncio.Future[wire.Notice]":
+        future: asyncio.Future[wire.Notice] = asyncio.get_running_loop().create_future()
+        self.notices.append(future)
+        self.send(frame)
+        return future
 
     def _lost(self, exc: Exception | None) -> None:
         self.proto = None
+        for check in self.checks.values():
+            if not check.done():
+                check.set_result("the worker running the check died")
+        self.checks.clear()
+        for notice in self.notices:
+            if not notice.done():
+                notice.set_result(wire.Notice(None, None, "the worker died"))
+        self.notices.clear()
         if not self.lost:
             self.lost = True
             self._on_lost(self)

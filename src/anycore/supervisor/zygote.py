@@ -134,10 +134,11 @@ class ZygoteHandle:
 
 def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], slots: int, tick: float, readiness: str,
                  on_forked: Callable[[int, int], None], on_exited: Callable[[int, int], None],
-                 stdout: int) -> ZygoteHandle:
+                 stdout: int, sessions: list[str] | None = None) -> ZygoteHandle:
     node_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     node_end.setblocking(False)
-    spec = json.dumps({"entry": entry, "slots": slots, "tick": tick, "release": release, "readiness": readiness})
+    spec = json.dumps({"entry": entry, "slots": slots, "tick": tick, "release": release, "readiness": readiness,
+                       "sessions": sessions or []})
     child_env = {**os.environ, **env, "ANYCORE_RELEASE": release}
     # The zygote's control socket must land on fd 3 (CONTROL_FD) in the child.
     os.set_inheritable(zygote_end.fileno(), True)

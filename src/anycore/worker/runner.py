@@ -18,12 +18,13 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import uvloop
 
 from anycore import wire
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
+from anycore.worker.session import Session, SessionCycle, check_migrate
 
 DISCONNECT_GRACE = 0.5  # seconds an app has to notice http.disconnect before it is cancelled
 EXIT_STARTUP_FAILED = 3
@@ -31,13 +32,18 @@ EXIT_STARTUP_FAILED = 3
 
 class WorkerServer:
     loop: asyncio.AbstractEventLoop  # set when main() runs
-    def __init__(self, app: ASGIApp, lifespan: bool, tick: float, readiness: str = "") -> None:
+    send_frame: Callable[[wire.Frame], None]  # likewise
+    def __init__(self, app: ASGIApp, lifespan: bool, tick: float, readiness: str = "",
+                 handlers: dict[str, type[Session]] | None = None, release: str = "") -> None:
         self.app = app
         self.readiness = readiness
         self.use_lifespan = lifespan
         self.tick = tick
+        self.release = release
+        self.handlers = handlers or {}
+        self.rooms: dict[str, set[SessionCycle]] = {}  # Session key -> its connections here
         self.cycles: dict[int, Cycle] = {}
-        self.sockets: dict[int, WsCycle] = {}
+        self.sockets: dict[int, WsCycle | SessionCycle] = {}
         self.stopping: asyncio.Future[None] | None = None
         self.proto: wire.FrameProtocol | None = None
         self.state: dict[str, Any] = {}
@@ -49,6 +55,7 @@ class WorkerServer:
             lambda: wire.FrameProtocol(self.on_frame, self.on_lost), sock=sock
         )
         self.proto = proto
+        self.send_frame = proto.send
         lifespan = Lifespan(self.app) if self.use_lifespan else None
         if lifespan is not None:
             failure = await lifespan.startup()
@@ -139,13 +146,24 @@ class WorkerServer:
                 if task is not None:
                     asyncio.get_running_loop().call_later(DISCONNECT_GRACE, task.cancel)
         elif type(frame) is wire.WsOpen:
-            ws = WsCycle(frame, self.proto.send)  # type: ignore[union-attr]
-            self.sockets[frame.id] = ws
-            ws.task = asyncio.ensure_future(self._run_ws(ws, build_ws_scope(frame, self.state)))
-        elif type(frame) is wire.WsMsg or type(frame) is wire.WsClose:
+            if frame.handler:
+                session = SessionCycle(frame, self.handlers[frame.handler], self)
+                self.sockets[frame.id] = session
+                session.task = asyncio.ensure_future(self._run_session(session))
+            else:
+                ws = WsCycle(frame, self.proto.send)  # type: ignore[union-attr]
+                self.sockets[frame.id] = ws
+                ws.task = asyncio.ensure_future(self._run_ws(ws, build_ws_scope(frame, self.state)))
+        elif type(frame) is wire.WsMsg or type(frame) is wire.WsClose or type(frame) is wire.SessSnap:
             ws = self.sockets.get(frame.id)
             if ws is not None:
                 ws.feed(frame)
+            elif type(frame) is wire.SessSnap:
+                self.send_frame(wire.SessState(frame.id, wire.SNAPSHOT, 0, None, "the session is not on this worker"))
+        elif type(frame) is wire.MigrateCheck:
+            self.send_frame(wire.MigrateChecked(frame.id, check_migrate(self.handlers[frame.handler], frame)))
+        elif type(frame) is wire.Notify:
+            asyncio.ensure_future(self._notify(frame))
         elif type(frame) is wire.Stop:
             if self.stopping is not None and not self.stopping.done():
                 self.stopping.set_result(None)
@@ -164,6 +182,29 @@ class WorkerServer:
             self.proto.send(wire.WsClose(ws.id, 1011 if error else 1000, ""))  # type: ignore[union-attr]
         del self.sockets[ws.id]
         self.proto.send(wire.Done(ws.id, error))  # type: ignore[union-attr]
+
+    async def _run_session(self, session: SessionCycle) -> None:
+        await session.run()
+        del self.sockets[session.id]
+        self.send_frame(wire.Done(session.id, None))
+
+    async def _notify(self, frame: wire.Notify) -> None:
+        """The release's client-notify hook: ``hook(from_release, to_release)`` returns the
+        message (str or bytes; None for no message) the node sends to old connections."""
+        from anycore.worker.zygote import import_app
+
+        try:
+            outcome = import_app(frame.hook)(frame.from_release, frame.to_release)
+            if asyncio.iscoroutine(outcome):
+                outcome = await outcome
+            if outcome is not None and not isinstance(outcome, (str, bytes)):
+                raise TypeError(f"client_notify returned {type(outcome).__name__}; return str, bytes or None")
+            notice = wire.Notice(outcome if isinstance(outcome, str) else None,
+                                 outcome if isinstance(outcome, bytes) else None, None)
+        except Exception as exc:  # noqa: BLE001 - reported, the deploy goes on
+            print(f"client_notify {frame.hook} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            notice = wire.Notice(None, None, f"{type(exc).__name__}: {exc}")
+        self.send_frame(notice)
 
     async def _run(self, cycle: Cycle, scope: dict[str, Any]) -> None:
         error: str | None = None
@@ -197,13 +238,14 @@ def redirect_output(log_fd: int) -> None:
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
 
-def run_worker(app: ASGIApp, lifespan: bool, data_fd: int, log_fd: int, tick: float, readiness: str = "") -> None:
+def run_worker(app: ASGIApp, lifespan: bool, data_fd: int, log_fd: int, tick: float, readiness: str = "",
+               handlers: dict[str, type[Session]] | None = None, release: str = "") -> None:
     """Entry point in the forked child; never returns."""
     code = 1
     try:
         redirect_output(log_fd)
         sock = socket.socket(fileno=data_fd)
-        server = WorkerServer(app, lifespan, tick, readiness)
+        server = WorkerServer(app, lifespan, tick, readiness, handlers, release)
         code = uvloop.run(server.main(sock))
     except BaseException:  # noqa: BLE001
         traceback.print_exc()

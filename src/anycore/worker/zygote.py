@@ -56,6 +56,26 @@ def detect_kind(app: Any) -> str:
     raise TypeError(f"{app!r} is not callable: entry must name an ASGI or WSGI application")
 
 
+def import_session(entry: str) -> Any:
+    from anycore.worker.session import Session
+
+    cls = import_app(entry)
+    if not (isinstance(cls, type) and issubclass(cls, Session)):
+        raise TypeError(f"session handler {entry!r} is {cls!r}, not a subclass of anycore.Session")
+    return cls
+
+
+async def sessions_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The app of a service with ``entry = ""``: only its Sessions answer."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"this service serves only WebSocket sessions\n"})
+    elif scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+    else:
+        raise RuntimeError("lifespan not supported")
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     control = socket.socket(fileno=CONTROL_FD)
@@ -68,10 +88,11 @@ def main() -> None:
 
         from anycore.worker import runner  # noqa: F401
 
-        app = import_app(spec["entry"])
+        app = import_app(spec["entry"]) if spec["entry"] else sessions_only
         kind = detect_kind(app)
         if kind == "wsgi":
             import a2wsgi  # noqa: F401
+        handlers = {entry: import_session(entry) for entry in spec.get("sessions", [])}
     except BaseException as exc:  # noqa: BLE001 - reported to the node with its traceback
         send("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc())
         sys.exit(1)
@@ -99,7 +120,7 @@ def main() -> None:
                 os._exit(0)  # the node is gone or retired us; workers notice their own sockets
             message = msgspec.msgpack.decode(data)
             if message[0] == "fork":
-                _fork(message[1], fds, spec, app, kind, control, wake_r, wake_w, send)
+                _fork(message[1], fds, spec, app, kind, handlers, control, wake_r, wake_w, send)
             elif message[0] == "hook":
                 _hook(message[1], message[2], fds, control, wake_r, wake_w)
 
@@ -163,7 +184,7 @@ def _hook(entry: str, context: dict[str, Any], fds: list[int], control: socket.s
     os.close(log_fd)
 
 
-def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: str,
+def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: str, handlers: dict[str, Any],
           control: socket.socket, wake_r: int, wake_w: int, send: Any) -> None:
     data_fd, log_fd = fds
     pid = os.fork()
@@ -183,7 +204,7 @@ def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: 
 
             asgi_app = WSGIMiddleware(app, workers=spec["slots"])
         run_worker(asgi_app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"],
-                   readiness=spec.get("readiness", ""))
+                   readiness=spec.get("readiness", ""), handlers=handlers, release=spec["release"])
     os.close(data_fd)
     os.close(log_fd)
     send("forked", worker_id, pid)
