@@ -29,14 +29,19 @@ class Mode:
     name: str
     rounds: int  # ABAB rounds of throughput, swap, crash and WebSocket runs
     duration: float  # seconds of each measured wrk / echo run
-    warmup: float
+    warmup: float  # 0: none (quick mode: the first second of a run is its warm-up)
     connections: tuple[int, ...]
     cold_rounds: int
     timeline_s: float  # load around a swap or a kill (Ray gets ray_timeline_s: its redeploy takes seconds)
     ray_timeline_s: float
 
+    @property
+    def event_at(self) -> float:
+        """When the swap or the kill happens in a timeline: after a baseline of steady load."""
+        return 1.5 if self.name == "quick" else 2.0
 
-QUICK = Mode("quick", rounds=1, duration=2, warmup=1, connections=(32, 256), cold_rounds=2, timeline_s=5, ray_timeline_s=10)
+
+QUICK = Mode("quick", rounds=1, duration=2, warmup=0, connections=(32,), cold_rounds=2, timeline_s=4, ray_timeline_s=8)
 FULL = Mode("full", rounds=3, duration=8, warmup=2, connections=(32, 256), cold_rounds=8, timeline_s=10, ray_timeline_s=20)
 
 

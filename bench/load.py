@@ -129,8 +129,8 @@ async def run_timeline(url: str, connections: int, duration: float, actions: lis
     return tl
 
 
-async def ws_echo(url: str, connections: int, duration: float, size: int = 32) -> dict[str, float]:
-    """Echoes per second over `connections` WebSockets, each with one message in flight.
+async def ws_echo(url: str, connections: int, duration: float, window: int = 8, size: int = 64) -> dict[str, float]:
+    """Echoes per second over `connections` WebSockets, each keeping `window` messages in flight.
 
     Counting starts 1 s after the call (time to open every connection) and lasts `duration`."""
     from websockets.asyncio.client import connect
@@ -144,15 +144,48 @@ async def ws_echo(url: str, connections: int, duration: float, size: int = 32) -
     async def one(i: int) -> None:
         nonlocal errors
         try:
-            async with connect(url, compression=None, open_timeout=10) as ws:
-                while time.monotonic() < end:
+            async with connect(url, compression=None, open_timeout=10, max_queue=None) as ws:
+                for _ in range(window):
                     await ws.send(payload)
+                while time.monotonic() < end:
                     if await ws.recv() != payload:
                         raise RuntimeError("the echo differs from the message")
                     if time.monotonic() >= begin:
                         counts[i] += 1
+                    await ws.send(payload)
         except Exception:  # noqa: BLE001 - any failure is counted and reported
             errors += 1
 
     await asyncio.gather(*(one(i) for i in range(connections)))
-    return {"msgs_per_s": sum(counts) / duration, "errors": float(errors), "connections": float(connections)}
+    return {"msgs_per_s": sum(counts) / duration, "errors": float(errors), "connections": float(connections),
+            "window": float(window)}
+
+
+async def ws_pinger(url: str, clients: int, until: asyncio.Event, every: float = 0.02) -> dict[str, object]:
+    """`clients` WebSockets, each sending a numbered message every `every` s and timing its echo.
+
+    Returns the (send time, round trip) of every echo and how many connections were lost."""
+    from websockets.asyncio.client import connect
+
+    samples: list[tuple[float, float]] = []
+    dropped = 0
+
+    async def one(i: int) -> None:
+        nonlocal dropped
+        try:
+            async with connect(url, compression=None, open_timeout=10) as ws:
+                n = 0
+                while not until.is_set():
+                    n += 1
+                    t = time.monotonic()
+                    await ws.send(f"{i}:{n}")
+                    reply = await asyncio.wait_for(ws.recv(), 30)
+                    if reply != f"{i}:{n}":
+                        raise RuntimeError(f"echo {reply!r} for {i}:{n}")
+                    samples.append((t, time.monotonic() - t))
+                    await asyncio.sleep(every)
+        except Exception:  # noqa: BLE001 - closed, reset, timed out or wrong echo: the connection is lost
+            dropped += 1
+
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    return {"samples": samples, "dropped": dropped}

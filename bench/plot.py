@@ -129,11 +129,34 @@ def simple(s: dict, out: Path, name: str) -> None:
               "PSS, all processes": [by[n]["total"]["pss"] for n in systems]}, "MiB (log)", log=True)
         ax.set_title("Memory, FastAPI app, 2 workers (lower is better)")
     else:
-        bars(ax, [f"{LABEL[n]}" for n in systems], {"echo msg/s": [med(rows, "msgs_per_s", system=n) for n in systems]}, "msg/s")
+        variants = [(n, v) for n in systems for v in ("Session", "ASGI websocket") if any(
+            r["system"] == n and r["variant"] == v for r in rows)]
+        bars(ax, [f"{LABEL[n]}\n{v}" for n, v in variants],
+             {"echo msg/s": [med(rows, "msgs_per_s", system=n, variant=v) for n, v in variants]}, "msg/s")
         ax.set_title("WebSocket echo (higher is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=110)
+    plt.close(fig)
+
+
+def wsswap(s: dict, out: Path) -> None:
+    r = next((r for r in s["rows"] if r["system"] == "anycore"), None)
+    if r is None or not r.get("max_rtt_timeline"):
+        return
+    fig, ax = plt.subplots(figsize=(9, 3))
+    tl = r["max_rtt_timeline"]
+    ax.step([b["t"] for b in tl], [b["max_ms"] for b in tl], where="post", color=COLOR["anycore"], label="worst round trip")
+    for i, (start, end) in enumerate(r["windows"]):
+        ax.axvspan(start, end, color="grey", alpha=0.25, label="anycore deploy" if i == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds (0.25 s buckets)")
+    ax.set_ylabel("ms (log)")
+    ax.set_title(f"{s.get('clients', 50)} echo Sessions through {r['deploys']} deploys: {r['dropped']} connections lost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "wsswap.png", dpi=110)
     plt.close(fig)
 
 
@@ -147,6 +170,8 @@ def main() -> None:
     for name in ("swap", "crash"):
         if name in sc:
             timelines(sc[name], out, name)
+    if "wsswap" in sc:
+        wsswap(sc["wsswap"], out)
     for name in ("cold", "memory", "websocket"):
         if name in sc:
             simple(sc[name], out, name)

@@ -19,7 +19,7 @@ DESCR = {
     "anycore": "`anycore up`, `workers = 2` (node + embedded nats-server + zygote + 2 workers)",
     "uvicorn": "`uvicorn --workers 2 --loop uvloop --http httptools`",
     "gunicorn": "`gunicorn -k uvicorn.workers.UvicornWorker -w 2`",
-    "ray": "Ray Serve, 2 replicas (`num_cpus=0`), its HTTP proxy on 127.0.0.1",
+    "ray": "2 replicas (`num_cpus=0`) of a deployment that calls the same ASGI app, behind Serve's HTTP proxy on 127.0.0.1",
 }
 
 
@@ -59,7 +59,7 @@ def render(data: dict[str, Any], stem: str, pngs: list[str]) -> str:
     out += header(meta, sc)
     out += headline(sc)
     sections = [("throughput", throughput), ("swap", swap), ("crash", crash), ("cold", cold), ("memory", memory),
-                ("websocket", websocket)]
+                ("websocket", websocket), ("wsswap", wsswap)]
     for name, fn in sections:
         if name in sc:
             out += fn(sc[name])
@@ -79,7 +79,8 @@ def header(meta: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         "",
         f"`python3 bench/run.py{' --quick' if mode['name'] == 'quick' else ''}`, {mode['name']} mode: "
         f"{mode['rounds']} round(s) per scenario with the systems taking turns (ABAB: each round reverses the "
-        f"order), {mode['duration']:g} s per measured run after {mode['warmup']:g} s of warm-up; "
+        f"order), {mode['duration']:g} s per measured run after {mode['warmup']:g} s of warm-up, wrk at "
+        f"c={', '.join(str(c) for c in data_connections(sc))}; "
         f"took {meta['duration_s'] / 60:.1f} min{' (interrupted: partial)' if meta.get('interrupted') else ''}.",
         "",
         f"Machine: {meta['cpus']} cores, {meta['mem_total_mib'] / 1024:.1f} GiB, {meta['machine']}, Python {meta['python']}. "
@@ -107,6 +108,10 @@ def header(meta: dict[str, Any], sc: dict[str, Any]) -> list[str]:
                 f"{ray.get('idle_pss_mib', 0):.0f} MiB (PSS), a small extra load on the other systems' turns. "
                 "Ray is stopped (serve.shutdown, ray.shutdown, then any process left of its tree) at the end.", ""]
     return out
+
+
+def data_connections(sc: dict[str, Any]) -> list[int]:
+    return sc.get("throughput", {}).get("connections", [])
 
 
 def spread(sc: dict[str, Any]) -> str:
@@ -140,15 +145,10 @@ def headline(sc: dict[str, Any]) -> list[str]:
             rows = [r for r in t["rows"] if r["app"] == app and r["c"] == c]
             line("throughput", f"{app} c={c} req/s", {s: med(rows, "rps", system=s) for s in ORDER}, " req/s", 0)
             line("latency", f"{app} c={c} p99", {s: med(rows, "p99", system=s) for s in ORDER}, " ms", 2)
-    for name, key, figure, unit, scale, digits in [
-        ("swap", "new_code_s", "time to 100 % new code", " s", 1, 2),
-        ("crash", "capacity_back_s", "time until capacity is back", " s", 1, 2),
-        ("cold", "cold_s", "first answer from zero", " ms", 1000, 1),
-    ]:
-        rows = sc.get(name, {}).get("rows", [])
-        if rows:
-            vals = {s: (None if (m := med(rows, key, system=s)) is None else m * scale) for s in ORDER}
-            line(name, figure, vals, unit, digits)
+    rows = sc.get("cold", {}).get("rows", [])
+    if rows:
+        line("cold", "first answer from zero (uvicorn: a new process)",
+             {s: (None if (m := med(rows, "cold_s", system=s)) is None else m * 1000) for s in ORDER}, " ms", 1)
     rows = sc.get("memory", {}).get("rows", [])
     if rows:
         uss = {r["system"]: median([w["uss"] for w in r["workers"]]) if r["workers"] else None for r in rows}
@@ -156,17 +156,38 @@ def headline(sc: dict[str, Any]) -> list[str]:
         line("memory", "PSS of all processes", {r["system"]: r["total"]["pss"] for r in rows}, " MiB", 0)
     rows = sc.get("websocket", {}).get("rows", [])
     if rows:
-        line("websocket", "echo msg/s", {s: med(rows, "msgs_per_s", system=s) for s in ORDER}, " msg/s", 0)
-    out += ["", "Errors are counts, not ratios: zero is the goal. Per swap / per kill, median over rounds (max):", "",
-            "| scenario | " + " | ".join(LABEL[s] for s in ORDER) + " |", "|---|" + "---|" * len(ORDER)]
-    for name, what in [("swap", "errors seen by clients during a code swap"), ("crash", "errors seen by clients after kill -9 of a worker")]:
+        u = med(rows, "msgs_per_s", system="uvicorn")
+        for variant in ("ASGI websocket", "Session"):
+            line("websocket", f"echo msg/s, anycore {variant}", {"anycore": med(rows, "msgs_per_s", system="anycore", variant=variant),
+                                                               "uvicorn": u}, " msg/s", 0)
+    out += ["", "Events, in absolute figures (errors are counts: zero is the goal; a ratio of two small times says "
+            "little). Median over rounds, the worst round in brackets:", "",
+            "| event | figure | " + " | ".join(LABEL[s] for s in ORDER) + " |", "|---|---|" + "---|" * len(ORDER)]
+    for name, key, event, figure, digits, unit in [
+        ("swap", "errors", "code swap under load", "errors seen by clients", 0, ""),
+        ("swap", "new_code_s", "code swap under load", "time until 100 % of answers come from the new code", 2, " s"),
+        ("crash", "errors", "kill -9 of a worker under load", "errors seen by clients", 0, ""),
+        ("crash", "replaced_s", "kill -9 of a worker under load", "replacement process started after", 3, " s"),
+        ("crash", "capacity_back_s", "kill -9 of a worker under load", "capacity back after (see section 3)", 2, " s"),
+    ]:
         rows = sc.get(name, {}).get("rows", [])
         if rows:
             cells = []
             for s in ORDER:
-                errs = [r["errors"] for r in rows if r["system"] == s]
-                cells.append(f"{median(errs):.0f} ({max(errs)})" if errs else "–")
-            out.append(f"| {what} | " + " | ".join(cells) + " |")
+                xs = [r[key] for r in rows if r["system"] == s]
+                if not xs:
+                    cells.append("–")
+                    continue
+                known = [x for x in xs if x is not None]
+                worst = "never" if len(known) < len(xs) else f"{max(known):.{digits}f}"
+                cells.append(f"{median(known):.{digits}f}{unit} ({worst})" if known else "never")
+            out.append(f"| {event} | {figure} | " + " | ".join(cells) + " |")
+    rows = sc.get("wsswap", {}).get("rows", [])
+    if rows:
+        by = {r["system"]: r for r in rows}
+        cells = [f"{by[s]['dropped']} of {sc['wsswap'].get('clients', 50)}" if s in by else "–" for s in ORDER]
+        out.append("| open WebSockets through a code swap | connections lost (anycore: Sessions, several deploys) | "
+                   + " | ".join(cells) + " |")
     return out + [""]
 
 
@@ -197,7 +218,8 @@ def swap(s: dict[str, Any]) -> list[str]:
     rows = s.get("rows", [])
     out = ["## 2. Code swap under load", "",
            f"App `version` (answers \"A\") with 2 workers under {s.get('connections', 16)} keep-alive connections of the "
-           "timeline client (asyncio, one process; it records when each answer came and which code gave it). 2 s in, "
+           "timeline client (asyncio, one process; it records when each answer came and which code gave it). 2 s in "
+           "(quick mode: 1.5 s), "
            "app.py is rewritten to answer \"B2\" and the swap starts: `anycore deploy` (CLI start, upload, import, "
            "warm, shift, drain), `kill -HUP` to gunicorn's master and to uvicorn's supervisor, a Ray Serve `serve.run` "
            "with a new version. *Time to 100 % new code*: from the start of the swap until every answer is B2. "
@@ -228,7 +250,7 @@ def crash(s: dict[str, Any]) -> list[str]:
     rows = s.get("rows", [])
     out = ["## 3. Crash under load (kill -9 of one worker)", "",
            f"App `cpu1ms` with 2 workers (the server, not the client, is the limit) under {s.get('connections', 16)} "
-           "connections of the timeline client; 2 s in, one worker gets SIGKILL. *Replacement*: until a new worker "
+           "connections of the timeline client; 2 s in (quick mode: 1.5 s), one worker gets SIGKILL. *Replacement*: until a new worker "
            "process exists (a new child of the killed one's parent; Ray: a new ServeReplica process). *Capacity back*: "
            f"until a 1 s window serves ≥ {s.get('back_threshold', 0.9) * 100:.0f} % of the median rate before the kill "
            "(0 when the rate never dropped below that: the surviving worker alone can carry much of what 2 cores give, "
@@ -290,10 +312,11 @@ def memory(s: dict[str, Any]) -> list[str]:
 def websocket(s: dict[str, Any]) -> list[str]:
     rows = s.get("rows", [])
     out = ["## 6. WebSocket echo", "",
-           f"App `wsecho` (plain ASGI WebSocket echo) with 2 workers; the client keeps {s.get('connections', 32)} "
-           "WebSockets open, each with one 32-byte text message in flight, and counts echoes per second. uvicorn runs "
-           "`--ws websockets`; anycore's gateway terminates the WebSocket (websockets, sans-I/O) and relays each "
-           "message to the worker.", "",
+           f"2 workers; the client keeps {s.get('connections', 32)} WebSockets open, each with {s.get('window', 8)} "
+           "64-byte text messages in flight, and counts echoes per second (one Python process sharing the 2 cores). "
+           "anycore: an echo `Session` (`[sessions] \"/session\" = \"app:Echo\"`: the gateway holds the socket, the "
+           "session object lives in a worker) and a plain ASGI WebSocket echo, on the same node; uvicorn: the same "
+           "ASGI echo with `--ws websockets`.", "",
            "| system | variant | echo msg/s | vs uvicorn | failed connections |", "|---|---|---|---|---|"]
     u = med(rows, "msgs_per_s", system="uvicorn")
     for name in systems_in(rows):
@@ -302,9 +325,27 @@ def websocket(s: dict[str, Any]) -> list[str]:
             m = med(sel, "msgs_per_s")
             out.append(f"| {LABEL[name]} | {variant} | {f(m, 0)}{rng(sel, 'msgs_per_s', digits=0)} | {ratio(m, u)} | "
                        f"{f(med(sel, 'errors'), 0)} |")
-    if not any(r["variant"] == "Session" for r in rows):
-        out += ["", "Not measured yet: anycore `Session` classes (stateful connection handlers) had not landed on "
-                "main when this suite was written; see the TODO in bench/README.md."]
+    return out + [""]
+
+
+def wsswap(s: dict[str, Any]) -> list[str]:
+    rows = s.get("rows", [])
+    by = {r["system"]: r for r in rows}
+    n = s.get("clients", 50)
+    out = ["## 7. Open WebSockets through a code swap", "",
+           f"{n} clients each send a message every 20 ms and time its echo. anycore: echo Sessions through "
+           "`anycore deploy`s 1 s apart (the gateway keeps each socket; the session moves to the new release). "
+           "uvicorn `SIGHUP`, gunicorn `HUP`: the reload replaces the workers that own the sockets.", "",
+           "| system | swaps | connections lost | round trip before: p50 / p99 (ms) | during the swaps: p99 / worst (ms) | deploy command (s) |",
+           "|---|---|---|---|---|---|"]
+    for name in systems_in(rows):
+        r = by[name]
+        if name == "anycore":
+            out.append(f"| {LABEL[name]} Session | {r['deploys']} deploys | {r['dropped']} of {n} | "
+                       f"{r['base_p50_ms']:.1f} / {r['base_p99_ms']:.1f} | {r['deploy_p99_ms']:.1f} / {r['deploy_max_ms']:.1f} | "
+                       f"{median(r['deploy_s']):.2f} (median) |")
+        else:
+            out.append(f"| {LABEL[name]} | 1 reload | {r['dropped']} of {n} | – | – | – |")
     return out + [""]
 
 

@@ -1,6 +1,6 @@
 """The benchmark suite: anycore against uvicorn, gunicorn and Ray Serve, in one run, one report.
 
-    python3 bench/run.py [--quick] [--only throughput,swap,crash,cold,memory,websocket]
+    python3 bench/run.py [--quick] [--only throughput,swap,crash,cold,memory,websocket,wsswap]
                          [--systems anycore,uvicorn,gunicorn,ray]
 
 Run as root on a fresh machine with Python >= 3.11 (see bench/README.md): it installs wrk
@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ["throughput", "swap", "crash", "cold", "memory", "websocket"]
+SCENARIOS = ["throughput", "swap", "crash", "cold", "memory", "websocket", "wsswap"]
 SYSTEM_NAMES = ["anycore", "uvicorn", "gunicorn", "ray"]
 
 

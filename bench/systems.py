@@ -152,7 +152,8 @@ class Anycore(System):
         toml = 'name = "bench"\n'
         toml += ("min_workers = 0\nmax_workers = 2\nkeep_warm = 1\nscale_down_delay = 1\n" if scale_to_zero
                  else f"workers = {workers}\n")
-        (self.work / "anycore.toml").write_text(toml)
+        extra = self.work / "anycore.extra.toml"  # an app's own anycore settings (apps/wsession: its [sessions])
+        (self.work / "anycore.toml").write_text(toml + (extra.read_text() if extra.exists() else ""))
         self.scale_to_zero = scale_to_zero
         home = str(self.work.parent / "home")
         return ([str(VENVS / "anycore" / "bin" / "anycore"), "up", str(self.work), "--listen", f"127.0.0.1:{self.port}"],

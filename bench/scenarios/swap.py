@@ -1,7 +1,7 @@
 """Scenario 2: replacing the code under load (anycore deploy, gunicorn HUP, uvicorn SIGHUP, Ray Serve redeploy).
 
 Each system serves apps/version (answers "A") with 2 workers under the timeline client (16
-keep-alive connections); 2 s in, app.py is rewritten to answer "B2" and the system's own way
+keep-alive connections); 2 s in (quick mode: 1.5 s), app.py is rewritten to answer "B2" and the system's own way
 of taking new code is started. Measured: the errors the client saw (failed connections,
 timeouts, non-2xx), and the time from the start of the swap until 100 % of responses come
 from the new code (the later of the last "A" and the first "B2" after it: counts a gap with
@@ -20,7 +20,6 @@ from load import ERR, OK, Timeline, run_timeline
 SYSTEMS = ["anycore", "uvicorn", "gunicorn", "ray"]
 CONNECTIONS = 16
 OLD, NEW = b"A", b"B2"  # different lengths: a stale .pyc (same size and mtime second) cannot hide the change
-SWAP_AT = 2.0
 
 
 def analyse(tl: Timeline) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def one(ctx: Ctx, name: str) -> dict[str, Any]:
         tl.mark("command_done")
 
     seconds = ctx.mode.ray_timeline_s if name == "ray" else ctx.mode.timeline_s
-    tl = asyncio.run(run_timeline(system.url, CONNECTIONS, seconds, [(SWAP_AT, swap)]))
+    tl = asyncio.run(run_timeline(system.url, CONNECTIONS, seconds, [(ctx.mode.event_at, swap)]))
     return analyse(tl)
 
 

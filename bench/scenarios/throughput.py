@@ -1,7 +1,7 @@
 """Scenario 1: req/s and latency percentiles, hello-world and 1 ms-CPU apps, wrk -t1 at each -c.
 
 Per app and round, each system in turn (ABAB): start it fresh with 2 workers, check its answer,
-then per connection count a warm-up (quick mode: only before the first) and a measured `wrk -t1 -cN --latency` run, then stop it.
+then per connection count a warm-up (none in quick mode) and a measured `wrk -t1 -cN --latency` run, then stop it.
 Server CPU per request counts every process of the system (anycore: node, nats-server, zygote,
 workers; Ray: all its daemons too), in core-microseconds: the figure least moved by noise.
 """
@@ -35,8 +35,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
                     status, body = http_get(system.url)
                     if body != expected[app]:
                         raise RuntimeError(f"{name} answered {status} {body[:100]!r}, expected {expected[app]!r}")
-                    for i, c in enumerate(ctx.mode.connections):
-                        if i == 0 or ctx.mode.name != "quick":  # quick: the previous -c run was the warm-up
+                    for c in ctx.mode.connections:
+                        if ctx.mode.warmup:
                             wrk(system.url, c, ctx.mode.warmup)
                         before, load_before = cpu_seconds(system.procs()), load1()
                         m = wrk(system.url, c, ctx.mode.duration)
