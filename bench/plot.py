@@ -96,6 +96,8 @@ def timelines(s: dict, out: Path, name: str) -> None:
         else:
             ax.step(t, [b["ok"] for b in tl], where="post", color=COLOR[system], label="answers/s")
             ax.axvline(r["kill_at"], color="k", ls="--", lw=1)
+            if r.get("replaced_s") is not None:
+                ax.axvline(r["kill_at"] + r["replaced_s"], color="k", ls=":", lw=1)
             back = r.get("capacity_back_s")
             title = f"{LABEL[system]}: {r['errors']} errors, capacity back after " + ("—" if back is None else f"{back:.2f} s")
         ax.step(t, [b["err"] for b in tl], where="post", color="red", label="errors/s")

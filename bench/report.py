@@ -102,7 +102,7 @@ def header(meta: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         out += ["**Ray Serve could not run here**, so its columns are empty. The error:", "", "```",
                 ray["error"].strip()[-2500:], "```", ""]
     elif ray.get("ready"):
-        out += [f"Ray {ray.get('ray', '')} started in {ray.get('wall_s', 0):.1f} s (bounded at 180 s). One Ray instance "
+        out += [f"Ray {ray.get('ray', '')} started in {ray.get('wall_s', 0):.1f} s (bounded at {ray.get('start_timeout', 180):g} s). One Ray instance "
                 "serves every Ray turn of the run; between its turns its app is deleted and only its daemons stay: "
                 f"idle, they used {ray.get('idle_cpu_share', 0) * 100:.0f} % of a core and "
                 f"{ray.get('idle_pss_mib', 0):.0f} MiB (PSS), a small extra load on the other systems' turns. "
@@ -251,11 +251,13 @@ def crash(s: dict[str, Any]) -> list[str]:
     out = ["## 3. Crash under load (kill -9 of one worker)", "",
            f"App `cpu1ms` with 2 workers (the server, not the client, is the limit) under {s.get('connections', 16)} "
            "connections of the timeline client; 2 s in (quick mode: 1.5 s), one worker gets SIGKILL. *Replacement*: until a new worker "
-           "process exists (a new child of the killed one's parent; Ray: a new ServeReplica process). *Capacity back*: "
-           f"until a 1 s window serves ≥ {s.get('back_threshold', 0.9) * 100:.0f} % of the median rate before the kill "
-           "(0 when the rate never dropped below that: the surviving worker alone can carry much of what 2 cores give, "
-           "with the client on the same cores). *Lowest 1 s rate*: the worst 1 s window after the kill, relative to "
-           "before. The uvicorn and gunicorn workers each own the keep-alive connections they accepted: the killed "
+           "process exists (a new child of the killed one's parent; Ray: a process newly titled ServeReplica, which Serve "
+           "starts once its controller sees the replica dead: its health check runs every 10 s by default). "
+           "*Capacity back*: the end of the dip: from the kill until the first 1 s window after the lowest one that "
+           f"serves ≥ {s.get('back_threshold', 0.9) * 100:.0f} % of the median rate before the kill (0 when not even the "
+           "lowest fell below that: the surviving worker alone can carry much of what 2 cores give, with the client "
+           "on the same cores). *Lowest 1 s rate*: the worst 1 s window after the kill, relative to before; with this "
+           "much noise on the machine, read it with the timelines. The uvicorn and gunicorn workers each own the keep-alive connections they accepted: the killed "
            "worker's clients reconnect to the survivor, so their rate after the kill depends on how the kernel "
            "had spread the 16 connections before (it can go up).", "",
            "| system | errors per kill | error kinds | replacement process after (s) | capacity back after (s) | lowest 1 s rate vs before |",
@@ -267,7 +269,8 @@ def crash(s: dict[str, Any]) -> list[str]:
                    f"{f(med(sel, 'replaced_s'), 3)} | {f(med(sel, 'capacity_back_s'))}{rng(sel, 'capacity_back_s')}"
                    f"{' (not within the run, in some round)' if never else ''} | "
                    f"{f(med(sel, 'dip_ratio'))} |")
-    return out + ["", "Timelines (one round per system): answers and errors per second; the dashed line is the kill.", ""]
+    return out + ["", "Timelines (one round per system): answers and errors per second; the dashed line is the kill, "
+                  "the dotted one the replacement process.", ""]
 
 
 def cold(s: dict[str, Any]) -> list[str]:

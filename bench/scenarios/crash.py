@@ -4,9 +4,9 @@ Each system serves the 1 ms-CPU app with 2 workers (so the server, not the clien
 throughput and losing a worker shows) under the timeline client (16 connections); 2 s in (quick mode: 1.5 s),
 one worker gets SIGKILL. Measured: the errors the client saw; when a replacement process
 appeared (a new sibling of the killed one; for Ray a process newly titled ServeReplica); and when
-capacity was back: the first moment from which a 1 s window served >= 90 % of the median
-rate before the kill (0 when the surviving worker alone kept that rate: the 2 cores are
-shared with the client, so one worker can carry most of it).
+capacity was back: the end of the dip (see analyse(); 0 when no 1 s window fell below 90 %
+of the rate before the kill: the 2 cores are shared with the client, so one surviving worker
+can carry most of it).
 """
 
 from __future__ import annotations
@@ -28,24 +28,29 @@ BACK = 0.9
 
 
 def analyse(tl: Timeline) -> dict[str, Any]:
+    """Capacity back: the end of the dip. Among the 1 s windows from the kill on, take the lowest;
+    if even that one reaches BACK x the rate before the kill there was no dip (0 s), else the
+    capacity is back at the first later window that reaches it (None: not within the run)."""
     kill = tl.marks["kill"]
     buckets = tl.buckets(WIDTH)
-    before = [b["ok"] for b in buckets if 0.5 <= b["t"] and b["t"] + WIDTH <= kill]
-    baseline = median(before)
+    baseline = median([b["ok"] for b in buckets if 0.5 <= b["t"] and b["t"] + WIDTH <= kill])
     per_window = int(1 / WIDTH)
-    back = None
-    dip = float("inf")
+    windows = []  # (start, mean rate) of every full 1 s window from the bucket holding the kill on
     for i, b in enumerate(buckets):
         window = buckets[i:i + per_window]
-        if b["t"] < kill - WIDTH or len(window) < per_window:
-            continue
-        rate = sum(w["ok"] for w in window) / per_window
-        dip = min(dip, rate)
-        if back is None and rate >= BACK * baseline:
-            back = max(0.0, b["t"] - kill)
+        if b["t"] + WIDTH > kill and len(window) == per_window:
+            windows.append((b["t"], sum(w["ok"] for w in window) / per_window))
+    back = None
+    lowest = min(range(len(windows)), key=lambda k: windows[k][1], default=None)
+    if lowest is not None and baseline:
+        if windows[lowest][1] >= BACK * baseline:
+            back = 0.0
+        else:
+            back = next((max(0.0, t - kill) for t, rate in windows[lowest + 1:] if rate >= BACK * baseline), None)
     return {
         "errors": sum(1 for _, o, _ in tl.events if o == ERR), "error_kinds": tl.error_kinds(), "requests": len(tl.events),
-        "baseline_rps": baseline, "dip_ratio": dip / baseline if baseline else None,
+        "baseline_rps": baseline,
+        "dip_ratio": windows[lowest][1] / baseline if lowest is not None and baseline else None,
         "capacity_back_s": back, "replaced_s": tl.marks["replaced"] - kill if "replaced" in tl.marks else None,
         "kill_at": kill, "timeline": buckets,
     }
