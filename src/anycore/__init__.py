@@ -7,6 +7,18 @@ zygote alive (supervisor). The control plane is NATS, embedded by default.
 
 __version__ = "0.1.0"
 
-from anycore.worker.session import Session
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anycore.worker.session import Session
 
 __all__ = ["Session", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``from anycore import Session`` without making every ``import anycore`` (the CLI) load the worker runtime.
+    if name == "Session":
+        from anycore.worker.session import Session
+
+        return Session
+    raise AttributeError(f"module 'anycore' has no attribute {name!r}")

@@ -516,3 +516,35 @@ def test_up_without_path_brings_back_the_live_releases_and_not_the_stopped_ones(
     response = httpx.get(again.url + "/on/")
     assert response.status_code == 200 and response.headers["anycore-release"] == release
     assert "off" not in {s["name"] for s in again.ps()["services"]}  # it was stopped: it stays off
+
+
+LINEAGE = """
+import os, sys
+
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    zygote = os.getppid()
+    body = f"{parent_of(zygote)} {sys.flags.optimize} {os.environ.get('ANYCORE_RELEASE', '')}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_zygotes_fork_from_the_template_unless_the_env_sets_python_variables(nodes, tmp_path):
+    """A zygote is forked from the node's pre-imported template (its parent is not the
+    node), with the service's env; PYTHON* variables act at interpreter start, so such a
+    service gets a fresh interpreter (parent: the node) and the flag really applies."""
+    plain = make_service(tmp_path, "plain", LINEAGE, 'name = "plain"\nroutes = ["/plain"]\n')
+    flagged = make_service(tmp_path, "flagged", LINEAGE,
+                           'name = "flagged"\nroutes = ["/flagged"]\nenv = { PYTHONOPTIMIZE = "1" }\n')
+    node = nodes.start(plain, flagged)
+    node_pid = node.proc.pid
+    zygote_parent, flag, release = httpx.get(node.url + "/plain", timeout=10).text.split()
+    assert int(zygote_parent) != node_pid and flag == "0" and release.startswith("plain@")
+    zygote_parent, flag, release = httpx.get(node.url + "/flagged", timeout=10).text.split()
+    assert int(zygote_parent) == node_pid and flag == "1" and release.startswith("flagged@")

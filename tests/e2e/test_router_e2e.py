@@ -19,6 +19,8 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     if scope["path"] == "/slow":
+        if os.environ.get("STARTED"):
+            open(os.environ["STARTED"], "w").close()
         await asyncio.sleep(float(os.environ.get("SLOW", "2")))
     elif scope["path"] == "/mark":
         open(os.environ["MARKER"], "w").write("reached")
@@ -101,14 +103,18 @@ def test_overload_gets_fast_503_with_retry_after_and_memory_stays_bounded(nodes,
 
 def test_queued_request_past_its_deadline_gets_504_and_never_reaches_a_worker(nodes, tmp_path):
     marker = tmp_path / "reached"
-    config = f"workers = 1\nslots = 1\ntimeout = 1\nenv = {{ SLOW = \"3\", MARKER = \"{marker}\" }}\n"
+    started = tmp_path / "started"
+    config = (f"workers = 1\nslots = 1\ntimeout = 1\n"
+              f"env = {{ SLOW = \"3\", MARKER = \"{marker}\", STARTED = \"{started}\" }}\n")
     node = nodes.start(make_service(tmp_path, "deadline", SLOW_FAST, config))
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, float]:
         async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
             slow = asyncio.ensure_future(client.get("/slow"))
-            while node.service("deadline")["inflight"] < 1:
-                await asyncio.sleep(0.01)
+            # Queue the second request right after the first took the slot (a file, not
+            # `anycore ps`: a slow CLI under load would let the slot free up first).
+            while not started.exists():
+                await asyncio.sleep(0.005)
             t0 = time.monotonic()
             queued = await client.get("/mark")
             return await slow, queued, time.monotonic() - t0

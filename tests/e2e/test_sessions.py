@@ -269,6 +269,8 @@ def test_worker_kill_keeps_clients_connected_and_checkpoints_resume(nodes, tmp_p
     asyncio.run(scenario())
     wait_for(lambda: any(w["pid"] != pid for w in node.ready_workers("crash")), what="a replacement worker")
     assert "event=session.recovered" in node.output
+    assert node.service("crash")["sessions_recovered"] == 6
+    assert "sessions moved 0, recovered after a crash 6" in node.cli("ps").stdout
 
 
 FAILING_MIGRATE = COUNTER_A.replace('VERSION = "A"', 'VERSION = "C"').replace(
@@ -320,3 +322,34 @@ def test_sessions_move_off_a_worker_that_is_scaled_down(nodes, tmp_path):
 
     asyncio.run(scenario())
     assert "event=session.moved" in node.output
+
+
+def test_sessions_move_off_a_recycled_worker(nodes, tmp_path):
+    """max_requests recycles a worker (its replacement is ready first); its sessions move."""
+    code = COUNTER_A + '''
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+'''
+    config = COUNTER_CONFIG.replace('entry = ""', 'entry = "app:app"\nmax_requests = 20').replace("workers = 2", "workers = 1")
+    node = nodes.start(make_service(tmp_path, "a", "import os\n" + code, config))
+    first = node.ready_workers("counter")[0]["pid"]
+
+    async def scenario() -> None:
+        clients = [Client(await websockets.connect(ws_url(node, "/count"))) for _ in range(10)]
+        await asyncio.gather(*(c.burst(2) for c in clients))
+        import httpx
+
+        async with httpx.AsyncClient() as http:
+            for _ in range(25):
+                await http.get(node.url + "/")
+        await asyncio.to_thread(wait_for, lambda: all(w["pid"] != first for w in node.ready_workers("counter")), 30, 0.2,
+                                "the recycled worker to be replaced")
+        await asyncio.gather(*(c.burst(2) for c in clients))
+        for client in clients:
+            assert client.ws.close_code is None
+            await client.ws.close()
+
+    asyncio.run(scenario())
+    assert "event=worker.recycling" in node.output and "event=session.moved" in node.output

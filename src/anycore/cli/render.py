@@ -23,7 +23,8 @@ def render_ps(reply: dict[str, Any]) -> None:
                   f"{reply['connections']} connections")
     services = Table("service", "state", "release", "workers", "inflight", "queued", "served", "rejected", "quarantined",
                      "scaler", "health")
-    workers = Table("service", "worker", "pid", "release", "state", "inflight", "served", "restarts", "rss MiB", "uptime s")
+    workers = Table("service", "worker", "pid", "release", "state", "inflight", "websockets", "served", "restarts",
+                    "rss MiB", "uptime s")
     for svc in reply["services"]:
         live = svc["live"] or {}
         health = "crashlooping" if live.get("crashlooping") else ("failed: " + live["failure"] if live.get("failure") else "ok")
@@ -35,10 +36,14 @@ def render_ps(reply: dict[str, Any]) -> None:
         for release in [live, *svc.get("draining", [])]:
             for w in release.get("workers", []):
                 workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",
-                                str(w["served"]), str(release.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
+                                str(w.get("websockets", 0)), str(w["served"]), str(release.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
     console.print(services)
     console.print(workers)
     for svc in reply["services"]:
+        moved, recovered = svc.get("sessions_moved", 0), svc.get("sessions_recovered", 0)
+        if svc.get("websockets") or moved or recovered:
+            console.print(f"{svc['name']}: {svc.get('websockets', 0)} WebSockets open; sessions moved {moved}, "
+                          f"recovered after a crash {recovered}")
         for failure in svc.get("failed", []):
             console.print(f"[red]failed release[/] {failure['release']}: {failure['reason']}")
         if svc.get("rolled_back"):

@@ -195,7 +195,8 @@ class WebSocketSession(asyncio.Protocol):
     def _deliver(self, message: wire.WsMsg) -> None:
         if self.held is not None:
             if len(self.held) >= MAX_HELD:
-                self.held = None
+                # Close the client; the WsClose joins the held messages, so the session's new
+                # worker still runs on_close after the ones it got.
                 self.close(1013, "too many messages while the session moved; reconnect")
                 return
             self.held.append(message)

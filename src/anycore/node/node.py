@@ -38,6 +38,7 @@ from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
 from anycore.release.store import CodeStore, describe
 from anycore.scaler.core import share
+from anycore.supervisor.zygote import Template
 
 SHUTDOWN_GRACE = 10.0
 SCALE_TICK = 0.25
@@ -71,6 +72,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.commands.put_nowait, Command("down", {"signal": signum}))
+        Template.get()  # imports the worker runtime while NATS starts: the first zygote forks from it
         try:
             await self._start_control()
             await self.gateway.start(*self.listen)
@@ -349,4 +351,5 @@ class Node:
                 pass
         if self.embedded is not None:
             await self.embedded.stop()
+        await Template.shutdown()
         self.log.event("node.stopped", node=self.node_id)

@@ -362,4 +362,6 @@ class ServiceRuntime:
             "queued": len(self.router.queue), "queued_bytes": self.router.queued_bytes,
             "inflight": self.router.inflight, "served": self.served, "rejected": self.router.rejected,
             "expired": self.router.expired, "quarantined": self.quarantined, "live": release,
+            "websockets": sum(len(w.sockets) for w in self.workers.values()),
+            "sessions_moved": self.sessions.moved, "sessions_recovered": self.sessions.recovered,
         }

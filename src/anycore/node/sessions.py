@@ -126,7 +126,7 @@ class SessionPlacer:
     # -- moves -------------------------------------------------------------------------------
     def evacuate(self, worker: "WorkerHandle") -> None:
         """``worker`` drains: move its sessions (by key group) to live workers."""
-        sessions = [s for s in worker.sockets.values() if s.handler]
+        sessions = [s for s in worker.sockets.values() if s.handler and not s.closed]  # a closed one just ends there
         for group in _groups(sessions):
             for session in group:
                 session.hold()

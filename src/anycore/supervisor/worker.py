@@ -155,6 +155,6 @@ class WorkerHandle:
     def info(self, now: float) -> dict[str, Any]:
         return {
             "id": self.id, "pid": self.pid, "release": self.release, "state": self.state.value,
-            "inflight": self.inflight, "slots": self.slots, "served": self.served,
+            "inflight": self.inflight, "slots": self.slots, "served": self.served, "websockets": len(self.sockets),
             "uptime": round(now - self.started_at, 1), "rss_mib": round(self.rss_mib(), 1),
         }

@@ -6,6 +6,11 @@ is imported (or fails with ReleaseFailed carrying the import traceback). ``fork`
 one worker: the node makes the worker's two socketpairs (frames, log) and passes the
 worker's ends over SCM_RIGHTS, so no listening socket exists and no other process can
 pose as a worker.
+
+Zygotes are forked from the node's ``Template`` (see anycore.worker.template), an
+interpreter with the runtime already imported, so a deploy pays only for importing the
+release's own code. A fresh interpreter is still used when the template is gone or the
+service's env sets ``PYTHON*`` variables (they act at interpreter start).
 """
 
 from __future__ import annotations
@@ -24,8 +29,114 @@ import msgspec
 from anycore.errors import ReleaseFailed
 
 
+class ForkedZygote:
+    """A zygote forked by the template: not our child, so its exit status comes from the
+    template's reaper (``Popen``'s poll/send_signal/wait, as far as the handle needs them)."""
+
+    def __init__(self, template: "Template") -> None:
+        self.template = template
+        self.pid = 0
+        self.returncode: int | None = None
+        self.spawned = asyncio.get_running_loop().create_future()
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.pid and self.template.dead:
+            try:
+                os.kill(self.pid, 0)  # the template died: ask the kernel instead
+            except ProcessLookupError:
+                self.returncode = -signal.SIGKILL
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.pid and self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self) -> None:
+        pass  # stop() polls with a deadline; nothing to block on here
+
+
+class Template:
+    """The node's one template process (started at most once; restarted when it dies)."""
+
+    _current: "Template | None" = None
+
+    def __init__(self) -> None:
+        node_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        os.set_inheritable(template_end.fileno(), True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"import os; os.dup2({template_end.fileno()}, 3); "
+             "from anycore.worker.template import main; main()"],
+            pass_fds=(template_end.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
+        )
+        template_end.close()
+        node_end.setblocking(False)
+        self.control = node_end
+        self.dead = False
+        self.waiting: list[ForkedZygote] = []  # spawn requests in order, answered in order
+        self.children: dict[int, ForkedZygote] = {}
+        asyncio.get_running_loop().add_reader(node_end.fileno(), self._readable)
+
+    @classmethod
+    def get(cls) -> "Template | None":
+        if cls._current is None or cls._current.dead:
+            try:
+                cls._current = Template()
+            except OSError:
+                return None
+        return cls._current
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        template, cls._current = cls._current, None
+        if template is not None and not template.dead:
+            template._closed()
+            template.control.close()
+            for _ in range(100):
+                if template.process.poll() is not None:
+                    return
+                await asyncio.sleep(0.02)
+            template.process.kill()
+
+    def spawn(self, spec: str, directory: str, env: dict[str, str], control: int, stdout: int) -> ForkedZygote:
+        child = ForkedZygote(self)
+        socket.send_fds(self.control, [msgspec.msgpack.encode(["spawn", spec, directory, env])], [control, stdout])
+        self.waiting.append(child)
+        return child
+
+    def _readable(self) -> None:
+        try:
+            data = self.control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._closed()
+            return
+        message = msgspec.msgpack.decode(data)
+        if message[0] == "spawned" and self.waiting:
+            child = self.waiting.pop(0)
+            child.pid = message[1]
+            self.children[child.pid] = child
+            child.spawned.set_result(None)
+        elif message[0] == "exited":
+            exited = self.children.pop(message[1], None)
+            if exited is not None:
+                exited.returncode = os.waitstatus_to_exitcode(message[2])
+
+    def _closed(self) -> None:
+        self.dead = True
+        asyncio.get_running_loop().remove_reader(self.control.fileno())
+        for child in self.waiting:
+            child.spawned.set_exception(OSError("the zygote template exited"))
+        self.waiting.clear()
+
+
 class ZygoteHandle:
-    def __init__(self, release: str, process: subprocess.Popen[bytes], control: socket.socket,
+    def __init__(self, release: str, process: "subprocess.Popen[bytes] | ForkedZygote", control: socket.socket,
                  on_forked: Callable[[int, int], None], on_exited: Callable[[int, int], None]) -> None:
         self.release = release
         self.process = process
@@ -56,6 +167,7 @@ class ZygoteHandle:
         kind = message[0]
         if kind == "ready":
             self.kind = message[2]
+            self.process.pid = self.process.pid or message[1]  # a forked zygote may say it before the template
             if not self.ready.done():
                 self.ready.set_result(None)
         elif kind == "failed":
@@ -140,6 +252,14 @@ def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], 
     spec = json.dumps({"entry": entry, "slots": slots, "tick": tick, "release": release, "readiness": readiness,
                        "sessions": sessions or []})
     child_env = {**os.environ, **env, "ANYCORE_RELEASE": release}
+    template = Template.get() if not any(key.startswith("PYTHON") for key in env) else None
+    if template is not None:
+        try:
+            forked = template.spawn(spec, directory, child_env, zygote_end.fileno(), stdout)
+            zygote_end.close()
+            return ZygoteHandle(release, forked, node_end, on_forked, on_exited)
+        except OSError:
+            pass  # the template just died: start a fresh interpreter instead
     # The zygote's control socket must land on fd 3 (CONTROL_FD) in the child.
     os.set_inheritable(zygote_end.fileno(), True)
     process = subprocess.Popen(

@@ -146,7 +146,10 @@ class WorkerServer:
                 if task is not None:
                     asyncio.get_running_loop().call_later(DISCONNECT_GRACE, task.cancel)
         elif type(frame) is wire.WsOpen:
-            if frame.handler:
+            if frame.handler not in self.handlers and frame.handler:
+                self.send_frame(wire.WsClose(frame.id, 1011, f"no session handler {frame.handler} in this release"))
+                self.send_frame(wire.Done(frame.id, "unknown session handler"))
+            elif frame.handler:
                 session = SessionCycle(frame, self.handlers[frame.handler], self)
                 self.sockets[frame.id] = session
                 session.task = asyncio.ensure_future(self._run_session(session))
@@ -161,7 +164,9 @@ class WorkerServer:
             elif type(frame) is wire.SessSnap:
                 self.send_frame(wire.SessState(frame.id, wire.SNAPSHOT, 0, None, "the session is not on this worker"))
         elif type(frame) is wire.MigrateCheck:
-            self.send_frame(wire.MigrateChecked(frame.id, check_migrate(self.handlers[frame.handler], frame)))
+            handler = self.handlers.get(frame.handler)
+            self.send_frame(wire.MigrateChecked(frame.id, check_migrate(handler, frame) if handler is not None else
+                                                f"no session handler {frame.handler} in this release"))
         elif type(frame) is wire.Notify:
             asyncio.ensure_future(self._notify(frame))
         elif type(frame) is wire.Stop:
