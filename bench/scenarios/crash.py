@@ -4,7 +4,7 @@ Each system serves the 1 ms-CPU app with 2 workers (so the server, not the clien
 throughput and losing a worker shows) under the timeline client (16 connections); 2 s in (quick mode: 1.5 s),
 one worker gets SIGKILL. Measured: the errors the client saw; when a replacement process
 appeared (a new sibling of the killed one; for Ray a process newly titled ServeReplica); and when
-capacity was back: the end of the dip (see analyse(); 0 when no 1 s window fell below 90 %
+capacity was back: the end of the dip (see analyse(); 0 when no 1 s window fell below 80 %
 of the rate before the kill: the 2 cores are shared with the client, so one surviving worker
 can carry most of it).
 """
@@ -24,7 +24,7 @@ from procs import snapshot
 SYSTEMS = ["anycore", "uvicorn", "gunicorn", "ray"]
 CONNECTIONS = 16
 WIDTH = 0.25
-BACK = 0.9
+BACK = 0.8
 
 
 def analyse(tl: Timeline) -> dict[str, Any]:
