@@ -46,6 +46,7 @@ class Timeline:
     "ConnectionResetError", "TimeoutError"...)."""
 
     t0: float = 0.0
+    duration: float = 0.0  # the load's length: answers that complete after it (in flight at the stop) are not counted
     events: list[tuple[float, str, bytes]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
 
@@ -60,13 +61,15 @@ class Timeline:
                 kinds[what.decode()] = kinds.get(what.decode(), 0) + 1
         return kinds
 
+    def counted(self) -> list[tuple[float, str, bytes]]:
+        return [e for e in self.events if e[0] < self.duration]
+
     def buckets(self, width: float = 0.25) -> list[dict[str, float]]:
-        if not self.events:
-            return []
-        n = int(max(t for t, _, _ in self.events) / width) + 1
-        out = [{"t": i * width, "ok": 0.0, "err": 0.0} for i in range(n)]
-        for t, outcome, _ in self.events:
-            out[int(t / width)][outcome] += 1 / width
+        """Answers and errors per second in consecutive `width` s buckets covering [0, duration)."""
+        out = [{"t": i * width, "ok": 0.0, "err": 0.0} for i in range(int(self.duration / width))]
+        for t, outcome, _ in self.counted():
+            if int(t / width) < len(out):
+                out[int(t / width)][outcome] += 1 / width
         return out
 
 
@@ -117,7 +120,7 @@ async def run_timeline(url: str, connections: int, duration: float, actions: lis
     """Load `url` for `duration` s; at each (t, fn) call fn(timeline) in a thread (it may block)."""
     host_port = url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
-    tl = Timeline(t0=time.monotonic())
+    tl = Timeline(t0=time.monotonic(), duration=duration)
     stop = tl.t0 + duration
 
     async def act(at: float, fn: object) -> None:

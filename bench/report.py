@@ -16,7 +16,7 @@ from common import median
 ORDER = ["anycore", "uvicorn", "gunicorn", "ray"]
 LABEL = {"anycore": "anycore", "uvicorn": "uvicorn", "gunicorn": "gunicorn", "ray": "Ray Serve"}
 DESCR = {
-    "anycore": "`anycore up`, `workers = 2` (node + embedded nats-server + zygote + 2 workers)",
+    "anycore": "`anycore up`, `workers = 2` (node + embedded nats-server + zygote template + zygote + 2 workers)",
     "uvicorn": "`uvicorn --workers 2 --loop uvloop --http httptools`",
     "gunicorn": "`gunicorn -k uvicorn.workers.UvicornWorker -w 2`",
     "ray": "2 replicas (`num_cpus=0`) of a deployment that calls the same ASGI app, behind Serve's HTTP proxy on 127.0.0.1",
@@ -81,7 +81,9 @@ def header(meta: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         f"{mode['rounds']} round(s) per scenario with the systems taking turns (ABAB: each round reverses the "
         f"order), {mode['duration']:g} s per measured run after {mode['warmup']:g} s of warm-up, wrk at "
         f"c={', '.join(str(c) for c in data_connections(sc))}; "
-        f"took {meta['duration_s'] / 60:.1f} min{' (interrupted: partial)' if meta.get('interrupted') else ''}.",
+        f"took {meta['duration_s'] / 60:.1f} min{' (interrupted: partial)' if meta.get('interrupted') else ''}."
+        + (" The report was rendered again from the stored figures (`run.py --render`, nothing re-measured)."
+           if meta.get("rerendered") else ""),
         "",
         f"Machine: {meta['cpus']} cores, {meta['mem_total_mib'] / 1024:.1f} GiB, {meta['machine']}, Python {meta['python']}. "
         "Versions (each system's venv): " + "; ".join(
@@ -253,11 +255,14 @@ def crash(s: dict[str, Any]) -> list[str]:
            "connections of the timeline client; 2 s in (quick mode: 1.5 s), one worker gets SIGKILL. *Replacement*: until a new worker "
            "process exists (a new child of the killed one's parent; Ray: a process newly titled ServeReplica, which Serve "
            "starts once its controller sees the replica dead: its health check runs every 10 s by default). "
-           "*Capacity back*: the end of the dip: from the kill until the first 1 s window after the lowest one that "
-           f"serves ≥ {s.get('back_threshold', 0.9) * 100:.0f} % of the median rate before the kill (0 when not even the "
+           "*Capacity back*: the end of the dip: from the kill until the first 1 s window after the lowest one (the "
+           "lowest of those starting within 2 s of the kill, where a dip it causes begins) that "
+           f"serves ≥ {s.get('back_threshold', 0.8) * 100:.0f} % of the median rate before the kill (0 when not even the "
            "lowest fell below that: the surviving worker alone can carry much of what 2 cores give, with the client "
-           "on the same cores). *Lowest 1 s rate*: the worst 1 s window after the kill, relative to before; with this "
-           "much noise on the machine, read it with the timelines. The uvicorn and gunicorn workers each own the keep-alive connections they accepted: the killed "
+           "on the same cores). *Lowest 1 s rate*: that lowest window, relative to before; with this "
+           "much noise on the machine, read it with the timelines. A dip that comes later is in the timelines but not "
+           "in these figures: Ray Serve's proxy sends everything to the surviving replica, so the kill itself hardly "
+           "shows, but starting the replacement replica ~10 s later takes the CPU for a moment. The uvicorn and gunicorn workers each own the keep-alive connections they accepted: the killed "
            "worker's clients reconnect to the survivor, so their rate after the kill depends on how the kernel "
            "had spread the 16 connections before (it can go up).", "",
            "| system | errors per kill | error kinds | replacement process after (s) | capacity back after (s) | lowest 1 s rate vs before |",
@@ -296,7 +301,7 @@ def memory(s: dict[str, Any]) -> list[str]:
            "After 200 requests. Per worker, from /proc/<pid>/smaps_rollup: RSS, and USS = Private_Clean + Private_Dirty "
            "(what that worker alone costs). anycore's workers are forked from a zygote that imported the app and "
            "froze the GC, so most of their pages stay shared. *All processes*: the PSS sum of every process of the "
-           "system (shared pages counted once): anycore's node, nats-server and zygote, gunicorn's master, uvicorn's "
+           "system (shared pages counted once): anycore's node, nats-server, zygote template and zygote, gunicorn's master, uvicorn's "
            "supervisor, Ray's daemons.", "",
            "| system | RSS per worker (MiB) | USS per worker (MiB) | USS vs uvicorn | all processes: PSS (MiB) | processes |",
            "|---|---|---|---|---|---|"]

@@ -1,6 +1,6 @@
 """The benchmark suite: anycore against uvicorn, gunicorn and Ray Serve, in one run, one report.
 
-    python3 bench/run.py [--quick] [--only throughput,swap,crash,cold,memory,websocket,wsswap]
+    python3 bench/run.py [--quick] [--render NAME] [--only throughput,swap,crash,cold,memory,websocket,wsswap]
                          [--systems anycore,uvicorn,gunicorn,ray]
 
 Run as root on a fresh machine with Python >= 3.11 (see bench/README.md): it installs wrk
@@ -35,6 +35,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--systems", default=",".join(SYSTEM_NAMES), help="comma-separated systems")
     parser.add_argument("--name", default="", help="report name (default: the date, with -quick in quick mode)")
+    parser.add_argument("--render", metavar="NAME", help="measure nothing: redo the analysis, report and plots of "
+                        "bench/results/NAME.json (after a change to report.py, plot.py or an analysis)")
     return parser.parse_args()
 
 
@@ -57,6 +59,12 @@ def main() -> None:
     if Path(sys.prefix).resolve() != (HERE / ".venvs" / "anycore").resolve():
         bootstrap(args)
     signal.signal(signal.SIGTERM, _sigterm)
+    if args.render:
+        from rerender import reanalyse
+
+        path = HERE / "results" / f"{args.render}.json"
+        write(args.render, reanalyse(json.loads(path.read_text())), None)
+        return
 
     import importlib
 

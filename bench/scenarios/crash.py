@@ -4,7 +4,7 @@ Each system serves the 1 ms-CPU app with 2 workers (so the server, not the clien
 throughput and losing a worker shows) under the timeline client (16 connections); 2 s in (quick mode: 1.5 s),
 one worker gets SIGKILL. Measured: the errors the client saw; when a replacement process
 appeared (a new sibling of the killed one; for Ray a process newly titled ServeReplica); and when
-capacity was back: the end of the dip (see analyse(); 0 when no 1 s window fell below 80 %
+capacity was back: the end of the dip (see capacity(); 0 when no 1 s window fell below 80 %
 of the rate before the kill: the 2 cores are shared with the client, so one surviving worker
 can carry most of it).
 """
@@ -25,14 +25,14 @@ SYSTEMS = ["anycore", "uvicorn", "gunicorn", "ray"]
 CONNECTIONS = 16
 WIDTH = 0.25
 BACK = 0.8
+DIP_SEARCH = 2.0
 
 
-def analyse(tl: Timeline) -> dict[str, Any]:
-    """Capacity back: the end of the dip. Among the 1 s windows from the kill on, take the lowest;
-    if even that one reaches BACK x the rate before the kill there was no dip (0 s), else the
+def capacity(buckets: list[dict[str, float]], kill: float) -> dict[str, float | None]:
+    """Capacity back: the end of the dip the kill caused. The dip starts at the kill: its bottom is
+    the lowest 1 s window starting within DIP_SEARCH s after it (a later one is other noise).
+    If even that window reaches BACK x the rate before the kill there was no dip (0 s); else
     capacity is back at the first later window that reaches it (None: not within the run)."""
-    kill = tl.marks["kill"]
-    buckets = tl.buckets(WIDTH)
     baseline = median([b["ok"] for b in buckets if 0.5 <= b["t"] and b["t"] + WIDTH <= kill])
     per_window = int(1 / WIDTH)
     windows = []  # (start, mean rate) of every full 1 s window from the bucket holding the kill on
@@ -40,18 +40,23 @@ def analyse(tl: Timeline) -> dict[str, Any]:
         window = buckets[i:i + per_window]
         if b["t"] + WIDTH > kill and len(window) == per_window:
             windows.append((b["t"], sum(w["ok"] for w in window) / per_window))
-    back = None
-    lowest = min(range(len(windows)), key=lambda k: windows[k][1], default=None)
-    if lowest is not None and baseline:
-        if windows[lowest][1] >= BACK * baseline:
-            back = 0.0
-        else:
-            back = next((max(0.0, t - kill) for t, rate in windows[lowest + 1:] if rate >= BACK * baseline), None)
+    early = [k for k, (t, _) in enumerate(windows) if t <= kill + DIP_SEARCH]
+    lowest = min(early, key=lambda k: windows[k][1], default=None)
+    if lowest is None or not baseline:
+        return {"baseline_rps": baseline, "dip_ratio": None, "capacity_back_s": None}
+    back: float | None = 0.0
+    if windows[lowest][1] < BACK * baseline:
+        back = next((max(0.0, t - kill) for t, rate in windows[lowest + 1:] if rate >= BACK * baseline), None)
+    return {"baseline_rps": baseline, "dip_ratio": windows[lowest][1] / baseline, "capacity_back_s": back}
+
+
+def analyse(tl: Timeline) -> dict[str, Any]:
+    kill = tl.marks["kill"]
+    buckets = tl.buckets(WIDTH)
     return {
         "errors": sum(1 for _, o, _ in tl.events if o == ERR), "error_kinds": tl.error_kinds(), "requests": len(tl.events),
-        "baseline_rps": baseline,
-        "dip_ratio": windows[lowest][1] / baseline if lowest is not None and baseline else None,
-        "capacity_back_s": back, "replaced_s": tl.marks["replaced"] - kill if "replaced" in tl.marks else None,
+        **capacity(buckets, kill),
+        "replaced_s": tl.marks["replaced"] - kill if "replaced" in tl.marks else None,
         "kill_at": kill, "timeline": buckets,
     }
 

@@ -31,8 +31,8 @@ def analyse(tl: Timeline) -> dict[str, Any]:
     buckets = []
     for bucket in tl.buckets(width):
         buckets.append({"t": bucket["t"], "err": bucket["err"], "old": 0.0, "new": 0.0})
-    for t, o, b in tl.events:
-        if o == OK:
+    for t, o, b in tl.counted():
+        if o == OK and int(t / width) < len(buckets):
             buckets[int(t / width)]["old" if b == OLD else "new"] += 1 / width
     return {
         "errors": sum(1 for _, o, _ in tl.events if o == ERR), "error_kinds": tl.error_kinds(),
