@@ -41,7 +41,7 @@ class Mode:
         return 1.5 if self.name == "quick" else 2.0
 
 
-QUICK = Mode("quick", rounds=1, duration=2, warmup=0, connections=(32,), cold_rounds=1, timeline_s=4, ray_timeline_s=8)
+QUICK = Mode("quick", rounds=1, duration=2, warmup=0, connections=(32,), cold_rounds=1, timeline_s=3.5, ray_timeline_s=8)
 FULL = Mode("full", rounds=3, duration=8, warmup=2, connections=(32, 256), cold_rounds=8, timeline_s=10, ray_timeline_s=20)
 
 

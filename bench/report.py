@@ -298,7 +298,7 @@ def cold(s: dict[str, Any]) -> list[str]:
 def memory(s: dict[str, Any]) -> list[str]:
     rows = s.get("rows", [])
     out = ["## 5. Memory (FastAPI app, 2 workers)", "",
-           "After 200 requests. Per worker, from /proc/<pid>/smaps_rollup: RSS, and USS = Private_Clean + Private_Dirty "
+           f"After {s.get('requests', 200)} requests. Per worker, from /proc/<pid>/smaps_rollup: RSS, and USS = Private_Clean + Private_Dirty "
            "(what that worker alone costs). anycore's workers are forked from a zygote that imported the app and "
            "froze the GC, so most of their pages stay shared. *All processes*: the PSS sum of every process of the "
            "system (shared pages counted once): anycore's node, nats-server, zygote template and zygote, gunicorn's master, uvicorn's "

@@ -70,7 +70,8 @@ def main() -> None:
 
     from common import FULL, QUICK, Ctx, calibrate_cpu_iters
     from setup_env import versions
-    from systems import Anycore, Gunicorn, RayHost, RayServe, Uvicorn
+    from ray_serve import RayHost, RayServe
+    from systems import Anycore, Gunicorn, Uvicorn
 
     mode = QUICK if args.quick else FULL
     stem = args.name or time.strftime("%Y-%m-%d", time.gmtime()) + ("-quick" if args.quick else "")
@@ -119,6 +120,8 @@ def main() -> None:
     meta["duration_s"] = time.monotonic() - t0
     meta["ended"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     write(stem, {"meta": meta, "scenarios": results}, ctx)
+    if meta["interrupted"]:
+        sys.exit(130)  # what was measured is written, but the run is not complete
 
 
 def write(stem: str, data: dict, ctx: object) -> None:

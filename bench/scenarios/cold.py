@@ -19,7 +19,8 @@ from typing import Any
 
 from common import APPS, Ctx, median
 from procs import free_port, kill_tree, tree, wait_gone
-from systems import VENVS, Anycore, RayServe
+from ray_serve import RayServe
+from systems import VENVS, Anycore
 
 SYSTEMS = ["anycore", "uvicorn", "ray"]
 

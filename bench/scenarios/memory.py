@@ -1,6 +1,6 @@
 """Scenario 5: memory of a FastAPI app with 2 workers, per worker and for the whole system.
 
-Each system serves apps/fastapi; after 200 requests (so lazy imports and caches are paid),
+Each system serves apps/fastapi; after 200 requests (100 in quick mode) (so lazy imports and caches are paid),
 each worker's /proc/<pid>/smaps_rollup gives RSS, PSS and USS (Private_Clean + Private_Dirty:
 what the worker alone costs, the memory freed if it exits). The total is the PSS of every
 process of the system (anycore: node, nats-server, zygote, workers; Ray: its daemons too),
@@ -26,7 +26,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
             if not ok:
                 continue
             system.start(APPS / "fastapi", ctx.env)
-            for i in range(100):
+            result["requests"] = 2 * (n := 50 if ctx.mode.name == "quick" else 100)
+            for i in range(n):
                 for path in ("", f"items/{i}"):
                     with urllib.request.urlopen(system.url + path, timeout=10) as resp:
                         resp.read()
@@ -43,6 +44,6 @@ def run(ctx: Ctx) -> dict[str, Any]:
             row = {"system": name, "workers": workers, "total": total, "processes": len(procs)}
             result["rows"].append(row)
             ctx.log(f"memory {name}: workers USS " + ", ".join(f"{w['uss']:.1f}" for w in workers)
-                    + f" MiB, RSS " + ", ".join(f"{w['rss']:.1f}" for w in workers)
+                    + " MiB, RSS " + ", ".join(f"{w['rss']:.1f}" for w in workers)
                     + f" MiB; all {len(procs)} processes PSS {total['pss']:.0f} MiB")
     return result

@@ -29,7 +29,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def baseline_s(ctx: Ctx) -> float:
-    return 2.0 if ctx.mode.name == "quick" else 3.0
+    return 1.5 if ctx.mode.name == "quick" else 3.0
 
 
 async def anycore_deploys(ctx: Ctx, deploys: int) -> dict[str, Any]:
