@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from common import free_port
+from procs import free_port
 
 APP = """
 import asyncio

@@ -1,0 +1,1 @@
+"""One module per scenario of the suite; each exposes `run(ctx) -> dict` (see common.py)."""
