@@ -25,7 +25,6 @@ import select
 import signal
 import socket
 import sys
-from typing import Any
 
 import msgspec
 
@@ -38,7 +37,8 @@ def main() -> None:
 
     import uvloop  # noqa: F401
 
-    from anycore.worker import asgi, runner, session, zygote  # noqa: F401
+    from anycore.worker import asgi, runner, session  # noqa: F401
+    from anycore.worker.zygote import reap
 
     control = socket.socket(fileno=CONTROL_FD)
     control.setblocking(True)
@@ -52,7 +52,7 @@ def main() -> None:
         readable, _, _ = select.select([control, wake_r], [], [])
         if wake_r in readable:
             os.read(wake_r, 4096)
-            _reap(send)
+            reap(send)
         if control in readable:
             try:
                 data, fds, _, _ = socket.recv_fds(control, 1 << 20, 2)
@@ -64,17 +64,6 @@ def main() -> None:
             if message[0] == "spawn":
                 pid = _spawn(message[1], message[2], message[3], fds, control, wake_r, wake_w)
                 send("spawned", pid)
-
-
-def _reap(send: Any) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        send("exited", pid, status)
 
 
 def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], control: socket.socket,

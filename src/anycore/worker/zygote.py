@@ -110,7 +110,7 @@ def main() -> None:
         readable, _, _ = select.select([control, wake_r], [], [])
         if wake_r in readable:
             os.read(wake_r, 4096)
-            _reap(send)
+            reap(send)
         if control in readable:
             try:
                 data, fds, _, _ = socket.recv_fds(control, 4096, 2)
@@ -125,7 +125,8 @@ def main() -> None:
                 _hook(message[1], message[2], fds, control, wake_r, wake_w)
 
 
-def _reap(send: Any) -> None:
+def reap(send: Any) -> None:
+    """Collect every exited child and report ["exited", pid, wait_status]."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
