@@ -113,6 +113,8 @@ class WsOpen(msgspec.Struct, array_like=True, tag=11):
     state: bytes | None = None
     from_release: str = ""
     seq: int = 0
+    group: str = ""  # a key's sessions opened together: none handles a message before all are open
+    size: int = 1
 
 
 class WsAccept(msgspec.Struct, array_like=True, tag=12):
@@ -146,10 +148,15 @@ SNAPSHOT, CHECKPOINT, DRY_RUN = 0, 1, 2
 
 class SessSnap(msgspec.Struct, array_like=True, tag=15):
     """Node -> worker: snapshot Session ``id`` after the messages already sent to it. With
-    ``detach`` the session then leaves this worker (no ``on_close``): it is moving."""
+    ``detach`` the session then leaves this worker (no ``on_close``): it is moving. The
+    ``size`` sessions of one ``group`` (a key's sessions, moving together) snapshot only
+    once all of them have handled their earlier messages, so a broadcast from one of them
+    reaches the others before any leaves."""
 
     id: int
     detach: bool
+    group: str = ""
+    size: int = 1
 
 
 class SessState(msgspec.Struct, array_like=True, tag=16):

@@ -358,3 +358,71 @@ async def app(scope, receive, send):
 
     asyncio.run(scenario())
     assert "event=worker.recycling" in node.output and "event=session.moved" in node.output
+
+
+def test_a_busy_room_loses_no_broadcast_through_deploys(nodes, tmp_path):
+    """Ten members all talking while the room moves three times: when a key's sessions move
+    together, every member's messages reach every member (a member snapshotted before
+    another's pending broadcast, or opened after it, would miss it)."""
+    versions = []
+    for i in range(2):
+        directory = tmp_path / f"chat{i}"
+        shutil.copytree(CHAT_DIR, directory)
+        (directory / "anycore.toml").write_text((directory / "anycore.toml").read_text().replace(
+            'client_notify = "app:notify"', "workers = 2"))
+        (directory / "app.py").write_text((directory / "app.py").read_text() + f"\nVERSION = {i}\n")
+        versions.append(directory)
+    node = nodes.start(versions[0])
+
+    async def scenario() -> None:
+        names = [f"p{i}" for i in range(10)]
+        members = [await websockets.connect(ws_url(node, f"/rooms/busy?name={name}")) for name in names]
+        heard: list[list[str]] = [[] for _ in members]
+
+        async def listen(i: int) -> None:
+            try:
+                while True:
+                    heard[i].append(await members[i].recv())
+            except websockets.ConnectionClosed:
+                pass
+
+        listeners = [asyncio.ensure_future(listen(i)) for i in range(len(members))]
+        stop = asyncio.Event()
+        sent: list[str] = []
+
+        async def talk(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                text = f"{names[i]}-{n}"
+                await members[i].send(text)
+                sent.append(text)
+                await asyncio.sleep(random.uniform(0.005, 0.02))
+
+        talkers = [asyncio.ensure_future(talk(i)) for i in range(len(members))]
+        for target in (versions[1], versions[0], versions[1]):
+            await asyncio.sleep(0.3)
+            code, out = await deploy(node, target)
+            assert code == 0, out
+        stop.set()
+        await asyncio.gather(*talkers)
+        expected = sorted(sent)
+
+        def complete() -> bool:
+            return all(sorted(m.split(": ", 1)[1] for m in log if not m.startswith("*")) == expected for log in heard)
+
+        for _ in range(200):
+            if complete():
+                break
+            await asyncio.sleep(0.05)
+        for i, log in enumerate(heard):
+            got = sorted(m.split(": ", 1)[1] for m in log if not m.startswith("*"))
+            missing = sorted(set(expected) - set(got))
+            assert got == expected, f"{names[i]} missed {len(missing)} of {len(expected)}: {missing[:10]}"
+        for ws in members:
+            assert ws.close_code is None
+            await ws.close()
+        await asyncio.gather(*listeners)
+
+    asyncio.run(scenario())
+    assert node.output.count("event=session.moved") >= 3

@@ -78,6 +78,7 @@ class WebSocketSession(asyncio.Protocol):
         self.checkpointing = False
         self.checkpoint: wire.SessState | None = None
         self.unacked: deque[tuple[int, wire.WsMsg]] = deque()
+        self.replay: list[wire.WsMsg] = []  # set by reopen, sent by resume
         self.snapshots: deque[asyncio.Future[wire.SessState | None]] = deque()
 
     # -- handshake ---------------------------------------------------------------------
@@ -215,14 +216,14 @@ class WebSocketSession(asyncio.Protocol):
         elif self.snapshots:
             self.snapshots.popleft().set_result(frame)
 
-    def request_snapshot(self, detach: bool) -> "asyncio.Future[wire.SessState | None]":
+    def request_snapshot(self, detach: bool, group: str = "", size: int = 1) -> "asyncio.Future[wire.SessState | None]":
         """Ask the worker for ``snapshot()`` after the messages it has; None if it dies first."""
         future: asyncio.Future[wire.SessState | None] = asyncio.get_running_loop().create_future()
         if self.worker is None:
             future.set_result(None)
         else:
             self.snapshots.append(future)
-            self.worker.send(wire.SessSnap(self.id, detach))
+            self.worker.send(wire.SessSnap(self.id, detach, group, size))
         return future
 
     def hold(self) -> None:
@@ -237,22 +238,30 @@ class WebSocketSession(asyncio.Protocol):
         while self.snapshots:
             self.snapshots.popleft().set_result(None)
 
-    def reopen(self, worker: "WorkerHandle", mode: str, state: wire.SessState | None, from_release: str) -> None:
-        """Open the session on ``worker`` from ``state`` (or fresh), replay what the state does
-        not reflect, then deliver the messages held during the move, in order."""
+    def reopen(self, worker: "WorkerHandle", mode: str, state: wire.SessState | None, from_release: str,
+               group: str = "", size: int = 1) -> None:
+        """Open the session on ``worker`` from ``state`` (or fresh). Its messages wait for
+        ``resume``, so that a group's sessions are all open before any of them runs one."""
         assert self.opened is not None
         self.detach()
         seq = state.seq if state is not None else self.delivered
         frame = msgspec.structs.replace(self.opened, mode=mode, state=state.state if state else None,
-                                        from_release=from_release, seq=seq)
+                                        from_release=from_release, seq=seq, group=group, size=size)
         self.worker, self.release = worker, worker.release
         worker.sockets[self.id] = self
         worker.send(frame)
-        replay = [message for number, message in self.unacked if number > seq] if state is not None else []
+        self.replay = [message for number, message in self.unacked if number > seq] if state is not None else []
         self.unacked.clear()
         self.checkpoint = state if state is not None and self.checkpointing else None  # a snapshot is a checkpoint too
         self.delivered = seq
+
+    def resume(self) -> None:
+        """Replay what the state does not reflect, then the messages held during the move, in order."""
+        worker = self.worker
+        replay, self.replay = self.replay, []
         held, self.held = self.held or [], None
+        if worker is None:
+            return
         for message in [*replay, *held]:
             if type(message) is wire.WsClose:
                 worker.send(message)

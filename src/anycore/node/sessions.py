@@ -21,6 +21,7 @@ old release still holds every session.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import urllib.parse
 from typing import TYPE_CHECKING, Awaitable, Iterable
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from anycore.supervisor.release import ReleaseSupervisor
     from anycore.supervisor.worker import WorkerHandle
 
+_groups_seen = itertools.count()
 SNAPSHOT_TIMEOUT = 10.0  # a worker that does not answer a snapshot this fast is treated as dead
 WAIT_FOR_WORKER = 30.0  # a session with no worker to go to waits this long (held), then closes 1011
 
@@ -131,7 +133,8 @@ class SessionPlacer:
             for session in group:
                 session.hold()
             # Asked now, before the worker's Stop leaves: the answers come back in this order.
-            answers = [_answer(session.request_snapshot(detach=True)) for session in group]
+            tag = f"{worker.id}.{next(_groups_seen)}"
+            answers = [_answer(session.request_snapshot(True, tag, len(group))) for session in group]
             self.spawn(self._move(group, answers, worker.release))
 
     def recover(self, sessions: list["WebSocketSession"]) -> None:
@@ -157,14 +160,17 @@ class SessionPlacer:
                 session.close(1011, "no worker to run the session")
             self.service.log.event("session.lost", self.service.name, sessions=len(group), reason="no worker available")
             return
+        tag, size = f"open.{next(_groups_seen)}", len(group)
         for session, answer in zip(group, answers):
             if answer is not None and answer.state is not None:
-                session.reopen(target, "migrate", answer, from_release)
+                session.reopen(target, "migrate", answer, from_release, tag, size)
             else:
                 if answer is not None and answer.error:
                     self.service.log.event("session.snapshot_failed", self.service.name, handler=session.handler,
                                            error=answer.error)
-                session.reopen(target, "recover", session.checkpoint, session.release)
+                session.reopen(target, "recover", session.checkpoint, session.release, tag, size)
+        for session in group:  # all open first: a message's broadcast then reaches every member
+            session.resume()
         if why == "moved":
             self.moved += len(group)
         else:

@@ -26,6 +26,7 @@ from anycore import wire
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
 from anycore.worker.session import Session, SessionCycle, check_migrate
 
+BARRIER_TIMEOUT = 3.0  # a moving group's sessions wait this long for each other at most
 DISCONNECT_GRACE = 0.5  # seconds an app has to notice http.disconnect before it is cancelled
 EXIT_STARTUP_FAILED = 3
 
@@ -42,6 +43,7 @@ class WorkerServer:
         self.release = release
         self.handlers = handlers or {}
         self.rooms: dict[str, set[SessionCycle]] = {}  # Session key -> its connections here
+        self.barriers: dict[str, tuple[list[int], asyncio.Future[None]]] = {}
         self.cycles: dict[int, Cycle] = {}
         self.sockets: dict[int, WsCycle | SessionCycle] = {}
         self.stopping: asyncio.Future[None] | None = None
@@ -187,6 +189,22 @@ class WorkerServer:
             self.proto.send(wire.WsClose(ws.id, 1011 if error else 1000, ""))  # type: ignore[union-attr]
         del self.sockets[ws.id]
         self.proto.send(wire.Done(ws.id, error))  # type: ignore[union-attr]
+
+    async def barrier(self, group: str, size: int) -> None:
+        """A moving group's sessions wait here for each other before they snapshot (see
+        wire.SessSnap). Bounded: a member that closed meanwhile never arrives."""
+        if group not in self.barriers:
+            self.barriers[group] = ([0], self.loop.create_future())
+        count, done = self.barriers[group]
+        count[0] += 1
+        if count[0] >= size:
+            del self.barriers[group]
+            done.set_result(None)
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(done), BARRIER_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.barriers.pop(group, None)
 
     async def _run_session(self, session: SessionCycle) -> None:
         await session.run()

@@ -23,7 +23,7 @@ import asyncio
 import sys
 import traceback
 import urllib.parse
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import msgspec
 
@@ -122,12 +122,15 @@ class Session:
         self._cycle.close(code, reason)
 
 
-class SessionHost:
+class SessionHost(Protocol):
     """What a SessionCycle needs from its worker: how to send, the release, the rooms."""
 
     release: str
     rooms: dict[str, set["SessionCycle"]]
     send_frame: Callable[[wire.Frame], None]
+
+    async def barrier(self, group: str, size: int) -> None:
+        """Return once ``size`` sessions of ``group`` have called it (bounded)."""
 
 
 def encode_state(session: Session) -> bytes:
@@ -172,6 +175,8 @@ class SessionCycle:
         self.closed = False
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        if self.key:  # a member from the moment its frame is read, before its task first runs
+            server.rooms.setdefault(self.key, set()).add(self)
 
     def feed(self, frame: wire.Frame) -> None:
         if type(frame) is wire.WsMsg:
@@ -221,14 +226,16 @@ class SessionCycle:
 
     async def run(self) -> None:
         detached = False
-        if self.key:
-            self.server.rooms.setdefault(self.key, set()).add(self)
         try:
             await self._begin()
             assert self.session is not None
+            if self.frame.size > 1:  # moved with its key's group: wait until all are open here
+                await self.server.barrier(self.frame.group, self.frame.size)
             while True:
                 item = await self.inbox.get()
                 if type(item) is wire.SessSnap:
+                    if item.detach and item.size > 1:
+                        await self.server.barrier(item.group, item.size)
                     self.server.send_frame(self._state(wire.SNAPSHOT if item.detach else wire.DRY_RUN))
                     if item.detach:
                         detached = True
