@@ -22,11 +22,23 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import msgspec
 
 from anycore.errors import ReleaseFailed
+
+
+def read_message(control: socket.socket) -> list[Any] | None:
+    """One control message from a non-blocking SOCK_SEQPACKET socket: None if there is
+    none yet, an empty list at EOF (the peer is gone)."""
+    try:
+        data = control.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        data = b""
+    return msgspec.msgpack.decode(data) if data else []
 
 
 class ForkedZygote:
@@ -107,16 +119,12 @@ class Template:
         return child
 
     def _readable(self) -> None:
-        try:
-            data = self.control.recv(65536)
-        except BlockingIOError:
+        message = read_message(self.control)
+        if message is None:
             return
-        except OSError:
-            data = b""
-        if not data:
+        if not message:
             self._closed()
             return
-        message = msgspec.msgpack.decode(data)
         if message[0] == "spawned" and self.waiting:
             child = self.waiting.pop(0)
             child.pid = message[1]
@@ -154,16 +162,12 @@ class ZygoteHandle:
         return self.process.pid
 
     def _readable(self) -> None:
-        try:
-            data = self.control.recv(65536)
-        except BlockingIOError:
+        message = read_message(self.control)
+        if message is None:
             return
-        except OSError:
-            data = b""
-        if not data:
+        if not message:
             self._closed()
             return
-        message = msgspec.msgpack.decode(data)
         kind = message[0]
         if kind == "ready":
             self.kind = message[2]
