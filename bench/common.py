@@ -60,6 +60,19 @@ class Ctx:
         names = [n for n in names if n in self.systems]
         return names if r % 2 == 0 else names[::-1]
 
+    def rounds(self, result: dict[str, Any], systems: list[str], one: Callable[["Ctx", str], dict[str, Any]],
+               describe: Callable[[dict[str, Any]], str], scenario: str) -> dict[str, Any]:
+        """Every round, every system in ABAB order: ``one`` measures, its row joins result["rows"]."""
+        for r in range(self.mode.rounds):
+            for name in self.order(systems, r):
+                with self.attempt(result, name) as ok:
+                    if ok:
+                        m = one(self, name)
+                        m.update(system=name, round=r)
+                        result["rows"].append(m)
+                        self.log(f"{scenario} r{r} {name}: {describe(m)}")
+        return result
+
     @contextmanager
     def attempt(self, result: dict[str, Any], name: str) -> Iterator[bool]:
         """Run one system's part; on failure note why in result["errors"] and go on with the others."""

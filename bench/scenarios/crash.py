@@ -92,14 +92,9 @@ def one(ctx: Ctx, name: str) -> dict[str, Any]:
 
 
 def run(ctx: Ctx) -> dict[str, Any]:
+    def describe(m: dict[str, Any]) -> str:
+        back = "not within the run" if m["capacity_back_s"] is None else f"{m['capacity_back_s']:.2f} s"
+        return f"{m['errors']} errors of {m['requests']}, capacity back after {back}"
+
     result: dict[str, Any] = {"rows": [], "errors": {}, "connections": CONNECTIONS, "back_threshold": BACK}
-    for r in range(ctx.mode.rounds):
-        for name in ctx.order(SYSTEMS, r):
-            with ctx.attempt(result, name) as ok:
-                if ok:
-                    m = one(ctx, name)
-                    m.update(system=name, round=r)
-                    result["rows"].append(m)
-                    back = "not within the run" if m["capacity_back_s"] is None else f"{m['capacity_back_s']:.2f} s"
-                    ctx.log(f"crash r{r} {name}: {m['errors']} errors of {m['requests']}, capacity back after {back}")
-    return result
+    return ctx.rounds(result, SYSTEMS, one, describe, "crash")

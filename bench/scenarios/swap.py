@@ -61,14 +61,9 @@ def one(ctx: Ctx, name: str) -> dict[str, Any]:
 
 
 def run(ctx: Ctx) -> dict[str, Any]:
+    def describe(m: dict[str, Any]) -> str:
+        new = "never" if m["new_code_s"] is None else f"{m['new_code_s']:.2f} s"
+        return f"{m['errors']} errors of {m['requests']}, 100% new code after {new}"
+
     result: dict[str, Any] = {"rows": [], "errors": {}, "connections": CONNECTIONS}
-    for r in range(ctx.mode.rounds):
-        for name in ctx.order(SYSTEMS, r):
-            with ctx.attempt(result, name) as ok:
-                if ok:
-                    m = one(ctx, name)
-                    m.update(system=name, round=r)
-                    result["rows"].append(m)
-                    new = "never" if m["new_code_s"] is None else f"{m['new_code_s']:.2f} s"
-                    ctx.log(f"swap r{r} {name}: {m['errors']} errors of {m['requests']}, 100% new code after {new}")
-    return result
+    return ctx.rounds(result, SYSTEMS, one, describe, "swap")
