@@ -7,6 +7,11 @@ so a loop blocked by a handler (``time.sleep(60)``) stops ticking and the node n
 ``SIGUSR1`` makes faulthandler dump every thread's stack to stderr (the node's log)
 before the node kills a hung worker. The worker always leaves through ``os._exit``: it
 shares the zygote's inherited state and must not run its atexit handlers.
+
+A WSGI worker runs its app on one thread per slot (``wsgi_threads.py``): the loop hands
+each ``Req`` to a thread, the thread writes the answer to the socket itself, and the
+ticker holds back its ``Tick`` while a thread is stuck in the app, so a hung thread is a
+hung worker. Sessions of the same service still run on the loop.
 """
 
 from __future__ import annotations
@@ -17,14 +22,19 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any, Callable
+
+import msgspec
 
 import uvloop
 
 from anycore import wire
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
 from anycore.worker.session import Session, SessionCycle, check_migrate
+from anycore.worker.wsgi import WSGIApp, WsgiCycle, run_cycle
+from anycore.worker.wsgi_threads import ChannelWriter, LockedFrameProtocol, WsgiThreads
 
 BARRIER_TIMEOUT = 3.0  # a moving group's sessions wait this long for each other at most
 DISCONNECT_GRACE = 0.5  # seconds an app has to notice http.disconnect before it is cancelled
@@ -35,8 +45,13 @@ class WorkerServer:
     loop: asyncio.AbstractEventLoop  # set when main() runs
     send_frame: Callable[[wire.Frame], None]  # likewise
     def __init__(self, app: ASGIApp, lifespan: bool, tick: float, readiness: str = "",
-                 handlers: dict[str, type[Session]] | None = None, release: str = "") -> None:
+                 handlers: dict[str, type[Session]] | None = None, release: str = "",
+                 wsgi_app: WSGIApp | None = None, slots: int = 1) -> None:
         self.app = app
+        self.wsgi_app = wsgi_app
+        self.slots = slots
+        self.wsgi: WsgiThreads | None = None
+        self.lost = False
         self.readiness = readiness
         self.use_lifespan = lifespan
         self.tick = tick
@@ -53,11 +68,15 @@ class WorkerServer:
     async def main(self, sock: socket.socket) -> int:
         loop = self.loop = asyncio.get_running_loop()
         self.stopping = loop.create_future()
-        _, proto = await loop.connect_accepted_socket(
-            lambda: wire.FrameProtocol(self.on_frame, self.on_lost), sock=sock
-        )
+        factory = LockedFrameProtocol if self.wsgi_app is not None else wire.FrameProtocol
+        _, proto = await loop.connect_accepted_socket(lambda: factory(self.on_frame, self.on_lost), sock=sock)
         self.proto = proto
         self.send_frame = proto.send
+        if self.wsgi_app is not None:
+            writer = ChannelWriter(sock.fileno())
+            proto.writer = writer  # type: ignore[attr-defined]
+            self.wsgi = WsgiThreads(self.wsgi_app, self.slots, writer.write)
+            self.wsgi.start()
         lifespan = Lifespan(self.app) if self.use_lifespan else None
         if lifespan is not None:
             failure = await lifespan.startup()
@@ -83,6 +102,10 @@ class WorkerServer:
         pending = [c.task for c in [*self.cycles.values(), *self.sockets.values()] if c.task is not None]
         if pending:
             await asyncio.wait(pending)
+        if self.wsgi is not None:
+            if not self.lost:  # nobody would read the answers of the threads still running
+                await self.wsgi.drained()
+            self.wsgi.close()
         if lifespan is not None:
             failure = await lifespan.shutdown()
             if failure:
@@ -96,11 +119,20 @@ class WorkerServer:
         sent: list[wire.Frame] = []
         req = wire.Req(0, "GET", path, path.encode(), b"", [(b"host", b"anycore-readiness")], "1.1", "http",
                        None, None, "", b"", False)
-        cycle = Cycle(req, sent.append)
-        try:
-            await self.app(build_scope(req, self.state), cycle.receive, cycle.send)
-        except Exception as exc:  # noqa: BLE001 - reported as the readiness failure
-            return f"readiness check GET {path} raised {type(exc).__name__}: {exc}"
+        if self.wsgi is not None:  # in the loop's thread: nothing else runs before Ready
+            wsgi_cycle = WsgiCycle(req)
+            wsgi_cycle.credit = 1 << 62
+            written = [run_cycle(self.wsgi.app, wsgi_cycle, self.wsgi.base, lambda data: None)]
+            sent = list(_decode_frames(b"".join(written)))
+            error = next((f.error for f in sent if type(f) is wire.Done), None)
+            if error is not None and not any(type(f) is wire.Resp and f.status != 500 for f in sent):
+                return f"readiness check GET {path} raised {error}"
+        else:
+            cycle = Cycle(req, sent.append)
+            try:
+                await self.app(build_scope(req, self.state), cycle.receive, cycle.send)
+            except Exception as exc:  # noqa: BLE001 - reported as the readiness failure
+                return f"readiness check GET {path} raised {type(exc).__name__}: {exc}"
         status = next((f.status for f in sent if type(f) is wire.Resp), None)
         if status is None:
             return f"readiness check GET {path} sent no response"
@@ -111,11 +143,16 @@ class WorkerServer:
     async def _tick(self) -> None:
         assert self.proto is not None
         while True:
-            self.proto.send(wire.Tick())
+            # A WSGI thread stuck in the app holds the ticks back: the node sees a hung worker.
+            if self.wsgi is None or self.wsgi.stuck_for(time.monotonic()) <= self.tick:
+                self.proto.send(wire.Tick())
             await asyncio.sleep(self.tick)
 
     def on_lost(self, exc: Exception | None) -> None:
         # The node is gone (or closed us): nobody can receive our answers any more.
+        self.lost = True
+        if self.wsgi is not None:
+            self.wsgi.disconnect_all()
         for cycle in self.cycles.values():
             cycle.disconnect()
             if cycle.task is not None:
@@ -128,6 +165,13 @@ class WorkerServer:
             self.stopping.set_result(None)
 
     def on_frame(self, frame: wire.Frame) -> None:
+        kind = type(frame)
+        if self.wsgi is not None and (kind is wire.Req or kind is wire.Body or kind is wire.Credit or kind is wire.Cancel):
+            if kind is wire.Req:
+                self.wsgi.submit(frame)  # type: ignore[arg-type]
+            else:
+                self.wsgi.on_frame(frame)
+            return
         if type(frame) is wire.Req:
             cycle = Cycle(frame, self.proto.send)  # type: ignore[union-attr]
             self.cycles[frame.id] = cycle
@@ -261,14 +305,42 @@ def redirect_output(log_fd: int) -> None:
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
 
-def run_worker(app: ASGIApp, lifespan: bool, data_fd: int, log_fd: int, tick: float, readiness: str = "",
-               handlers: dict[str, type[Session]] | None = None, release: str = "") -> None:
-    """Entry point in the forked child; never returns."""
+async def no_websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI side of a WSGI service: WSGI has no WebSockets (its Sessions still work)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+
+
+_frames = msgspec.msgpack.Decoder(wire.Frame)
+
+
+def _decode_frames(data: bytes) -> Any:
+    view, start = memoryview(data), 0
+    while start < len(data):
+        size = int.from_bytes(view[start:start + 4], "big")
+        yield _frames.decode(view[start + 4:start + 4 + size])
+        start += 4 + size
+
+
+def run_worker(app: Any, lifespan: bool, data_fd: int, log_fd: int, tick: float, readiness: str = "",
+               handlers: dict[str, type[Session]] | None = None, release: str = "", wsgi: bool = False,
+               slots: int = 1) -> None:
+    """Entry point in the forked child; never returns. With ``wsgi`` the app is a WSGI
+    callable, run on ``slots`` threads (wrapped in ``wsgiref.validate.validator`` when the
+    service's env sets ``ANYCORE_WSGI_VALIDATE=1``, for tests)."""
     code = 1
     try:
         redirect_output(log_fd)
         sock = socket.socket(fileno=data_fd)
-        server = WorkerServer(app, lifespan, tick, readiness, handlers, release)
+        wsgi_app = None
+        if wsgi:
+            wsgi_app = app
+            if os.environ.get("ANYCORE_WSGI_VALIDATE") == "1":
+                from wsgiref.validate import validator
+
+                wsgi_app = validator(app)
+            app = no_websocket
+        server = WorkerServer(app, lifespan, tick, readiness, handlers, release, wsgi_app, slots)
         code = uvloop.run(server.main(sock))
     except BaseException:  # noqa: BLE001
         traceback.print_exc()

@@ -90,8 +90,6 @@ def main() -> None:
 
         app = import_app(spec["entry"]) if spec["entry"] else sessions_only
         kind = detect_kind(app)
-        if kind == "wsgi":
-            import a2wsgi  # noqa: F401
         handlers = {entry: import_session(entry) for entry in spec.get("sessions", [])}
     except BaseException as exc:  # noqa: BLE001 - reported to the node with its traceback
         send("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc())
@@ -199,13 +197,9 @@ def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: 
         os.close(wake_w)
         from anycore.worker.runner import run_worker
 
-        asgi_app = app
-        if kind == "wsgi":
-            from a2wsgi import WSGIMiddleware
-
-            asgi_app = WSGIMiddleware(app, workers=spec["slots"])
-        run_worker(asgi_app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"],
-                   readiness=spec.get("readiness", ""), handlers=handlers, release=spec["release"])
+        run_worker(app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"],
+                   readiness=spec.get("readiness", ""), handlers=handlers, release=spec["release"],
+                   wsgi=kind == "wsgi", slots=spec["slots"])
     os.close(data_fd)
     os.close(log_fd)
     send("forked", worker_id, pid)
