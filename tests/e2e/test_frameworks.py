@@ -8,6 +8,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.conftest import make_service, wait_for
 
@@ -139,10 +140,13 @@ def stream():
 """
 
 
-def test_flask_app_is_detected_as_wsgi_and_served(nodes, tmp_path):
+@pytest.mark.parametrize("validate", ["0", "1"], ids=["plain", "validated"])
+def test_flask_app_is_detected_as_wsgi_and_served(nodes, tmp_path, validate):
+    """Also run with the app wrapped in wsgiref.validate.validator (ANYCORE_WSGI_VALIDATE=1)."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    node = nodes.start(make_service(tmp_path, "flasky", FLASK_APP, f'workers = 1\nenv = {{ MARKS = "{marks}" }}\n'))
+    node = nodes.start(make_service(tmp_path, "flasky", FLASK_APP,
+                                    f'workers = 1\nenv = {{ MARKS = "{marks}", ANYCORE_WSGI_VALIDATE = "{validate}" }}\n'))
     assert re.search(r"event=release\.imported service=flasky .*kind=wsgi", node.output), node.output
     with httpx.Client(base_url=node.url, timeout=10) as client:
         response = client.get("/")
@@ -170,6 +174,8 @@ def test_flask_app_is_detected_as_wsgi_and_served(nodes, tmp_path):
             (marks / "release").write_text("go")
             rest = b"".join(chunks)
         assert rest == b"line 0\nline 1\nline 2\n"
+    output = node.output
+    assert "AssertionError" not in output and "WSGIWarning" not in output, output[-4000:]
 
 
 STARLETTE_APP = """

@@ -336,9 +336,9 @@ def run_worker(app: Any, lifespan: bool, data_fd: int, log_fd: int, tick: float,
         if wsgi:
             wsgi_app = app
             if os.environ.get("ANYCORE_WSGI_VALIDATE") == "1":
-                from wsgiref.validate import validator
+                from anycore.worker.wsgi import strict_validator
 
-                wsgi_app = validator(app)
+                wsgi_app = strict_validator(app)
             app = no_websocket
         server = WorkerServer(app, lifespan, tick, readiness, handlers, release, wsgi_app, slots)
         code = uvloop.run(server.main(sock))
