@@ -59,7 +59,7 @@ def render(data: dict[str, Any], stem: str, pngs: list[str]) -> str:
     out += header(meta, sc)
     out += headline(sc)
     sections = [("throughput", throughput), ("swap", swap), ("crash", crash), ("cold", cold), ("memory", memory),
-                ("websocket", websocket), ("wsswap", wsswap)]
+                ("websocket", websocket), ("wsswap", wsswap), ("wsgi", wsgi)]
     for name, fn in sections:
         if name in sc:
             out += fn(sc[name])
@@ -354,6 +354,45 @@ def wsswap(s: dict[str, Any]) -> list[str]:
                        f"{median(r['deploy_s']):.2f} (median) |")
         else:
             out.append(f"| {LABEL[name]} | 1 reload | {r['dropped']} of {n} | – | – | – |")
+    return out + [""]
+
+
+WSGI_DESCR = {
+    "anycore": "`anycore up`, `workers = 2`, default slots; the app runs on anycore's WSGI runner",
+    "gunicorn-sync": "`gunicorn -w 2` (sync workers)",
+    "gunicorn-gthread": "`gunicorn -w 2 -k gthread --threads 8`",
+    "granian": "`granian --interface wsgi --workers 2`",
+}
+
+
+def wsgi(s: dict[str, Any]) -> list[str]:
+    """Scenario 8: each system's req/s against gunicorn gthread and granian, p99 against gunicorn sync."""
+    rows = s.get("rows", [])
+    out = ["## 8. WSGI: Flask and Django", "",
+           "A Flask route returning a small JSON object (`flaskjson`) and a Django view rendering a template of 20 "
+           "rows (`djangorows`), 2 workers per system, `wrk -t1 -cN --latency`. Goals (issue 17): ≥ 1.5× gunicorn "
+           "gthread and ≥ 1.0× granian in req/s on Flask, p99 ≤ gunicorn sync's. CPU µs/req counts every process of "
+           "the system; *main* is the first process alone (anycore: the node; gunicorn: the arbiter; granian: its "
+           "main process).", ""]
+    out += [f"- **{name}**: {WSGI_DESCR.get(name, f'anycore with `slots = {name[9:]}`' if name.startswith('anycore-s') else name)}"
+            for name in s.get("systems", [])] + [""]
+    out += ["| app | c | system | req/s | vs gthread | vs granian | p50 ms | p99 ms | p99 vs sync | CPU µs/req | main µs/req | non-2xx |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for app in s.get("apps", []):
+        for c in s.get("connections", []):
+            sel = [r for r in rows if r["app"] == app and r["c"] == c]
+            gthread, granian = med(sel, "rps", system="gunicorn-gthread"), med(sel, "rps", system="granian")
+            sync_p99 = med(sel, "p99", system="gunicorn-sync")
+            for name in [n for n in s.get("systems", []) if any(r["system"] == n for r in sel)]:
+                rps, p99 = med(sel, "rps", system=name), med(sel, "p99", system=name)
+                out.append(f"| {app} | {c} | {name} | {f(rps, 0)}{rng(sel, 'rps', digits=0, system=name)} | "
+                           f"{ratio(rps, gthread)} | {ratio(rps, granian)} | {f(med(sel, 'p50', system=name))} | "
+                           f"{f(p99)} | {ratio(p99, sync_p99)} | {f(med(sel, 'cpu_us_per_req', system=name), 0)} | "
+                           f"{f(med(sel, 'main_us_per_req', system=name), 0)} | {f(med(sel, 'non2xx', system=name), 0)} |")
+    loads = [r["load_before"] for r in rows]
+    if loads:
+        out += ["", f"1-minute load average before the measured runs: {min(loads):.1f}–{max(loads):.1f} "
+                "(2 cores: ~2 is this system and wrk alone; more is other work on the machine)."]
     return out + [""]
 
 

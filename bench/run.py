@@ -1,7 +1,7 @@
 """The benchmark suite: anycore against uvicorn, gunicorn and Ray Serve, in one run, one report.
 
-    python3 bench/run.py [--quick] [--render NAME] [--only throughput,swap,crash,cold,memory,websocket,wsswap]
-                         [--systems anycore,uvicorn,gunicorn,ray]
+    python3 bench/run.py [--quick] [--render NAME] [--only throughput,swap,crash,cold,memory,websocket,wsswap,wsgi]
+                         [--systems anycore,uvicorn,gunicorn,ray,granian]
 
 Run as root on a fresh machine with Python >= 3.11 (see bench/README.md): it installs wrk
 (apt-get) and one virtualenv per system under bench/.venvs (setup_env.py), re-executes
@@ -25,8 +25,8 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ["throughput", "swap", "crash", "cold", "memory", "websocket", "wsswap"]
-SYSTEM_NAMES = ["anycore", "uvicorn", "gunicorn", "ray"]
+SCENARIOS = ["throughput", "swap", "crash", "cold", "memory", "websocket", "wsswap", "wsgi"]
+SYSTEM_NAMES = ["anycore", "uvicorn", "gunicorn", "ray", "granian"]  # granian: the wsgi scenario only
 
 
 def parse() -> argparse.Namespace:
@@ -90,7 +90,7 @@ def main() -> None:
         "load_start": os.getloadavg(), "cpus": os.cpu_count(), "machine": platform.platform(),
         "python": platform.python_version(), "cpu_iters": iters,
         "mem_total_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20,
-        "versions": {n: versions(n) for n in ["anycore", "uvicorn", "gunicorn", "ray", "plot"]},
+        "versions": {n: versions(n) for n in ["anycore", "uvicorn", "gunicorn", "ray", "granian", "plot"]},
         "systems": chosen, "interrupted": False,
     }
     ctx.log(f"{mode.name} run of {args.only} with {', '.join(ctx.systems)}; cpu1ms = {iters} iterations; "

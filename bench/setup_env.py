@@ -2,7 +2,8 @@
 
     bench/.venvs/anycore   this checkout (pip install -e .): the node, and the suite's own clients
     bench/.venvs/uvicorn   uvicorn[standard] + fastapi
-    bench/.venvs/gunicorn  gunicorn + uvicorn[standard] + fastapi
+    bench/.venvs/gunicorn  gunicorn + uvicorn[standard] + fastapi (+ flask, django for the wsgi scenario)
+    bench/.venvs/granian   granian + flask + django (the wsgi scenario)
     bench/.venvs/ray       ray[serve] 2.x
     bench/.venvs/plot      matplotlib (the plots are drawn in their own process)
 
@@ -25,9 +26,11 @@ ROOT = HERE.parent
 VENVS = HERE / ".venvs"
 
 REQUIREMENTS = {
-    "anycore": ["-e", str(ROOT), "fastapi"],  # fastapi: for the memory scenario's app, as in the peers' venvs
+    # fastapi: for the memory scenario's app, as in the peers' venvs; flask, django: the wsgi scenario's apps
+    "anycore": ["-e", str(ROOT), "fastapi", "flask", "django"],
     "uvicorn": ["uvicorn[standard]", "fastapi"],
-    "gunicorn": ["gunicorn", "uvicorn[standard]", "fastapi"],
+    "gunicorn": ["gunicorn", "uvicorn[standard]", "fastapi", "flask", "django"],  # also sync and gthread (wsgi)
+    "granian": ["granian", "flask", "django"],  # `granian --interface wsgi` (the wsgi scenario)
     "ray": ["ray[serve]>=2,<3"],
     "plot": ["matplotlib"],
 }
@@ -66,7 +69,8 @@ def ensure_venv(name: str) -> str:
 
 def versions(name: str) -> dict[str, str]:
     pkgs = {"anycore": ["anycore", "uvloop", "websockets"], "uvicorn": ["uvicorn", "uvloop", "httptools", "websockets"],
-            "gunicorn": ["gunicorn", "uvicorn"], "ray": ["ray"], "plot": ["matplotlib"]}[name]
+            "gunicorn": ["gunicorn", "uvicorn", "flask", "django"], "granian": ["granian", "flask", "django"],
+            "ray": ["ray"], "plot": ["matplotlib"]}[name]
     python = VENVS / name / "bin" / "python"
     if not python.exists():
         return {}
