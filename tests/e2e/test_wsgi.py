@@ -54,7 +54,8 @@ def app(environ, start_response):
     if path == "/env":
         return text(start_response, json.dumps({
             "script_name": environ["SCRIPT_NAME"], "path_info": path, "query": environ["QUERY_STRING"],
-            "input": type(environ["wsgi.input"]).__name__, "multithread": environ["wsgi.multithread"]}))
+            "input": type(environ["wsgi.input"]).__name__, "multithread": environ["wsgi.multithread"],
+            "pid": os.getpid()}))
     if path == "/upload":
         before = peak_rss_kib()
         stream, digest, size = environ["wsgi.input"], hashlib.sha256(), 0
@@ -125,6 +126,7 @@ def test_wsgi_runner_streams_both_ways_and_always_closes(nodes, tmp_path):
     with httpx.Client(base_url=node.url, timeout=30) as client:
         # The environ: the route prefix is SCRIPT_NAME; the validator wraps wsgi.input.
         env = client.get("/late/env", params={"a": "1"}).json()
+        env.pop("pid")
         assert env == {"script_name": "/late", "path_info": "/env", "query": "a=1", "input": "InputWrapper",
                        "multithread": False}
         assert client.get("/env").json()["multithread"] is True
@@ -259,4 +261,22 @@ def test_django_admin_login_and_a_csrf_protected_form_are_served(nodes, tmp_path
         assert (ok.status_code, ok.text) == (200, "hello ada")
         client.cookies.clear()
         assert client.post("/form/", data={"name": "ada"}).status_code == 403  # no token: CSRF refuses it
+    clean(node.output)
+
+
+def test_a_wsgi_worker_is_recycled_after_max_requests_without_a_failed_request(nodes, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    service = make_service(tmp_path, "cycled", RAW_APP, f'workers = 1\nslots = 2\nmax_requests = 10\n'
+                           f'env = {{ MARKS = "{marks}", ANYCORE_WSGI_VALIDATE = "1" }}\n')
+    node = nodes.start(service)
+    pids = set()
+    with httpx.Client(base_url=node.url, timeout=30) as client:
+        deadline = time.monotonic() + 30
+        while len(pids) < 3 and time.monotonic() < deadline:  # two recycles: every answer still a 200
+            answer = client.get("/env")
+            assert answer.status_code == 200, answer.text
+            pids.add(answer.json()["pid"])
+    assert len(pids) >= 3, pids
+    node.wait_output(r"event=worker\.recycling service=cycled")
     clean(node.output)
