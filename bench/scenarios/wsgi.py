@@ -3,7 +3,8 @@
 anycore's own WSGI runner against gunicorn sync, gunicorn gthread (8 threads) and granian's
 WSGI interface, each system in turn (ABAB), `wrk -t1` at each -c, server CPU per request
 over all of the system's processes. `BENCH_WSGI_SLOTS=1,2,4` adds anycore with those slots
-(how the default slots for WSGI services were chosen).
+(how the default slots for WSGI services were chosen); `BENCH_WSGI_ROUNDS=N` overrides the
+mode's number of rounds (e.g. 2 alternating rounds of a --quick run).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
     result: dict[str, Any] = {"rows": [], "errors": {}, "connections": list(ctx.mode.connections), "apps": APP_NAMES,
                               "systems": names}
     for app in APP_NAMES:
-        for r in range(ctx.mode.rounds):
+        for r in range(int(os.environ.get("BENCH_WSGI_ROUNDS") or ctx.mode.rounds)):
             for name in local.order(names, r):
                 system = systems[name]
                 with local.attempt(result, name) as ok:

@@ -111,10 +111,11 @@ def clean(output: str) -> None:
 
 def services(tmp_path: Path, marks: Path) -> tuple[Path, Path]:
     env = f'env = {{ MARKS = "{marks}", ANYCORE_WSGI_VALIDATE = "1" }}\n'
-    raw = make_service(tmp_path, "raw", RAW_APP, f'workers = 1\nslots = 4\nhang_timeout = 2\n{env}'
-                       '[sessions]\n"/ws" = "app:Echo"\n')
+    # Readiness runs in the worker before it takes traffic: a streamed answer for raw, a whole one for late.
+    raw = make_service(tmp_path, "raw", RAW_APP, f'workers = 1\nslots = 4\nhang_timeout = 2\nreadiness = "/file"\n'
+                       f'{env}[sessions]\n"/ws" = "app:Echo"\n')
     late = make_service(tmp_path, "late", RAW_APP, f'workers = 1\nslots = 1\ntimeout = 1\nhang_timeout = 20\n'
-                        f'routes = ["/late"]\n{env}')
+                        f'routes = ["/late"]\nreadiness = "/env"\n{env}')
     return raw, late
 
 

@@ -122,7 +122,8 @@ class WorkerServer:
         if self.wsgi is not None:  # in the loop's thread: nothing else runs before Ready
             wsgi_cycle = WsgiCycle(req)
             wsgi_cycle.credit = 1 << 62
-            written = [run_cycle(self.wsgi.app, wsgi_cycle, self.wsgi.base, lambda data: None)]
+            written: list[bytes] = []
+            written.append(run_cycle(self.wsgi.app, wsgi_cycle, self.wsgi.base, written.append))
             sent = list(_decode_frames(b"".join(written)))
             error = next((f.error for f in sent if type(f) is wire.Done), None)
             if error is not None and not any(type(f) is wire.Resp and f.status != 500 for f in sent):
