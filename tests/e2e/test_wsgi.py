@@ -93,6 +93,10 @@ def app(environ, start_response):
         def handler_stuck_in_a_wsgi_thread():
             time.sleep(60)
         handler_stuck_in_a_wsgi_thread()
+    if path == "/boom":
+        def handler_that_raises():
+            raise ValueError("the app failed on purpose")
+        handler_that_raises()
     if path == "/file":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](open(__file__, "rb"), 100)
@@ -150,6 +154,11 @@ def test_wsgi_runner_streams_both_ways_and_always_closes(nodes, tmp_path):
         assert streamed.status_code == 200
         lines = streamed.content.split(b"\n")[:-1]
         assert len(lines) == 10000 and lines[0] == b"chunk 00000" and lines[-1] == b"chunk 09999"
+
+        # An exception before the response: 500, the traceback in the log.
+        boom = client.get("/boom")
+        assert boom.status_code == 500 and boom.json()["error"] == "internal server error"
+        node.wait_output(r"in handler_that_raises\n.*raise ValueError\(\"the app failed on purpose\"\)")
 
         # wsgi.file_wrapper is streamed.
         assert client.get("/file").content == (raw / "app.py").read_bytes()

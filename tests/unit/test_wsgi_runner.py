@@ -240,3 +240,59 @@ def test_the_validator_accepts_what_the_runner_gives_and_does() -> None:
                                          headers=[(b"host", b"h"), (b"content-length", b"5")]))
     assert b"".join(f.body if type(f) is wire.Resp else f.data for f in out[:-1]) == b"abcde"
     assert out[-1].error is None
+
+
+def test_the_channel_writer_waits_for_a_full_socket_and_never_interleaves_frames() -> None:
+    import socket
+
+    from anycore.worker.wsgi_threads import ChannelWriter
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)  # as the loop leaves it
+    writer = ChannelWriter(ours.fileno())
+    payloads = [bytes([i]) * 300_000 for i in range(4)]  # each larger than the socket's buffer
+    threads = [threading.Thread(target=writer.write, args=(p,)) for p in payloads]
+    for thread in threads:
+        thread.start()
+    received = bytearray()
+    theirs.settimeout(5)
+    while len(received) < sum(map(len, payloads)):
+        received += theirs.recv(1 << 16)
+    for thread in threads:
+        thread.join(5)
+    # Whole buffers, one after the other, in whatever order the threads took the lock.
+    blocks = [bytes(received[i:i + 300_000]) for i in range(0, len(received), 300_000)]
+    assert sorted(blocks) == sorted(payloads)
+    ours.close()
+    theirs.close()
+
+
+def test_a_thread_that_keeps_control_counts_as_stuck_and_one_waiting_for_the_client_does_not() -> None:
+    release, reading = threading.Event(), threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/busy":
+            release.wait(5)  # stands for a handler that never comes back to the runner
+        else:
+            reading.set()
+            environ["wsgi.input"].read()  # waits for body frames that do not come: not stuck
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done"]
+
+    written: list[bytes] = []
+    pool = WsgiThreads(app, 2, written.append)
+    pool.start()
+    import time
+
+    pool.submit(wire.Req(1, "POST", "/upload", b"/upload", b"", [], "1.1", "http", None, None, "", b"", True))
+    wait_until(lambda: reading.is_set() and pool.cycles[1].active_since == 0.0)  # in the body wait
+    assert pool.stuck_for(time.monotonic() + 10) == 0.0
+    pool.submit(wire.Req(2, "GET", "/busy", b"/busy", b"", [], "1.1", "http", None, None, "", b"", False))
+    wait_until(lambda: pool.cycles[2].active_since > 0)
+    later = time.monotonic() + 10
+    assert 9.9 < pool.stuck_for(later) < 11
+    release.set()
+    pool.cycles[1].feed(b"", False)
+    wait_until(lambda: not pool.cycles)
+    assert pool.stuck_for(later) == 0.0
+    pool.close()

@@ -351,13 +351,14 @@ def strict_validator(app: WSGIApp) -> WSGIApp:
     refuses it. Used by tests through ``ANYCORE_WSGI_VALIDATE=1``."""
     from wsgiref import validate
 
-    class InputWrapper(validate.InputWrapper):  # type: ignore[misc]
+    class InputWrapper(validate.InputWrapper):
         def read(self, *args: Any) -> bytes:
             if not args:
                 data = self.input.read()
-                validate.assert_(type(data) is bytes)
-                return data  # type: ignore[no-any-return]
-            return super().read(*args)  # type: ignore[no-any-return]
+                if type(data) is not bytes:
+                    raise AssertionError(f"wsgi.input.read() returned {type(data).__name__}, not bytes")
+                return data
+            return super().read(*args)
 
-    validate.InputWrapper = InputWrapper
-    return validate.validator(app)  # type: ignore[no-any-return]
+    setattr(validate, "InputWrapper", InputWrapper)
+    return validate.validator(app)
