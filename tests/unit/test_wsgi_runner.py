@@ -215,10 +215,10 @@ def test_a_streamed_body_blocks_the_app_thread_and_returns_credit() -> None:
 def test_a_disconnect_during_the_body_raises_in_the_app() -> None:
     req = request(method="POST", body=b"", more=True)
     cycle = WsgiCycle(req)
-    cycle.disconnect()
     errors = []
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        cycle.disconnect()  # the client leaves while the app runs
         try:
             environ["wsgi.input"].read()
         except ClientDisconnected as exc:
@@ -296,3 +296,18 @@ def test_a_thread_that_keeps_control_counts_as_stuck_and_one_waiting_for_the_cli
     wait_until(lambda: not pool.cycles)
     assert pool.stuck_for(later) == 0.0
     pool.close()
+
+
+def test_str_body_data_is_refused_with_a_500_and_a_cancelled_request_never_runs() -> None:
+    def text_app(environ: dict[str, Any], start_response: Any) -> list[Any]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["not bytes"]
+
+    _, out = run(text_app, request())
+    assert out[0].status == 500 and "PEP 3333 wants bytes" in out[-1].error
+
+    calls = []
+    cycle = WsgiCycle(request())
+    cycle.disconnect()
+    _, out = run(lambda environ, start_response: calls.append(1) or [], cycle.req, cycle)
+    assert calls == [] and out == [wire.Done(cycle.id, "cancelled")]

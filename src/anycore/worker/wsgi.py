@@ -274,6 +274,10 @@ def run_cycle(app: WSGIApp, cycle: WsgiCycle, base: dict[str, Any], write: Calla
     def send(data: bytes, last: bool) -> None:
         if not status:
             raise AssertionError("the WSGI app produced body data before calling start_response")
+        if type(data) is not bytes:
+            if not isinstance(data, (bytearray, memoryview)):
+                raise TypeError(f"the WSGI app produced {type(data).__name__} body data; PEP 3333 wants bytes")
+            data = bytes(data)
         if len(data) <= SPLIT:
             emit(data, last)
             return
@@ -307,6 +311,9 @@ def run_cycle(app: WSGIApp, cycle: WsgiCycle, base: dict[str, Any], write: Calla
 
     error: str | None = None
     result: Any = None
+    if cycle.disconnected:  # cancelled before a thread took it: the app never runs
+        cycle.active_since = 0.0
+        return wire.encode(wire.Done(cycle.id, "cancelled"))
     try:
         result = app(environ, start_response)
         if type(result) is list and len(result) == 1:
