@@ -1,6 +1,6 @@
 """How requests should cross between a WSGI worker's frame loop and its app threads.
 
-    bench/.venvs/anycore/bin/python bench/wsgi_handoff.py [--requests 20000] [--inflight 8] [--rounds 3]
+    bench/.venvs/anycore/bin/python bench/wsgi_handoff.py [--requests 20000] [--inflight 8] [--rounds 3] [--app flaskjson]
 
 A real worker (``run_worker``, uvloop, the real runner) is forked with its frame socket
 as one end of a socketpair; this process plays the node: it keeps ``--inflight`` ``Req``
@@ -84,6 +84,23 @@ class Inline(wsgi_threads.WsgiThreads):
         self.write(run_cycle(self.app, cycle, self.base, self.write))
 
 
+def load_app(name: str) -> Any:
+    """``hello`` (above) or the app of bench/apps/NAME (flaskjson, djangorows)."""
+    if name == "hello":
+        return hello
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(os.path.dirname(__file__), "apps", name, "app.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(spec.origin or ""))
+    spec.loader.exec_module(module)
+    return module.app
+
+
+APP: Any = hello
+
+
 def child(design: str, sock: socket.socket, slots: int) -> None:
     if design == "per-thread-queue":
         runner.WsgiThreads = PerThreadQueue  # type: ignore[misc]
@@ -99,7 +116,7 @@ def child(design: str, sock: socket.socket, slots: int) -> None:
                 loop = asyncio.get_running_loop()
                 super().__init__(app, slots, lambda data: loop.call_soon_threadsafe(write, data))
         runner.WsgiThreads = LoopWrites  # type: ignore[misc]
-    runner.run_worker(hello, lifespan=False, data_fd=sock.detach(), log_fd=os.open(os.devnull, os.O_WRONLY),
+    runner.run_worker(APP, lifespan=False, data_fd=sock.detach(), log_fd=os.open(os.devnull, os.O_WRONLY),
                       tick=1.0, wsgi=True, slots=1 if design == "inline" else slots)
 
 
@@ -168,10 +185,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--designs", default=",".join(DESIGNS))
+    parser.add_argument("--app", default="hello", help="hello, or an app of bench/apps: flaskjson, djangorows")
     args = parser.parse_args()
+    global APP
+    APP = load_app(args.app)
     designs = args.designs.split(",")
     results: dict[str, list[tuple[float, float]]] = {d: [] for d in designs}
-    print(f"load {os.getloadavg()[0]:.1f}; {args.requests} requests, {args.inflight} in flight, slots {args.slots}")
+    print(f"load {os.getloadavg()[0]:.1f}; {args.app}: {args.requests} requests, {args.inflight} in flight, slots {args.slots}")
     for r in range(args.rounds):
         for design in designs if r % 2 == 0 else designs[::-1]:
             results[design].append(measure(design, args.requests, args.inflight, args.slots))
