@@ -13,7 +13,8 @@ import msgspec
 import pytest
 
 from anycore import wire
-from anycore.worker.wsgi import ClientDisconnected, WsgiCycle, base_environ, build_environ, run_cycle
+from anycore.worker.wsgi import WsgiCycle, base_environ, build_environ, run_cycle
+from anycore.worker.wsgi_io import ClientDisconnected
 from anycore.worker.wsgi_threads import WsgiThreads
 
 _decoder = msgspec.msgpack.Decoder(wire.Frame)

@@ -337,7 +337,7 @@ def run_worker(app: Any, lifespan: bool, data_fd: int, log_fd: int, tick: float,
         if wsgi:
             wsgi_app = app
             if os.environ.get("ANYCORE_WSGI_VALIDATE") == "1":
-                from anycore.worker.wsgi import strict_validator
+                from anycore.worker.wsgi_io import strict_validator
 
                 wsgi_app = strict_validator(app)
             app = no_websocket

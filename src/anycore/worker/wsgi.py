@@ -39,14 +39,11 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 from anycore import wire
+from anycore.worker.wsgi_io import BodyInput, ClientDisconnected, FileWrapper
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 ERROR_BODY = b'{"error": "internal server error", "detail": "the service raised an exception; see `anycore logs`"}'
 SPLIT = wire.CHUNK * 4  # larger chunks from the app leave as several Body frames
-
-
-class ClientDisconnected(OSError):
-    """Raised by ``wsgi.input`` when the client went away before the body was complete."""
 
 
 class WsgiCycle:
@@ -106,90 +103,6 @@ class WsgiCycle:
                 while self.credit <= 0 and not self.disconnected:
                     self.cond.wait()
                 self.active_since = time.monotonic()
-
-
-class BodyInput:
-    """``wsgi.input`` over body frames: read/readline/readlines/iteration, blocking the app's
-    thread while the next chunk travels; credit goes back as chunks are taken."""
-
-    def __init__(self, cycle: WsgiCycle, write: Callable[[bytes], None], first: bytes) -> None:
-        self._cycle = cycle
-        self._write = write
-        self._buf = bytearray(first)
-        self._eof = False
-
-    def _fill(self) -> bool:
-        """Append one more chunk to the buffer; False at the end of the body."""
-        if self._eof:
-            return False
-        data = self._cycle.next_chunk()
-        if not data and self._cycle.body_done and not self._cycle.chunks:
-            self._eof = True
-            return False
-        if data:
-            self._buf += data
-            if not self._cycle.body_done:  # credit matters only while the body goes on
-                self._write(wire.encode(wire.Credit(self._cycle.id, len(data))))
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            size = len(self._buf)
-        while len(self._buf) < size and self._fill():
-            pass
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        limit = size if size is not None and size >= 0 else None
-        while True:
-            end = self._buf.find(b"\n")
-            if end >= 0 and (limit is None or end < limit):
-                return self.read(end + 1)
-            if limit is not None and len(self._buf) >= limit:
-                return self.read(limit)
-            if not self._fill():
-                return self.read(len(self._buf) if limit is None else min(limit, len(self._buf)))
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines, total = [], 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if hint is not None and 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> "BodyInput":
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
-
-
-class FileWrapper:
-    """``wsgi.file_wrapper``: iterates a file in blocks; the runner streams it like any iterable."""
-
-    def __init__(self, filelike: Any, block_size: int = 64 * 1024) -> None:
-        self.filelike = filelike
-        self.block_size = block_size
-        if hasattr(filelike, "close"):
-            self.close = filelike.close
-
-    def __iter__(self) -> "FileWrapper":
-        return self
-
-    def __next__(self) -> bytes:
-        data = self.filelike.read(self.block_size)
-        if data:
-            return data  # type: ignore[no-any-return]
-        raise StopIteration
 
 
 def base_environ(multithread: bool) -> dict[str, Any]:
@@ -349,23 +262,3 @@ def run_cycle(app: WSGIApp, cycle: WsgiCycle, base: dict[str, Any], write: Calla
     out.append(wire.encode(wire.Done(cycle.id, error)))
     cycle.active_since = 0.0
     return b"".join(out)
-
-
-def strict_validator(app: WSGIApp) -> WSGIApp:
-    """``wsgiref.validate.validator(app)``, checking the server and the app on every call,
-    with one correction: PEP 3333 (note 1 on input streams) lets an app call
-    ``wsgi.input.read()`` without a size, which Werkzeug does, and wsgiref's checker still
-    refuses it. Used by tests through ``ANYCORE_WSGI_VALIDATE=1``."""
-    from wsgiref import validate
-
-    class InputWrapper(validate.InputWrapper):
-        def read(self, *args: Any) -> bytes:
-            if not args:
-                data = self.input.read()
-                if type(data) is not bytes:
-                    raise AssertionError(f"wsgi.input.read() returned {type(data).__name__}, not bytes")
-                return data
-            return super().read(*args)
-
-    setattr(validate, "InputWrapper", InputWrapper)
-    return validate.validator(app)

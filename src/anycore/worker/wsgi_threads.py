@@ -36,7 +36,6 @@ import asyncio
 import os
 import select
 import threading
-from collections import deque
 from queue import SimpleQueue
 from typing import Any, Callable
 
