@@ -27,7 +27,6 @@ import traceback
 from typing import Any, Callable
 
 import msgspec
-
 import uvloop
 
 from anycore import wire
