@@ -188,7 +188,7 @@ def test_a_request_past_its_deadline_gets_504_and_its_slot_returns_when_the_thre
     with httpx.Client(base_url=node.url, timeout=30) as client:
         started = time.monotonic()
         assert client.get("/late/sleep").status_code == 504
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 9  # the app itself would answer after 10 s
         # The app still runs in its thread and keeps the only slot: nothing else is placed.
         assert not (marks / "sleep-returned").exists()
         assert node.service("late")["inflight"] == 1
