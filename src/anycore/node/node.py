@@ -31,11 +31,12 @@ from anycore.cluster.control import COMMANDS, Command, NatsAuth, connect, contro
 from anycore.cluster.embedded import EmbeddedNats
 from anycore.cluster.rollout import Rollout
 from anycore.config import Service, ServiceConfig
-from anycore.errors import AnycoreError, ReleaseFailed, UnknownService
+from anycore.errors import AnycoreError, NodeRunning, ReleaseFailed, StorageError, UnknownService
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
 from anycore.node.deployer import Deployer
+from anycore.node.lock import NodeLock
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
 from anycore.release.store import CodeStore, describe
@@ -60,7 +61,8 @@ class Node:
         self.node_id = make_node_id()
         self.log = NodeLog()
         self.gateway = Gateway(self.log, limits or Limits(), access_log)
-        self.embedded = EmbeddedNats(home) if nats_url is None else None
+        self.lock = NodeLock(home)
+        self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None
         self.auth = NatsAuth(nats_url or "", token, creds)
         self.nc: nats.NATS | None = None
         self.services: dict[str, ServiceRuntime] = {}
@@ -73,14 +75,31 @@ class Node:
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Run the node until ``down``; the exit code: 0 after a clean stop, 1 if an initial
+        service failed to start, 2 for anything else that stopped ``up`` (this home already
+        has a node, the port is taken, NATS refused, a disk error): one line says what to do,
+        and everything started so far is stopped again."""
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.lock.acquire()  # before anything of the home is touched: a second node leaves it alone
+        except NodeRunning as exc:
+            print(f"anycore: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except OSError as exc:
+            print(f"anycore: {StorageError(f'opening {self.home}', exc)}", file=sys.stderr, flush=True)
+            return 2
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.commands.put_nowait, Command("down", {"signal": signum}))
-        Template.get()  # imports the worker runtime while NATS starts: the first zygote forks from it
         try:
+            Template.get()  # imports the worker runtime while NATS starts: the first zygote forks from it
             await self._start_control()
-            await self.gateway.start(*self.listen)
+            try:
+                await self.gateway.start(*self.listen)
+            except OSError as exc:
+                host, port = self.listen
+                raise AnycoreError(f"cannot listen on {host}:{port}: {exc.strerror or exc} — pick another port "
+                                   f"with --listen HOST:PORT (0 picks a free one), or stop what holds it") from None
             await self.cluster.start()  # type: ignore[union-attr]  # heartbeats name the gateway's URL
             self._write_record()
             self.log.event("node.started", node=self.node_id, gateway=self.gateway.url, nats=self.auth.url, pid=os.getpid())
@@ -90,6 +109,7 @@ class Node:
                     await self._add_service(service)
             else:
                 await self._restore()
+            self.gateway.starting = False
         except ReleaseFailed as exc:
             print(f"anycore: {exc}", file=sys.stderr)
             if exc.traceback:
@@ -97,8 +117,9 @@ class Node:
             print("anycore: fix the error and run `anycore up` again", file=sys.stderr, flush=True)
             await self._shutdown()
             return 1
-        except AnycoreError as exc:
-            print(f"anycore: {exc}", file=sys.stderr, flush=True)
+        except (AnycoreError, OSError) as exc:
+            message = exc if isinstance(exc, AnycoreError) else StorageError("starting the node", exc)
+            print(f"anycore: {message}", file=sys.stderr, flush=True)
             await self._shutdown()
             return 2
         watcher = asyncio.ensure_future(self._watch(self.watch)) if self.watch else None
@@ -331,6 +352,9 @@ class Node:
                                                   deploy_id=args.get("deploy_id"),
                                                   start=lambda r, s, d: rollout.deploy(r, s, d, deployer.start))
             return {"ok": True, "deploy": deploy.snapshot()}
+        if kind == "abort":
+            assert self.deployer is not None
+            return {"ok": True, **(await self.deployer.abort(str(args.get("deploy_id", ""))))}
         if kind == "scale":
             service = self._service(args.get("service"))
             low, high = service.set_limits(args.get("min"), args.get("max"))
@@ -363,16 +387,19 @@ class Node:
 
     # -- shutdown -------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
+        """Stop everything this node started, in reverse order, each step bounded; safe after
+        a start that failed half-way (whatever was not started is skipped)."""
         if self.cluster is not None:
             self.cluster.leave()
         await self.gateway.stop(timeout=SHUTDOWN_GRACE)
         await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
         if self.cluster is not None:
             await self.cluster.close()
-        try:
-            (self.home / "node.json").unlink()
-        except OSError:
-            pass
+        if self.lock.fd >= 0:  # only the lock's holder wrote node.json
+            try:
+                (self.home / "node.json").unlink()
+            except OSError:
+                pass
         if self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.drain(), 2.0)

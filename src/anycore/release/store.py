@@ -26,7 +26,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError,
 
 from anycore.cluster.jetstream import create_replicated
 from anycore.config import ServiceConfig
-from anycore.errors import BundleRefused
+from anycore.errors import BundleRefused, ConfigError
 from anycore.release.bundle import release_id, unpack
 
 CODE_BUCKET = "anycore_code"
@@ -53,7 +53,10 @@ class ServiceRecord(msgspec.Struct, kw_only=True):
 
 
 def _hash(release: str) -> str:
-    return release.split("@", 1)[1]
+    name, sep, digest = release.partition("@")
+    if not (name and sep and digest):
+        raise ConfigError(f"{release!r} is not a release id (SERVICE@HASH, e.g. shop@3f9a2c1b) — see `anycore releases`")
+    return digest
 
 
 class CodeStore:
