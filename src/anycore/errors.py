@@ -62,18 +62,27 @@ class NodeRunning(AnycoreError):
 
 
 class StorageError(AnycoreError):
-    """An OSError of the disk (ENOSPC, EIO, EROFS, EACCES, ...), said in one line."""
+    """A disk or file system refused a write or a read (ENOSPC, EIO, EROFS, EACCES, ...), in
+    one line: what failed, the system's reason, what to do."""
 
-    def __init__(self, what: str, exc: OSError) -> None:
-        self.errno = exc.errno
-        reason = exc.strerror or str(exc)
+    def __init__(self, what: str, reason: str, errno_: int | None = None) -> None:
+        self.errno = errno_
+        self.reason = reason
+        super().__init__(f"{what} failed: {reason} — {storage_hint(errno_, reason)}")
+
+    @classmethod
+    def from_os(cls, what: str, exc: OSError) -> "StorageError":
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        super().__init__(f"{what} failed: {reason}{where} — {storage_hint(exc.errno)}")
+        return cls(what, f"{exc.strerror or exc}{where}", exc.errno)
 
 
-def storage_hint(errno_: int | None) -> str:
+def storage_hint(errno_: int | None, reason: str = "") -> str:
     import errno
 
+    by_text = {"no space": errno.ENOSPC, "quota": errno.EDQUOT, "read-only": errno.EROFS,
+               "permission denied": errno.EACCES, "input/output": errno.EIO, "insufficient resources": errno.ENOSPC}
+    if errno_ is None:
+        errno_ = next((code for text, code in by_text.items() if text in reason.lower()), None)
     return {
         errno.ENOSPC: "free some disk space, then try again",
         errno.EDQUOT: "the disk quota is exhausted: free some space, then try again",

@@ -21,7 +21,7 @@ from anycore.cli.follow import Interrupt, Interrupted, follow, interrupted_befor
 from anycore.cluster.control import ControlClient, home_dir, local_node, logs_subject
 from anycore.config import load_service
 from anycore.node.lock import held as lock_held
-from anycore.errors import AnycoreError, StorageError
+from anycore.errors import AnycoreError, ControlError, StorageError
 
 T = TypeVar("T")
 EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
@@ -242,14 +242,23 @@ def deploy(path: str, name: str | None, detach: bool, nats_url: str | None, toke
     async def go() -> dict[str, Any]:
         with Interrupt() as interrupt:
             try:
-                client = await interrupt.race(ControlClient(nats_url, token, creds).__aenter__())
+                client = await interrupt.race(ControlClient(nats_url, token, creds, reconnect=True).__aenter__())
             except Interrupted:
                 interrupted_before_sending()
             try:
                 assert client.nc is not None
                 try:
                     store = await interrupt.race(CodeStore(client.nc.jetstream(), None).open())
-                    await interrupt.race(upload(store))
+                    try:
+                        await interrupt.race(upload(store))
+                    except StorageError as exc:
+                        # JetStream keeps a stream's write error until its server restarts: if the
+                        # disk takes writes again, the node restarts it; then one more try.
+                        try:
+                            await interrupt.race(client.call("recover", timeout=30))
+                        except ControlError:
+                            raise exc from None
+                        await interrupt.race(upload(store))
                 except Interrupted:
                     interrupted_before_sending()
                 return await follow(client, interrupt, "deploy", release=record.id, source=service.directory,
@@ -350,7 +359,7 @@ def main() -> None:
         click.echo(f"anycore: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except OSError as exc:
-        click.echo(f"anycore: {StorageError('the command', exc)}", err=True)
+        click.echo(f"anycore: {StorageError.from_os('the command', exc)}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as exc:  # a bug: still one line, the traceback on demand
         if os.environ.get("ANYCORE_DEBUG"):

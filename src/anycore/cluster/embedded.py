@@ -114,6 +114,7 @@ class EmbeddedNats:
         self.on_event = on_event or (lambda kind, **fields: None)
         self._supervisor: asyncio.Task[None] | None = None
         self._started_at = 0.0
+        self._restart_wanted: asyncio.Future[None] | None = None  # restart(): resolved once running again
 
     def _to(self, target: NatsState) -> None:
         if target not in TRANSITIONS[self.state]:
@@ -198,11 +199,15 @@ class EmbeddedNats:
             code = self.process.returncode
             (self.run_dir / f"nats-server_{self.process.pid}.ports").unlink(missing_ok=True)
             self._to(NatsState.RESTARTING)
+            wanted = self._restart_wanted is not None
             while True:
-                decision = self.policy.on_crash(loop.time(), loop.time() - self._started_at)
-                self.restarts += 1
-                self.on_event("nats.exited", pid=self.process.pid, code=code, restart_in_s=decision.delay)
-                await asyncio.sleep(decision.delay)
+                if wanted:  # asked for (restart()): not a crash, no backoff
+                    delay, wanted = 0.0, False
+                else:
+                    delay = self.policy.on_crash(loop.time(), loop.time() - self._started_at).delay
+                    self.restarts += 1
+                self.on_event("nats.exited", pid=self.process.pid, code=code, restart_in_s=delay)
+                await asyncio.sleep(delay)
                 try:
                     await self._launch(10.0)
                     break
@@ -210,6 +215,18 @@ class EmbeddedNats:
                     code = str(exc)
             self._to(NatsState.RUNNING)
             self.on_event("nats.restarted", pid=self.process.pid, url=self.url, restarts=self.restarts)
+            if self._restart_wanted is not None and not self._restart_wanted.done():
+                self._restart_wanted.set_result(None)
+            self._restart_wanted = None
+
+    async def restart(self, timeout: float = 15.0) -> None:
+        """Stop the server and have the supervisor start it again at once (same port, store
+        and token); returns when it runs again. Used after a storage error (node/storage.py)."""
+        if self.state is not NatsState.RUNNING or self.process is None:
+            raise ConfigError(f"the embedded nats-server is {self.state.value}; it cannot be restarted now")
+        self._restart_wanted = asyncio.get_running_loop().create_future()
+        await _terminate(self.process.pid, 5.0, self.process)
+        await asyncio.wait_for(asyncio.shield(self._restart_wanted), timeout)
 
     # -- stop -------------------------------------------------------------------------------
     async def stop(self, timeout: float = 5.0) -> None:

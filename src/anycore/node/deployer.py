@@ -99,7 +99,7 @@ class Deployer:
                 deploy.fail("aborted before the shift (Ctrl-C of `anycore deploy`); the old release serves as before")
             return
         except OSError as exc:  # the disk (cache, staging): one line, and the next deploy starts clean
-            self._failed(deploy, record, StorageError(f"deploy of {record.id}", exc))
+            self._failed(deploy, record, StorageError.from_os(f"deploy of {record.id}", exc))
             return
         except Exception as exc:  # anything before the shift aborts the deploy, never the node
             self._failed(deploy, record, exc)
@@ -113,6 +113,8 @@ class Deployer:
         deploy.enter(Phase.DONE)
 
     def _failed(self, deploy: Deploy, record: ReleaseRecord, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            self.node.storage.failed(exc)  # the embedded NATS is restarted once the disk takes writes
         service = self.node.services.get(record.service)
         if service is not None:
             service.record_failure(record.id, getattr(exc, "reason", str(exc)))
@@ -162,7 +164,7 @@ class Deployer:
                 if created:
                     self.node.forget_service(service)
                 raise
-            except asyncio.CancelledError:  # aborted: leave nothing of the new release behind
+            except BaseException:  # aborted, or a store/disk error: leave nothing of the new release behind
                 await asyncio.shield(new.stop(timeout=2.0))
                 if created:
                     self.node.forget_service(service)

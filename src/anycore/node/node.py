@@ -37,6 +37,7 @@ from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
 from anycore.node.deployer import Deployer
 from anycore.node.lock import NodeLock
+from anycore.node.storage import StorageHealer
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
 from anycore.release.store import CodeStore, describe
@@ -71,6 +72,8 @@ class Node:
         self.cluster: ClusterAgent | None = None
         self.rollout: Rollout | None = None
         self.watch = watch
+        self.nats_reconnects = 0
+        self.storage = StorageHealer(self)
         self.gateway.set_node(self.node_id)
 
     # -- run ---------------------------------------------------------------------------
@@ -86,7 +89,7 @@ class Node:
             print(f"anycore: {exc}", file=sys.stderr, flush=True)
             return 2
         except OSError as exc:
-            print(f"anycore: {StorageError(f'opening {self.home}', exc)}", file=sys.stderr, flush=True)
+            print(f"anycore: {StorageError.from_os(f'opening {self.home}', exc)}", file=sys.stderr, flush=True)
             return 2
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -118,7 +121,7 @@ class Node:
             await self._shutdown()
             return 1
         except (AnycoreError, OSError) as exc:
-            message = exc if isinstance(exc, AnycoreError) else StorageError("starting the node", exc)
+            message = exc if isinstance(exc, AnycoreError) else StorageError.from_os("starting the node", exc)
             print(f"anycore: {message}", file=sys.stderr, flush=True)
             await self._shutdown()
             return 2
@@ -154,6 +157,7 @@ class Node:
             self.cluster.on_disconnected()
 
     async def _nats_reconnected(self) -> None:
+        self.nats_reconnects += 1
         self.log.event("node.nats_reconnected", nats=self.auth.url)
 
     def _on_deploy_event(self, event: dict[str, Any]) -> None:
@@ -352,6 +356,8 @@ class Node:
                                                   deploy_id=args.get("deploy_id"),
                                                   start=lambda r, s, d: rollout.deploy(r, s, d, deployer.start))
             return {"ok": True, "deploy": deploy.snapshot()}
+        if kind == "recover":
+            return {"ok": True, "message": await self.storage.recover()}
         if kind == "abort":
             assert self.deployer is not None
             return {"ok": True, **(await self.deployer.abort(str(args.get("deploy_id", ""))))}

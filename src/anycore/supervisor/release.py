@@ -34,6 +34,7 @@ from anycore.errors import ReleaseFailed
 from anycore.lifecycle import Lifecycle, ReleaseState, WorkerState
 from anycore.log import NodeLog, pump_output
 from anycore.scaler.core import Limits, Scaler
+from anycore.supervisor.oom import OomCounter
 from anycore.supervisor.policy import RestartPolicy
 from anycore.supervisor.worker import WorkerHandle
 from anycore.supervisor.zygote import ZygoteHandle, start_zygote
@@ -53,19 +54,6 @@ def describe_exit(status: int) -> str:
     if os.WIFEXITED(status):
         return f"exit code {os.WEXITSTATUS(status)}"
     return f"wait status {status}"
-
-
-def oom_kills() -> int:
-    """The cgroup's OOM-kill counter, to tell an OOM kill from another SIGKILL."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith("oom_kill "):
-                        return int(line.split()[1])
-        except OSError:
-            continue
-    return 0
 
 
 def scaler_limits(config: ServiceConfig, override: tuple[int, int] | None = None) -> Limits:
@@ -98,7 +86,8 @@ class ReleaseSupervisor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
         self._housekeeping: asyncio.Task[None] | None = None
-        self._oom_baseline = oom_kills()
+        self._oom = OomCounter()
+        self._oom.watch("self")  # the node's memory cgroup; the zygote's is added once it runs
         self._tick = min(1.0, config.hang_timeout / 4)
 
     @property
@@ -125,6 +114,7 @@ class ReleaseSupervisor:
         self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
         try:
             await asyncio.wait_for(asyncio.shield(self.zygote.ready), self.config.startup_timeout)
+            self._oom.watch(self.zygote.pid)
             self.log.event("release.imported", self.name, release=self.release, zygote_pid=self.zygote.pid, kind=self.zygote.kind)
             if on_imported is not None:
                 on_imported()
@@ -261,10 +251,8 @@ class ReleaseSupervisor:
         worker.exit_status = status
         cause = describe_exit(status)
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not worker.killed_by_us:
-            ooms = oom_kills()
-            if ooms > self._oom_baseline:
+            if self._oom.moved():
                 cause = "killed by the kernel's OOM killer (SIGKILL)"
-            self._oom_baseline = ooms
         if worker.killed_by_us:
             cause += f" ({worker.killed_by_us})"
         worker.exit_cause = cause
