@@ -101,7 +101,8 @@ class Node:
                 await self.gateway.start(*self.listen)
             except OSError as exc:
                 host, port = self.listen
-                raise AnycoreError(f"cannot listen on {host}:{port}: {exc.strerror or exc} — pick another port "
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise AnycoreError(f"cannot listen on {host}:{port}: {reason} — pick another port "
                                    f"with --listen HOST:PORT (0 picks a free one), or stop what holds it") from None
             await self.cluster.start()  # type: ignore[union-attr]  # heartbeats name the gateway's URL
             self._write_record()
