@@ -146,6 +146,10 @@ def test_one_node_per_home_and_the_cli_answers_in_one_line(nodes, tmp_path):
     print(f"ps answered {took:.2f}s after kill -9 of nats-server")
     assert len(nats_servers_of(node.home)) == 1
     assert "nats.restarted" in node.output
+    make_service(tmp_path, "shop", HELLO.replace("hello", "hello again"), "workers = 1\n")
+    redeploy = cli(node.env, "deploy", str(app))
+    assert redeploy.returncode == 0, redeploy.stdout + redeploy.stderr
+    assert httpx.get(node.url + "/").text == "hello again"
 
     # `down` returns once the node process and its children are gone.
     tree = descendants(node.proc.pid)
