@@ -239,18 +239,19 @@ async def app(scope, receive, send):
         await send({{"type": "lifespan.shutdown.complete"}})
         return
     if scope["path"] == "/slow":
-        await asyncio.sleep(4)
+        await asyncio.sleep(8)
     await send({{"type": "http.response.start", "status": 200, "headers": []}})
     await send({{"type": "http.response.body", "body": VERSION.encode()}})
 """
 
 
 def test_ctrl_c_during_deploy_aborts_before_the_shift_and_explains_after(nodes, tmp_path):
-    node = nodes.start(make_service(tmp_path, "svc", VERSIONED.format(version="v1", startup=0), "workers = 1\n"))
-    make_service(tmp_path, "svc", VERSIONED.format(version="v2", startup=3), "workers = 1\n")
+    config = "workers = 1\ndrain_timeout = 30\n"
+    node = nodes.start(make_service(tmp_path, "svc", VERSIONED.format(version="v1", startup=0), config))
+    make_service(tmp_path, "svc", VERSIONED.format(version="v2", startup=5), config)
     deploy = subprocess.Popen([sys.executable, "-m", "anycore.cli.main", "deploy", str(tmp_path / "svc")],
                               env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Interrupt while the new release warms (its lifespan startup takes 3 s).
+    # Interrupt while the new release warms (its lifespan startup takes 5 s).
     wait_for(lambda: node.output.count("phase=warm") >= 2, timeout=30, what="the deploy to reach warm")
     deploy.send_signal(signal.SIGINT)
     out, err = deploy.communicate(timeout=30)
@@ -262,7 +263,7 @@ def test_ctrl_c_during_deploy_aborts_before_the_shift_and_explains_after(nodes, 
     new = aborted["release"]
     # Past the moment the new release would have been ready: the old one still serves, and
     # nothing of the new one runs.
-    until = time.monotonic() + 4.5
+    until = time.monotonic() + 6
     while time.monotonic() < until:
         assert httpx.get(node.url + "/").text == "v1"
         time.sleep(0.1)
@@ -272,7 +273,8 @@ def test_ctrl_c_during_deploy_aborts_before_the_shift_and_explains_after(nodes, 
 
     # After the shift: the deploy goes on, and the message says how to follow or undo it.
     slow = subprocess.Popen([sys.executable, "-c", f"import httpx; httpx.get({node.url + '/slow'!r}, timeout=30)"])
-    make_service(tmp_path, "svc", VERSIONED.format(version="v3", startup=0), "workers = 1\n")
+    wait_for(lambda: node.service("svc")["inflight"] >= 1, what="the slow request to hold the old release's drain")
+    make_service(tmp_path, "svc", VERSIONED.format(version="v3", startup=0), config)
     deploy = subprocess.Popen([sys.executable, "-m", "anycore.cli.main", "deploy", str(tmp_path / "svc")],
                               env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: httpx.get(node.url + "/").text == "v3", timeout=30, what="v3 to be live")
