@@ -92,6 +92,7 @@ class Node:
             print(f"anycore: {StorageError.from_os(f'opening {self.home}', exc)}", file=sys.stderr, flush=True)
             return 2
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.commands.put_nowait, Command("down", {"signal": signum}))
         try:
@@ -134,6 +135,15 @@ class Node:
             watcher.cancel()
         await self._shutdown()
         return code
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An error no task awaited (e.g. inside nats-py while NATS goes away): one log line,
+        not a traceback on the node's stderr."""
+        exc = context.get("exception")
+        if isinstance(exc, asyncio.CancelledError):
+            return
+        self.log.event("node.unhandled_error", message=str(context.get("message", ""))[:200],
+                       error=repr(exc)[:300] if exc is not None else None)
 
     async def _start_control(self) -> None:
         if self.embedded is not None:
