@@ -177,6 +177,14 @@ def test_up_on_a_port_in_use_exits_2_in_one_line_and_leaves_nothing(nodes, tmp_p
     assert nats_servers_of(home) == []
     assert not (home / "node.json").exists()
 
+    refused = cli(env, "up", str(app), "--listen", "127.0.0.1:0", "--nats", f"nats://127.0.0.1:{port}", "--token", "t")
+    assert refused.returncode == 2
+    assert "cannot reach NATS" in one_line_error(refused)
+    bad = make_service(tmp_path, "bad", HELLO, 'workers = "lots"\n')
+    config = cli(env, "up", str(bad), "--listen", "127.0.0.1:0")
+    assert config.returncode == 2 and "workers" in one_line_error(config)
+    assert nats_servers_of(home) == []
+
 
 SLOW_IMPORT = """
 import time
