@@ -146,16 +146,34 @@ def test_one_node_per_home_and_the_cli_answers_in_one_line(nodes, tmp_path):
     print(f"ps answered {took:.2f}s after kill -9 of nats-server")
     assert len(nats_servers_of(node.home)) == 1
     assert "nats.restarted" in node.output
-    make_service(tmp_path, "shop", HELLO.replace("hello", "hello again"), "workers = 1\n")
+    make_service(tmp_path, "shop", SLOW_SHUTDOWN, "workers = 1\n")
     redeploy = cli(node.env, "deploy", str(app))
     assert redeploy.returncode == 0, redeploy.stdout + redeploy.stderr
     assert httpx.get(node.url + "/").text == "hello again"
 
-    # `down` returns once the node process and its children are gone.
+    # `down` returns once the node process and its children are gone (the worker's lifespan
+    # shutdown takes 1.5 s), also when the CLI reaches the node through ANYCORE_NATS.
     tree = descendants(node.proc.pid)
-    down = cli(node.env, "down")
+    token = (node.home / "token").read_text().strip()
+    down = cli({**node.env, "ANYCORE_NATS": record["nats_url"], "ANYCORE_TOKEN": token}, "down")
     assert down.returncode == 0, down.stderr
     assert not alive(node.proc.pid) and not any(alive(pid) for pid in tree), [p for p in tree if alive(p)]
+
+
+SLOW_SHUTDOWN = """
+import asyncio
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await asyncio.sleep(1.5)
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello again"})
+"""
 
 
 def test_up_on_a_port_in_use_exits_2_in_one_line_and_leaves_nothing(nodes, tmp_path):

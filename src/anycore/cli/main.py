@@ -162,17 +162,20 @@ def logs(service: str | None, follow: bool, lines: int, nats_url: str | None, to
 def down(nats_url: str | None, token: str | None, creds: str | None) -> None:
     """Stop the node: stop accepting, drain (bounded), stop workers and the embedded NATS."""
 
-    async def go() -> dict[str, Any]:
+    async def go() -> tuple[dict[str, Any], str]:
         async with ControlClient(nats_url, token, creds) as client:
-            return await client.call("down")
+            return await client.call("down"), client.node_id
 
     home = home_dir()
-    local = not nats_url and lock_held(home)
-    pid = local_node().get("pid", 0) if local else 0
-    click.echo(_run(go())["message"])
-    if not local:
+    record = _local_record()
+    reply, target = _run(go())
+    click.echo(reply["message"])
+    # The node of this home (also when reached through --nats / ANYCORE_NATS): its lock is
+    # free exactly when its process is gone, so `down` returning means down. A remote
+    # node's process cannot be watched from here.
+    if record.get("node_id") != target or not lock_held(home):
         return
-    # The node's lock is free exactly when its process is gone: `down` returning means down.
+    pid = int(record.get("pid", 0))
     deadline = time.monotonic() + DOWN_BOUND
     while (lock_held(home) or (pid and _running(pid))) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -181,6 +184,13 @@ def down(nats_url: str | None, token: str | None, creds: str | None) -> None:
                    f"see `anycore logs` or stop it with `kill {pid}`", err=True)
         sys.exit(EXIT_FAILED)
     click.echo("node stopped")
+
+
+def _local_record() -> dict[str, Any]:
+    try:
+        return local_node()
+    except AnycoreError:
+        return {}
 
 
 DOWN_BOUND = 60.0
