@@ -122,6 +122,7 @@ def test_one_node_per_home_and_the_cli_answers_in_one_line(nodes, tmp_path):
         (("rollback", "nope"), "no service named 'nope'"),
         (("stop", "nope"), "no service named 'nope'"),
         (("releases", "nope"), "no service named 'nope'"),
+        (("releases", "a*"), "no service named 'a*'"),
         (("logs", "nope"), "no service named 'nope'"),
         (("deploy", str(tmp_path / "missing")), "neither a service directory"),
         (("scale", "shop", "--min", "5", "--max", "2"), ""),

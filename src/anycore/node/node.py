@@ -30,6 +30,7 @@ from anycore.cluster.agent import ClusterAgent
 from anycore.cluster.control import COMMANDS, Command, NatsAuth, connect, control_subject, deploy_subject, logs_subject
 from anycore.cluster.embedded import EmbeddedNats
 from anycore.cluster.rollout import Rollout
+from anycore.config import _NAME as _SERVICE_NAME
 from anycore.config import Service, ServiceConfig
 from anycore.errors import AnycoreError, NodeRunning, ReleaseFailed, StorageError, UnknownService
 from anycore.gateway.http import Limits
@@ -386,6 +387,8 @@ class Node:
     async def _releases(self, name: Any) -> dict[str, Any]:
         assert self.deployer is not None
         store = self.deployer.store
+        if name and not (isinstance(name, str) and _SERVICE_NAME.match(name)):
+            raise UnknownService(str(name), list(self.services))  # not even a valid name (nor a valid KV key)
         kept = await store.get_service(str(name)) if name else None
         if name and kept is None and name not in self.services:
             raise UnknownService(str(name), list(self.services))
