@@ -135,11 +135,12 @@ class EmbeddedNats:
 
     async def stop_stale(self, timeout: float = 5.0) -> list[int]:
         """Stop every nats-server of this home that we do not own; returns their pids."""
-        candidates: set[int] = set()
-        for path in [self.pid_file, *self.run_dir.glob("nats-server_*.ports")]:
-            text = path.read_text().strip() if path.name == "nats.pid" and path.exists() else path.stem.rsplit("_", 1)[-1]
-            if text.isdigit():
-                candidates.add(int(text))
+        texts = [path.stem.rsplit("_", 1)[-1] for path in self.run_dir.glob("nats-server_*.ports")]
+        try:
+            texts.append(self.pid_file.read_text().strip())
+        except OSError:
+            pass
+        candidates = {int(text) for text in texts if text.isdigit()}
         stale = [pid for pid in candidates if alive(pid) and serves_home(pid, self.conf)]
         for pid in stale:
             self.on_event("nats.stale_stopped", pid=pid)
