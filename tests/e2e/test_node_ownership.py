@@ -94,6 +94,18 @@ def test_kill9_of_the_node_leaves_no_process_and_up_stops_a_stale_nats(nodes, tm
         assert stale.wait(5) is not None
         assert nats_servers_of(node.home) == [int((node.home / "run" / "nats.pid").read_text())]
         assert httpx.get(again.url + "/").text == "hello"
+
+        # A zygote's workers die with it (their parent): the release starts a new zygote
+        # and forks its workers again from it.
+        zygote = again.service("shop")["live"]["zygote_pid"]
+        workers = {w["pid"] for w in again.workers("shop")}
+        os.kill(zygote, signal.SIGKILL)
+        wait_for(lambda: not any(alive(pid) for pid in workers), timeout=2.0, what="the zygote's workers to die with it")
+        wait_for(lambda: (live := again.service("shop")["live"])["zygote_pid"] != zygote and
+                 [w for w in live["workers"] if w["state"] == "ready"], timeout=20,
+                 what="a new zygote and a ready worker forked from it")
+        assert httpx.get(again.url + "/").text == "hello"
+        assert "release.zygote_restarted" in again.output
     finally:
         if stale.poll() is None:
             stale.kill()
