@@ -300,6 +300,8 @@ class ReleaseSupervisor:
             self._forget(worker)
 
     def _forget(self, worker: WorkerHandle) -> None:
+        if not worker.exited.done():
+            worker.exited.set_result(None)  # its exit status will not come (its zygote died with it): nothing to wait for
         if self.workers.pop(worker.id, None) is None:
             return
         self.by_pid.pop(worker.pid, None)
