@@ -10,6 +10,8 @@ be shown to the user as it is (the CLI prints ``anycore: <message>`` and exits n
     ├── ControlError           the CLI could not talk to a node
     │   ├── NodeNotFound       no local node recorded under $ANYCORE_HOME
     │   └── NotAuthorized      NATS refused the credentials
+    ├── NodeRunning            `anycore up` on a home whose node is already running
+    ├── StorageError           a disk or file system refused a write (full, read-only, ...)
     ├── UnknownService         a command named a service the node does not run
     └── IllegalTransition      a lifecycle moved along an edge its table lacks (a bug)
 """
@@ -47,6 +49,48 @@ class NodeNotFound(ControlError):
 
 class NotAuthorized(ControlError):
     pass
+
+
+class NodeRunning(AnycoreError):
+    def __init__(self, home: object, pid: int, url: str) -> None:
+        self.pid = pid
+        self.url = url
+        who = f"pid {pid}" if pid else "pid unknown"
+        where = f", serving on {url}" if url else ", still starting"
+        super().__init__(f"a node is already running under {home} ({who}{where}) — stop it with `anycore down`, "
+                         "or set ANYCORE_HOME to another directory to run a second node")
+
+
+class StorageError(AnycoreError):
+    """A disk or file system refused a write or a read (ENOSPC, EIO, EROFS, EACCES, ...), in
+    one line: what failed, the system's reason, what to do."""
+
+    def __init__(self, what: str, reason: str, errno_: int | None = None) -> None:
+        self.errno = errno_
+        self.reason = reason
+        super().__init__(f"{what} failed: {reason} — {storage_hint(errno_, reason)}")
+
+    @classmethod
+    def from_os(cls, what: str, exc: OSError) -> "StorageError":
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return cls(what, f"{exc.strerror or exc}{where}", exc.errno)
+
+
+def storage_hint(errno_: int | None, reason: str = "") -> str:
+    import errno
+
+    by_text = {"no space": errno.ENOSPC, "quota": errno.EDQUOT, "read-only": errno.EROFS,
+               "permission denied": errno.EACCES, "input/output": errno.EIO, "insufficient resources": errno.ENOSPC}
+    if errno_ is None:
+        errno_ = next((code for text, code in by_text.items() if text in reason.lower()), None)
+    return {
+        errno.ENOSPC: "free some disk space, then try again",
+        errno.EDQUOT: "the disk quota is exhausted: free some space, then try again",
+        errno.EROFS: "the file system is read-only: remount it read-write, then try again",
+        errno.EACCES: "check the permissions of $ANYCORE_HOME, then try again",
+        errno.EPERM: "check the permissions of $ANYCORE_HOME, then try again",
+        errno.EIO: "the disk reported an I/O error: check it (dmesg), then try again",
+    }.get(errno_ or 0, "fix the cause, then try again")
 
 
 class UnknownService(AnycoreError):

@@ -1,4 +1,11 @@
-"""The ``anycore`` command line. Every command but ``up`` talks to a node over NATS only."""
+"""The ``anycore`` command line. Every command but ``up`` talks to a node over NATS only.
+
+Exit codes: 0 done; 1 the operation ran and failed (a deploy or an initial release did not
+start; the old release serves as before); 2 it could not be done as asked (bad input, no
+node, NATS refused, a node already running, a port in use, a disk error), with one line
+saying what to do; 70 a bug in anycore (one line; ``ANYCORE_DEBUG=1`` shows the
+traceback); 130 interrupted (Ctrl-C). No user error ever prints a traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +17,20 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
+from anycore.cli.follow import Interrupt, Interrupted, follow, interrupted_before_sending
 from anycore.cluster.control import ControlClient, home_dir, local_node, logs_subject
 from anycore.config import load_service
-from anycore.errors import AnycoreError, ConfigError
+from anycore.node.lock import held as lock_held
+from anycore.errors import AnycoreError, ControlError, StorageError
 
 T = TypeVar("T")
+EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
 
 
 def _run(coro: Awaitable[T]) -> T:
     import uvloop
 
-    try:
-        return uvloop.run(coro)  # type: ignore[arg-type]
-    except AnycoreError as exc:
-        click.echo(f"anycore: {exc}", err=True)
-        sys.exit(2)
+    return uvloop.run(coro)  # type: ignore[arg-type]  # errors end in main(), said in one line
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -71,11 +77,7 @@ def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: fl
     from anycore.gateway.http import Limits
     from anycore.node.node import Node
 
-    try:
-        services = [load_service(p) for p in paths]
-    except ConfigError as exc:
-        click.echo(f"anycore: {exc}", err=True)
-        sys.exit(2)
+    services = [load_service(p) for p in paths]
     if nats_url and not (token or creds):
         click.echo("anycore: --nats needs --token or --creds: the control plane is always authenticated", err=True)
         sys.exit(2)
@@ -160,18 +162,38 @@ def logs(service: str | None, follow: bool, lines: int, nats_url: str | None, to
 def down(nats_url: str | None, token: str | None, creds: str | None) -> None:
     """Stop the node: stop accepting, drain (bounded), stop workers and the embedded NATS."""
 
-    async def go() -> tuple[str, int]:
-        pid = 0 if nats_url else local_node().get("pid", 0)
+    async def go() -> tuple[dict[str, Any], str]:
         async with ControlClient(nats_url, token, creds) as client:
-            reply = await client.call("down")
-            return reply["message"], pid
+            return await client.call("down"), client.node_id
 
-    message, pid = _run(go())
-    click.echo(message)
-    # Wait (bounded) for the node process to be gone, so `down` returning means down.
-    deadline = time.monotonic() + 60
-    while pid and _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    home = home_dir()
+    record = _local_record()
+    reply, target = _run(go())
+    click.echo(reply["message"])
+    # The node of this home (also when reached through --nats / ANYCORE_NATS): its lock is
+    # free exactly when its process is gone, so `down` returning means down. A remote
+    # node's process cannot be watched from here.
+    if record.get("node_id") != target or not lock_held(home):
+        return
+    pid = int(record.get("pid", 0))
+    deadline = time.monotonic() + DOWN_BOUND
+    while (lock_held(home) or (pid and _running(pid))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if lock_held(home):
+        click.echo(f"anycore: the node (pid {pid}) is still shutting down after {DOWN_BOUND:.0f}s; "
+                   f"see `anycore logs` or stop it with `kill {pid}`", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo("node stopped")
+
+
+def _local_record() -> dict[str, Any]:
+    try:
+        return local_node()
+    except AnycoreError:
+        return {}
+
+
+DOWN_BOUND = 60.0
 
 
 def _running(pid: int) -> bool:
@@ -184,41 +206,6 @@ def _running(pid: int) -> bool:
 
 
 # -- releases -----------------------------------------------------------------------------
-
-PHASE_DONE = {"done", "failed", "noop"}
-
-
-async def _follow(client: ControlClient, command: str, **args: Any) -> dict[str, Any]:
-    """Send a deploying command and print its phases live until it ends; returns the last event."""
-    import secrets
-
-    from anycore.cluster.control import deploy_subject
-
-    assert client.nc is not None
-    deploy_id = secrets.token_hex(6)
-    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def on_event(msg: Any) -> None:
-        events.put_nowait(json.loads(msg.data))
-
-    sub = await client.nc.subscribe(deploy_subject(deploy_id), cb=on_event)
-    reply = await client.call(command, timeout=30, deploy_id=deploy_id, **args)
-    deploy = reply["deploy"]
-    if args.get("detach"):
-        return deploy
-    event = deploy
-    click.echo(f"deploying {deploy['release']} (was {deploy['previous'] or 'not running'})")
-    last_phase = ""
-    while event["phase"] not in PHASE_DONE:
-        event = await events.get()
-        if last_phase and last_phase in event["timings"]:
-            click.echo(f"  {last_phase:<8} {event['timings'][last_phase] * 1000:8.1f} ms")
-        last_phase = event["phase"]
-        if event["phase"] not in PHASE_DONE and event["detail"]:
-            click.echo(f"  {event['phase']:<8} ... {event['detail']}")
-    await sub.unsubscribe()
-    return event
-
 
 def _report(event: dict[str, Any]) -> None:
     if event["phase"] == "done":
@@ -255,16 +242,39 @@ def deploy(path: str, name: str | None, detach: bool, nats_url: str | None, toke
     record = ReleaseRecord(id=release_id(service.directory, config), service=config.name, config=config,
                            source=service.directory, created_at=now())
 
+    async def upload(store: CodeStore) -> None:
+        await store.put_bundle(record.id, data)
+        existing = await store.get_release(record.id)
+        if existing is not None:
+            record.migrated, record.deployed_at = existing.migrated, existing.deployed_at
+        await store.put_release(record)
+
     async def go() -> dict[str, Any]:
-        async with ControlClient(nats_url, token, creds) as client:
-            assert client.nc is not None
-            store = await CodeStore(client.nc.jetstream(), None).open()
-            await store.put_bundle(record.id, data)
-            existing = await store.get_release(record.id)
-            if existing is not None:
-                record.migrated, record.deployed_at = existing.migrated, existing.deployed_at
-            await store.put_release(record)
-            return await _follow(client, "deploy", release=record.id, source=service.directory, detach=detach)
+        with Interrupt() as interrupt:
+            try:
+                client = await interrupt.race(ControlClient(nats_url, token, creds, reconnect=True).__aenter__())
+            except Interrupted:
+                interrupted_before_sending()
+            try:
+                assert client.nc is not None
+                try:
+                    store = await interrupt.race(CodeStore(client.nc.jetstream(), None).open())
+                    try:
+                        await interrupt.race(upload(store))
+                    except StorageError as exc:
+                        # JetStream keeps a stream's write error until its server restarts: if the
+                        # disk takes writes again, the node restarts it; then one more try.
+                        try:
+                            await interrupt.race(client.call("recover", timeout=30))
+                        except ControlError:
+                            raise exc from None
+                        await interrupt.race(upload(store))
+                except Interrupted:
+                    interrupted_before_sending()
+                return await follow(client, interrupt, "deploy", release=record.id, source=service.directory,
+                                    detach=detach)
+            finally:
+                await client.__aexit__()
 
     event = _run(go())
     if detach:
@@ -282,7 +292,8 @@ def rollback(service: str, to: str | None, nats_url: str | None, token: str | No
 
     async def go() -> dict[str, Any]:
         async with ControlClient(nats_url, token, creds) as client:
-            return await _follow(client, "rollback", service=service, to=to)
+            with Interrupt() as interrupt:
+                return await follow(client, interrupt, "rollback", service=service, to=to)
 
     _report(_run(go()))
 
@@ -332,17 +343,39 @@ def dev(path: str, listen: str, access_log: bool) -> None:
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
     from anycore.node.node import Node
 
-    try:
-        service = load_service(path)
-    except ConfigError as exc:
-        click.echo(f"anycore: {exc}", err=True)
-        sys.exit(2)
+    service = load_service(path)
     node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path)
     sys.exit(_run(node.run([service])))
 
 
 def main() -> None:
-    cli()
+    """Run the CLI; every error ends here as one line and an exit code (see the module doc)."""
+    import os
+
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("anycore: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("anycore: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except AnycoreError as exc:
+        click.echo(f"anycore: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        click.echo(f"anycore: {StorageError.from_os('the command', exc)}", err=True)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:  # a bug: still one line, the traceback on demand
+        if os.environ.get("ANYCORE_DEBUG"):
+            raise
+        click.echo(f"anycore: internal error: {exc!r} — please report it (ANYCORE_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(EXIT_BUG)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from nats.errors import NoRespondersError
 from anycore.errors import ControlError, NodeNotFound, NotAuthorized
 
 CONNECT_BOUND = 5.0
-COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale")
+COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale", "abort", "recover")
 
 
 def home_dir() -> Path:
@@ -118,7 +118,8 @@ def _local_node_or_none() -> dict[str, Any]:
 class ControlClient:
     """The CLI's side: find the node, connect with credentials, send commands."""
 
-    def __init__(self, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    def __init__(self, nats_url: str | None, token: str | None, creds: str | None, reconnect: bool = False) -> None:
+        self.reconnect = reconnect  # ride out a restart of the node's NATS (a deploy's storage recovery)
         self.nats_url = nats_url
         self.token = token
         self.creds = creds
@@ -137,7 +138,8 @@ class ControlClient:
             if token is None:
                 token_file = home_dir() / "token"
                 token = token_file.read_text().strip() if token_file.exists() else None
-        self.nc = await connect(NatsAuth(url, token, self.creds), "anycore-cli")
+        extra = {"allow_reconnect": True, "max_reconnect_attempts": 40, "reconnect_time_wait": 0.25} if self.reconnect else {}
+        self.nc = await connect(NatsAuth(url, token, self.creds), "anycore-cli", **extra)
         self.node_id = os.environ.get("ANYCORE_NODE") or ""
         if not self.node_id and self.nats_url:
             live = [h.node for h in await self.cluster()]

@@ -40,6 +40,9 @@ class Gateway:
         self.errors: dict[int, int] = {}
         self.node_header = b""  # "anycore-node: <node id>", in every response this node's workers ran
         self._sweeper: asyncio.Task[None] | None = None
+        # True from the listen until the node's initial services are live: a request that
+        # matches no route then gets 503 + Retry-After (the route may be coming), never 404.
+        self.starting = True
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -106,6 +109,9 @@ class Gateway:
     # -- hand-off -------------------------------------------------------------------------
     def submit(self, exchange: Exchange, host: str, path: str) -> None:
         found = self.route(host, path)
+        if found is None and self.starting:
+            exchange.fail(503, "starting", "the node is starting its services; retry", 1)
+            return
         if found is None:
             exchange.fail(404, "not found", f"no service is routed at {host}{path} on this node — see `anycore ps`")
             return
@@ -127,7 +133,8 @@ class Gateway:
             return
         found = self.route(host, path)
         if found is None:
-            session.reject(404, f"no service is routed at {host}{path}\n")
+            session.reject(503 if self.starting else 404,
+                           "the node is starting its services; retry\n" if self.starting else f"no service is routed at {host}{path}\n")
             return
         service, prefix = found
         service.open_websocket(session, session.open_frame(path, exchange.raw_path, exchange.query, exchange.headers, prefix))

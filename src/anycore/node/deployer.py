@@ -25,7 +25,7 @@ import secrets
 from typing import TYPE_CHECKING, Any, Callable
 
 from anycore.config import Service
-from anycore.errors import AnycoreError, ReleaseFailed
+from anycore.errors import AnycoreError, ConfigError, ReleaseFailed, StorageError
 from anycore.release.bundle import pack, release_id
 from anycore.release.deploy import Deploy, Phase
 from anycore.release.store import CodeStore, ReleaseRecord, now
@@ -74,16 +74,35 @@ class Deployer:
         deploy.task = task
         return deploy
 
+    async def abort(self, deploy_id: str) -> dict[str, Any]:
+        """Ctrl-C of ``anycore deploy``: stop a deploy that has not shifted (its new release's
+        processes are stopped, the old release keeps serving); one past its shift goes on.
+        Returns once an aborted deploy has cleaned up (bounded by its stop timeouts)."""
+        deploy = self.deploys.get(deploy_id)
+        if deploy is None:
+            raise AnycoreError(f"no deploy {deploy_id!r} on this node — see `anycore releases`")
+        info = {"service": deploy.service, "release": deploy.release, "previous": deploy.previous}
+        if deploy.finished or deploy.shifted or deploy.task is None:
+            return {**info, "aborted": False, "phase": deploy.phase.value}
+        deploy.aborting = True
+        deploy.task.cancel()  # lands at the deploy's current await, always before the shift (no await between the check and here)
+        await asyncio.wait([deploy.task])
+        return {**info, "aborted": deploy.phase is Phase.FAILED, "phase": deploy.phase.value}
+
     async def _run(self, deploy: Deploy, record: ReleaseRecord, gate: Any = None, migrate: bool = True) -> None:
         try:
             old = await self._prepare_and_shift(deploy, record, gate, migrate)
-        except Exception as exc:  # anything before the shift aborts the deploy, never the node
-            service = self.node.services.get(record.service)
-            if service is not None:
-                service.record_failure(record.id, getattr(exc, "reason", str(exc)))
+        except asyncio.CancelledError:
+            if not deploy.aborting:
+                raise
             if not deploy.finished:
-                deploy.fail(str(exc) if isinstance(exc, AnycoreError) else f"internal error: {exc!r}",
-                            getattr(exc, "traceback", ""))
+                deploy.fail("aborted before the shift (Ctrl-C of `anycore deploy`); the old release serves as before")
+            return
+        except OSError as exc:  # the disk (cache, staging): one line, and the next deploy starts clean
+            self._failed(deploy, record, StorageError.from_os(f"deploy of {record.id}", exc))
+            return
+        except Exception as exc:  # anything before the shift aborts the deploy, never the node
+            self._failed(deploy, record, exc)
             return
         if deploy.finished:
             return
@@ -92,6 +111,16 @@ class Deployer:
             deploy.enter(Phase.DRAIN, f"{old.release}: {sum(w.inflight for w in old.workers.values())} in flight")
             await service.retire(old, on_drained=lambda: deploy.enter(Phase.RETIRE, old.release))
         deploy.enter(Phase.DONE)
+
+    def _failed(self, deploy: Deploy, record: ReleaseRecord, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            self.node.storage.failed(exc)  # the embedded NATS is restarted once the disk takes writes
+        service = self.node.services.get(record.service)
+        if service is not None:
+            service.record_failure(record.id, getattr(exc, "reason", str(exc)))
+        if not deploy.finished:
+            deploy.fail(str(exc) if isinstance(exc, AnycoreError) else f"internal error: {exc!r}",
+                        getattr(exc, "traceback", ""))
 
     async def _prepare_and_shift(self, deploy: Deploy, record: ReleaseRecord, gate: Any = None, migrate: bool = True) -> Any:
         lock = self.locks.setdefault(record.service, asyncio.Lock())
@@ -135,6 +164,11 @@ class Deployer:
                 if created:
                     self.node.forget_service(service)
                 raise
+            except BaseException:  # aborted, or a store/disk error: leave nothing of the new release behind
+                await asyncio.shield(new.stop(timeout=2.0))
+                if created:
+                    self.node.forget_service(service)
+                raise
             deploy.enter(Phase.SHIFT)
             old = service.shift(new, directory, record.config)
             self.node.gateway.add_service(service)
@@ -149,14 +183,34 @@ class Deployer:
 
     async def rollback(self, service: "ServiceRuntime", to: str | None, source: str, deploy_id: str | None = None,
                        start: Callable[[ReleaseRecord, str, str | None], Deploy] | None = None) -> Deploy:
-        target = to or (service.previous[0] if service.previous else "")
-        if not target:
-            kept = await self.store.get_service(service.name)
-            history = [r for r in (kept.history if kept else []) if r != service.release_id]
-            target = history[-1] if history else ""
+        kept = await self.store.get_service(service.name)
+        history = kept.history if kept else []
+        if to:
+            target = resolve_release(service.name, to, history)
+        else:
+            target = service.previous[0] if service.previous else ""
+            if not target:
+                earlier = [r for r in history if r != service.release_id]
+                target = earlier[-1] if earlier else ""
         if not target:
             raise AnycoreError(f"service {service.name} has no earlier release to roll back to — see `anycore releases {service.name}`")
         record = await self.store.get_release(target)
         if record is None:
             raise AnycoreError(f"release {target} is not kept — see `anycore releases {service.name}`")
         return (start or self.start)(record, source, deploy_id)
+
+
+def resolve_release(service: str, given: str, kept: list[str]) -> str:
+    """``--to`` of a rollback: a full id (``shop@3f9a2c1b...``) or a unique prefix of a kept
+    release's hash (``3f9a``, ``shop@3f9a``); ConfigError naming the kept ones otherwise."""
+    name, sep, digest = given.partition("@")
+    if not sep:
+        name, digest = service, given
+    if name != service:
+        raise ConfigError(f"release {given!r} belongs to service {name!r}, not {service!r} — see `anycore releases {service}`")
+    matches = [r for r in kept if r.partition("@")[2].startswith(digest)] if digest else []
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(reversed(kept)) or "none"
+    what = "matches several kept releases" if matches else "is not a kept release"
+    raise ConfigError(f"{given!r} {what} of service {service} (kept: {listed}) — see `anycore releases {service}`")

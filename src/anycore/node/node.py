@@ -30,12 +30,15 @@ from anycore.cluster.agent import ClusterAgent
 from anycore.cluster.control import COMMANDS, Command, NatsAuth, connect, control_subject, deploy_subject, logs_subject
 from anycore.cluster.embedded import EmbeddedNats
 from anycore.cluster.rollout import Rollout
+from anycore.config import _NAME as _SERVICE_NAME
 from anycore.config import Service, ServiceConfig
-from anycore.errors import AnycoreError, ReleaseFailed, UnknownService
+from anycore.errors import AnycoreError, NodeRunning, ReleaseFailed, StorageError, UnknownService
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
 from anycore.node.deployer import Deployer
+from anycore.node.lock import NodeLock
+from anycore.node.storage import StorageHealer
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
 from anycore.release.store import CodeStore, describe
@@ -60,7 +63,8 @@ class Node:
         self.node_id = make_node_id()
         self.log = NodeLog()
         self.gateway = Gateway(self.log, limits or Limits(), access_log)
-        self.embedded = EmbeddedNats(home) if nats_url is None else None
+        self.lock = NodeLock(home)
+        self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None
         self.auth = NatsAuth(nats_url or "", token, creds)
         self.nc: nats.NATS | None = None
         self.services: dict[str, ServiceRuntime] = {}
@@ -69,18 +73,39 @@ class Node:
         self.cluster: ClusterAgent | None = None
         self.rollout: Rollout | None = None
         self.watch = watch
+        self.nats_reconnects = 0
+        self.storage = StorageHealer(self)
         self.gateway.set_node(self.node_id)
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Run the node until ``down``; the exit code: 0 after a clean stop, 1 if an initial
+        service failed to start, 2 for anything else that stopped ``up`` (this home already
+        has a node, the port is taken, NATS refused, a disk error): one line says what to do,
+        and everything started so far is stopped again."""
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.lock.acquire()  # before anything of the home is touched: a second node leaves it alone
+        except NodeRunning as exc:
+            print(f"anycore: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except OSError as exc:
+            print(f"anycore: {StorageError.from_os(f'opening {self.home}', exc)}", file=sys.stderr, flush=True)
+            return 2
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.commands.put_nowait, Command("down", {"signal": signum}))
-        Template.get()  # imports the worker runtime while NATS starts: the first zygote forks from it
         try:
+            Template.get()  # imports the worker runtime while NATS starts: the first zygote forks from it
             await self._start_control()
-            await self.gateway.start(*self.listen)
+            try:
+                await self.gateway.start(*self.listen)
+            except OSError as exc:
+                host, port = self.listen
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise AnycoreError(f"cannot listen on {host}:{port}: {reason} — pick another port "
+                                   f"with --listen HOST:PORT (0 picks a free one), or stop what holds it") from None
             await self.cluster.start()  # type: ignore[union-attr]  # heartbeats name the gateway's URL
             self._write_record()
             self.log.event("node.started", node=self.node_id, gateway=self.gateway.url, nats=self.auth.url, pid=os.getpid())
@@ -90,6 +115,7 @@ class Node:
                     await self._add_service(service)
             else:
                 await self._restore()
+            self.gateway.starting = False
         except ReleaseFailed as exc:
             print(f"anycore: {exc}", file=sys.stderr)
             if exc.traceback:
@@ -97,8 +123,9 @@ class Node:
             print("anycore: fix the error and run `anycore up` again", file=sys.stderr, flush=True)
             await self._shutdown()
             return 1
-        except AnycoreError as exc:
-            print(f"anycore: {exc}", file=sys.stderr, flush=True)
+        except (AnycoreError, OSError) as exc:
+            message = exc if isinstance(exc, AnycoreError) else StorageError.from_os("starting the node", exc)
+            print(f"anycore: {message}", file=sys.stderr, flush=True)
             await self._shutdown()
             return 2
         watcher = asyncio.ensure_future(self._watch(self.watch)) if self.watch else None
@@ -109,6 +136,15 @@ class Node:
             watcher.cancel()
         await self._shutdown()
         return code
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An error no task awaited (e.g. inside nats-py while NATS goes away): one log line,
+        not a traceback on the node's stderr."""
+        exc = context.get("exception")
+        if isinstance(exc, asyncio.CancelledError):
+            return
+        self.log.event("node.unhandled_error", message=str(context.get("message", ""))[:200],
+                       error=repr(exc)[:300] if exc is not None else None)
 
     async def _start_control(self) -> None:
         if self.embedded is not None:
@@ -133,6 +169,7 @@ class Node:
             self.cluster.on_disconnected()
 
     async def _nats_reconnected(self) -> None:
+        self.nats_reconnects += 1
         self.log.event("node.nats_reconnected", nats=self.auth.url)
 
     def _on_deploy_event(self, event: dict[str, Any]) -> None:
@@ -331,6 +368,11 @@ class Node:
                                                   deploy_id=args.get("deploy_id"),
                                                   start=lambda r, s, d: rollout.deploy(r, s, d, deployer.start))
             return {"ok": True, "deploy": deploy.snapshot()}
+        if kind == "recover":
+            return {"ok": True, "message": await self.storage.recover()}
+        if kind == "abort":
+            assert self.deployer is not None
+            return {"ok": True, **(await self.deployer.abort(str(args.get("deploy_id", ""))))}
         if kind == "scale":
             service = self._service(args.get("service"))
             low, high = service.set_limits(args.get("min"), args.get("max"))
@@ -345,6 +387,8 @@ class Node:
     async def _releases(self, name: Any) -> dict[str, Any]:
         assert self.deployer is not None
         store = self.deployer.store
+        if name and not (isinstance(name, str) and _SERVICE_NAME.match(name)):
+            raise UnknownService(str(name), list(self.services))  # not even a valid name (nor a valid KV key)
         kept = await store.get_service(str(name)) if name else None
         if name and kept is None and name not in self.services:
             raise UnknownService(str(name), list(self.services))
@@ -363,16 +407,19 @@ class Node:
 
     # -- shutdown -------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
+        """Stop everything this node started, in reverse order, each step bounded; safe after
+        a start that failed half-way (whatever was not started is skipped)."""
         if self.cluster is not None:
             self.cluster.leave()
         await self.gateway.stop(timeout=SHUTDOWN_GRACE)
         await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
         if self.cluster is not None:
             await self.cluster.close()
-        try:
-            (self.home / "node.json").unlink()
-        except OSError:
-            pass
+        if self.lock.fd >= 0:  # only the lock's holder wrote node.json
+            try:
+                (self.home / "node.json").unlink()
+            except OSError:
+                pass
         if self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.drain(), 2.0)

@@ -139,6 +139,8 @@ def unpack(data: bytes, dest: str) -> None:
             root.mkdir(parents=True)
             tar.extractall(root, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the disk refused (ENOSPC, EIO, ...), not the archive: the caller says so
         raise BundleRefused(f"bundle is not a valid release archive: {exc}") from None
 
 

@@ -61,6 +61,7 @@ class Deploy:
     detail: str = ""
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     task: Any = None  # the executor's task, so a caller can await the whole deploy
+    aborting: bool = False  # an abort cancelled the task (before the shift): not a failure of the release
 
     def __post_init__(self) -> None:
         self.started = self.phase_started = self.clock()

@@ -5,6 +5,11 @@
   A fetched bundle is unpacked into a temporary directory, hashed again with its config,
   and only renamed into the cache if the hash matches: a cached release is always whole
   and verified.
+- I/O errors: a write the disk refuses, here (the cache) or in JetStream's own store (the
+  nats-server answers with the OS's reason), becomes one ``StorageError`` naming the cause.
+  The cache cannot hold a half-written release (staging + rename); an Object Store object
+  without its meta entry (an upload cut short) is not seen by ``has_bundle`` and is simply
+  uploaded again.
 - Release records (``anycore_releases``, key ``<service>.<hash>``) say what a release is:
   its config, where it was deployed from and when. The service record (``anycore_services``,
   key ``<service>``) holds the live release and the history of kept releases, newest last.
@@ -12,21 +17,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
 
 from anycore.cluster.jetstream import create_replicated
 from anycore.config import ServiceConfig
-from anycore.errors import BundleRefused
+from anycore.errors import BundleRefused, ConfigError, StorageError
 from anycore.release.bundle import release_id, unpack
 
 CODE_BUCKET = "anycore_code"
@@ -52,8 +58,38 @@ class ServiceRecord(msgspec.Struct, kw_only=True):
     history: list[str] = msgspec.field(default_factory=list)  # oldest first, live included
 
 
+# What nats-server says when its store refused a write (its text is the OS's reason).
+STORE_FAILURES = ("no space left", "read-only file system", "input/output error", "permission denied",
+                  "disk quota", "insufficient resources", "critical write error")
+
+
+def storage_error(what: str, exc: BaseException) -> StorageError | None:
+    """``exc`` as a StorageError if it is a disk's refusal (local, or reported by JetStream)."""
+    if isinstance(exc, OSError):
+        return StorageError.from_os(what, exc)
+    if isinstance(exc, APIError):
+        text = exc.description or ""
+        if any(t in text.lower() for t in STORE_FAILURES):
+            return StorageError(f"{what} (JetStream's store)", text)
+    return None
+
+
+@contextlib.contextmanager
+def _storing(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, APIError) as exc:
+        error = storage_error(what, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
 def _hash(release: str) -> str:
-    return release.split("@", 1)[1]
+    name, sep, digest = release.partition("@")
+    if not (name and sep and digest):
+        raise ConfigError(f"{release!r} is not a release id (SERVICE@HASH, e.g. shop@3f9a2c1b) — see `anycore releases`")
+    return digest
 
 
 class CodeStore:
@@ -91,7 +127,8 @@ class CodeStore:
 
     async def put_bundle(self, release: str, data: bytes) -> None:
         if not await self.has_bundle(release):
-            await self.objects.put(_hash(release), data)
+            with _storing(f"uploading {release} to the code store"):
+                await self.objects.put(_hash(release), data)
 
     def cached(self, release: str) -> Path | None:
         assert self.cache is not None, "the CLI's store has no cache"
@@ -108,9 +145,15 @@ class CodeStore:
         except (ObjectNotFoundError, NotFoundError):
             raise BundleRefused(f"release {record.id} is not in the code store — deploy it again from its directory") from None
         assert self.cache is not None
+        with _storing(f"unpacking {record.id} into the release cache"):
+            return self._unpack(record, result.data)
+
+    def _unpack(self, record: ReleaseRecord, data: bytes) -> Path:
+        """Unpack into a staging directory, verify, rename into place: all or nothing."""
+        assert self.cache is not None
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.cache))
         try:
-            unpack(result.data, str(staging / "code"))
+            unpack(data, str(staging / "code"))
             actual = release_id(str(staging / "code"), record.config)
             if actual != record.id:
                 raise BundleRefused(f"release {record.id}: the fetched bundle hashes to {actual}; refusing it")
@@ -122,7 +165,8 @@ class CodeStore:
 
     # -- records -------------------------------------------------------------------------
     async def put_release(self, record: ReleaseRecord) -> None:
-        await self.releases.put(f"{record.service}.{_hash(record.id)}", msgspec.json.encode(record))
+        with _storing(f"recording release {record.id}"):
+            await self.releases.put(f"{record.service}.{_hash(record.id)}", msgspec.json.encode(record))
 
     async def get_release(self, release: str) -> ReleaseRecord | None:
         service = release.split("@", 1)[0]
@@ -157,7 +201,8 @@ class CodeStore:
         record.history.append(release)
         dropped = record.history[:-KEEP]
         record.history = record.history[-KEEP:]
-        await self.services.put(name, msgspec.json.encode(record))
+        with _storing(f"recording {release} as live"):
+            await self.services.put(name, msgspec.json.encode(record))
         for old in dropped:
             await self._forget(old)
         return dropped
@@ -166,7 +211,8 @@ class CodeStore:
         record = await self.get_service(name)
         if record is not None:
             record.stopped = stopped
-            await self.services.put(name, msgspec.json.encode(record))
+            with _storing(f"recording service {name} as {'stopped' if stopped else 'started'}"):
+                await self.services.put(name, msgspec.json.encode(record))
 
     async def _forget(self, release: str) -> None:
         """Garbage-collect a release that fell out of the kept history."""

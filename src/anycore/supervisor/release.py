@@ -34,6 +34,7 @@ from anycore.errors import ReleaseFailed
 from anycore.lifecycle import Lifecycle, ReleaseState, WorkerState
 from anycore.log import NodeLog, pump_output
 from anycore.scaler.core import Limits, Scaler
+from anycore.supervisor.oom import OomCounter
 from anycore.supervisor.policy import RestartPolicy
 from anycore.supervisor.worker import WorkerHandle
 from anycore.supervisor.zygote import ZygoteHandle, start_zygote
@@ -53,19 +54,6 @@ def describe_exit(status: int) -> str:
     if os.WIFEXITED(status):
         return f"exit code {os.WEXITSTATUS(status)}"
     return f"wait status {status}"
-
-
-def oom_kills() -> int:
-    """The cgroup's OOM-kill counter, to tell an OOM kill from another SIGKILL."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith("oom_kill "):
-                        return int(line.split()[1])
-        except OSError:
-            continue
-    return 0
 
 
 def scaler_limits(config: ServiceConfig, override: tuple[int, int] | None = None) -> Limits:
@@ -98,8 +86,10 @@ class ReleaseSupervisor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
         self._housekeeping: asyncio.Task[None] | None = None
-        self._oom_baseline = oom_kills()
+        self._oom = OomCounter()
+        self._oom.watch("self")  # the node's memory cgroup; the zygote's is added once it runs
         self._tick = min(1.0, config.hang_timeout / 4)
+        self._stopping = False  # _stop_processes began: a zygote that goes now is not replaced
 
     @property
     def name(self) -> str:
@@ -115,16 +105,10 @@ class ReleaseSupervisor:
         """Import the code and warm ``target`` workers; raises ReleaseFailed on any failure.
 
         The warm workers are ready but take no traffic until ``promote`` (the shift)."""
-        out_node, out_child = socket.socketpair()
-        self.zygote = start_zygote(
-            self.release, self.directory, self.config.entry, self.config.env, self.config.slots, self._tick,
-            self.config.readiness, self._on_forked, self._on_exited, out_child.fileno(),
-            sessions=[route.handler for route in self.config.session_routes().values()],
-        )
-        out_child.close()
-        self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
+        self._start_zygote()
         try:
             await asyncio.wait_for(asyncio.shield(self.zygote.ready), self.config.startup_timeout)
+            self._oom.watch(self.zygote.pid)
             self.log.event("release.imported", self.name, release=self.release, zygote_pid=self.zygote.pid, kind=self.zygote.kind)
             if on_imported is not None:
                 on_imported()
@@ -136,6 +120,49 @@ class ReleaseSupervisor:
             await self._fail(f"not ready within startup_timeout={self.config.startup_timeout}s")
         except ReleaseFailed as exc:
             await self._fail(exc.reason, exc.traceback)
+
+    def _start_zygote(self) -> None:
+        out_node, out_child = socket.socketpair()
+        self.zygote = start_zygote(
+            self.release, self.directory, self.config.entry, self.config.env, self.config.slots, self._tick,
+            self.config.readiness, self._on_forked, self._on_exited, out_child.fileno(),
+            sessions=[route.handler for route in self.config.session_routes().values()],
+        )
+        out_child.close()
+        self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
+
+    def _watch_zygote(self) -> None:
+        zygote = self.zygote
+        assert zygote is not None
+        zygote.gone.add_done_callback(lambda _: self._zygote_gone(zygote))
+
+    def _zygote_gone(self, zygote: ZygoteHandle) -> None:
+        """A live release lost its zygote (killed; its workers die with it, PR_SET_PDEATHSIG):
+        start a new one; the workers' restarts then fork from it."""
+        if self.life.state is not ReleaseState.LIVE or zygote is not self.zygote or self._stopping:
+            return
+        self.log.event("release.zygote_lost", self.name, release=self.release, zygote_pid=zygote.pid,
+                       action="starting a new zygote")
+        self._spawn_task(self._restart_zygote())
+
+    async def _restart_zygote(self) -> None:
+        delay = self.policy.on_crash(self.loop.time(), 0.0).delay
+        await asyncio.sleep(delay)
+        if self.life.state is not ReleaseState.LIVE or self._stopping:
+            return
+        self._start_zygote()
+        assert self.zygote is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self.zygote.ready), self.config.startup_timeout)
+        except (ReleaseFailed, asyncio.TimeoutError) as exc:
+            self.log.event("release.zygote_failed", self.name, release=self.release, error=str(exc)[:300])
+            self._zygote_gone(self.zygote)  # try again, with the policy's backoff
+            return
+        self._oom.watch(self.zygote.pid)
+        self._watch_zygote()
+        self.log.event("release.zygote_restarted", self.name, release=self.release, zygote_pid=self.zygote.pid)
+        for _ in range(max(0, self.target - self.live_count() - self.pending_restarts)):
+            self._start_worker()
 
     async def run_hook(self, context: dict[str, object]) -> None:
         """Run the release's migration hook in a child of its zygote; ReleaseFailed if it fails."""
@@ -161,6 +188,7 @@ class ReleaseSupervisor:
         """The shift: this release is live; its workers take traffic and are restarted if they die."""
         self.life.to(ReleaseState.LIVE)
         self.live_since = self.loop.time()
+        self._watch_zygote()
         self._housekeeping = asyncio.ensure_future(self._housekeep())
 
     async def _fail(self, reason: str, traceback: str = "") -> None:
@@ -261,10 +289,8 @@ class ReleaseSupervisor:
         worker.exit_status = status
         cause = describe_exit(status)
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not worker.killed_by_us:
-            ooms = oom_kills()
-            if ooms > self._oom_baseline:
+            if self._oom.moved():
                 cause = "killed by the kernel's OOM killer (SIGKILL)"
-            self._oom_baseline = ooms
         if worker.killed_by_us:
             cause += f" ({worker.killed_by_us})"
         worker.exit_cause = cause
@@ -274,6 +300,8 @@ class ReleaseSupervisor:
             self._forget(worker)
 
     def _forget(self, worker: WorkerHandle) -> None:
+        if not worker.exited.done():
+            worker.exited.set_result(None)  # its exit status will not come (its zygote died with it): nothing to wait for
         if self.workers.pop(worker.id, None) is None:
             return
         self.by_pid.pop(worker.pid, None)
@@ -408,6 +436,7 @@ class ReleaseSupervisor:
             self.log.event("release.retired", self.name, release=self.release)
 
     async def _stop_processes(self, timeout: float, on_drained: Callable[[], None] | None = None) -> None:
+        self._stopping = True
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         workers = list(self.workers.values())

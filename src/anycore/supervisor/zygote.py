@@ -27,6 +27,7 @@ from typing import Any, Callable
 import msgspec
 
 from anycore.errors import ReleaseFailed
+from anycore.supervisor import pdeathsig
 
 
 def read_message(control: socket.socket) -> list[Any] | None:
@@ -82,6 +83,7 @@ class Template:
             [sys.executable, "-c", f"import os; os.dup2({template_end.fileno()}, 3); "
              "from anycore.worker.template import main; main()"],
             pass_fds=(template_end.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
+            preexec_fn=pdeathsig.preexec(),
         )
         template_end.close()
         node_end.setblocking(False)
@@ -270,7 +272,7 @@ def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], 
         [sys.executable, "-c", f"import os; os.dup2({zygote_end.fileno()}, 3); "
          "from anycore.worker.zygote import main; main()", spec],
         cwd=directory, env=child_env, pass_fds=(zygote_end.fileno(),), start_new_session=True,
-        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout,
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout, preexec_fn=pdeathsig.preexec(),
     )
     zygote_end.close()
     return ZygoteHandle(release, process, node_end, on_forked, on_exited)

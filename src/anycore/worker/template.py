@@ -28,6 +28,8 @@ import sys
 
 import msgspec
 
+from anycore.supervisor import pdeathsig
+
 CONTROL_FD = 3
 
 
@@ -69,6 +71,7 @@ def main() -> None:
 def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], control: socket.socket,
            wake_r: int, wake_w: int) -> int:
     zygote_control, stdout = fds
+    template = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -92,6 +95,7 @@ def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], contr
             sys.argv = ["anycore-zygote", spec]
             from anycore.worker.zygote import main as zygote_main
 
+            pdeathsig.arm(template)  # last: a change of user before this would clear it
             zygote_main()
             code = 0
         except SystemExit as exc:

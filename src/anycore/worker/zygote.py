@@ -31,6 +31,8 @@ from typing import Any
 
 import msgspec
 
+from anycore.supervisor import pdeathsig
+
 CONTROL_FD = 3
 
 
@@ -151,8 +153,10 @@ class HookContext:
 def _hook(entry: str, context: dict[str, Any], fds: list[int], control: socket.socket, wake_r: int, wake_w: int) -> None:
     """Run the release's migration hook once, in a child of this zygote (a process of the new release)."""
     result_fd, log_fd = fds
+    zygote = os.getpid()
     pid = os.fork()
     if pid == 0:
+        pdeathsig.arm(zygote)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         control.close()
@@ -186,8 +190,10 @@ def _hook(entry: str, context: dict[str, Any], fds: list[int], control: socket.s
 def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: str, handlers: dict[str, Any],
           control: socket.socket, wake_r: int, wake_w: int, send: Any) -> None:
     data_fd, log_fd = fds
+    zygote = os.getpid()
     pid = os.fork()
     if pid == 0:
+        pdeathsig.arm(zygote)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
