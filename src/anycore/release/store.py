@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +27,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError,
 from anycore.cluster.jetstream import create_replicated
 from anycore.config import ServiceConfig
 from anycore.errors import BundleRefused
-from anycore.release.bundle import release_id, unpack
+from anycore.release.bundle import release_id, remove_tree, seal, unpack
 
 CODE_BUCKET = "anycore_code"
 RELEASES_BUCKET = "anycore_releases"
@@ -114,11 +114,12 @@ class CodeStore:
             actual = release_id(str(staging / "code"), record.config)
             if actual != record.id:
                 raise BundleRefused(f"release {record.id}: the fetched bundle hashes to {actual}; refusing it")
+            await asyncio.get_running_loop().run_in_executor(None, seal, str(staging / "code"))
             target = self.cache / record.id
             (staging / "code").rename(target)
             return target
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
 
     # -- records -------------------------------------------------------------------------
     async def put_release(self, record: ReleaseRecord) -> None:
@@ -179,7 +180,7 @@ class CodeStore:
         except Exception:
             pass
         if self.cache is not None:
-            shutil.rmtree(self.cache / release, ignore_errors=True)
+            remove_tree(self.cache / release)
 
 
 def now() -> float:

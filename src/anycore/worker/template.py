@@ -9,12 +9,12 @@ the release's own code. Like a zygote, the template never starts a loop or a thr
 what it forks is clean.
 
 Control messages (msgpack arrays over a SOCK_SEQPACKET socket on fd ``CONTROL_FD``):
-  node -> template   ["spawn", spec_json, directory, env]  with two fds: the zygote's control
-                     socket and its stdout/stderr
+  node -> template   ["spawn", spec_json, directory, env, uid, gid]  with two fds: the zygote's
+                     control socket and its stdout/stderr (uid/gid None: stay the node's user)
   template -> node   ["spawned", pid]
                      ["exited", pid, wait_status]   a zygote was reaped
-The zygote child starts a session of its own, takes the release directory as cwd and
-exactly the env it is given, puts its control socket on fd 3, and runs
+The zygote child starts a session of its own, drops to the service's user (when the node is
+root), takes the release directory as cwd and exactly the env it is given, puts its control socket on fd 3, and runs
 ``anycore.worker.zygote.main`` as a fresh zygote would.
 """
 
@@ -62,12 +62,13 @@ def main() -> None:
                 os._exit(0)  # the node is gone; zygotes notice their own control sockets
             message = msgspec.msgpack.decode(data)
             if message[0] == "spawn":
-                pid = _spawn(message[1], message[2], message[3], fds, control, wake_r, wake_w)
+                uid, gid = (message[4], message[5]) if len(message) > 5 else (None, None)
+                pid = _spawn(message[1], message[2], message[3], fds, control, wake_r, wake_w, uid, gid)
                 send("spawned", pid)
 
 
 def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], control: socket.socket,
-           wake_r: int, wake_w: int) -> int:
+           wake_r: int, wake_w: int, uid: int | None = None, gid: int | None = None) -> int:
     zygote_control, stdout = fds
     pid = os.fork()
     if pid == 0:
@@ -79,6 +80,9 @@ def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], contr
             os.close(wake_r)
             os.close(wake_w)
             os.setsid()
+            from anycore.supervisor.launch import drop_privileges
+
+            drop_privileges(uid, gid)  # before anything of the service runs
             os.chdir(directory)
             os.environ.clear()
             os.environ.update(env)

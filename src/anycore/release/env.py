@@ -1,0 +1,457 @@
+"""A release's Python environment: declared dependencies, resolved with uv, shared by hash.
+
+How it works. A service directory may declare dependencies (``requirements.txt``, or
+``[project] dependencies`` in ``pyproject.toml``). The node builds a virtual environment
+for them with uv and runs the release's zygote on its interpreter. The environment holds
+the service's packages *and* anycore's worker runtime: the runtime's distributions
+(``RUNTIME``) are not downloaded again but linked, file by file, from the node's own
+environment into the new one's site-packages with their ``dist-info``, so uv sees them as
+installed; their exact versions are passed as constraints. So the app and the runtime are
+resolved together, and an app needing another ``msgspec`` fails in uv's resolver with its
+own explanation. Links are per file (never a linked directory), so nothing uv could ever
+remove from the new environment touches the node's files; the node's environment never
+gains a package.
+
+Keys. The *spec* is what the release declares plus where it runs: (Python, platform,
+runtime pins, the declared requirements). The *environment* is keyed by what the spec
+resolved to: (Python, platform, runtime pins, the installed set). ``specs/<spec>`` maps one
+to the other, so a redeploy with the same declaration is a file read (a cache hit costs
+no resolver run), and two declarations that resolve to the same set share one
+environment. In a cluster the first node that resolves a spec records the resolved set in
+the KV bucket ``anycore_envs``; every other node installs exactly that set (a node whose
+index lacks one of its packages fails the build and so its prepare vote).
+
+Builds go to ``envs/.build-*`` and are renamed into place when complete (venvs are made
+``--relocatable``), so an environment directory is always whole. ``uses/<release>`` records
+which environment a cached release runs on; an environment no kept release uses is
+removed by ``collect``. Index settings (``IndexSettings``) reach uv through its environment
+variables, never its command line (readable by every local user) nor the release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import sys
+import sysconfig
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from anycore.errors import ReleaseFailed
+
+# What a worker imports from the node's environment (anycore.worker.* and its imports).
+RUNTIME = ("anycore", "msgspec", "uvloop", "a2wsgi")
+BUILD_TIMEOUT = 600.0
+_CREDENTIALS = re.compile(r"(\w[\w+.-]*://)[^/@\s]+@")
+
+
+class EnvBuildFailed(ReleaseFailed):
+    pass
+
+
+def redact(text: str) -> str:
+    """``https://user:secret@host/`` -> ``https://***@host/``: credentials never reach a log."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+# -- what a release declares (pure) ---------------------------------------------------------
+
+def declared(directory: str) -> str:
+    """The declared requirements as requirements-file text ("" when none are declared).
+
+    ``requirements.txt`` wins (with the files it includes by ``-r``/``-c``, inlined so the
+    spec covers them); else ``pyproject.toml``'s ``[project] dependencies``."""
+    root = Path(directory)
+    req = root / "requirements.txt"
+    if req.is_file():
+        return _inline(req, root, depth=0)
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            deps = tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", [])
+        except tomllib.TOMLDecodeError as exc:
+            raise ReleaseFailed(root.name, f"pyproject.toml is not valid TOML: {exc}") from None
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            raise ReleaseFailed(root.name, "pyproject.toml: [project] dependencies must be a list of strings")
+        return "".join(f"{d}\n" for d in deps)
+    return ""
+
+
+def _inline(path: Path, root: Path, depth: int) -> str:
+    lines = []
+    for raw in path.read_text().splitlines():
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        option = re.match(r"^(-r|--requirement|-c|--constraint)\s*=?\s*(\S+)$", line)
+        if option and depth < 5:
+            included = (path.parent / option.group(2)).resolve()
+            if included.is_relative_to(root.resolve()) and included.is_file():
+                prefix = "" if option.group(1) in ("-r", "--requirement") else "# constraint\n"
+                lines.append(prefix + _inline(included, root, depth + 1).rstrip("\n"))
+                continue
+        lines.append(line)
+    return "".join(f"{line}\n" for line in lines)
+
+
+def interpreter_tag() -> str:
+    return f"{sys.implementation.name}-{platform.python_version()}{sys.abiflags}-{sysconfig.get_platform()}"
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def spec_key(tag: str, runtime: list[str], requirements: str) -> str:
+    return _digest("spec", tag, "\n".join(runtime), requirements)
+
+
+def env_key(tag: str, runtime: list[str], resolved: list[str]) -> str:
+    return _digest("env", tag, "\n".join(runtime), "\n".join(sorted(resolved)))
+
+
+def runtime_pins() -> list[str]:
+    """``name==version`` of the worker runtime's distributions in the node's environment."""
+    pins = []
+    for name in RUNTIME:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def parse_installed(output: str) -> list[str]:
+    """``+ greet==1.0`` lines of ``uv pip install`` -> ``["greet==1.0"]``."""
+    return [m.group(1) for m in re.finditer(r"^\s*\+\s+(\S+)", output, re.MULTILINE)]
+
+
+def resolved_set(freeze: str) -> list[str]:
+    """The app's part of ``uv pip freeze``: the runtime's (linked) distributions left out."""
+    runtime = {n.replace("_", "-") for n in RUNTIME}
+    keep = []
+    for line in freeze.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = re.split(r"[=<>!~ @;\[]", line.removeprefix("-e "), maxsplit=1)[0].lower().replace("_", "-")
+        if line.startswith("-e ") and "anycore" in line or name in runtime:
+            continue
+        keep.append(line)
+    return sorted(keep)
+
+
+# -- settings and results ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Where uv finds packages on this node (``anycore up --index-url/--extra-index-url/
+    --find-links/--no-index``). Given to uv as environment variables only."""
+
+    index_url: str = ""
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+
+    def uv_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.index_url:
+            env["UV_DEFAULT_INDEX"] = self.index_url
+        if self.extra_index_urls:
+            env["UV_INDEX"] = " ".join(self.extra_index_urls)
+        if self.find_links:
+            env["UV_FIND_LINKS"] = ",".join(self.find_links)
+        if self.no_index:
+            env["UV_NO_INDEX"] = "1"
+        return env
+
+
+@dataclass
+class EnvInfo:
+    hash: str
+    path: str
+    python: str
+    packages: list[str]
+    size: int = 0
+    built_s: float = 0.0
+
+    @classmethod
+    def load(cls, path: Path) -> "EnvInfo | None":
+        try:
+            data = json.loads((path / "anycore-env.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(**data)
+
+    def summary(self) -> dict[str, Any]:
+        return {"hash": self.hash, "packages": len(self.packages), "size_mib": round(self.size / 2**20, 1)}
+
+
+@dataclass
+class EnvResult:
+    info: EnvInfo
+    cache_hit: bool
+    installed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        i = self.info
+        if self.cache_hit:
+            return f"cache hit: environment {i.hash} ({len(i.packages)} packages), no build"
+        listed = ", ".join(self.installed[:8]) + (f" and {len(self.installed) - 8} more" if len(self.installed) > 8 else "")
+        return (f"built environment {i.hash} in {self.seconds:.2f}s: installed {len(self.installed)} packages"
+                + (f" ({listed})" if listed else "") + f", {len(i.packages)} in all")
+
+
+class LockStore(Protocol):
+    """Cluster-wide record of what a spec resolved to (KV ``anycore_envs``; a dict in tests)."""
+
+    async def get(self, spec: str) -> list[str] | None: ...
+    async def create(self, spec: str, resolved: list[str]) -> list[str]:
+        """Record ``resolved`` unless another node did first; returns the recorded set."""
+        ...
+
+
+# -- the executor ------------------------------------------------------------------------------
+
+class Environments:
+    """The node's environments under ``root`` (``$ANYCORE_HOME/envs``)."""
+
+    def __init__(self, root: Path, index: IndexSettings | None = None, locks: LockStore | None = None,
+                 uv: str | None = None, python: str = sys.executable) -> None:
+        self.root = root
+        self.index = index or IndexSettings()
+        self.locks = locks
+        self.python = python
+        self.tag = interpreter_tag()
+        self.runtime = runtime_pins()
+        self._uv = uv
+        self._builds: dict[str, asyncio.Future[EnvResult]] = {}
+
+    @property
+    def uv(self) -> str:
+        if self._uv is None:
+            import uv as uv_package
+
+            self._uv = uv_package.find_uv_bin()
+        return self._uv
+
+    def _dirs(self) -> None:
+        for sub in ("specs", "uses"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def lookup(self, spec: str) -> EnvInfo | None:
+        """The environment a spec resolved to earlier on this node, if it is still whole."""
+        try:
+            env_hash = (self.root / "specs" / spec).read_text().strip()
+        except OSError:
+            return None
+        return EnvInfo.load(self.root / env_hash)
+
+    async def ensure(self, release: str, directory: str, on_progress: Callable[[str], None] | None = None) -> EnvResult | None:
+        """The release's environment, built if needed; None if it declares no dependencies.
+        Raises EnvBuildFailed with uv's explanation."""
+        requirements = declared(directory)
+        if not requirements:
+            return None
+        self._dirs()
+        spec = spec_key(self.tag, self.runtime, requirements)
+        started = time.monotonic()
+        info = self.lookup(spec)
+        if info is not None:
+            result = EnvResult(info, cache_hit=True, seconds=time.monotonic() - started)
+        else:
+            # Two deploys of one spec at once build it once.
+            pending = self._builds.get(spec)
+            if pending is None:
+                pending = asyncio.ensure_future(self._build(release, spec, requirements, directory, on_progress))
+                self._builds[spec] = pending
+                pending.add_done_callback(lambda _: self._builds.pop(spec, None))
+            result = await asyncio.shield(pending)
+        self._write(self.root / "uses" / release, result.info.hash)
+        return result
+
+    def used_by(self, release: str) -> EnvInfo | None:
+        try:
+            return EnvInfo.load(self.root / (self.root / "uses" / release).read_text().strip())
+        except OSError:
+            return None
+
+    async def _build(self, release: str, spec: str, requirements: str, directory: str,
+                     on_progress: Callable[[str], None] | None) -> EnvResult:
+        started = time.monotonic()
+        locked = await self.locks.get(spec) if self.locks is not None else None
+        build = self.root / f".build-{secrets.token_hex(4)}"
+        try:
+            await self._uv_run(release, ["venv", "--quiet", "--relocatable", "--python", self.python, str(build)], directory)
+            site = _site_packages(build)
+            _link_runtime(site)
+            (build / "anycore-runtime.txt").write_text("".join(f"{p}\n" for p in self.runtime))
+            req = build / "anycore-requirements.txt"
+            req.write_text("".join(f"{p}\n" for p in locked) if locked is not None else requirements)
+            if on_progress is not None:
+                on_progress("resolving and installing with uv" + (" (the set recorded by the cluster)" if locked else ""))
+            out = await self._uv_run(release, ["pip", "install", "--python", str(build / "bin" / "python"),
+                                               "-r", str(req), "-c", str(build / "anycore-runtime.txt")], directory)
+            installed = parse_installed(out)
+            resolved = resolved_set(await self._uv_run(release, ["pip", "freeze", "--python", str(build / "bin" / "python")],
+                                                       directory))
+            if locked is None and self.locks is not None:
+                recorded = await self.locks.create(spec, resolved)
+                if recorded != resolved:  # another node resolved it first, to another set: use theirs
+                    shutil.rmtree(build, ignore_errors=True)
+                    return await self._build(release, spec, requirements, directory, on_progress)
+            env_hash = env_key(self.tag, self.runtime, resolved)
+            target = self.root / env_hash
+            info = EnvInfo.load(target)
+            if info is None:
+                info = EnvInfo(env_hash, str(target), str(target / "bin" / "python"), resolved, _size(build),
+                               round(time.monotonic() - started, 3))
+                (build / "anycore-env.json").write_text(json.dumps(info.__dict__))
+                shutil.rmtree(target, ignore_errors=True)
+                build.rename(target)
+            self._write(self.root / "specs" / spec, env_hash)
+            return EnvResult(info, cache_hit=False, installed=installed, seconds=time.monotonic() - started)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+
+    async def _uv_run(self, release: str, args: list[str], cwd: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+        env.update(self.index.uv_env())
+        env["UV_NO_PROGRESS"] = "1"
+        # A service user cannot write __pycache__ into the environment: compile at install.
+        env["UV_COMPILE_BYTECODE"] = "1"
+        proc = await asyncio.create_subprocess_exec(self.uv, *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            proc.kill()
+            await proc.wait()
+            raise
+        text = redact((out + err).decode(errors="replace"))
+        if proc.returncode != 0:
+            lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Using Python")]
+            raise EnvBuildFailed(release, "its environment could not be built: " + " ".join(
+                ln.strip() for ln in lines[-8:]) + " — fix the declared requirements, or the node's index "
+                "settings (--index-url, --find-links)")
+        return text
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    # -- garbage collection ------------------------------------------------------------------
+    def collect(self, kept_releases: set[str], in_use: set[str]) -> list[str]:
+        """Remove the environments that no kept release uses and no running release runs on."""
+        if not self.root.is_dir():
+            return []
+        keep = set(in_use)
+        uses = self.root / "uses"
+        for record in (uses.iterdir() if uses.is_dir() else []):
+            if record.name in kept_releases:
+                keep.add(record.read_text().strip())
+            else:
+                record.unlink(missing_ok=True)
+        removed = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or path.name in ("specs", "uses") or path.name in keep:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        specs = self.root / "specs"
+        for record in (specs.iterdir() if specs.is_dir() else []):
+            if record.read_text().strip() in removed:
+                record.unlink(missing_ok=True)
+        return removed
+
+
+def _site_packages(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python*/site-packages"))
+    if not found:
+        raise EnvBuildFailed(venv.name, f"uv made no site-packages in {venv}")
+    return found[0]
+
+
+def _link_runtime(site: Path) -> None:
+    """Link each file of the runtime's distributions into ``site`` (see the module's header)."""
+    for name in RUNTIME:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for entry in dist.files or []:
+            rel = str(entry)
+            if rel.startswith("..") or os.path.isabs(rel):
+                continue  # scripts in bin/: the environment runs no runtime command
+            source = Path(str(dist.locate_file(entry)))
+            out = site / rel
+            if not source.exists() or out.exists():
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.symlink_to(source)
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class KvLocks:
+    """``LockStore`` on the KV bucket ``anycore_envs`` (key: spec hash, value: the resolved set)."""
+
+    BUCKET = "anycore_envs"
+
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: Any) -> "KvLocks":
+        from nats.js.api import KeyValueConfig
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+
+        from anycore.cluster.jetstream import create_replicated
+
+        try:
+            kv = await js.key_value(cls.BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            kv = await create_replicated(lambda n: js.create_key_value(KeyValueConfig(bucket=cls.BUCKET, history=1, replicas=n)))
+        return cls(kv)
+
+    async def get(self, spec: str) -> list[str] | None:
+        from nats.js.errors import KeyNotFoundError, NotFoundError
+
+        try:
+            entry = await self.kv.get(spec)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        return json.loads(entry.value) if entry.value else None
+
+    async def create(self, spec: str, resolved: list[str]) -> list[str]:
+        try:
+            await self.kv.create(spec, json.dumps(resolved).encode())
+            return resolved
+        except Exception:  # another node recorded it first (KeyWrongLastSequenceError): theirs wins
+            recorded = await self.get(spec)
+            return recorded if recorded is not None else resolved
