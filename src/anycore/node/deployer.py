@@ -26,6 +26,8 @@ import asyncio
 import os
 import secrets
 import sys
+import sysconfig
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from anycore.config import Service
@@ -175,7 +177,8 @@ class Deployer:
             self.node.log.event("release.user_ignored", record.service, release=record.id, reason=ignored)
         uid, gid = resolve_user(user) if user else (None, None)
         if uid:
-            check_reachable(self.node.home, user)
+            for path in (self.node.home, Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"])):
+                check_reachable(path, user)
         data = prepare_data_dir(self.node.home, record.service, uid, gid)
         variables = {"ANYCORE_SERVICE": record.service, "ANYCORE_DATA_DIR": str(data)}
         if uid is not None and uid != os.geteuid():  # its own home: the node's is closed to it

@@ -148,7 +148,7 @@ def resolved_set(freeze: str) -> list[str]:
         if not line or line.startswith("#"):
             continue
         name = re.split(r"[=<>!~ @;\[]", line.removeprefix("-e "), maxsplit=1)[0].lower().replace("_", "-")
-        if line.startswith("-e ") and "anycore" in line or name in runtime:
+        if line.startswith("-e ") or name in runtime:  # editables: only the runtime's (anycore from source)
             continue
         keep.append(line)
     return sorted(keep)
@@ -197,7 +197,7 @@ class EnvInfo:
         return cls(**data)
 
     def summary(self) -> dict[str, Any]:
-        return {"hash": self.hash, "packages": len(self.packages), "size_mib": round(self.size / 2**20, 1)}
+        return {"hash": self.hash, "packages": len(self.packages), "size_mib": round(self.size / 2**20, 2)}
 
 
 @dataclass
@@ -304,11 +304,12 @@ class Environments:
             req.write_text("".join(f"{p}\n" for p in locked) if locked is not None else requirements)
             if on_progress is not None:
                 on_progress("resolving and installing with uv" + (" (the set recorded by the cluster)" if locked else ""))
-            out = await self._uv_run(release, ["pip", "install", "--python", str(build / "bin" / "python"),
-                                               "-r", str(req), "-c", str(build / "anycore-runtime.txt")], directory)
-            installed = parse_installed(out)
-            resolved = resolved_set(await self._uv_run(release, ["pip", "freeze", "--python", str(build / "bin" / "python")],
-                                                       directory))
+            _, err = await self._uv_run(release, ["pip", "install", "--python", str(build / "bin" / "python"),
+                                                  "-r", str(req), "-c", str(build / "anycore-runtime.txt")], directory)
+            installed = parse_installed(err)
+            freeze, _ = await self._uv_run(release, ["pip", "freeze", "--exclude-editable", "--python",
+                                                     str(build / "bin" / "python")], directory)
+            resolved = resolved_set(freeze)
             if locked is None and self.locks is not None:
                 recorded = await self.locks.create(spec, resolved)
                 if recorded != resolved:  # another node resolved it first, to another set: use theirs
@@ -328,7 +329,8 @@ class Environments:
         finally:
             shutil.rmtree(build, ignore_errors=True)
 
-    async def _uv_run(self, release: str, args: list[str], cwd: str) -> str:
+    async def _uv_run(self, release: str, args: list[str], cwd: str) -> tuple[str, str]:
+        """Run uv; (stdout, stderr), credentials redacted; EnvBuildFailed with its explanation."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
         env.update(self.index.uv_env())
         env["UV_NO_PROGRESS"] = "1"
@@ -342,13 +344,13 @@ class Environments:
             proc.kill()
             await proc.wait()
             raise
-        text = redact((out + err).decode(errors="replace"))
+        stdout, stderr = redact(out.decode(errors="replace")), redact(err.decode(errors="replace"))
         if proc.returncode != 0:
-            lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Using Python")]
+            lines = [ln for ln in (stdout + stderr).splitlines() if ln.strip() and not ln.startswith("Using Python")]
             raise EnvBuildFailed(release, "its environment could not be built: " + " ".join(
                 ln.strip() for ln in lines[-8:]) + " — fix the declared requirements, or the node's index "
                 "settings (--index-url, --find-links)")
-        return text
+        return stdout, stderr
 
     @staticmethod
     def _write(path: Path, text: str) -> None:
