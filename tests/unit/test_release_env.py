@@ -89,7 +89,7 @@ def test_secure_home_closes_all_but_what_services_need(tmp_path):
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     assert mode(home) == 0o711
     assert mode(home / "token") == 0o600 and mode(home / "nats") & 0o077 == 0 and mode(home / "run") & 0o077 == 0
-    assert mode(home / "releases") & 0o005 == 0o005
+    assert mode(home / "releases") == 0o711 and mode(home / "envs") == 0o711
 
 
 def test_seal_compiles_and_makes_read_only_without_changing_the_release_id(tmp_path):

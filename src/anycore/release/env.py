@@ -250,6 +250,8 @@ class Environments:
         return self._uv
 
     def _dirs(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)  # a service reaches its environment by path, lists none
         for sub in ("specs", "uses"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 

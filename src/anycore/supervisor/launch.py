@@ -13,9 +13,10 @@ must reach none of it. So:
   right after it is forked, before any of the service's code runs; its workers inherit it.
   A node running as another user runs services as itself (it cannot switch), and a
   ``user`` key is then ignored with a logged event.
-- ``$ANYCORE_HOME`` becomes 0711: a service user can reach the paths it is given (its
-  release, its environment, its data directory) but cannot list the home, and everything
-  in it but ``releases/``, ``envs/`` and ``data/`` is closed to others (``secure_home``).
+- ``$ANYCORE_HOME`` becomes 0711, and so do ``releases/``, ``envs/`` and ``data/``: a
+  service user can reach the paths it is given (its release, its environment, its data
+  directory) but list none of them, so it cannot find another service's release; every
+  other entry of the home is closed to others (``secure_home``).
 - Each service's data directory ``data/<service>`` belongs to its user, mode 0700; it is
   never replaced by a deploy or a rollback. Services sharing one user share that user's
   rights: give each service its own ``user`` to keep their data apart.
@@ -109,7 +110,11 @@ def secure_home(home: Path) -> None:
     """Make the home traversable (0711) and close everything in it a service has no business with."""
     os.chmod(home, 0o711)
     for entry in home.iterdir():
-        if entry.name in PUBLIC or entry.is_symlink():
+        if entry.is_symlink():
+            continue
+        if entry.name in PUBLIC:
+            if entry.is_dir():
+                os.chmod(entry, 0o711)  # reach a known path, list nothing
             continue
         mode = entry.stat().st_mode & 0o7777
         if mode & 0o077:
