@@ -126,3 +126,62 @@ def test_collect_removes_environments_no_kept_or_running_release_uses(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".build-x", "e1", "e3", "e4", "specs", "uses"]
     assert not (tmp_path / "uses" / "s@2").exists() and not (tmp_path / "specs" / "k2").exists()
     assert envs.used_by("s@1").hash == "e1" and envs.used_by("s@2") is None  # type: ignore[union-attr]
+
+
+UV_LOCK = '''
+version = 1
+requires-python = ">=3.11"
+
+[[package]]
+name = "shop"
+version = "0.1.0"
+source = { virtual = "." }
+dependencies = [
+    { name = "flask" },
+    { name = "uvicorn", extra = ["standard"] },
+]
+
+[package.dev-dependencies]
+dev = [{ name = "pytest" }]
+
+[[package]]
+name = "flask"
+version = "3.0.3"
+source = { registry = "https://pypi.org/simple" }
+dependencies = [{ name = "click" }, { name = "colorama", marker = "sys_platform == 'win32'" }]
+
+[[package]]
+name = "click"
+version = "8.1.7"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "colorama"
+version = "0.4.6"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "uvicorn"
+version = "0.30.1"
+source = { registry = "https://pypi.org/simple" }
+
+[package.optional-dependencies]
+standard = [{ name = "httptools" }]
+
+[[package]]
+name = "httptools"
+version = "0.6.1"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "pytest"
+version = "8.2.0"
+source = { registry = "https://pypi.org/simple" }
+'''
+
+
+def test_a_uv_lock_gives_the_pinned_closure_without_dev_groups(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "shop"\ndependencies = ["flask", "uvicorn[standard]"]\n')
+    (tmp_path / "uv.lock").write_text(UV_LOCK)
+    assert declared(str(tmp_path)) == ("click==8.1.7\ncolorama==0.4.6 ; sys_platform == 'win32'\nflask==3.0.3\n"
+                                       "httptools==0.6.1\nuvicorn==0.30.1\n")

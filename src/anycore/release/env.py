@@ -1,7 +1,7 @@
 """A release's Python environment: declared dependencies, resolved with uv, shared by hash.
 
 How it works. A service directory may declare dependencies (``requirements.txt``, or
-``[project] dependencies`` in ``pyproject.toml``). The node builds a virtual environment
+``[project] dependencies`` in ``pyproject.toml``, locked by ``uv.lock`` if there is one). The node builds a virtual environment
 for them with uv and runs the release's zygote on its interpreter. The environment holds
 the service's packages *and* anycore's worker runtime: the runtime's distributions
 (``RUNTIME``) are not downloaded again but linked, file by file, from the node's own
@@ -70,12 +70,19 @@ def declared(directory: str) -> str:
     """The declared requirements as requirements-file text ("" when none are declared).
 
     ``requirements.txt`` wins (with the files it includes by ``-r``/``-c``, inlined so the
-    spec covers them); else ``pyproject.toml``'s ``[project] dependencies``."""
+    spec covers them); else a ``uv.lock`` beside ``pyproject.toml`` (its pinned set); else
+    ``pyproject.toml``'s ``[project] dependencies``."""
     root = Path(directory)
     req = root / "requirements.txt"
     if req.is_file():
         return _inline(req, root, depth=0)
     pyproject = root / "pyproject.toml"
+    lock = root / "uv.lock"
+    if lock.is_file() and pyproject.is_file():
+        try:
+            return from_uv_lock(tomllib.loads(lock.read_text()))
+        except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+            raise ReleaseFailed(root.name, f"uv.lock could not be read ({exc}) — run `uv lock` again") from None
     if pyproject.is_file():
         try:
             deps = tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", [])
@@ -85,6 +92,34 @@ def declared(directory: str) -> str:
             raise ReleaseFailed(root.name, "pyproject.toml: [project] dependencies must be a list of strings")
         return "".join(f"{d}\n" for d in deps)
     return ""
+
+
+def from_uv_lock(lock: dict[str, Any]) -> str:
+    """Pinned requirements from a ``uv.lock``: the project's dependencies (not its dev
+    groups) and theirs, each ``name==version`` with the marker of the edge that needs it."""
+    packages = lock.get("package", [])
+    by_name: dict[str, dict[str, Any]] = {}
+    root = None
+    for package in packages:
+        by_name.setdefault(package["name"], package)
+        source = package.get("source", {})
+        if root is None and (source.get("virtual") == "." or source.get("editable") == "."):
+            root = package
+    if root is None:
+        raise KeyError("no package with source '.' (the project)")
+    pinned: dict[str, str] = {}
+    edges = [(dep, dep.get("marker", "")) for dep in root.get("dependencies", [])]
+    while edges:
+        dep, marker = edges.pop()
+        package = by_name.get(dep["name"])
+        if package is None or dep["name"] in pinned or package is root:
+            continue
+        pinned[dep["name"]] = f"{dep['name']}=={package['version']}" + (f" ; {marker}" if marker else "")
+        more = list(package.get("dependencies", []))
+        for extra in dep.get("extra", []):
+            more += package.get("optional-dependencies", {}).get(extra, [])
+        edges += [(d, d.get("marker", "") or marker) for d in more]
+    return "".join(f"{pinned[name]}\n" for name in sorted(pinned))
 
 
 def _inline(path: Path, root: Path, depth: int) -> str:
