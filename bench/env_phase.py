@@ -4,8 +4,8 @@ For a FastAPI service (``requirements.txt``: ``fastapi``), each round measures, 
 real node (``anycore up``, its own home, uv's cache in a fresh directory per round):
 
   cold   the first deploy: empty uv cache, packages downloaded from the index
-  warm   a deploy whose requirements differ only in a comment: a new environment is built,
-         packages come from uv's (now filled) cache
+  warm   a deploy whose requirement is spelt differently (``fastapi>=0.0.N``, the same
+         resolved set): a new environment is built, packages from uv's (now filled) cache
   hit    a deploy changing only the code: the environment is reused
   none   the same code without requirements.txt: a deploy on the node's environment,
          so ``hit - none`` (whole deploys) is what an environment adds to a cache-hit deploy
@@ -62,14 +62,20 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=900)
 
 
-def deploy(env: dict[str, str], directory: Path) -> tuple[float, float, str]:
-    """(env phase ms or 0, whole command s, output)."""
+IMPORTS: dict[str, list[float]] = {}  # import phase ms by kind of deploy
+
+
+def deploy(env: dict[str, str], directory: Path, kind: str = "") -> tuple[float, float, str]:
+    """(env phase ms or 0, whole command s, output); records the import phase under ``kind``."""
     t0 = time.perf_counter()
     result = cli(env, "deploy", str(directory))
     took = time.perf_counter() - t0
     if result.returncode != 0:
         raise SystemExit(f"deploy of {directory} failed:\n{result.stdout}\n{result.stderr}")
     phase = re.search(r"^\s+env\s+([\d.]+) ms", result.stdout, re.MULTILINE)
+    imported = re.search(r"^\s+import\s+([\d.]+) ms", result.stdout, re.MULTILINE)
+    if kind and imported:
+        IMPORTS.setdefault(kind, []).append(float(imported.group(1)))
     return (float(phase.group(1)) if phase else 0.0), took, result.stdout
 
 
@@ -99,14 +105,15 @@ def one_round(index: int, requirement: str) -> dict[str, float]:
                 raise SystemExit("the node did not start")
             time.sleep(0.05)
         out: dict[str, float] = {}
-        out["cold"], _, _ = deploy(env, service(root, "svc", "c1", f"{requirement}\n"))
-        out["warm"], _, _ = deploy(env, service(root, "svc", "c2", f"{requirement}\n# warm {index}\n"))
-        out["hit"], out["hit_deploy_s"], text = deploy(env, service(root, "svc", "c3", f"{requirement}\n# warm {index}\n"))
+        out["cold"], _, _ = deploy(env, service(root, "svc", "c1", f"{requirement}\n"), "new environment (its template starts)")
+        out["warm"], _, _ = deploy(env, service(root, "svc", "c2", f"{requirement}>=0.0.{index}\n"), "same set rebuilt")
+        out["hit"], out["hit_deploy_s"], text = deploy(env, service(root, "svc", "c3", f"{requirement}>=0.0.{index}\n"),
+                                                       "same environment (its template running)")
         assert "cache hit" in text, text
         deploy(env, service(root, "plain", "p1", None))  # first deploy of the plain service (creates it)
-        _, out["none_deploy_s"], _ = deploy(env, service(root, "plain", "p2", None))
+        _, out["none_deploy_s"], _ = deploy(env, service(root, "plain", "p2", None), "node's environment")
         # A second cache hit, spaced from the first, for the deploy-time comparison.
-        _, second, _ = deploy(env, service(root, "svc", "c4", f"{requirement}\n# warm {index}\n"))
+        _, second, _ = deploy(env, service(root, "svc", "c4", f"{requirement}>=0.0.{index}\n"))
         out["hit_deploy_s"] = min(out["hit_deploy_s"], second)
         req = root / "requirements.txt"
         req.write_text(f"{requirement}\n")
@@ -140,6 +147,8 @@ def main() -> None:
     print(f"| venv + pip install -r, pip cache filled | {med['pip_warm']:.0f} |")
     print(f"\nwarm build vs pip warm: {med['pip_warm'] / med['warm']:.1f}x faster; cold vs pip cold: "
           f"{med['pip_cold'] / med['cold']:.1f}x")
+    print("\nimport phase (zygote start + app import), median ms: " + ", ".join(
+        f"{kind} {statistics.median(v):.0f}" for kind, v in IMPORTS.items()))
     print(f"whole deploy with a cache hit {med['hit_deploy_s'] * 1000:.0f} ms vs without requirements "
           f"{med['none_deploy_s'] * 1000:.0f} ms: {(med['hit_deploy_s'] - med['none_deploy_s']) * 1000:+.0f} ms")
 

@@ -25,6 +25,7 @@ import select
 import signal
 import socket
 import sys
+from typing import Callable
 
 import msgspec
 
@@ -37,6 +38,7 @@ def main() -> None:
 
     import uvloop  # noqa: F401
 
+    from anycore.supervisor.launch import drop_privileges
     from anycore.worker import asgi, runner, session  # noqa: F401
     from anycore.worker.zygote import reap
 
@@ -63,12 +65,13 @@ def main() -> None:
             message = msgspec.msgpack.decode(data)
             if message[0] == "spawn":
                 uid, gid = (message[4], message[5]) if len(message) > 5 else (None, None)
-                pid = _spawn(message[1], message[2], message[3], fds, control, wake_r, wake_w, uid, gid)
+                pid = _spawn(message[1], message[2], message[3], fds, control, wake_r, wake_w,
+                             lambda: drop_privileges(uid, gid))
                 send("spawned", pid)
 
 
 def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], control: socket.socket,
-           wake_r: int, wake_w: int, uid: int | None = None, gid: int | None = None) -> int:
+           wake_r: int, wake_w: int, become_user: Callable[[], None] = lambda: None) -> int:
     zygote_control, stdout = fds
     pid = os.fork()
     if pid == 0:
@@ -80,9 +83,7 @@ def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], contr
             os.close(wake_r)
             os.close(wake_w)
             os.setsid()
-            from anycore.supervisor.launch import drop_privileges
-
-            drop_privileges(uid, gid)  # before anything of the service runs
+            become_user()  # before anything of the service runs
             os.chdir(directory)
             os.environ.clear()
             os.environ.update(env)
