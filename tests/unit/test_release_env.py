@@ -185,3 +185,22 @@ def test_a_uv_lock_gives_the_pinned_closure_without_dev_groups(tmp_path):
     (tmp_path / "uv.lock").write_text(UV_LOCK)
     assert declared(str(tmp_path)) == ("click==8.1.7\ncolorama==0.4.6 ; sys_platform == 'win32'\nflask==3.0.3\n"
                                        "httptools==0.6.1\nuvicorn==0.30.1\n")
+
+
+def test_reachable_checks_the_bit_that_applies_to_the_service_user():
+    import tempfile
+
+    from anycore.errors import ConfigError
+    from anycore.supervisor.launch import check_reachable
+
+    root = Path(tempfile.mkdtemp())  # under /tmp: pytest's own tmp dirs are 0700
+    os.chmod(root, 0o711)
+    closed = root / "closed"
+    (closed / "home").mkdir(parents=True)
+    os.chmod(closed, 0o750)
+    owner = os.stat(closed)
+    check_reachable(closed / "home", "owner", owner.st_uid, None)  # u+x applies
+    check_reachable(closed / "home", "group", 65534, owner.st_gid)  # g+x applies
+    with pytest.raises(ConfigError, match=f"chmod o\\+x {closed}"):
+        check_reachable(closed / "home", "nobody", 65534, 65534)
+    remove_tree(root)

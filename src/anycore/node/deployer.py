@@ -178,7 +178,7 @@ class Deployer:
         uid, gid = resolve_user(user) if user else (None, None)
         if uid:
             for path in (self.node.home, Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"])):
-                check_reachable(path, user)
+                check_reachable(path, user, uid, gid)
         data = prepare_data_dir(self.node.home, record.service, uid, gid)
         variables = {"ANYCORE_SERVICE": record.service, "ANYCORE_DATA_DIR": str(data)}
         if uid is not None and uid != os.geteuid():  # its own home: the node's is closed to it

@@ -330,7 +330,7 @@ class Environments:
     async def _build(self, release: str, spec: str, requirements: str, directory: str,
                      on_progress: Callable[[str], None] | None) -> EnvResult:
         started = time.monotonic()
-        locked = await self.locks.get(spec) if self.locks is not None else None
+        locked = await self._recorded(spec)
         build = self.root / f".build-{secrets.token_hex(4)}"
         try:
             await self._uv_run(release, ["venv", "--quiet", "--relocatable", "--python", self.python, str(build)], directory)
@@ -348,7 +348,10 @@ class Environments:
                                                      str(build / "bin" / "python")], directory)
             resolved = resolved_set(freeze)
             if locked is None and self.locks is not None:
-                recorded = await self.locks.create(spec, resolved)
+                try:
+                    recorded = await self.locks.create(spec, resolved)
+                except Exception:  # NATS away: this node's resolution stands; others resolve alone
+                    recorded = resolved
                 if recorded != resolved:  # another node resolved it first, to another set: use theirs
                     shutil.rmtree(build, ignore_errors=True)
                     return await self._build(release, spec, requirements, directory, on_progress)
@@ -365,6 +368,14 @@ class Environments:
             return EnvResult(info, cache_hit=False, installed=installed, seconds=time.monotonic() - started)
         finally:
             shutil.rmtree(build, ignore_errors=True)
+
+    async def _recorded(self, spec: str) -> list[str] | None:
+        if self.locks is None:
+            return None
+        try:
+            return await self.locks.get(spec)
+        except Exception:  # NATS away: resolve here rather than fail the deploy
+            return None
 
     async def _uv_run(self, release: str, args: list[str], cwd: str) -> tuple[str, str]:
         """Run uv; (stdout, stderr), credentials redacted; EnvBuildFailed with its explanation."""

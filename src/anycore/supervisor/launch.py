@@ -80,14 +80,16 @@ def plan_user(configured: str, node_default: str, euid: int) -> tuple[str, str]:
     return configured or node_default or DEFAULT_USER, ""
 
 
-def check_reachable(path: Path, user: str) -> None:
-    """A service user must be able to traverse every directory above ``path`` (the home)."""
+def check_reachable(path: Path, user: str, uid: int, gid: int | None) -> None:
+    """The service user (``uid``, primary group ``gid`` only: supplementary groups are
+    dropped) must be able to traverse ``path`` and every directory above it."""
     for parent in [path, *path.parents]:
         try:
-            mode = parent.stat().st_mode
+            st = parent.stat()
         except OSError:
             continue
-        if not mode & 0o001:
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
             raise ConfigError(f"services run as {user!r} cannot reach {path}: {parent} is not traversable by other users — "
                               f"`chmod o+x {parent}`, choose an ANYCORE_HOME others can reach, or set `user`/--user")
 
