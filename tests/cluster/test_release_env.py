@@ -65,4 +65,7 @@ def test_each_node_builds_the_environment_in_prepare_and_a_node_lacking_a_packag
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     assert "2 nodes shifted" in deploy.stdout, deploy.stdout
     assert answer(a)[0] == "3.0" and answer(b)[0] == "3.0"
-    assert "event=release.env service=shop" in b.output and "cache_hit=False" in b.output
+    new = deploy.stdout.split("deploying ", 1)[1].split()[0]
+    built = [line for line in b.output.splitlines() if "event=release.env" in line and f"release={new}" in line]
+    assert built and "cache_hit=False" in built[0], b.output[-2000:]  # b built it itself, in its prepare
+    assert answer(b)[1].startswith(str(b.home / "envs")) and answer(b)[1] != prefix

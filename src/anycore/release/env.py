@@ -339,6 +339,8 @@ class Environments:
             (build / "anycore-runtime.txt").write_text("".join(f"{p}\n" for p in self.runtime))
             req = build / "anycore-requirements.txt"
             req.write_text("".join(f"{p}\n" for p in locked) if locked is not None else requirements)
+            if locked is None and (Path(directory) / "requirements.txt").is_file():
+                req = Path(directory) / "requirements.txt"  # its relative paths (./wheels/x.whl) stay right
             if on_progress is not None:
                 on_progress("resolving and installing with uv" + (" (the set recorded by the cluster)" if locked else ""))
             _, err = await self._uv_run(release, ["pip", "install", "--python", str(build / "bin" / "python"),
