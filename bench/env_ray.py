@@ -5,6 +5,10 @@ Runs in bench/.venvs/ray (``python bench/setup_env.py`` installs it; or
 
     bench/.venvs/ray/bin/python bench/env_ray.py --rounds 3
 
+Ray Serve's own environment holds fastapi (a dependency of ``ray[serve]``) and Ray's pip
+environments inherit it, so for a fair comparison use a requirement Ray does not bring:
+``--requirement flask`` here and in bench/env_phase.py.
+
 Each round, on one local Ray (loopback, no dashboard, a fresh temp dir so its environment
 cache starts empty; pip's own cache is kept between rounds like uv's is), times
 ``serve.run`` of a one-replica deployment until it answers:
@@ -36,8 +40,8 @@ from ray import serve  # noqa: E402
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Hello:
-    def __init__(self, stamp: str) -> None:
-        import fastapi  # noqa: F401  (proves the environment is there)
+    def __init__(self, stamp: str, module: str) -> None:
+        __import__(module)  # proves the environment is there
 
         self.stamp = stamp
 
@@ -45,10 +49,11 @@ class Hello:
         return self.stamp
 
 
-def timed_run(stamp: str, pip: list[str] | None) -> float:
+def timed_run(stamp: str, pip: list[str] | None, module: str) -> float:
     options = {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"pip": pip}}} if pip else {}
     t0 = time.perf_counter()
-    handle = serve.run(Hello.options(**options).bind(stamp), name="envbench", route_prefix="/envbench")
+    handle = serve.run(Hello.options(**options).bind(stamp, module if pip else "json"), name="envbench",
+                       route_prefix="/envbench")
     assert handle.remote(None).result(timeout_s=600) == stamp
     return time.perf_counter() - t0
 
@@ -58,10 +63,11 @@ def one_round(index: int, requirement: str) -> dict[str, float]:
     ray.init(include_dashboard=False, _temp_dir=temp, num_cpus=2, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 0})
-        out = {"none": timed_run(f"n{index}", None)}
-        out["cold"] = timed_run(f"c{index}", [requirement])
-        out["warm"] = timed_run(f"w{index}", [f"{requirement}>=0.0.{index}"])
-        out["hit"] = timed_run(f"h{index}", [requirement])
+        module = requirement.split("[")[0].replace("-", "_")
+        out = {"none": timed_run(f"n{index}", None, module)}
+        out["cold"] = timed_run(f"c{index}", [requirement], module)
+        out["warm"] = timed_run(f"w{index}", [f"{requirement}>=0.0.{index}"], module)
+        out["hit"] = timed_run(f"h{index}", [requirement], module)
         return {k: v * 1000 for k, v in out.items()}
     finally:
         serve.shutdown()
