@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-APP = '''
+APPS = {"fastapi": '''
 from fastapi import FastAPI
 
 app = FastAPI()
@@ -41,7 +41,17 @@ STAMP = {stamp!r}
 @app.get("/")
 def index():
     return {{"stamp": STAMP}}
-'''
+''', "flask": '''
+from flask import Flask
+
+app = Flask(__name__)
+STAMP = {stamp!r}
+
+@app.get("/")
+def index():
+    return {{"stamp": STAMP}}
+'''}
+APP = APPS["fastapi"]
 
 
 def service(root: Path, name: str, stamp: str, requirements: str | None) -> Path:
@@ -49,8 +59,7 @@ def service(root: Path, name: str, stamp: str, requirements: str | None) -> Path
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    (directory / "app.py").write_text(APP.format(stamp=stamp) if requirements is not None else
-                                      APP.format(stamp=stamp).replace("from fastapi import FastAPI", "from fastapi import FastAPI  # node env"))
+    (directory / "app.py").write_text(APP.format(stamp=stamp))
     (directory / "anycore.toml").write_text(f'name = "{name}"\nworkers = 1\nroutes = ["/{name}"]\n')
     if requirements is not None:
         (directory / "requirements.txt").write_text(requirements)
@@ -135,6 +144,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requirement", default="fastapi")
     args = parser.parse_args()
+    global APP
+    APP = APPS.get(args.requirement, APP)
     rounds = [one_round(i, args.requirement) for i in range(args.rounds)]
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     print(json.dumps(rounds, indent=1), file=sys.stderr)

@@ -152,6 +152,10 @@ def test_dependencies_per_release_side_by_side_reused_and_refused_under_load(nod
     assert len({e["hash"] for e in envs.values()}) == 2  # v2 and v3 share one
     live = node.service("svc")["live"]
     assert live["env"] == envs[live["release"]]["hash"] and live["workers"]
+    assert all(w["env"] == live["env"] for w in live["workers"])
+    table = node.cli("releases", "svc")
+    assert table.returncode == 0 and live["env"] in table.stdout, table.stdout + table.stderr
+    assert node.cli("ps").returncode == 0
     shown = node.cli("env", "svc")
     assert shown.returncode == 0 and "greet==2.0" in shown.stdout and live["env"] in shown.stdout, shown.stdout
 

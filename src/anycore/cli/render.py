@@ -35,7 +35,7 @@ def render_ps(reply: dict[str, Any]) -> None:
                          str(svc["quarantined"]), _scaler(live.get("scaler")), health)
         for release in [live, *svc.get("draining", [])]:
             for w in release.get("workers", []):
-                workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], release.get("env", "node"),
+                workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w.get("env", "node"),
                                 w["state"], f"{w['inflight']}/{w['slots']}",
                                 str(w.get("websockets", 0)), str(w["served"]), str(release.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
     cluster = reply.get("cluster")

@@ -456,5 +456,5 @@ class ReleaseSupervisor:
             "target": self.target, "scaler": self._scaler_info(), "restarts": self.restarts, "last_exit": self.last_exit, "failure": self.failure,
             "zygote_pid": self.zygote.pid if self.zygote else None,
             "env": self.launch.env_name, "python": self.launch.python, "user": self.launch.user,
-            "workers": [w.info(now) for w in sorted(self.workers.values(), key=lambda w: w.id)],
+            "workers": [{**w.info(now), "env": self.launch.env_name} for w in sorted(self.workers.values(), key=lambda w: w.id)],
         }
