@@ -155,7 +155,7 @@ class Deployer:
             record.deployed_at = now()
             await self.store.put_release(record)
             if await self.store.set_live(record.service, record.id):
-                self.collect_envs()
+                await self.collect_envs()
             if gate is not None:
                 await gate.shifted(deploy)
             return old
@@ -190,13 +190,15 @@ class Deployer:
     def _running(self) -> list[Any]:
         return [r for s in self.node.services.values() for r in (s.release, *s.draining) if r is not None]
 
-    def collect_envs(self) -> None:
-        """Remove the environments no cached release uses (after releases fell out of the history)."""
+    async def collect_envs(self) -> None:
+        """Remove the environments no cached release uses (after releases fell out of the
+        history), in a thread: an environment can be hundreds of MiB, the loop serves."""
         envs, cache = self.node.envs, self.store.cache
         if envs is None or cache is None:
             return
         kept = {p.name for p in cache.iterdir() if not p.name.startswith(".")}
-        removed = envs.collect(kept, {r.launch.env_hash for r in self._running()})
+        in_use = {r.launch.env_hash for r in self._running()}
+        removed = await asyncio.get_running_loop().run_in_executor(None, envs.collect, kept, in_use)
         if removed:
             self.node.log.event("env.collected", removed=",".join(removed))
 
