@@ -171,7 +171,8 @@ class Deployer:
             if result is not None:
                 deploy.note(result.describe())
                 self.node.log.event("release.env", record.service, release=record.id, env=result.info.hash,
-                                    cache_hit=result.cache_hit, installed=len(result.installed), s=round(result.seconds, 3))
+                                    cache_hit=result.cache_hit, installed=len(result.installed), s=round(result.seconds, 3),
+                                    steps=",".join(f"{k}:{v}" for k, v in result.steps.items()) or None)
         user, ignored = plan_user(record.config.user, self.node.service_user, os.geteuid())
         if ignored:
             self.node.log.event("release.user_ignored", record.service, release=record.id, reason=ignored)

@@ -77,6 +77,7 @@ class EnvResult:
     cache_hit: bool
     installed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step of a build
 
     def describe(self) -> str:
         i = self.info
@@ -169,9 +170,19 @@ class Environments:
         locked = await self._recorded(spec)
         build = self.root / f".build-{secrets.token_hex(4)}"
         try:
+            steps: dict[str, float] = {}
+            mark = time.monotonic()
+
+            def step(name: str) -> None:
+                nonlocal mark
+                steps[name] = round(time.monotonic() - mark, 3)
+                mark = time.monotonic()
+
             await self._uv_run(release, ["venv", "--quiet", "--relocatable", "--python", self.python, str(build)], directory)
+            step("venv")
             site = _site_packages(build)
             _link_runtime(site)
+            step("link")
             (build / "anycore-runtime.txt").write_text("".join(f"{p}\n" for p in self.runtime))
             req = build / "anycore-requirements.txt"
             req.write_text("".join(f"{p}\n" for p in locked) if locked is not None else requirements)
@@ -182,9 +193,11 @@ class Environments:
             _, err = await self._uv_run(release, ["pip", "install", "--python", str(build / "bin" / "python"),
                                                   "-r", str(req), "-c", str(build / "anycore-runtime.txt")], directory)
             installed = parse_installed(err)
+            step("install")
             freeze, _ = await self._uv_run(release, ["pip", "freeze", "--exclude-editable", "--python",
                                                      str(build / "bin" / "python")], directory)
             resolved = resolved_set(freeze)
+            step("freeze")
             if locked is None and self.locks is not None:
                 try:
                     recorded = await self.locks.create(spec, resolved)
@@ -203,7 +216,7 @@ class Environments:
                 shutil.rmtree(target, ignore_errors=True)
                 build.rename(target)
             self._write(self.root / "specs" / spec, env_hash)
-            return EnvResult(info, cache_hit=False, installed=installed, seconds=time.monotonic() - started)
+            return EnvResult(info, cache_hit=False, installed=installed, seconds=time.monotonic() - started, steps=steps)
         finally:
             shutil.rmtree(build, ignore_errors=True)
 
