@@ -320,38 +320,43 @@ def _size(path: Path) -> int:
 
 
 class KvLocks:
-    """``LockStore`` on the KV bucket ``anycore_envs`` (key: spec hash, value: the resolved set)."""
+    """``LockStore`` on the KV bucket ``anycore_envs`` (key: spec hash, value: the resolved
+    set), opened (or created) on first use: a cluster that never builds an environment
+    never gets the bucket."""
 
     BUCKET = "anycore_envs"
 
-    def __init__(self, kv: Any) -> None:
-        self.kv = kv
+    def __init__(self, js: Any) -> None:
+        self.js = js
+        self.kv: Any = None
 
-    @classmethod
-    async def open(cls, js: Any) -> "KvLocks":
-        from nats.js.api import KeyValueConfig
-        from nats.js.errors import BucketNotFoundError, NotFoundError
+    async def _bucket(self) -> Any:
+        if self.kv is None:
+            from nats.js.api import KeyValueConfig
+            from nats.js.errors import BucketNotFoundError, NotFoundError
 
-        from anycore.cluster.jetstream import create_replicated
+            from anycore.cluster.jetstream import create_replicated
 
-        try:
-            kv = await js.key_value(cls.BUCKET)
-        except (BucketNotFoundError, NotFoundError):
-            kv = await create_replicated(lambda n: js.create_key_value(KeyValueConfig(bucket=cls.BUCKET, history=1, replicas=n)))
-        return cls(kv)
+            try:
+                self.kv = await self.js.key_value(self.BUCKET)
+            except (BucketNotFoundError, NotFoundError):
+                self.kv = await create_replicated(lambda n: self.js.create_key_value(
+                    KeyValueConfig(bucket=self.BUCKET, history=1, replicas=n)))
+        return self.kv
 
     async def get(self, spec: str) -> list[str] | None:
         from nats.js.errors import KeyNotFoundError, NotFoundError
 
         try:
-            entry = await self.kv.get(spec)
+            entry = await (await self._bucket()).get(spec)
         except (KeyNotFoundError, NotFoundError):
             return None
         return json.loads(entry.value) if entry.value else None
 
     async def create(self, spec: str, resolved: list[str]) -> list[str]:
+        kv = await self._bucket()
         try:
-            await self.kv.create(spec, json.dumps(resolved).encode())
+            await kv.create(spec, json.dumps(resolved).encode())
             return resolved
         except Exception:  # another node recorded it first (KeyWrongLastSequenceError): theirs wins
             recorded = await self.get(spec)
