@@ -51,6 +51,7 @@ def test_each_node_builds_the_environment_in_prepare_and_a_node_lacking_a_packag
     version, prefix = answer(b)
     assert version == "1.0" and prefix.startswith(str(b.home / "envs")), prefix
     assert answer(a)[1].startswith(str(a.home / "envs"))
+    assert "the set recorded by the cluster" in b.output  # b installed exactly what a resolved
 
     # b's index lacks greet 2.0: its prepare fails, so no node shifts; the CLI names b.
     deploy = a.cli("deploy", str(release(tmp_path, "2.0")), timeout=180)
