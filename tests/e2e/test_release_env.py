@@ -315,3 +315,21 @@ def test_flask_and_django_with_declared_requirements(nodes, tmp_path, open_home)
     assert "cache hit" in env_phase(result.stdout), result.stdout
     assert httpx.get(node.url + "/", timeout=30).json()["visits"] == first["visits"] + 1
     assert (open_home / "data" / "djangosvc" / "db.sqlite3").exists()
+
+
+def test_index_credentials_never_reach_the_deploy_output_or_the_log(nodes, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the index is unreachable at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = nodes.start(env={"ANYCORE_INDEX_URL": f"http://alice:s3cret-pw@127.0.0.1:{port}/simple",
+                            "UV_HTTP_RETRIES": "0"}, services=0)
+    directory = make_service(tmp_path, "creds", APP.format(stamp="c"), 'name = "creds"\n')
+    (directory / "requirements.txt").write_text("greet==1.0\n")
+    result = node.cli("deploy", str(directory), timeout=120)
+    assert result.returncode == 1 and "failed in phase env" in result.stderr, result.stdout + result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr, result.stderr  # uv's message names the index, without its password
+    logs = node.cli("logs").stdout
+    for text in (result.stdout, result.stderr, node.output, logs):
+        assert "s3cret-pw" not in text
