@@ -153,6 +153,11 @@ def test_dependencies_per_release_side_by_side_reused_and_refused_under_load(nod
     live = node.service("svc")["live"]
     assert live["env"] == envs[live["release"]]["hash"] and live["workers"]
     assert all(w["env"] == live["env"] for w in live["workers"])
+    # Its zygote was forked from the template of its environment's interpreter.
+    with open(f"/proc/{live['zygote_pid']}/stat") as f:
+        template_pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    with open(f"/proc/{template_pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0].decode() == str(open_home / "envs" / live["env"] / "bin" / "python")
     table = node.cli("releases", "svc")
     assert table.returncode == 0 and live["env"] in table.stdout, table.stdout + table.stderr
     assert node.cli("ps").returncode == 0
