@@ -338,3 +338,22 @@ def test_index_credentials_never_reach_the_deploy_output_or_the_log(nodes, tmp_p
     logs = node.cli("logs").stdout
     for text in (result.stdout, result.stderr, node.output, logs):
         assert "s3cret-pw" not in text
+
+
+def test_an_environment_is_removed_with_the_last_release_that_uses_it(nodes, tmp_path):
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "greet", "1.0")
+    make_wheel(wheels, "greet", "2.0")
+    node = nodes.start(service(tmp_path, "g0", "greet==1.0\n", tmp_path), args=("--no-index", "--find-links", str(wheels)),
+                       timeout=120)
+    first = node.service("svc")["live"]["env"]
+    envs = node.home / "envs"
+    for i in range(1, 11):  # 10 more releases on another environment: the first falls out of the kept 10
+        result = node.cli("deploy", str(service(tmp_path, f"g{i}", "greet==2.0\n", tmp_path)), timeout=120)
+        assert result.returncode == 0, result.stderr
+        if i < 10:
+            assert (envs / first).is_dir(), f"removed while release 0 is still kept (after deploy {i})"
+    second = node.service("svc")["live"]["env"]
+    assert second != first and (envs / second).is_dir()
+    wait_for(lambda: not (envs / first).exists(), 10, what="the first environment to be collected")
+    assert "event=env.collected" in node.output
