@@ -73,7 +73,7 @@ def main() -> None:
         nodes = []
         for i in range(2):
             home = root / f"home{i}"
-            env = {**os.environ, "ANYCORE_HOME": str(home), "ANYCORE_TOKEN": token}
+            env = {**os.environ, "ANYCORE_HOME": str(home), "ANYCORE_TOKEN": token, "ANYCORE_USER": "root"}
             out = open(root / f"node{i}.out", "wb")
             procs.append(subprocess.Popen([sys.executable, "-m", "anycore.cli.main", "up", str(service), "--listen",
                                            "127.0.0.1:0", "--nats", f"nats://127.0.0.1:{port}"],
@@ -93,7 +93,7 @@ def main() -> None:
         threading.Thread(target=hold, daemon=True).start()
 
         def inflight(i: int) -> int:
-            env = {**os.environ, "ANYCORE_HOME": str(root / f"home{i}"), "ANYCORE_TOKEN": token}
+            env = {**os.environ, "ANYCORE_HOME": str(root / f"home{i}"), "ANYCORE_TOKEN": token, "ANYCORE_USER": "root"}
             ps = subprocess.run([sys.executable, "-m", "anycore.cli.main", "ps", "--json"], env=env, capture_output=True)
             return int(json.loads(ps.stdout)["services"][0]["inflight"])
 

@@ -154,7 +154,7 @@ class Anycore(System):
         self.scale_to_zero = scale_to_zero
         home = str(self.work.parent / "home")
         return ([str(VENVS / "anycore" / "bin" / "anycore"), "up", str(self.work), "--listen", f"127.0.0.1:{self.port}"],
-                {"ANYCORE_HOME": home})
+                {"ANYCORE_HOME": home, "ANYCORE_USER": "root"})  # its tmp dirs are 0700, like uvicorn it runs as root
 
     @property
     def env(self) -> dict[str, str]:

@@ -110,7 +110,10 @@ class NodeFactory:
         index = len(self.nodes)
         home = home or self.tmp_path / f"home{index}"
         extra = env or {}
-        env = {**os.environ, "ANYCORE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        # Tests run as root and many services write markers into pytest's 0700 tmp dirs, so
+        # services keep root here unless a test asks otherwise (tests/e2e/test_release_env.py
+        # runs them as the default unprivileged user).
+        env = {**os.environ, "ANYCORE_HOME": str(home), "PYTHONUNBUFFERED": "1", "ANYCORE_USER": "root"}
         env.pop("ANYCORE_TOKEN", None)
         env.update(extra)
         out_path = self.tmp_path / f"node{index}.out"

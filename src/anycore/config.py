@@ -72,6 +72,7 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     # WebSocket paths (below the service's route) served by anycore.Session classes.
     sessions: dict[str, str | SessionRoute] = msgspec.field(default_factory=dict)
     client_notify: str = ""  # "module:function" of the new release; its message goes to old connections at shift
+    user: str = ""  # the user a root node runs the service as ("": the node's --user, default nobody)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -111,6 +112,8 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
                 raise ConfigError(f"session key {route.key!r} for {path!r} must name a path {{param}} or a query parameter")
         if self.client_notify and ":" not in self.client_notify:
             raise ConfigError(f"client_notify {self.client_notify!r} must be 'module:function', e.g. 'app:notify'")
+        if self.user and not re.match(r"^[a-z_][a-z0-9_.-]*\$?$", self.user, re.IGNORECASE):
+            raise ConfigError(f"user {self.user!r} is not a valid user name")
         if not self.entry and not self.sessions:
             raise ConfigError("entry is empty and there are no [sessions]: the service would serve nothing")
 

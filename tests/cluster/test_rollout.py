@@ -19,7 +19,7 @@ async def app(scope, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if VERSION == "v2" and os.environ.get("ANYCORE_HOME", "").endswith({broken!r}):
+                if VERSION == "v2" and os.environ.get("ANYCORE_DATA_DIR", "").endswith({broken!r} + "/data/shop"):
                     await send({{"type": "lifespan.startup.failed", "message": "cannot warm on this node"}})
                     return
                 await send({{"type": "lifespan.startup.complete"}})

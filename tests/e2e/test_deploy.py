@@ -395,7 +395,7 @@ def http_get_raw(sock: socket.socket, path: str) -> tuple[int, str]:
 def test_dev_hot_swaps_on_edit_and_keep_alive_connection_survives(tmp_path):
     directory = version(tmp_path, "v1")
     home = tmp_path / "devhome"
-    env = {**os.environ, "ANYCORE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "ANYCORE_HOME": str(home), "PYTHONUNBUFFERED": "1", "ANYCORE_USER": "root"}
     env.pop("ANYCORE_TOKEN", None)
     out_path = tmp_path / "dev.out"
     with open(out_path, "wb") as out:

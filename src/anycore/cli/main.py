@@ -53,6 +53,37 @@ def with_nats(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+env_options = [
+    click.option("--user", "service_user", envvar="ANYCORE_USER", default="nobody", show_default=True,
+                 help="When the node runs as root: the user services run as (a service's `user` key wins)."),
+    click.option("--index-url", envvar="ANYCORE_INDEX_URL", default="",
+                 help="Package index for release environments (default: uv's, i.e. PyPI). Prefer the env var for credentials."),
+    click.option("--extra-index-url", "extra_index_urls", envvar="ANYCORE_EXTRA_INDEX_URL", multiple=True,
+                 help="Another package index (repeatable)."),
+    click.option("--find-links", envvar="ANYCORE_FIND_LINKS", multiple=True,
+                 help="A wheelhouse directory or URL for release environments (repeatable)."),
+    click.option("--no-index", is_flag=True, envvar="ANYCORE_NO_INDEX", help="Use only --find-links (offline)."),
+]
+
+
+def with_env_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(env_options):
+        fn = option(fn)
+    return fn
+
+
+def _index(index_url: str, extra_index_urls: tuple[str, ...], find_links: tuple[str, ...], no_index: bool) -> Any:
+    from anycore.release.env import IndexSettings
+
+    return IndexSettings(index_url, tuple(extra_index_urls), tuple(str(_abspath(f)) for f in find_links), no_index)
+
+
+def _abspath(location: str) -> str:
+    import os
+
+    return location if "://" in location else os.path.abspath(location)
+
+
 @click.group()
 @click.version_option(package_name="anycore")
 def cli() -> None:
@@ -70,9 +101,11 @@ def cli() -> None:
 @click.option("--ws-ping-interval", type=float, default=20.0, show_default=True,
               help="Ping a WebSocket silent this many seconds; close it (1011) if the pong takes as long again.")
 @with_nats
+@with_env_options
 def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: float, keepalive_timeout: float,
        max_connections: int, max_header_bytes: int, ws_ping_interval: float, nats_url: str | None, token: str | None,
-       creds: str | None) -> None:
+       creds: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
+       find_links: tuple[str, ...], no_index: bool) -> None:
     """Start a node in the foreground, serving each PATH (a directory, or module:attr)."""
     from anycore.gateway.http import Limits
     from anycore.node.node import Node
@@ -83,7 +116,8 @@ def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: fl
         sys.exit(2)
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                     keepalive_timeout=keepalive_timeout, max_connections=max_connections, ws_ping_interval=ws_ping_interval)
-    node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits)
+    node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits,
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
     sys.exit(_run(node.run(services)))
 
 
@@ -335,16 +369,47 @@ def releases(service: str | None, as_json: bool, nats_url: str | None, token: st
     render_releases(reply)
 
 
+@cli.command("env")
+@click.argument("service")
+@click.option("--json", "as_json", is_flag=True)
+@with_nats
+def env_command(service: str, as_json: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
+    """The Python environment of SERVICE's live release: interpreter and packages."""
+
+    async def go() -> dict[str, Any]:
+        async with ControlClient(nats_url, token, creds) as client:
+            return await client.call("env", service=service)
+
+    reply = _run(go())
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return
+    if not reply["env"]:
+        click.echo(f"{reply['release']} declares no dependencies: it runs on the node's environment ({reply['python']})")
+        return
+    click.echo(f"{reply['release']} runs on environment {reply['env']} ({reply['python']}, "
+               f"{len(reply['packages'])} packages, {reply['size_mib']} MiB; runtime {', '.join(reply['runtime'])})")
+    for package in reply["packages"]:
+        click.echo(f"  {package}")
+
+
 @cli.command()
 @click.argument("path")
 @click.option("--listen", default="127.0.0.1:8000", show_default=True)
 @click.option("--access-log", is_flag=True)
-def dev(path: str, listen: str, access_log: bool) -> None:
+@with_env_options
+def dev(path: str, listen: str, access_log: bool, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
+        find_links: tuple[str, ...], no_index: bool) -> None:
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
     from anycore.node.node import Node
 
-    service = load_service(path)
-    node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path)
+    try:
+        service = load_service(path)
+    except ConfigError as exc:
+        click.echo(f"anycore: {exc}", err=True)
+        sys.exit(2)
+    node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path,
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
     sys.exit(_run(node.run([service])))
 
 

@@ -23,7 +23,7 @@ def render_ps(reply: dict[str, Any]) -> None:
                   f"{reply['connections']} connections")
     services = Table("service", "state", "release", "workers", "inflight", "queued", "served", "rejected", "quarantined",
                      "scaler", "health")
-    workers = Table("service", "worker", "pid", "release", "state", "inflight", "websockets", "served", "restarts",
+    workers = Table("service", "worker", "pid", "release", "env", "state", "inflight", "websockets", "served", "restarts",
                     "rss MiB", "uptime s")
     for svc in reply["services"]:
         live = svc["live"] or {}
@@ -35,7 +35,8 @@ def render_ps(reply: dict[str, Any]) -> None:
                          str(svc["quarantined"]), _scaler(live.get("scaler")), health)
         for release in [live, *svc.get("draining", [])]:
             for w in release.get("workers", []):
-                workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w["state"], f"{w['inflight']}/{w['slots']}",
+                workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w.get("env", "node"),
+                                w["state"], f"{w['inflight']}/{w['slots']}",
                                 str(w.get("websockets", 0)), str(w["served"]), str(release.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
     cluster = reply.get("cluster")
     if cluster and cluster["peers"]:
@@ -76,10 +77,12 @@ def render_releases(reply: dict[str, Any]) -> None:
     import time
 
     console = Console(width=None if Console().is_terminal else 160)
-    table = Table("release", "live", "deployed", "from", "cached")
+    table = Table("release", "live", "deployed", "from", "cached", "env (hash, packages, size)")
     for r in reply["releases"]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["deployed_at"])) if r["deployed_at"] else "-"
-        table.add_row(r["id"], "*" if r["live"] else "", when, r["source"], "yes" if r["cached"] else "no")
+        env = r.get("env")
+        env_text = f"{env['hash']}, {env['packages']} pkgs, {env['size_mib']} MiB" if env else "node"
+        table.add_row(r["id"], "*" if r["live"] else "", when, r["source"], "yes" if r["cached"] else "no", env_text)
     console.print(table)
     for d in reply["deploys"]:
         if d["phase"] not in ("done", "noop"):

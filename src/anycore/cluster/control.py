@@ -24,7 +24,7 @@ from nats.errors import NoRespondersError
 from anycore.errors import ControlError, NodeNotFound, NotAuthorized
 
 CONNECT_BOUND = 5.0
-COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale", "abort", "recover")
+COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale", "abort", "recover", "env")
 
 
 def home_dir() -> Path:

@@ -3,7 +3,7 @@
 How it works. The node that receives ``anycore deploy`` (any node: the CLI picks one) is
 the *coordinator* of that deploy. It starts the deploy on itself and sends ``prepare`` to
 every live peer (``anycore.node.<peer>.prepare``). Each node runs the phases up to the
-shift (fetch, import, warm; the migration hook runs on the coordinator only, so once per
+shift (fetch, env, import, warm; the migration hook runs on the coordinator only, so once per
 cluster) and then waits at a *gate* instead of shifting; reaching the gate is its vote
 ``ready``, a failure before it is ``failed`` with the reason. ``decide`` turns the votes
 into COMMIT (every node ready), ABORT (any failed or did not answer within the prepare
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from anycore.node.node import Node
 
 PREPARE_MARGIN = 30.0  # on top of the release's startup_timeout
+ENV_MARGIN = 120.0  # a prepare may build the release's environment first (the env phase)
 COMMIT_TIMEOUT = 10.0
 
 
@@ -148,7 +149,7 @@ class Rollout:
         nc = self.node.nc
         nodes = set(peers) | {self.node.node_id}
         votes: dict[str, tuple[Vote, str]] = {}
-        timeout = record.config.startup_timeout + PREPARE_MARGIN
+        timeout = record.config.startup_timeout + PREPARE_MARGIN + ENV_MARGIN
         body = json.dumps({"release": record.id, "deploy_id": deploy.id, "source": source}).encode()
 
         noop: set[str] = set()  # nodes where the release was live already: nothing to shift

@@ -4,6 +4,8 @@ A deploy takes a release that is already in the code store (the CLI, or ``anycor
 ``anycore dev`` for a local directory, packs and uploads it first) and swaps it in:
 
     fetch    the bundle from the Object Store into the verified local cache
+    env      (a release that declares dependencies) its environment, built with uv or
+             reused by hash (anycore.release.env); a failed build ends the deploy here
     import   a new zygote imports the code (an import error ends the deploy here)
     warm     its workers fork and run lifespan startup and the readiness check
     migrate  the release's migration hook, once per release, in a child of the new zygote;
@@ -21,14 +23,21 @@ processes and leaves everything as it was.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import sys
+import sysconfig
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from anycore.config import Service
 from anycore.errors import AnycoreError, ConfigError, ReleaseFailed, StorageError
 from anycore.release.bundle import pack, release_id
 from anycore.release.deploy import Deploy, Phase
+from anycore.release.env import declared
 from anycore.release.store import CodeStore, ReleaseRecord, now
+from anycore.supervisor.launch import Launch, check_reachable, plan_user, prepare_data_dir, resolve_user
+from anycore.supervisor.zygote import Template
 
 if TYPE_CHECKING:
     from anycore.node.node import Node
@@ -110,6 +119,8 @@ class Deployer:
             service = self.node.services[record.service]
             deploy.enter(Phase.DRAIN, f"{old.release}: {sum(w.inflight for w in old.workers.values())} in flight")
             await service.retire(old, on_drained=lambda: deploy.enter(Phase.RETIRE, old.release))
+            if old.launch.env_hash:  # its environment's template may have no release left
+                await Template.stop_idle(keep={sys.executable} | {r.launch.python for r in self._running()})
         deploy.enter(Phase.DONE)
 
     def _failed(self, deploy: Deploy, record: ReleaseRecord, exc: Exception) -> None:
@@ -132,11 +143,12 @@ class Deployer:
             deploy.enter(Phase.FETCH)
             self.node.gateway.check_routes(record.service, record.config.routes)
             directory = str(await self.store.materialize(record))
+            launch = await self._launch(deploy, record, directory)
             deploy.enter(Phase.IMPORT)
             created = service is None
             if service is None:
                 service = self.node.create_service(record.service, record.config)
-            new = service.new_release(record.id, directory, record.config)
+            new = service.new_release(record.id, directory, record.config, launch)
             previous = service.release_id if service.release is not None else ""
             try:
                 # Warm as many workers as the old release has now, so capacity never dips.
@@ -176,10 +188,54 @@ class Deployer:
                 service.notify_clients(new, old)
             record.deployed_at = now()
             await self.store.put_release(record)
-            await self.store.set_live(record.service, record.id)
+            if await self.store.set_live(record.service, record.id):
+                await self.collect_envs()
             if gate is not None:
                 await gate.shifted(deploy)
             return old
+
+    async def _launch(self, deploy: Deploy, record: ReleaseRecord, directory: str) -> Launch:
+        """The env phase (only for a release with declared dependencies), then the user,
+        data directory and variables its processes run with (anycore.supervisor.launch)."""
+        envs = self.node.envs
+        result = None
+        if envs is not None and declared(directory):
+            deploy.enter(Phase.ENV, "looking up the environment")
+            result = await envs.ensure(record.id, directory, on_progress=deploy.note)
+            if result is not None:
+                deploy.note(result.describe())
+                self.node.log.event("release.env", record.service, release=record.id, env=result.info.hash,
+                                    cache_hit=result.cache_hit, installed=len(result.installed), s=round(result.seconds, 3),
+                                    steps=",".join(f"{k}:{v}" for k, v in result.steps.items()) or None)
+        user, ignored = plan_user(record.config.user, self.node.service_user, os.geteuid())
+        if ignored:
+            self.node.log.event("release.user_ignored", record.service, release=record.id, reason=ignored)
+        uid, gid = resolve_user(user) if user else (None, None)
+        if uid:
+            for path in (self.node.home, Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"])):
+                check_reachable(path, user, uid, gid)
+        data = prepare_data_dir(self.node.home, record.service, uid, gid)
+        variables = {"ANYCORE_SERVICE": record.service, "ANYCORE_DATA_DIR": str(data)}
+        if uid is not None and uid != os.geteuid():  # its own home: the node's is closed to it
+            variables.update(HOME=str(data), USER=user, LOGNAME=user)
+        if result is None:
+            return Launch(uid=uid, gid=gid, user=user, variables=variables)
+        return Launch(python=result.info.python, uid=uid, gid=gid, user=user, env_hash=result.info.hash, variables=variables)
+
+    def _running(self) -> list[Any]:
+        return [r for s in self.node.services.values() for r in (s.release, *s.draining) if r is not None]
+
+    async def collect_envs(self) -> None:
+        """Remove the environments no cached release uses (after releases fell out of the
+        history), in a thread: an environment can be hundreds of MiB, the loop serves."""
+        envs, cache = self.node.envs, self.store.cache
+        if envs is None or cache is None:
+            return
+        kept = {p.name for p in cache.iterdir() if not p.name.startswith(".")}
+        in_use = {r.launch.env_hash for r in self._running()}
+        removed = await asyncio.get_running_loop().run_in_executor(None, envs.collect, kept, in_use)
+        if removed:
+            self.node.log.event("env.collected", removed=",".join(removed))
 
     async def rollback(self, service: "ServiceRuntime", to: str | None, source: str, deploy_id: str | None = None,
                        start: Callable[[ReleaseRecord, str, str | None], Deploy] | None = None) -> Deploy:

@@ -41,7 +41,9 @@ from anycore.node.lock import NodeLock
 from anycore.node.storage import StorageHealer
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
+from anycore.release.env import Environments, IndexSettings, KvLocks
 from anycore.release.store import CodeStore, describe
+from anycore.supervisor.launch import DEFAULT_USER, secure_home
 from anycore.scaler.core import share
 from anycore.supervisor.zygote import Template
 
@@ -57,8 +59,11 @@ def make_node_id() -> str:
 class Node:
     def __init__(self, home: Path, listen: tuple[str, int], nats_url: str | None = None, token: str | None = None,
                  creds: str | None = None, access_log: bool = False, limits: Limits | None = None,
-                 watch: str | None = None) -> None:
+                 watch: str | None = None, index: IndexSettings | None = None, service_user: str = DEFAULT_USER) -> None:
         self.home = home
+        self.index = index or IndexSettings()  # where uv finds the packages of release environments
+        self.service_user = service_user  # whom services run as when the node is root
+        self.envs: Environments | None = None
         self.listen = listen
         self.node_id = make_node_id()
         self.log = NodeLog()
@@ -154,6 +159,8 @@ class Node:
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                 disconnected_cb=self._nats_disconnected, reconnected_cb=self._nats_reconnected)
         store = await CodeStore(self.nc.jetstream(), self.home / "releases").open()
+        self.envs = Environments(self.home / "envs", self.index, KvLocks(self.nc.jetstream()))
+        secure_home(self.home)
         self.deployer = Deployer(self, store)
         self.deployer.listeners.append(self._on_deploy_event)
         for command in COMMANDS:
@@ -379,6 +386,8 @@ class Node:
             return {"ok": True, "message": f"service {service.name}: workers between {low} and {high} (no restart)"}
         if kind == "releases":
             return await self._releases(args.get("service"))
+        if kind == "env":
+            return self._env(self._service(args.get("service")))
         if kind == "down":
             self.log.event("node.stopping", node=self.node_id, reason=f"signal {args['signal']}" if "signal" in args else "anycore down")
             return {"ok": True, "message": f"node {self.node_id} is shutting down"}
@@ -399,11 +408,22 @@ class Node:
                 entry = describe(record)
                 entry["live"] = release == kept.live and not kept.stopped  # type: ignore[union-attr]
                 entry["cached"] = store.cached(release) is not None
+                env = self.envs.used_by(release) if self.envs is not None else None
+                entry["env"] = env.summary() if env is not None else None
                 records.append(entry)
         deploys = [d.snapshot() for d in self.deployer.deploys.values() if not name or d.service == name]
         runtime = self.services.get(str(name)) if name else None
         return {"ok": True, "service": name, "live": kept.live if kept else "", "releases": records, "deploys": deploys[-10:],
                 "failed": runtime.failed if runtime else [], "rolled_back": runtime.rolled_back if runtime else ""}
+
+    def _env(self, service: ServiceRuntime) -> dict[str, Any]:
+        """`anycore env SERVICE`: the live release's environment and its packages."""
+        launch = service.launch
+        info = self.envs.used_by(service.release_id) if self.envs is not None and launch and launch.env_hash else None
+        return {"ok": True, "service": service.name, "release": service.release_id, "env": info.hash if info else "",
+                "python": launch.python if launch else sys.executable, "user": launch.user if launch else "",
+                "packages": info.packages if info else [], "size_mib": info.summary()["size_mib"] if info else 0,
+                "runtime": self.envs.runtime if self.envs is not None else []}
 
     # -- shutdown -------------------------------------------------------------------------------
     async def _shutdown(self) -> None:

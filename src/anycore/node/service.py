@@ -29,6 +29,7 @@ from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
 from anycore.node.sessions import SessionPlacer, SessionRoutes
 from anycore.router.core import Placed, Queued, Rejected, Router
+from anycore.supervisor.launch import Launch
 from anycore.supervisor.release import ReleaseSupervisor
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class ServiceRuntime:
         self.release: ReleaseSupervisor | None = None
         self.draining: set[ReleaseSupervisor] = set()
         self.previous: tuple[str, str, ServiceConfig] | None = None  # (release, directory, config)
+        self.launch: Launch | None = None  # interpreter, user and variables of the live release
         self.on_crashloop: Callable[[ServiceRuntime, str], None] | None = None
         self.rolled_back = ""
         self.scale_override: tuple[int, int] | None = None  # `anycore scale` limits, kept across deploys
@@ -76,12 +78,12 @@ class ServiceRuntime:
     # ``config`` and ``release_id`` describe the release that is (or was last) live, which
     # is what ``start`` brings back.
 
-    def new_release(self, release: str, directory: str, config: ServiceConfig) -> ReleaseSupervisor:
-        return ReleaseSupervisor(self, release, directory, config, self.log)
+    def new_release(self, release: str, directory: str, config: ServiceConfig, launch: Launch | None = None) -> ReleaseSupervisor:
+        return ReleaseSupervisor(self, release, directory, config, self.log, launch)
 
     async def start(self) -> None:
         """Turn on the last live release again (raises ReleaseFailed)."""
-        release = self.new_release(self.release_id, self.directory, self.config)
+        release = self.new_release(self.release_id, self.directory, self.config, self.launch)
         await release.start()
         self.shift(release, self.directory, self.config)
 
@@ -94,6 +96,7 @@ class ServiceRuntime:
             for worker in old.workers.values():
                 self.router.stop_accepting(worker.id)
         self.release, self.release_id, self.directory, self.config = new, new.release, directory, config
+        self.launch = new.launch
         self.router.max_queue, self.router.max_queue_bytes = config.max_queue, config.max_queue_bytes
         self.session_routes = SessionRoutes(config)
         new.promote()

@@ -1,6 +1,7 @@
 """The deploy state machine: the phases a release goes through to replace another.
 
-    FETCH -> IMPORT -> WARM -> MIGRATE -> SHIFT -> DRAIN -> RETIRE -> DONE
+    FETCH -> ENV -> IMPORT -> WARM -> MIGRATE -> SHIFT -> DRAIN -> RETIRE -> DONE
+    (ENV only for a release that declares dependencies: its environment is built or reused)
     (any phase before SHIFT) -> FAILED        the old release serves as before
     (a phase after SHIFT)    -> FAILED        the new release is live; only the old one's
                                               retirement went wrong
@@ -26,6 +27,7 @@ from anycore.errors import IllegalTransition
 class Phase(enum.Enum):
     QUEUED = "queued"
     FETCH = "fetch"
+    ENV = "env"
     IMPORT = "import"
     WARM = "warm"
     MIGRATE = "migrate"
@@ -37,7 +39,7 @@ class Phase(enum.Enum):
     NOOP = "noop"
 
 
-ORDER = [Phase.QUEUED, Phase.FETCH, Phase.IMPORT, Phase.WARM, Phase.MIGRATE, Phase.SHIFT, Phase.DRAIN, Phase.RETIRE, Phase.DONE]
+ORDER = [Phase.QUEUED, Phase.FETCH, Phase.ENV, Phase.IMPORT, Phase.WARM, Phase.MIGRATE, Phase.SHIFT, Phase.DRAIN, Phase.RETIRE, Phase.DONE]
 BEFORE_SHIFT = frozenset(ORDER[: ORDER.index(Phase.SHIFT)])
 TERMINAL = frozenset({Phase.DONE, Phase.FAILED, Phase.NOOP})
 

@@ -17,9 +17,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +33,7 @@ from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, NotF
 from anycore.cluster.jetstream import create_replicated
 from anycore.config import ServiceConfig
 from anycore.errors import BundleRefused, ConfigError, StorageError
-from anycore.release.bundle import release_id, unpack
+from anycore.release.bundle import release_id, remove_tree, seal, unpack
 
 CODE_BUCKET = "anycore_code"
 RELEASES_BUCKET = "anycore_releases"
@@ -146,7 +146,8 @@ class CodeStore:
             raise BundleRefused(f"release {record.id} is not in the code store — deploy it again from its directory") from None
         assert self.cache is not None
         with _storing(f"unpacking {record.id} into the release cache"):
-            return self._unpack(record, result.data)
+            # Unpacking and sealing (byte-compiling) take a while: off the loop.
+            return await asyncio.get_running_loop().run_in_executor(None, self._unpack, record, result.data)
 
     def _unpack(self, record: ReleaseRecord, data: bytes) -> Path:
         """Unpack into a staging directory, verify, rename into place: all or nothing."""
@@ -157,11 +158,12 @@ class CodeStore:
             actual = release_id(str(staging / "code"), record.config)
             if actual != record.id:
                 raise BundleRefused(f"release {record.id}: the fetched bundle hashes to {actual}; refusing it")
+            seal(str(staging / "code"))
             target = self.cache / record.id
             (staging / "code").rename(target)
             return target
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
 
     # -- records -------------------------------------------------------------------------
     async def put_release(self, record: ReleaseRecord) -> None:
@@ -225,7 +227,7 @@ class CodeStore:
         except Exception:
             pass
         if self.cache is not None:
-            shutil.rmtree(self.cache / release, ignore_errors=True)
+            remove_tree(self.cache / release)
 
 
 def now() -> float:

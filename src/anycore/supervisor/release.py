@@ -35,6 +35,7 @@ from anycore.lifecycle import Lifecycle, ReleaseState, WorkerState
 from anycore.log import NodeLog, pump_output
 from anycore.scaler.core import Limits, Scaler
 from anycore.supervisor.oom import OomCounter
+from anycore.supervisor.launch import Launch
 from anycore.supervisor.policy import RestartPolicy
 from anycore.supervisor.worker import WorkerHandle
 from anycore.supervisor.zygote import ZygoteHandle, start_zygote
@@ -64,8 +65,10 @@ def scaler_limits(config: ServiceConfig, override: tuple[int, int] | None = None
 
 
 class ReleaseSupervisor:
-    def __init__(self, service: "ServiceRuntime", release: str, directory: str, config: ServiceConfig, log: NodeLog) -> None:
+    def __init__(self, service: "ServiceRuntime", release: str, directory: str, config: ServiceConfig, log: NodeLog,
+                 launch: Launch | None = None) -> None:
         self.service = service
+        self.launch = launch or Launch()
         self.release = release
         self.directory = directory
         self.config = config
@@ -126,7 +129,7 @@ class ReleaseSupervisor:
         self.zygote = start_zygote(
             self.release, self.directory, self.config.entry, self.config.env, self.config.slots, self._tick,
             self.config.readiness, self._on_forked, self._on_exited, out_child.fileno(),
-            sessions=[route.handler for route in self.config.session_routes().values()],
+            sessions=[route.handler for route in self.config.session_routes().values()], launch=self.launch,
         )
         out_child.close()
         self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
@@ -481,5 +484,6 @@ class ReleaseSupervisor:
             "release": self.release, "state": self.life.state.value, "crashlooping": self.policy.crashlooping,
             "target": self.target, "scaler": self._scaler_info(), "restarts": self.restarts, "last_exit": self.last_exit, "failure": self.failure,
             "zygote_pid": self.zygote.pid if self.zygote else None,
-            "workers": [w.info(now) for w in sorted(self.workers.values(), key=lambda w: w.id)],
+            "env": self.launch.env_name, "python": self.launch.python, "user": self.launch.user,
+            "workers": [{**w.info(now), "env": self.launch.env_name} for w in sorted(self.workers.values(), key=lambda w: w.id)],
         }

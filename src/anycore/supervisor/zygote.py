@@ -10,7 +10,14 @@ pose as a worker.
 Zygotes are forked from the node's ``Template`` (see anycore.worker.template), an
 interpreter with the runtime already imported, so a deploy pays only for importing the
 release's own code. A fresh interpreter is still used when the template is gone or the
-service's env sets ``PYTHON*`` variables (they act at interpreter start).
+service's env sets ``PYTHON*`` variables (they act at interpreter start). There is one
+template per interpreter: the node's, and one per release environment in use (a release
+with dependencies runs on its environment's interpreter, see anycore.release.env), each
+started on first use and stopped when no release runs on it any more.
+
+The zygote's user and environment come from its ``Launch`` (anycore.supervisor.launch):
+no secret of the node's reaches it, and under a root node it drops to the service's user
+right after the fork, before it imports anything of the service.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import msgspec
 
 from anycore.errors import ReleaseFailed
 from anycore.supervisor import pdeathsig
+from anycore.supervisor.launch import SCRUBBED_PREFIXES, Launch, service_environ
 
 
 def read_message(control: socket.socket) -> list[Any] | None:
@@ -72,18 +80,20 @@ class ForkedZygote:
 
 
 class Template:
-    """The node's one template process (started at most once; restarted when it dies)."""
+    """A template process per interpreter (started on first use; restarted when it dies)."""
 
-    _current: "Template | None" = None
+    _current: "dict[str, Template]" = {}
 
-    def __init__(self) -> None:
+    def __init__(self, python: str = sys.executable) -> None:
         node_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         os.set_inheritable(template_end.fileno(), True)
+        self.python = python
         self.process = subprocess.Popen(
-            [sys.executable, "-c", f"import os; os.dup2({template_end.fileno()}, 3); "
+            [python, "-c", f"import os; os.dup2({template_end.fileno()}, 3); "
              "from anycore.worker.template import main; main()"],
             pass_fds=(template_end.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
             preexec_fn=pdeathsig.preexec(),
+            env={k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)},
         )
         template_end.close()
         node_end.setblocking(False)
@@ -94,29 +104,47 @@ class Template:
         asyncio.get_running_loop().add_reader(node_end.fileno(), self._readable)
 
     @classmethod
-    def get(cls) -> "Template | None":
-        if cls._current is None or cls._current.dead:
+    def get(cls, python: str = sys.executable) -> "Template | None":
+        current = cls._current.get(python)
+        if current is None or current.dead:
             try:
-                cls._current = Template()
+                current = cls._current[python] = Template(python)
             except OSError:
                 return None
-        return cls._current
+        return current
 
     @classmethod
-    async def shutdown(cls) -> None:
-        template, cls._current = cls._current, None
-        if template is not None and not template.dead:
-            template._closed()
-            template.control.close()
-            for _ in range(100):
-                if template.process.poll() is not None:
-                    return
-                await asyncio.sleep(0.02)
-            template.process.kill()
+    async def shutdown(cls, keep: set[str] | None = None) -> None:
+        """Stop every template (``keep``: but those of these interpreters)."""
+        stopping = [t for p, t in cls._current.items() if keep is None or p not in keep]
+        for template in stopping:
+            cls._current.pop(template.python, None)
+        await asyncio.gather(*(t._stop() for t in stopping))
 
-    def spawn(self, spec: str, directory: str, env: dict[str, str], control: int, stdout: int) -> ForkedZygote:
+    @classmethod
+    async def stop_idle(cls, keep: set[str]) -> None:
+        """Stop the templates of other interpreters than ``keep`` that have no zygote left
+        (a zygote being started is already a child, so none is cut off)."""
+        idle = [t for p, t in cls._current.items() if p not in keep and not t.children and not t.waiting]
+        for template in idle:
+            cls._current.pop(template.python, None)
+        await asyncio.gather(*(t._stop() for t in idle))
+
+    async def _stop(self) -> None:
+        if self.dead:
+            return
+        self._closed()
+        self.control.close()
+        for _ in range(100):
+            if self.process.poll() is not None:
+                return
+            await asyncio.sleep(0.02)
+        self.process.kill()
+
+    def spawn(self, spec: str, directory: str, env: dict[str, str], control: int, stdout: int,
+              uid: int | None = None, gid: int | None = None) -> ForkedZygote:
         child = ForkedZygote(self)
-        socket.send_fds(self.control, [msgspec.msgpack.encode(["spawn", spec, directory, env])], [control, stdout])
+        socket.send_fds(self.control, [msgspec.msgpack.encode(["spawn", spec, directory, env, uid, gid])], [control, stdout])
         self.waiting.append(child)
         return child
 
@@ -252,16 +280,17 @@ class ZygoteHandle:
 
 def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], slots: int, tick: float, readiness: str,
                  on_forked: Callable[[int, int], None], on_exited: Callable[[int, int], None],
-                 stdout: int, sessions: list[str] | None = None) -> ZygoteHandle:
+                 stdout: int, sessions: list[str] | None = None, launch: Launch | None = None) -> ZygoteHandle:
+    launch = launch or Launch()
     node_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     node_end.setblocking(False)
     spec = json.dumps({"entry": entry, "slots": slots, "tick": tick, "release": release, "readiness": readiness,
                        "sessions": sessions or []})
-    child_env = {**os.environ, **env, "ANYCORE_RELEASE": release}
-    template = Template.get() if not any(key.startswith("PYTHON") for key in env) else None
+    child_env = service_environ(dict(os.environ), env, launch, release)
+    template = Template.get(launch.python) if not any(key.startswith("PYTHON") for key in env) else None
     if template is not None:
         try:
-            forked = template.spawn(spec, directory, child_env, zygote_end.fileno(), stdout)
+            forked = template.spawn(spec, directory, child_env, zygote_end.fileno(), stdout, launch.uid, launch.gid)
             zygote_end.close()
             return ZygoteHandle(release, forked, node_end, on_forked, on_exited)
         except OSError:
@@ -269,10 +298,11 @@ def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], 
     # The zygote's control socket must land on fd 3 (CONTROL_FD) in the child.
     os.set_inheritable(zygote_end.fileno(), True)
     process = subprocess.Popen(
-        [sys.executable, "-c", f"import os; os.dup2({zygote_end.fileno()}, 3); "
+        [launch.python, "-c", f"import os; os.dup2({zygote_end.fileno()}, 3); "
          "from anycore.worker.zygote import main; main()", spec],
         cwd=directory, env=child_env, pass_fds=(zygote_end.fileno(),), start_new_session=True,
-        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout, preexec_fn=pdeathsig.preexec(),
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout,
+        user=launch.uid, group=launch.gid, extra_groups=[] if launch.uid is not None else None, preexec_fn=pdeathsig.preexec(),
     )
     zygote_end.close()
     return ZygoteHandle(release, process, node_end, on_forked, on_exited)

@@ -9,12 +9,12 @@ the release's own code. Like a zygote, the template never starts a loop or a thr
 what it forks is clean.
 
 Control messages (msgpack arrays over a SOCK_SEQPACKET socket on fd ``CONTROL_FD``):
-  node -> template   ["spawn", spec_json, directory, env]  with two fds: the zygote's control
-                     socket and its stdout/stderr
+  node -> template   ["spawn", spec_json, directory, env, uid, gid]  with two fds: the zygote's
+                     control socket and its stdout/stderr (uid/gid None: stay the node's user)
   template -> node   ["spawned", pid]
                      ["exited", pid, wait_status]   a zygote was reaped
-The zygote child starts a session of its own, takes the release directory as cwd and
-exactly the env it is given, puts its control socket on fd 3, and runs
+The zygote child starts a session of its own, drops to the service's user (when the node is
+root), takes the release directory as cwd and exactly the env it is given, puts its control socket on fd 3, and runs
 ``anycore.worker.zygote.main`` as a fresh zygote would.
 """
 
@@ -25,6 +25,7 @@ import select
 import signal
 import socket
 import sys
+from typing import Callable
 
 import msgspec
 
@@ -39,6 +40,7 @@ def main() -> None:
 
     import uvloop  # noqa: F401
 
+    from anycore.supervisor.launch import drop_privileges
     from anycore.worker import asgi, runner, session  # noqa: F401
     from anycore.worker.zygote import reap
 
@@ -64,12 +66,14 @@ def main() -> None:
                 os._exit(0)  # the node is gone; zygotes notice their own control sockets
             message = msgspec.msgpack.decode(data)
             if message[0] == "spawn":
-                pid = _spawn(message[1], message[2], message[3], fds, control, wake_r, wake_w)
+                uid, gid = (message[4], message[5]) if len(message) > 5 else (None, None)
+                pid = _spawn(message[1], message[2], message[3], fds, control, wake_r, wake_w,
+                             lambda: drop_privileges(uid, gid))
                 send("spawned", pid)
 
 
 def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], control: socket.socket,
-           wake_r: int, wake_w: int) -> int:
+           wake_r: int, wake_w: int, become_user: Callable[[], None] = lambda: None) -> int:
     zygote_control, stdout = fds
     template = os.getpid()
     pid = os.fork()
@@ -82,6 +86,7 @@ def _spawn(spec: str, directory: str, env: dict[str, str], fds: list[int], contr
             os.close(wake_r)
             os.close(wake_w)
             os.setsid()
+            become_user()  # before anything of the service runs
             os.chdir(directory)
             os.environ.clear()
             os.environ.update(env)
