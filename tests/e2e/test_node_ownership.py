@@ -214,6 +214,8 @@ def test_up_on_a_port_in_use_exits_2_in_one_line_and_leaves_nothing(nodes, tmp_p
     bad = make_service(tmp_path, "bad", HELLO, 'workers = "lots"\n')
     config = cli(env, "up", str(bad), "--listen", "127.0.0.1:0")
     assert config.returncode == 2 and "workers" in one_line_error(config)
+    dev = cli(env, "dev", str(bad), "--listen", "127.0.0.1:0")
+    assert dev.returncode == 2 and "workers" in one_line_error(dev)
     assert nats_servers_of(home) == []
 
 

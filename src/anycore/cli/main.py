@@ -403,11 +403,7 @@ def dev(path: str, listen: str, access_log: bool, service_user: str, index_url: 
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
     from anycore.node.node import Node
 
-    try:
-        service = load_service(path)
-    except ConfigError as exc:
-        click.echo(f"anycore: {exc}", err=True)
-        sys.exit(2)
+    service = load_service(path)  # a ConfigError becomes one line and exit 2 in main()
     node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path,
                 index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
     sys.exit(_run(node.run([service])))

@@ -38,6 +38,13 @@ from anycore.supervisor import pdeathsig
 from anycore.supervisor.launch import SCRUBBED_PREFIXES, Launch, service_environ
 
 
+def _onto_fd3(fd: int) -> str:
+    """The start of a child's ``-c`` program that moves its control socket from ``fd`` onto
+    fd 3 and closes ``fd``: a copy left open would reach the service's code (zygote and
+    workers), which could then read or forge the parent's control messages."""
+    return f"import os; os.dup2({fd}, 3); " + (f"os.close({fd}); " if fd != 3 else "")
+
+
 def read_message(control: socket.socket) -> list[Any] | None:
     """One control message from a non-blocking SOCK_SEQPACKET socket: None if there is
     none yet, an empty list at EOF (the peer is gone)."""
@@ -89,7 +96,7 @@ class Template:
         os.set_inheritable(template_end.fileno(), True)
         self.python = python
         self.process = subprocess.Popen(
-            [python, "-c", f"import os; os.dup2({template_end.fileno()}, 3); "
+            [python, "-c", f"{_onto_fd3(template_end.fileno())}"
              "from anycore.worker.template import main; main()"],
             pass_fds=(template_end.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
             preexec_fn=pdeathsig.preexec(),
@@ -298,7 +305,7 @@ def start_zygote(release: str, directory: str, entry: str, env: dict[str, str], 
     # The zygote's control socket must land on fd 3 (CONTROL_FD) in the child.
     os.set_inheritable(zygote_end.fileno(), True)
     process = subprocess.Popen(
-        [launch.python, "-c", f"import os; os.dup2({zygote_end.fileno()}, 3); "
+        [launch.python, "-c", f"{_onto_fd3(zygote_end.fileno())}"
          "from anycore.worker.zygote import main; main()", spec],
         cwd=directory, env=child_env, pass_fds=(zygote_end.fileno(),), start_new_session=True,
         stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout,
