@@ -73,12 +73,13 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_kill9_of_the_node_leaves_no_process_and_up_stops_a_stale_nats(nodes, tmp_path):
-    app = make_service(tmp_path, "shop", HELLO, "workers = 2\n")
+    app = make_service(tmp_path, "shop", HELLO, "workers = 6\n")
     node = nodes.start(app)
+    wait_for(lambda: len(node.ready_workers("shop")) == 6, what="6 ready workers")
     tree = descendants(node.proc.pid)
     nats = nats_servers_of(node.home)
     assert len(nats) == 1 and nats[0] in tree
-    assert len(tree) >= 5, tree  # nats-server, template, zygote, 2 workers
+    assert len(tree) >= 9, tree  # nats-server, template, zygote, 6 workers
     node.proc.kill()
     node.proc.wait()
     wait_for(lambda: not any(alive(pid) for pid in tree), timeout=2.0, what=f"no process of the node's tree {tree}")
@@ -96,16 +97,19 @@ def test_kill9_of_the_node_leaves_no_process_and_up_stops_a_stale_nats(nodes, tm
         assert httpx.get(again.url + "/").text == "hello"
 
         # A zygote's workers die with it (their parent): the release starts a new zygote
-        # and forks its workers again from it.
+        # and forks its workers again from it — one restart, not six crashes (which would
+        # make the release crashlooping).
+        wait_for(lambda: len(again.ready_workers("shop")) == 6, what="6 ready workers")
         zygote = again.service("shop")["live"]["zygote_pid"]
         workers = {w["pid"] for w in again.workers("shop")}
         os.kill(zygote, signal.SIGKILL)
         wait_for(lambda: not any(alive(pid) for pid in workers), timeout=2.0, what="the zygote's workers to die with it")
         wait_for(lambda: (live := again.service("shop")["live"])["zygote_pid"] != zygote and
-                 [w for w in live["workers"] if w["state"] == "ready"], timeout=20,
-                 what="a new zygote and a ready worker forked from it")
+                 len([w for w in live["workers"] if w["state"] == "ready"]) == 6, timeout=20,
+                 what="a new zygote and its 6 workers forked from it")
         assert httpx.get(again.url + "/").text == "hello"
         assert "release.zygote_restarted" in again.output
+        assert "release.crashlooping" not in again.output and "worker.restarting" not in again.output
     finally:
         if stale.poll() is None:
             stale.kill()

@@ -118,7 +118,8 @@ class ReleaseSupervisor:
             if warm is not None:
                 self.target = max(1, min(warm, self.scaler.limits.max_workers))
             workers = [self._start_worker() for _ in range(self.target)]
-            await asyncio.wait_for(asyncio.gather(*(self._until_ready(w) for w in workers)), self.config.startup_timeout)
+            await asyncio.wait_for(asyncio.gather(*(self._until_ready(w) for w in workers if w is not None)),
+                                   self.config.startup_timeout)
         except asyncio.TimeoutError:
             await self._fail(f"not ready within startup_timeout={self.config.startup_timeout}s")
         except ReleaseFailed as exc:
@@ -206,12 +207,16 @@ class ReleaseSupervisor:
     async def _until_ready(self, worker: WorkerHandle) -> None:
         await worker.ready_waiter
 
-    def _start_worker(self) -> WorkerHandle:
+    def _start_worker(self) -> WorkerHandle | None:
+        """Fork a worker; None while the zygote is lost (its restart forks up to target)."""
         assert self.zygote is not None
+        if self.zygote.lost():
+            return None
         worker = WorkerHandle(
             next(_worker_ids), self.release, self.config.slots, self.loop.time(),
             self._on_ready, self._on_failed_start, self.service.on_done, self._on_lost,
         )
+        worker.zygote = self.zygote
         self.workers[worker.id] = worker
         data, logs = self.zygote.fork(worker.id)
         self._spawn_task(worker.connect(data))
@@ -268,7 +273,10 @@ class ReleaseSupervisor:
         if waiter is not None and not waiter.done():
             waiter.set_exception(ReleaseFailed(self.release, worker.killed_by_us or "a worker exited during startup"))
         deliberate = was is WorkerState.DRAINING or self.life.state is not ReleaseState.LIVE
-        if not deliberate:
+        # A worker that died with its zygote is not a crash of its own: the zygote's restart
+        # (one backoff step for all of them) forks the workers again. Counted one by one,
+        # five workers would make the release crashlooping and could roll a deploy back.
+        if not deliberate and not (worker.zygote is not None and worker.zygote.lost()):
             uptime = self.loop.time() - worker.started_at
             decision = self.policy.on_crash(self.loop.time(), uptime)
             self.restarts += 1

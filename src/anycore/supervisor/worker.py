@@ -18,6 +18,7 @@ from anycore.lifecycle import Lifecycle, WorkerState
 if TYPE_CHECKING:
     from anycore.gateway.exchange import Exchange
     from anycore.gateway.websocket import WebSocketSession
+    from anycore.supervisor.zygote import ZygoteHandle
 
 
 class WorkerHandle:
@@ -47,6 +48,7 @@ class WorkerHandle:
         self.lost_inflight = 0
         self.replacing = False  # a replacement is starting; drain this one once it is ready
         self.recycle_reason = ""
+        self.zygote: "ZygoteHandle | None" = None  # the zygote that forked it (its parent)
         # Resolved when the worker is ready, failed if it dies or fails its startup first.
         self.ready_waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ready_waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning

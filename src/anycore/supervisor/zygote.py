@@ -226,6 +226,20 @@ class ZygoteHandle:
         if not self.gone.done():
             self.gone.set_result(None)
 
+    def lost(self) -> bool:
+        """Whether the zygote is gone, asked of its control socket now rather than of ``gone``,
+        whose EOF event may be handled after its workers' in the same loop turn. A dying
+        process closes its sockets before its children get their PR_SET_PDEATHSIG, so when a
+        worker is lost because its zygote died, this already says so."""
+        if self.gone.done():
+            return True
+        try:
+            return self.control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def fork(self, worker_id: int) -> tuple[socket.socket, socket.socket]:
         """Ask for a worker; returns the node's ends of its frame and log sockets."""
         data_node, data_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
