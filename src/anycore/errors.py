@@ -18,6 +18,8 @@ be shown to the user as it is (the CLI prints ``anycore: <message>`` and exits n
 
 from __future__ import annotations
 
+import errno
+
 
 class AnycoreError(Exception):
     """Base of every anycore error; ``str(err)`` is a complete, user-facing sentence."""
@@ -61,6 +63,11 @@ class NodeRunning(AnycoreError):
                          "or set ANYCORE_HOME to another directory to run a second node")
 
 
+# The errors that mean the disk itself refuses (a StorageError, after which the node heals
+# its stores); other OSErrors of an operation are its own failure.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
 class StorageError(AnycoreError):
     """A disk or file system refused a write or a read (ENOSPC, EIO, EROFS, EACCES, ...), in
     one line: what failed, the system's reason, what to do."""
@@ -69,6 +76,13 @@ class StorageError(AnycoreError):
         self.errno = errno_
         self.reason = reason
         super().__init__(f"{what} failed: {reason} — {storage_hint(errno_, reason)}")
+
+    @classmethod
+    def of_disk(cls, what: str, exc: OSError) -> "StorageError | None":
+        """The StorageError for ``exc`` if the disk refused (DISK_ERRNOS), else None: a
+        fork or a spawn that failed is the operation's own error, not a reason to heal
+        the stores."""
+        return cls.from_os(what, exc) if exc.errno in DISK_ERRNOS else None
 
     @classmethod
     def from_os(cls, what: str, exc: OSError) -> "StorageError":

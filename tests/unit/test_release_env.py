@@ -204,3 +204,50 @@ def test_reachable_checks_the_bit_that_applies_to_the_service_user():
     with pytest.raises(ConfigError, match=f"chmod o\\+x {closed}"):
         check_reachable(closed / "home", "nobody", 65534, 65534)
     remove_tree(root)
+
+
+def _fake_uv(tmp_path: Path, script: str) -> str:
+    """A stand-in for the uv binary: a real executable, so the real subprocess path runs."""
+    path = tmp_path / "fake-uv"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_uv_runs_without_the_nodes_secrets_and_a_full_disk_is_a_storage_error(tmp_path, monkeypatch):
+    import asyncio
+
+    from anycore.errors import StorageError
+
+    monkeypatch.setenv("ANYCORE_TOKEN", "s3cret")
+    seen = tmp_path / "env.txt"
+    uv = _fake_uv(tmp_path, f'env > {seen}\necho "error: failed to write to file: No space left on device (os error 28)" >&2\nexit 2\n')
+    envs = Environments(tmp_path / "envs", uv=uv)
+    with pytest.raises(StorageError) as raised:
+        asyncio.run(envs._uv_run("svc@1", ["pip", "install"], str(tmp_path)))
+    assert "free some disk space" in str(raised.value) and "os error 28" in str(raised.value)
+    assert "s3cret" not in seen.read_text() and "ANYCORE_TOKEN" not in seen.read_text()
+    # Anything else that fails is the requirements' (or the index's) failure, with uv's words.
+    uv = _fake_uv(tmp_path, 'echo "No solution found when resolving dependencies" >&2\nexit 1\n')
+    with pytest.raises(ReleaseFailed) as raised:
+        asyncio.run(Environments(tmp_path / "envs", uv=uv)._uv_run("svc@1", ["pip", "install"], str(tmp_path)))
+    assert "No solution found" in str(raised.value) and not isinstance(raised.value, StorageError)
+
+
+def test_builds_left_by_a_killed_node_are_removed_when_the_next_one_starts(tmp_path):
+    root = tmp_path / "envs"
+    (root / ".build-dead1234" / "lib").mkdir(parents=True)
+    (root / "0123abcd").mkdir()
+    Environments(root)
+    assert sorted(p.name for p in root.iterdir()) == ["0123abcd"]
+
+
+def test_only_a_refusing_disk_is_a_storage_error():
+    import errno
+
+    from anycore.errors import StorageError
+
+    full = StorageError.of_disk("deploy of svc@1", OSError(errno.ENOSPC, "No space left on device"))
+    assert full is not None and "free some disk space" in str(full)
+    assert StorageError.of_disk("deploy of svc@1", BrokenPipeError(errno.EPIPE, "Broken pipe")) is None
+    assert StorageError.of_disk("deploy of svc@1", PermissionError(errno.EACCES, "Permission denied")) is None

@@ -108,7 +108,7 @@ class Deployer:
                 deploy.fail("aborted before the shift (Ctrl-C of `anycore deploy`); the old release serves as before")
             return
         except OSError as exc:  # the disk (cache, staging): one line, and the next deploy starts clean
-            self._failed(deploy, record, StorageError.from_os(f"deploy of {record.id}", exc))
+            self._failed(deploy, record, StorageError.of_disk(f"deploy of {record.id}", exc) or exc)
             return
         except Exception as exc:  # anything before the shift aborts the deploy, never the node
             self._failed(deploy, record, exc)

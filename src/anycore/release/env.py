@@ -31,6 +31,7 @@ variables, never its command line (readable by every local user) nor the release
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.metadata
 import json
 import os
@@ -42,10 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from anycore.errors import StorageError
+from anycore.supervisor import pdeathsig
 from anycore.release.envspec import (RUNTIME, EnvBuildFailed, IndexSettings, declared, env_key, interpreter_tag,
                                      parse_installed, redact, resolved_set, runtime_pins, spec_key)
 
 BUILD_TIMEOUT = 600.0
+# uv's words for a disk that refuses writes (it prints the OS error with its number).
+DISK_TEXTS = {"os error 28)": errno.ENOSPC, "os error 122)": errno.EDQUOT, "os error 30)": errno.EROFS,
+              "os error 5)": errno.EIO}
 
 __all__ = ["EnvBuildFailed", "EnvInfo", "EnvResult", "Environments", "IndexSettings", "KvLocks", "declared", "redact"]
 
@@ -112,6 +118,10 @@ class Environments:
         self.runtime = runtime_pins()
         self._uv = uv
         self._builds: dict[str, asyncio.Future[EnvResult]] = {}
+        # Builds a node killed mid-way left behind (the node holds its home's lock, so no
+        # build of another node can be running here).
+        for stale in (root.glob(".build-*") if root.is_dir() else []):
+            shutil.rmtree(stale, ignore_errors=True)
 
     @property
     def uv(self) -> str:
@@ -230,13 +240,16 @@ class Environments:
 
     async def _uv_run(self, release: str, args: list[str], cwd: str) -> tuple[str, str]:
         """Run uv; (stdout, stderr), credentials redacted; EnvBuildFailed with its explanation."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+        # A build runs the release's build backends (sdists, local projects): code of the
+        # release, so it gets none of the node's secrets either.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "ANYCORE_"))}
         env.update(self.index.uv_env())
         env["UV_NO_PROGRESS"] = "1"
         # A service user cannot write __pycache__ into the environment: compile at install.
         env["UV_COMPILE_BYTECODE"] = "1"
         proc = await asyncio.create_subprocess_exec(self.uv, *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                    preexec_fn=pdeathsig.preexec())
         try:
             out, err = await asyncio.wait_for(proc.communicate(), BUILD_TIMEOUT)
         except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -246,6 +259,9 @@ class Environments:
         stdout, stderr = redact(out.decode(errors="replace")), redact(err.decode(errors="replace"))
         if proc.returncode != 0:
             lines = [ln for ln in (stdout + stderr).splitlines() if ln.strip() and not ln.startswith("Using Python")]
+            disk = next((code for text, code in DISK_TEXTS.items() if text in stderr), None)
+            if disk is not None:  # not the requirements' fault: say what to do about the disk
+                raise StorageError(f"the environment build of {release}", " ".join(ln.strip() for ln in lines[-3:]), disk)
             raise EnvBuildFailed(release, "its environment could not be built: " + " ".join(
                 ln.strip() for ln in lines[-8:]) + " — fix the declared requirements, or the node's index "
                 "settings (--index-url, --find-links)")
