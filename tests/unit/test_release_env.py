@@ -251,3 +251,17 @@ def test_only_a_refusing_disk_is_a_storage_error():
     assert full is not None and "free some disk space" in str(full)
     assert StorageError.of_disk("deploy of svc@1", BrokenPipeError(errno.EPIPE, "Broken pipe")) is None
     assert StorageError.of_disk("deploy of svc@1", PermissionError(errno.EACCES, "Permission denied")) is None
+
+
+def test_a_collection_keeps_the_environment_a_deploy_is_between_finding_and_recording(tmp_path):
+    envs = Environments(tmp_path, uv="uv")
+    envs._dirs()
+    for name in ("e8", "e9"):
+        _env(tmp_path, name)
+    (tmp_path / "specs" / "k9").write_text("e9")
+    envs._ensuring["k9"] += 1  # its deploy found (or built) e9 and has not written uses/ yet
+    assert envs.retire_unused(kept_releases=set(), in_use=set()) == ["e8"]
+    assert (tmp_path / "e9").is_dir() and not (tmp_path / "e8").exists()
+    assert [p.name.startswith(".trash-e8-") for p in tmp_path.iterdir() if p.name.startswith(".")] == [True]
+    envs.purge()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -227,15 +227,17 @@ class Deployer:
 
     async def collect_envs(self) -> None:
         """Remove the environments no cached release uses (after releases fell out of the
-        history), in a thread: an environment can be hundreds of MiB, the loop serves."""
+        history): decided on the loop, deleted in a thread (an environment can be hundreds
+        of MiB, the loop serves)."""
         envs, cache = self.node.envs, self.store.cache
         if envs is None or cache is None:
             return
         kept = {p.name for p in cache.iterdir() if not p.name.startswith(".")}
         in_use = {r.launch.env_hash for r in self._running()}
-        removed = await asyncio.get_running_loop().run_in_executor(None, envs.collect, kept, in_use)
+        removed = envs.retire_unused(kept, in_use)  # on the loop: no ensure() can fall in between
         if removed:
             self.node.log.event("env.collected", removed=",".join(removed))
+            await asyncio.get_running_loop().run_in_executor(None, envs.purge)
 
     async def rollback(self, service: "ServiceRuntime", to: str | None, source: str, deploy_id: str | None = None,
                        start: Callable[[ReleaseRecord, str, str | None], Deploy] | None = None) -> Deploy:

@@ -39,6 +39,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -118,8 +119,10 @@ class Environments:
         self.runtime = runtime_pins()
         self._uv = uv
         self._builds: dict[str, asyncio.Future[EnvResult]] = {}
-        # Builds a node killed mid-way left behind (the node holds its home's lock, so no
-        # build of another node can be running here).
+        self._ensuring: Counter[str] = Counter()  # specs inside ensure(), kept by a collection
+        # Builds and removals a node killed mid-way left behind (the node holds its home's
+        # lock, so no build of another node can be running here).
+        self.purge()
         for stale in (root.glob(".build-*") if root.is_dir() else []):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -154,18 +157,24 @@ class Environments:
         self._dirs()
         spec = spec_key(self.tag, self.runtime, requirements)
         started = time.monotonic()
-        info = self.lookup(spec)
-        if info is not None:
-            result = EnvResult(info, cache_hit=True, seconds=time.monotonic() - started)
-        else:
-            # Two deploys of one spec at once build it once.
-            pending = self._builds.get(spec)
-            if pending is None:
-                pending = asyncio.ensure_future(self._build(release, spec, requirements, directory, on_progress))
-                self._builds[spec] = pending
-                pending.add_done_callback(lambda _: self._builds.pop(spec, None))
-            result = await asyncio.shield(pending)
-        self._write(self.root / "uses" / release, result.info.hash)
+        self._ensuring[spec] += 1
+        try:
+            info = self.lookup(spec)
+            if info is not None:
+                result = EnvResult(info, cache_hit=True, seconds=time.monotonic() - started)
+            else:
+                # Two deploys of one spec at once build it once.
+                pending = self._builds.get(spec)
+                if pending is None:
+                    pending = asyncio.ensure_future(self._build(release, spec, requirements, directory, on_progress))
+                    self._builds[spec] = pending
+                    pending.add_done_callback(lambda _: self._builds.pop(spec, None))
+                result = await asyncio.shield(pending)
+            self._write(self.root / "uses" / release, result.info.hash)
+        finally:
+            self._ensuring[spec] -= 1
+            if not self._ensuring[spec]:
+                del self._ensuring[spec]
         return result
 
     def used_by(self, release: str) -> EnvInfo | None:
@@ -276,9 +285,23 @@ class Environments:
     # -- garbage collection ------------------------------------------------------------------
     def collect(self, kept_releases: set[str], in_use: set[str]) -> list[str]:
         """Remove the environments that no kept release uses and no running release runs on."""
+        removed = self.retire_unused(kept_releases, in_use)
+        self.purge()
+        return removed
+
+    def retire_unused(self, kept_releases: set[str], in_use: set[str]) -> list[str]:
+        """The decision half of ``collect``, cheap and on the loop thread (so it cannot fall
+        between an ``ensure`` finding or building an environment and recording its release
+        in ``uses/``): environments to remove are renamed out of sight (``.trash-*``), and
+        ``purge`` deletes them later, in a thread."""
         if not self.root.is_dir():
             return []
         keep = set(in_use)
+        for spec in self._ensuring:  # a deploy between finding its environment and recording it
+            try:
+                keep.add((self.root / "specs" / spec).read_text().strip())
+            except OSError:
+                pass
         uses = self.root / "uses"
         for record in (uses.iterdir() if uses.is_dir() else []):
             if record.name in kept_releases:
@@ -289,13 +312,18 @@ class Environments:
         for path in self.root.iterdir():
             if path.name.startswith(".") or path.name in ("specs", "uses") or path.name in keep:
                 continue
-            shutil.rmtree(path, ignore_errors=True)
+            path.rename(self.root / f".trash-{path.name}-{secrets.token_hex(3)}")
             removed.append(path.name)
         specs = self.root / "specs"
         for record in (specs.iterdir() if specs.is_dir() else []):
             if record.read_text().strip() in removed:
                 record.unlink(missing_ok=True)
         return removed
+
+    def purge(self) -> None:
+        """Delete what ``retire_unused`` set aside (an environment can be hundreds of MiB)."""
+        for trash in (self.root.glob(".trash-*") if self.root.is_dir() else []):
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _site_packages(venv: Path) -> Path:

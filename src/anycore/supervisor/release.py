@@ -154,13 +154,15 @@ class ReleaseSupervisor:
         await asyncio.sleep(delay)
         if self.life.state is not ReleaseState.LIVE or self._stopping:
             return
-        self._start_zygote()
-        assert self.zygote is not None
         try:
+            self._start_zygote()
+            assert self.zygote is not None
             await asyncio.wait_for(asyncio.shield(self.zygote.ready), self.config.startup_timeout)
-        except (ReleaseFailed, asyncio.TimeoutError) as exc:
+        except (ReleaseFailed, asyncio.TimeoutError, OSError) as exc:  # OSError: no fork/spawn possible now
             self.log.event("release.zygote_failed", self.name, release=self.release, error=str(exc)[:300])
-            self._zygote_gone(self.zygote)  # try again, with the policy's backoff
+            if self.zygote is not None:
+                await self.zygote.stop(1.0)  # a zygote too slow to import must not be left behind
+                self._zygote_gone(self.zygote)  # try again, with the policy's backoff
             return
         self._oom.watch(self.zygote.pid)
         self._watch_zygote()
