@@ -185,6 +185,18 @@ def test_a_uv_lock_gives_the_pinned_closure_without_dev_groups(tmp_path):
     (tmp_path / "uv.lock").write_text(UV_LOCK)
     assert declared(str(tmp_path)) == ("click==8.1.7\ncolorama==0.4.6 ; sys_platform == 'win32'\nflask==3.0.3\n"
                                        "httptools==0.6.1\nuvicorn==0.30.1\n")
+    # A package needed under a marker on one path and always on another is always needed,
+    # whichever path the walk takes first; two conditional paths are OR-ed.
+    always = UV_LOCK.replace('name = "click"\nversion = "8.1.7"\nsource = { registry = "https://pypi.org/simple" }',
+                             'name = "click"\nversion = "8.1.7"\nsource = { registry = "https://pypi.org/simple" }\n'
+                             'dependencies = [{ name = "colorama" }]')
+    (tmp_path / "uv.lock").write_text(always)
+    assert "colorama==0.4.6\n" in declared(str(tmp_path))
+    both = UV_LOCK.replace('[package.optional-dependencies]\nstandard = [{ name = "httptools" }]',
+                           '[package.optional-dependencies]\nstandard = [{ name = "httptools" }, '
+                           '{ name = "colorama", marker = "os_name == \'nt\'" }]')
+    (tmp_path / "uv.lock").write_text(both)
+    assert "colorama==0.4.6 ; (os_name == 'nt') or (sys_platform == 'win32')\n" in declared(str(tmp_path))
 
 
 def test_reachable_checks_the_bit_that_applies_to_the_service_user():

@@ -81,19 +81,35 @@ def from_uv_lock(lock: dict[str, Any]) -> str:
             root = package
     if root is None:
         raise KeyError("no package with source '.' (the project)")
-    pinned: dict[str, str] = {}
-    edges = [(dep, dep.get("marker", "")) for dep in root.get("dependencies", [])]
+    # A package is needed under the OR, over every path from the project to it, of the AND
+    # of the markers along that path (a marker is a frozenset of conjuncts; empty: always).
+    # Visiting (package, path marker) pairs once each ends on cycles: the conjuncts are finite.
+    needed: dict[str, set[frozenset[str]]] = {}
+    edges = [(dep, frozenset()) for dep in root.get("dependencies", [])]
+    seen: set[tuple[str, frozenset[str]]] = set()
     while edges:
-        dep, marker = edges.pop()
+        dep, path = edges.pop()
         package = by_name.get(dep["name"])
-        if package is None or dep["name"] in pinned or package is root:
+        if package is None or package is root:
             continue
-        pinned[dep["name"]] = f"{dep['name']}=={package['version']}" + (f" ; {marker}" if marker else "")
+        marker = path | ({dep["marker"]} if dep.get("marker") else set())
+        if (dep["name"], marker) in seen:
+            continue
+        seen.add((dep["name"], marker))
+        needed.setdefault(dep["name"], set()).add(marker)
         more = list(package.get("dependencies", []))
         for extra in dep.get("extra", []):
             more += package.get("optional-dependencies", {}).get(extra, [])
-        edges += [(d, d.get("marker", "") or marker) for d in more]
-    return "".join(f"{pinned[name]}\n" for name in sorted(pinned))
+        edges += [(d, marker) for d in more]
+    lines = []
+    for name in sorted(needed):
+        pin = f"{name}=={by_name[name]['version']}"
+        if all(needed[name]):  # no path needs it unconditionally
+            conjunctions = sorted(" and ".join(sorted(m if len(marker) == 1 else f"({m})" for m in marker))
+                                  for marker in needed[name])
+            pin += " ; " + (conjunctions[0] if len(conjunctions) == 1 else " or ".join(f"({c})" for c in conjunctions))
+        lines.append(pin + "\n")
+    return "".join(lines)
 
 
 def _inline(path: Path, root: Path, depth: int) -> str:
