@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import httpx
+
 from tests.conftest import HELLO, make_service
 
 SEQPACKET = 5  # the "Type" column of /proc/net/unix; control sockets are SOCK_SEQPACKET
@@ -45,3 +47,32 @@ def test_zygotes_and_workers_hold_no_control_socket_of_their_parents(nodes, tmp_
         assert workers
         for worker in workers:
             assert seqpacket_fds(worker["pid"]) == [], f"{name}'s worker {worker['pid']} holds a control socket"
+
+
+WHOAMI = """
+import os
+
+import httpx
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(os.geteuid()).encode()})
+"""
+
+
+def test_a_root_node_whose_default_user_cannot_reach_python_serves_as_root_and_says_so(nodes, tmp_path):
+    """Zero config must serve: on a fresh root login Python and ANYCORE_HOME sit under a
+    0700 directory that `nobody` cannot traverse. With no user chosen the service runs as
+    root and the deploy says why and what to change; a chosen user that cannot reach them
+    is an error (tests run as root; pytest's tmp_path is such a 0700 directory)."""
+    assert os.geteuid() == 0
+    app = make_service(tmp_path, "who", WHOAMI)
+    node = nodes.start(app, env={"ANYCORE_USER": ""})
+    assert httpx.get(node.url + "/", timeout=10).text == "0"
+    assert "event=release.runs_as_root" in node.output and "nobody" in node.output
+    chosen = make_service(tmp_path, "chosen", WHOAMI, 'name = "chosen"\nroutes = ["/chosen"]\nuser = "nobody"\n')
+    result = node.cli("deploy", str(chosen))
+    assert result.returncode == 1 and "cannot reach" in result.stdout + result.stderr

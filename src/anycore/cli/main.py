@@ -54,8 +54,9 @@ def with_nats(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 env_options = [
-    click.option("--user", "service_user", envvar="ANYCORE_USER", default="nobody", show_default=True,
-                 help="When the node runs as root: the user services run as (a service's `user` key wins)."),
+    click.option("--user", "service_user", envvar="ANYCORE_USER", default="",
+                 help="When the node runs as root: the user services run as (a service's `user` key wins). "
+                      "Default: nobody, or root (said at deploy) where nobody cannot reach the interpreter or the home."),
     click.option("--index-url", envvar="ANYCORE_INDEX_URL", default="",
                  help="Package index for release environments (default: uv's, i.e. PyPI). Prefer the env var for credentials."),
     click.option("--extra-index-url", "extra_index_urls", envvar="ANYCORE_EXTRA_INDEX_URL", multiple=True,

@@ -212,8 +212,20 @@ class Deployer:
             self.node.log.event("release.user_ignored", record.service, release=record.id, reason=ignored)
         uid, gid = resolve_user(user) if user else (None, None)
         if uid:
-            for path in (self.node.home, Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"])):
-                check_reachable(path, user, uid, gid)
+            try:
+                for path in (self.node.home, Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"])):
+                    check_reachable(path, user, uid, gid)
+            except ConfigError as exc:
+                if record.config.user or self.node.service_user:
+                    raise  # a user was chosen: it must work
+                # The default user cannot reach the interpreter or the home (Python or
+                # ANYCORE_HOME under a 0700 /root, as on a fresh root login): zero config must
+                # still serve, so the service runs as root, and the deploy says so and how to
+                # change it (gunicorn and uvicorn also run workers as whoever started them).
+                why = str(exc).replace("or set `user`/--user", "or set `user`/--user to run it unprivileged")
+                deploy.note(f"running as root: {why}")
+                self.node.log.event("release.runs_as_root", record.service, release=record.id, reason=why)
+                user, uid, gid = "root", None, None
         data = prepare_data_dir(self.node.home, record.service, uid, gid)
         variables = {"ANYCORE_SERVICE": record.service, "ANYCORE_DATA_DIR": str(data)}
         if uid is not None and uid != os.geteuid():  # its own home: the node's is closed to it

@@ -43,7 +43,7 @@ from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
 from anycore.release.env import Environments, IndexSettings, KvLocks
 from anycore.release.store import CodeStore, describe
-from anycore.supervisor.launch import DEFAULT_USER, secure_home
+from anycore.supervisor.launch import secure_home
 from anycore.scaler.core import share
 from anycore.supervisor.zygote import Template
 
@@ -59,10 +59,10 @@ def make_node_id() -> str:
 class Node:
     def __init__(self, home: Path, listen: tuple[str, int], nats_url: str | None = None, token: str | None = None,
                  creds: str | None = None, access_log: bool = False, limits: Limits | None = None,
-                 watch: str | None = None, index: IndexSettings | None = None, service_user: str = DEFAULT_USER) -> None:
+                 watch: str | None = None, index: IndexSettings | None = None, service_user: str = "") -> None:
         self.home = home
         self.index = index or IndexSettings()  # where uv finds the packages of release environments
-        self.service_user = service_user  # whom services run as when the node is root
+        self.service_user = service_user  # whom services run as when the node is root ("": the default)
         self.envs: Environments | None = None
         self.listen = listen
         self.node_id = make_node_id()
