@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from nats.errors import NoRespondersError
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 
 from anycore import wire
 from anycore.cluster import dispatch
 from anycore.cluster.dispatch import Claim, ClaimReply, Link, RemoteExchange, RemoteSlot
 from anycore.cluster.follow import follow
 from anycore.cluster.jetstream import create_replicated
+from anycore.errors import ControlError
 from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
 from anycore.gateway.exchange import SAFE_METHODS
 from anycore.lifecycle import ServiceState
@@ -55,13 +56,21 @@ async def open_nodes_bucket(js: Any) -> Any:
             bucket=NODES_BUCKET, history=1, ttl=NODES_TTL, replicas=n, description="anycore node heartbeats (expire)")))
 
 
+READ_ATTEMPTS = 3
+
+
 async def read_nodes(js: Any) -> list[Heartbeat]:
     """The nodes whose heartbeat has not expired, as the CLI sees them."""
     kv = await open_nodes_bucket(js)
-    try:
-        keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return []
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            keys = await kv.keys()
+            break
+        except NoKeysError:  # an empty bucket
+            return []
+        except Exception as exc:  # a slow server (its watch timed out): never "no nodes" for that
+            if attempt == READ_ATTEMPTS - 1:
+                raise ControlError(f"could not read the cluster's nodes from NATS ({exc!r}) — try again") from None
     found = []
     for key in keys:
         try:
