@@ -35,7 +35,7 @@ def _port(node) -> int:
 def test_twenty_trickling_posts_leave_ordinary_requests_served(nodes, tmp_path):
     # Two slots in all: on a gateway that places a request at its headers, 20 trickling
     # uploads would hold both for as long as they trickle.
-    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nslots = 2\ntimeout = 5\n'))
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nslots = 2\n'))
     stop = threading.Event()
     trickled = []
 
