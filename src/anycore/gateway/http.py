@@ -1,13 +1,25 @@
 """The gateway's HTTP/1.1 server: it owns every client connection and never runs user code.
 
-Parsing is llhttp (httptools). A connection handles its requests in order: a pipelined
+Heads are parsed by llhttp (httptools); the connection itself cuts the stream into heads
+and bodies (``_frame``) and decodes chunked bodies (``gateway.chunked``), so it always
+knows where a request ends. A connection handles its requests in order: a pipelined
 request is parsed and held (reading pauses) until the one before it has answered, so
 responses never interleave. Limits, so that no input can hurt the node:
-- request line + headers over ``max_header_bytes`` -> 431, connection closed;
-- headers not complete within ``header_timeout`` (slowloris) -> 408, closed;
+- request line + headers over ``max_header_bytes`` -> 431; a target over ``max_target`` -> 414;
+- headers not complete within ``header_timeout`` (slowloris) -> 408; a request body with
+  no byte for the service's ``body_timeout`` -> 408;
 - an idle keep-alive connection is closed after ``keepalive_timeout``;
-- beyond ``max_connections`` a new connection gets 503 and is closed;
-- a malformed request -> 400, closed; a body over the service's ``max_body`` -> 413, closed.
+- beyond ``max_connections`` (HTTP and WebSocket together) a new connection gets 503;
+- a body over the service's ``max_body`` -> 413;
+- a malformed request -> 400, and what two components could read differently is malformed
+  here: a Transfer-Encoding other than one ``chunked`` (or any in HTTP/1.0), a missing or
+  second Host in HTTP/1.1, a second Content-Type or Content-Length, a framing or routing
+  trailer, a header name with ``_`` (it collides with ``-`` in a WSGI environ), a version
+  other than 1.0/1.1.
+An error is answered after the responses of the requests before it, then the connection
+closes. After a request that ends the connection (``Connection: close``, HTTP/1.0) later
+bytes are ignored; a FIN that comes with a request is a half-close and the request is
+answered (``eof_received``).
 """
 
 from __future__ import annotations
