@@ -30,6 +30,9 @@ async def app(scope, receive, send):
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
+        if scope["path"] == "/deaf":  # never receives: the client must be slowed, not buffered
+            STATE["deaf"] = True
+            await asyncio.sleep(3600)
         if scope["path"] == "/flood":
             chunk = b"x" * 65536
             try:
@@ -96,6 +99,43 @@ def test_a_client_that_never_reads_keeps_node_and_worker_memory_bounded(nodes, t
         sock.close()
     assert node.proc.poll() is None
     assert httpx.get(node.url + "/").status_code == 200
+
+
+def test_a_client_that_floods_an_app_that_never_receives_is_slowed_not_buffered(nodes, tmp_path):
+    node = nodes.start(make_service(tmp_path, "ws", APP, CONFIG))
+    worker_pid = wait_for(lambda: node.ready_workers("ws") and node.ready_workers("ws")[0]["pid"], what="a worker")
+    base_node, base_worker = rss_mib(node.proc.pid), rss_mib(worker_pid)
+    url = node.url.replace("http://", "ws://") + "/deaf"
+
+    async def flood() -> tuple[int, float, float]:
+        sent = 0
+        peak_node = peak_worker = 0.0
+        ws = await websockets.connect(url, compression=None, open_timeout=30)
+        chunk = b"y" * 65536
+
+        async def sender() -> None:
+            nonlocal sent
+            while True:
+                await ws.send(chunk)  # blocks once the node stops reading us
+                sent += 1
+
+        task = asyncio.ensure_future(sender())
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 8:
+                await asyncio.sleep(0.25)
+                peak_node = max(peak_node, rss_mib(node.proc.pid) - base_node)
+                peak_worker = max(peak_worker, rss_mib(worker_pid) - base_worker)
+                assert peak_node < 64 and peak_worker < 64, (peak_node, peak_worker)
+        finally:
+            task.cancel()
+            ws.transport.abort()
+        return sent, peak_node, peak_worker
+
+    sent, peak_node, peak_worker = asyncio.run(flood())
+    # A window in the worker plus the socket buffers on the way, not 8 s of a local socket.
+    assert sent < 400, f"{sent} x 64 KiB accepted from a client of an app that receives nothing"
+    assert node.proc.poll() is None
 
 
 def test_deflate_websockets_opened_and_closed_leave_node_memory_flat(nodes, tmp_path):

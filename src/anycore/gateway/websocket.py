@@ -82,6 +82,10 @@ class WebSocketSession(asyncio.Protocol):
         # socket has been above its high-water mark (0.0: it is not).
         self.owed_credit = 0
         self.stalled_since = 0.0
+        # ... and towards the worker: client messages sent to it and not yet credited back
+        # (it credits them as the app receives them); past WS_WINDOW the client is not read.
+        self.to_worker = 0
+        self.reading_paused = False
         # anycore.Session connections only:
         self.handler = ""
         self.key = ""
@@ -121,6 +125,10 @@ class WebSocketSession(asyncio.Protocol):
     # -- frames from the worker -----------------------------------------------------------
     def on_frame(self, frame: wire.Frame) -> None:
         if self.closed:
+            return
+        if type(frame) is wire.Credit:  # the app received client messages
+            self.to_worker -= frame.n
+            self._read_flow()
             return
         if type(frame) is wire.WsAccept and self.handler:
             self.checkpointing = frame.checkpoint
@@ -216,6 +224,16 @@ class WebSocketSession(asyncio.Protocol):
             self.worker.send(wire.Credit(self.id, self.owed_credit))
         self.owed_credit = 0
 
+    def _read_flow(self) -> None:
+        """Read the client only while the worker holds less than a window of its messages."""
+        pause = self.to_worker > wire.WS_WINDOW
+        if pause != self.reading_paused and not self.closed and not self.transport.is_closing():
+            self.reading_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         self.stalled_since = asyncio.get_running_loop().time()
 
@@ -248,6 +266,8 @@ class WebSocketSession(asyncio.Protocol):
             self.held.append(message)
         elif self.worker is not None:
             self.worker.send(message)
+            self.to_worker += wire.ws_size(message)
+            self._read_flow()
             self.delivered += 1
             if self.checkpointing:
                 self.unacked.append((self.delivered, message))
@@ -280,7 +300,8 @@ class WebSocketSession(asyncio.Protocol):
         if self.worker is not None:
             self.worker.sockets.pop(self.id, None)
         self.worker = None
-        self.owed_credit = 0  # the next worker starts with a whole window
+        self.owed_credit = self.to_worker = 0  # the next worker starts with a whole window each way
+        self._read_flow()
         while self.snapshots:
             self.snapshots.popleft().set_result(None)
 

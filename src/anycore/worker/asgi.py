@@ -187,17 +187,29 @@ class Lifespan:
 
 
 class SendWindow:
-    """Flow control of one WebSocket's messages towards its client (``wire.WS_WINDOW``):
-    ``spend`` counts a message, ``wait`` returns when the window has room again (the node
-    sends ``Credit`` as the client's socket takes the bytes) or the socket closed. So an app
-    that sends in a loop is slowed by its ``await``s and never buffers more than a window."""
+    """Flow control of one WebSocket (``wire.WS_WINDOW``). Towards the client: ``spend``
+    counts a message, ``wait`` returns when the window has room again (the node sends
+    ``Credit`` as the client's socket takes the bytes) or the socket closed, so an app that
+    sends in a loop is slowed by its ``await``s and never buffers more than a window. From
+    the client: ``took`` counts what the app received and says when to credit the node,
+    which stops reading a client that is a window ahead of the app."""
 
-    __slots__ = ("credit", "waiter", "closed")
+    __slots__ = ("credit", "waiter", "closed", "received")
 
     def __init__(self) -> None:
         self.credit = wire.WS_WINDOW
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.received = 0  # client message bytes the app took, not yet credited to the node
+
+    def took(self, n: int) -> int:
+        """The app received ``n`` bytes of client messages: the credit to return now, if any
+        (in batches of half a window; the node stops reading the client past a whole one)."""
+        self.received += n
+        if self.received < wire.WS_WINDOW // 2:
+            return 0
+        n, self.received = self.received, 0
+        return n
 
     def spend(self, message: wire.WsMsg) -> None:
         self.credit -= wire.ws_size(message)
@@ -250,7 +262,13 @@ class WsCycle:
             self.inbox.put_nowait({"type": "websocket.disconnect", "code": frame.code, "reason": frame.reason})
 
     async def receive(self) -> dict[str, Any]:
-        return await self.inbox.get()
+        message = await self.inbox.get()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            credit = self.window.took(len(text) if text is not None else len(message.get("bytes") or b""))
+            if credit and not self.closed:
+                self.send_frame(wire.Credit(self.id, credit))
+        return message
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]

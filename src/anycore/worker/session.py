@@ -257,6 +257,9 @@ class SessionCycle:
                     await self.session.on_close(item[1])
                     return
                 else:
+                    credit = self.window.took(len(item))
+                    if credit and not self.closed:
+                        self.server.send_frame(wire.Credit(self.id, credit))
                     await self.session.on_message(item)
                     self.seq += 1
                     if self.cls.checkpoint:
