@@ -6,9 +6,10 @@ placed when its body is complete or ``request_buffer`` bytes of it are here (req
 buffering, as nginx does), so a client trickling a small body holds no slot. Until then it
 is *waiting*: it holds a reservation of its service's byte budget, not a queue place. After
 placement the rest is forwarded under the worker's credit window (past
-``PREDISPATCH_BUFFER`` bytes not yet forwarded the connection stops reading). The response comes back as ``Resp``/``Body`` frames and
-is written to the client, returning credit to the worker only once the client's socket
-has taken the bytes, so a slow reader slows the app rather than filling the node.
+``PREDISPATCH_BUFFER`` bytes not yet forwarded the connection stops reading). The
+response comes back as ``Resp``/``Body`` frames and is written to the client, returning
+credit to the worker only once the client's socket has taken the bytes, so a slow reader
+slows the app rather than filling the node.
 
 Who may answer: exactly one of the worker (frames) or the node (``fail``: 413, 502, 503,
 504) produces the response; ``response_started`` is the switch. A failure after the
@@ -112,8 +113,11 @@ class Exchange:
             self._pump()
 
     def _place(self) -> None:
-        self.waiting = False
-        if self.service is not None and not self.response_complete:
+        if self.service is None:
+            self.waiting = False
+        elif self.response_complete:  # answered meanwhile (413, 503): only the reservation goes
+            self.service.unreserve(self)
+        else:
             self.service.place_buffered(self)
 
     def _pump(self) -> None:

@@ -220,7 +220,7 @@ class ServiceRuntime:
     def place_buffered(self, exchange: "Exchange") -> None:
         """A waiting request's body is complete (or request_buffer of it is here): place it.
         Its deadline starts now: the upload's own pace is bounded by body_timeout."""
-        self._unreserve(exchange)
+        self.unreserve(exchange)
         if self.life.state is ServiceState.STOPPED:
             exchange.fail(503, "service stopped", f"service {self.name} is stopped — `anycore start {self.name}`",
                           STOPPED_RETRY_AFTER)
@@ -229,7 +229,7 @@ class ServiceRuntime:
         exchange.deadline = now + self.config.timeout
         self._place(exchange, now, front=False)
 
-    def _unreserve(self, exchange: "Exchange") -> None:
+    def unreserve(self, exchange: "Exchange") -> None:
         self.buffering -= exchange.reserved
         exchange.reserved, exchange.waiting = 0, False
 
@@ -304,7 +304,7 @@ class ServiceRuntime:
 
     def client_gone(self, exchange: "Exchange") -> None:
         if exchange.waiting:
-            self._unreserve(exchange)
+            self.unreserve(exchange)
         elif self.router.cancel(exchange):
             self._arm_expiry()
         elif exchange.worker is not None and exchange.id in exchange.worker.exchanges:
