@@ -11,6 +11,8 @@ bytes, which an attacker could otherwise send without limit. Rules kept here:
 - trailer fields are checked like header fields and dropped; one that frames or routes
   the request (``Host``, ``Content-Length``, ``Transfer-Encoding``, ...) is refused, since a
   component that merged trailers into the headers would see a different request;
+- no whitespace after the size unless an extension follows (``0 `` is refused, ``0 ;a``
+  is not), as gunicorn and RFC 9112's grammar have it;
 - every byte of chunk extensions and trailers counts against ``max_meta`` (the gateway
   passes its header limit), and no single line may be longer, so metadata is bounded
   like a request's head while a body of many small chunks is not.
@@ -28,11 +30,11 @@ from enum import Enum
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _EXT = rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})" + _EXT + rb"[ \t]*")
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})" + _EXT)  # whitespace only before a ";" (BWS)
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t -~\x80-\xff]*?)[ \t]*")
-FORBIDDEN_TRAILERS = frozenset({
-    b"host", b"content-length", b"transfer-encoding", b"content-type", b"content-encoding", b"connection",
-    b"expect", b"te", b"trailer", b"upgrade", b"authorization", b"cookie", b"keep-alive",
+FORBIDDEN_TRAILERS = frozenset({  # framing and routing (RFC 9110 §6.5.1); other trailers are just dropped
+    b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"te", b"trailer", b"upgrade",
+    b"keep-alive",
 })
 
 

@@ -355,6 +355,8 @@ class HttpConnection(asyncio.Protocol):
             raise _Refuse(400, "an HTTP/1.1 request needs a Host header")
         if self._chunked and version == "1.0":
             raise _Refuse(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        if self._url == b"*" and self.parser.get_method() != b"OPTIONS":
+            raise _Refuse(400, "the asterisk-form target '*' is only for OPTIONS")
         parsed = httptools.parse_url(self._url)
         raw_path = parsed.path or b"/"
         exchange = Exchange(

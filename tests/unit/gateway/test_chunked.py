@@ -31,7 +31,7 @@ def test_chunk_extensions_are_accepted_with_the_whitespace_rfc_9112_allows(size_
     b"zz\r\nhello\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n", b"0x5\r\nhello\r\n0\r\n\r\n", b" 5\r\nhello\r\n0\r\n\r\n",
     b"11111111111111111\r\n", b"5\r\nhelloXX", b"5\nhello\r\n0\r\n\r\n", b"5;=b\r\nhello\r\n", b"5;a=\"x\r\nhello\r\n",
     b"0\r\nHost: evil\r\n\r\n", b"0\r\ncontent-length: 5\r\n\r\n", b"0\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"0\r\nX_Under: a\r\n\r\n", b"0\r\nno colon\r\n\r\n", b"0\r\n : a\r\n\r\n",
+    b"0\r\nX_Under: a\r\n\r\n", b"5 \r\nhello\r\n", b"0\t\r\n\r\n", b"0\r\nno colon\r\n\r\n", b"0\r\n : a\r\n\r\n",
 ])
 def test_malformed_chunked_bodies_are_refused(body: bytes) -> None:
     decoder = ChunkedDecoder(1024)
