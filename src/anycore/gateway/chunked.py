@@ -121,7 +121,7 @@ class ChunkedDecoder:
             if field is None:
                 raise ChunkError(f"bad trailer field {line[:40]!r}")
             name = field.group(1).lower()
-            if name in FORBIDDEN_TRAILERS or b"_" in name:
+            if name in FORBIDDEN_TRAILERS or name.find(b"_") >= 0:
                 raise ChunkError(f"trailer field {name.decode()!r} is not allowed")
 
     def _count(self, n: int) -> None:

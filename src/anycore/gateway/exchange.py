@@ -66,6 +66,7 @@ class Exchange:
         self.waiting = False  # admitted, but its body is being buffered before placement
         self.reserved = 0  # bytes of the service's budget held while waiting
         self.buffer_limit = PREDISPATCH_BUFFER  # the service's request_buffer
+        self.pause_at = PREDISPATCH_BUFFER  # unforwarded body bytes past which the client is not read
         self.body_timeout = 30.0  # the service's body_timeout
         self.deadline = 0.0
         self.worker: WorkerHandle | None = None
@@ -135,7 +136,7 @@ class Exchange:
                 self.end_sent = True
                 worker.send(wire.Body(self.id, b"", False))
         # Stop reading the client while this request holds too much unforwarded body.
-        self.conn.body_flow(self.buffered <= max(PREDISPATCH_BUFFER, self.buffer_limit))
+        self.conn.body_flow(self.buffered <= self.pause_at)
 
     def request_frame(self, path: str, server: tuple[str, int] | None) -> wire.Req:
         """The frame that starts this request on a worker; takes the body if it is all here."""

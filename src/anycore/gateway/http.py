@@ -62,6 +62,21 @@ class _Refuse(Exception):
 
 
 _VERSIONS = frozenset({"1.0", "1.1"})
+# Header names seen, lowercased -> 1 if the gateway reads it, 0 if not: one dict lookup per
+# header instead of a scan for "_" and a set lookup (bytes scans cost more than the lookup).
+_NAMES: dict[bytes, int] = dict.fromkeys(
+    (b"host", b"content-length", b"transfer-encoding", b"content-type", b"expect", b"upgrade", b"connection"), 1)
+_NAMES_MAX = 4096  # past this, names are checked every time instead of remembered
+
+
+def _classify(name: bytes) -> int:
+    if name.find(b"_") >= 0:
+        raise _Refuse(400, f"header name {name.decode('latin-1')!r} contains '_': it would collide with "
+                           "the '-' spelling in a WSGI environ; use '-'")
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[name] = 0
+    return 0
+
 HALF_CLOSE_WINDOW = 0.01  # seconds (uvloop's clock ticks in milliseconds)
 
 
@@ -89,6 +104,7 @@ class HttpConnection(asyncio.Protocol):
         # checked by the gateway's sweep: a float per request instead of a timer object.
         self.due = 0.0
         self.on_due: Any = None
+        self._timing_body = False  # ``due`` is the body timeout (re-armed at each body byte)
         # Framing: llhttp parses each head; a body is fed to it by Content-Length, or
         # decoded here when chunked (see gateway.chunked).
         self._tail = b""  # the last bytes of a partial head (a CRLFCRLF may straddle reads)
@@ -101,6 +117,7 @@ class HttpConnection(asyncio.Protocol):
         self._chunked = self._expect = self._upgrade = self._content_type = False
         self._connection = b""
         self._header_bytes = 0
+        self._max_target = self.limits.max_target
 
     # -- connection lifecycle -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,6 +158,11 @@ class HttpConnection(asyncio.Protocol):
     def _arm(self, delay: float, callback: Any) -> None:
         self.due = self.loop.time() + delay
         self.on_due = callback
+        self._timing_body = False
+
+    def _arm_body(self, delay: float) -> None:
+        self._arm(delay, self._body_timeout)
+        self._timing_body = True
 
     def _disarm(self) -> None:
         self.due = 0.0
@@ -161,7 +183,7 @@ class HttpConnection(asyncio.Protocol):
         if exchange is None or self.closed:
             return
         if self.reading_paused:  # waiting on the worker (or the pipeline), not on the client
-            self._arm(exchange.body_timeout, self._body_timeout)
+            self._arm_body(exchange.body_timeout)
             return
         self._reject(408, f"no request body bytes for {exchange.body_timeout:g}s (body_timeout)")
 
@@ -187,11 +209,13 @@ class HttpConnection(asyncio.Protocol):
 
     # -- bytes in ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        self.read_at = self.loop.time()
         if self.closed or self.input_done:
             return
         try:
-            self._frame(data)
+            if self._chunks is None and not self._body_left and not self._tail and data.find(b"\r\n\r\n") == len(data) - 4:
+                self.parser.feed_data(data)  # the usual read: exactly one head
+            else:
+                self._frame(data)
         except httptools.HttpParserUpgrade:
             self._upgraded()
         except httptools.HttpParserCallbackError as exc:
@@ -309,7 +333,7 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
-        if len(self._url) > self.limits.max_target:
+        if len(self._url) > self._max_target:
             raise _Refuse(414, f"request target exceeds {self.limits.max_target} bytes")
         if self._header_bytes > self.limits.max_header_bytes:
             raise _Refuse(431, f"request line and headers exceed {self.limits.max_header_bytes} bytes")
@@ -321,9 +345,14 @@ class HttpConnection(asyncio.Protocol):
         name = name.lower()
         # One pass: pick out what the gateway itself needs while the headers go by, and
         # refuse what two components could read differently (RFC 9112 §3.2, §6.1).
-        if b"_" in name:
-            raise _Refuse(400, f"header name {name.decode('latin-1')!r} contains '_': it would collide with "
-                               "the '-' spelling in a WSGI environ; use '-'")
+        kind = _NAMES.get(name)
+        if kind is None:
+            kind = _classify(name)
+        if kind:
+            self._watch(name, value)
+        self._headers.append((name, value))
+
+    def _watch(self, name: bytes, value: bytes) -> None:
         if name == b"host":
             if self._host is not None:
                 raise _Refuse(400, "more than one Host header")
@@ -339,13 +368,12 @@ class HttpConnection(asyncio.Protocol):
             if self._content_type:
                 raise _Refuse(400, "more than one Content-Type header")
             self._content_type = True
-        elif name == b"expect" and value.lower() == b"100-continue":
-            self._expect = True
+        elif name == b"expect":
+            self._expect = value.lower() == b"100-continue"
         elif name == b"upgrade":
             self._upgrade = True
         elif name == b"connection":
             self._connection = value.lower()
-        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         version = self.parser.get_http_version()
@@ -373,7 +401,7 @@ class HttpConnection(asyncio.Protocol):
             self._body_left = self._content_length
         self.parsing = exchange
         self.pipeline.append(exchange)
-        if self._upgrade and b"upgrade" in self._connection:
+        if self._upgrade and self._connection.find(b"upgrade") >= 0:
             return  # begun (or handed to a WebSocket) when llhttp reports the upgrade
         if len(self.pipeline) == 1:
             self._disarm()
@@ -394,14 +422,15 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._reject(413, f"request body exceeds this service's max_body of {limit} bytes")
             return
-        if self.on_due == self._body_timeout and self.due:
+        if self._timing_body and self.due:
             self.due = self.loop.time() + exchange.body_timeout
         exchange.feed_body(body)
 
     def on_message_complete(self) -> None:
         exchange, self.parsing = self.parsing, None
+        self.read_at = self.loop.time()  # a FIN this soon after is a half-close (eof_received)
         if exchange is not None:
-            if self.on_due == self._body_timeout:
+            if self._timing_body:
                 self._disarm()
             if exchange.close_after:
                 self.input_done = True  # Connection: close or HTTP/1.0: whatever follows is not read
@@ -418,7 +447,7 @@ class HttpConnection(asyncio.Protocol):
             path = urllib.parse.unquote(path)
         self.gateway.submit(exchange, exchange.host, path)
         if not exchange.body_done and not exchange.response_complete and exchange is self.parsing:
-            self._arm(exchange.body_timeout, self._body_timeout)
+            self._arm_body(exchange.body_timeout)
 
     def response_done(self, exchange: Exchange) -> None:
         self.gateway.access(exchange)

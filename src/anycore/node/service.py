@@ -201,6 +201,7 @@ class ServiceRuntime:
             exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         config = self.config
         exchange.buffer_limit, exchange.body_timeout = config.request_buffer, config.body_timeout
+        exchange.pause_at = max(exchange.pause_at, config.request_buffer)
         if not exchange.body_done and exchange.buffered < config.request_buffer:
             # Request buffering: the body (up to request_buffer) is read before the request
             # takes a slot. Reserved against the queue's byte budget, so that buffering
