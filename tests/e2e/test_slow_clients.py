@@ -12,8 +12,17 @@ import httpx
 from tests.conftest import make_service
 
 APP = """
+import asyncio
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/two-part":  # the client has the whole body before the app returns
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": True})
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": b""})
         return
     body = b""
     while True:
@@ -91,3 +100,24 @@ def test_a_body_that_stops_coming_gets_408_and_frees_everything(nodes, tmp_path)
     response = httpx.post(node.url + "/", content=b"x" * 1000, timeout=5)
     assert (response.status_code, response.text) == (200, "1000")
     assert node.service("svc")["buffering_bytes"] == 0
+
+
+def test_a_body_sent_while_the_previous_response_ends_is_read(nodes, tmp_path):
+    """Keep-alive: the client sends its next request (head, then body) as soon as it has the
+    previous response's bytes, before that response has ended in the node; the next request
+    waits for its body with reading resumed, not paused forever."""
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\n'))
+    with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as sock:
+        sock.sendall(b"GET /two-part HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\nok"):
+            data += sock.recv(4096)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(0.1)
+        sock.sendall(b"hello")
+        data = b""
+        while not data.endswith(b"\r\n\r\n5"):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")

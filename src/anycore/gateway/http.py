@@ -457,9 +457,10 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         if self.pipeline:
-            self._begin(self.pipeline[0])
-            if len(self.pipeline) == 1 and self.parsing is None:
-                self._pause(False)
+            head = self.pipeline[0]
+            self._begin(head)
+            if len(self.pipeline) == 1:  # read on: the next request, or this one's body
+                self.body_flow(head.buffered <= head.pause_at)
         elif self.pending_error is not None:
             self._write_error(*self.pending_error)
         elif self.read_eof:
