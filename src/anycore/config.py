@@ -60,6 +60,8 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     max_queue: int = 1000
     max_queue_bytes: int = 64 * 1024 * 1024
     max_body: int = 100 * 1024 * 1024
+    request_buffer: int = 64 * 1024  # a request body is read up to this before the request takes a slot
+    body_timeout: float = 30.0  # no request body byte for this long -> 408
     env: dict[str, str] = msgspec.field(default_factory=dict)
     hang_timeout: float = 30.0  # event loop stuck this long: stacks dumped, worker replaced
     max_requests: int = 0  # recycle a worker after this many requests (0: never)
@@ -82,14 +84,14 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
             )
         if self.entry and ":" not in self.entry:
             raise ConfigError(f"entry {self.entry!r} must be 'module:attribute', e.g. 'app:app'")
-        for key in ("slots", "max_queue", "max_queue_bytes", "max_body"):
+        for key in ("slots", "max_queue", "max_queue_bytes", "max_body", "request_buffer"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1 (got {getattr(self, key)})")
         if self.readiness and not self.readiness.startswith("/"):
             raise ConfigError(f"readiness {self.readiness!r} must be a path starting with '/', e.g. '/healthz'")
         if self.migrate and ":" not in self.migrate:
             raise ConfigError(f"migrate {self.migrate!r} must be 'module:function', e.g. 'app:on_deploy'")
-        for key in ("timeout", "hang_timeout", "drain_timeout", "startup_timeout", "rollback_window"):
+        for key in ("timeout", "hang_timeout", "drain_timeout", "startup_timeout", "rollback_window", "body_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive number of seconds (got {getattr(self, key)})")
         if self.workers < 0 or self.max_requests < 0 or self.max_rss < 0 or self.max_workers < 0:

@@ -20,6 +20,9 @@ import msgspec
 
 WINDOW = 1024 * 1024
 CHUNK = 64 * 1024
+# WebSocket messages from a worker to a client: at most this many bytes (``ws_size``) per
+# connection unacknowledged; the node returns ``Credit`` once the client's socket took them.
+WS_WINDOW = 256 * 1024
 _LEN = struct.Struct(">I")
 
 
@@ -141,6 +144,12 @@ class WsClose(msgspec.Struct, array_like=True, tag=14):
     id: int
     code: int
     reason: str
+
+
+def ws_size(message: WsMsg) -> int:
+    """What a WebSocket message counts against ``WS_WINDOW`` (characters for text: both
+    sides count the same way without encoding twice)."""
+    return len(message.text) if message.text is not None else len(message.data or b"")
 
 
 SNAPSHOT, CHECKPOINT, DRY_RUN = 0, 1, 2

@@ -1,11 +1,15 @@
 """One HTTP request/response as the gateway sees it, from parsed headers to last byte.
 
 An exchange is created when a request's headers are parsed. Its body arrives from the
-client in chunks: before a worker is chosen they are buffered (bounded: past
-``PREDISPATCH_BUFFER`` bytes the connection stops reading), after that they are forwarded
-under the worker's credit window. The response comes back as ``Resp``/``Body`` frames and
-is written to the client, returning credit to the worker only once the client's socket
-has taken the bytes, so a slow reader slows the app rather than filling the node.
+client in chunks. A request takes a slot only once its worker can make progress: it is
+placed when its body is complete or ``request_buffer`` bytes of it are here (request
+buffering, as nginx does), so a client trickling a small body holds no slot. Until then it
+is *waiting*: it holds a reservation of its service's byte budget, not a queue place. After
+placement the rest is forwarded under the worker's credit window (past
+``PREDISPATCH_BUFFER`` bytes not yet forwarded the connection stops reading). The
+response comes back as ``Resp``/``Body`` frames and is written to the client, returning
+credit to the worker only once the client's socket has taken the bytes, so a slow reader
+slows the app rather than filling the node.
 
 Who may answer: exactly one of the worker (frames) or the node (``fail``: 413, 502, 503,
 504) produces the response; ``response_started`` is the switch. A failure after the
@@ -58,6 +62,12 @@ class Exchange:
         self.host = ""
         self.header_bytes = 0  # request line + headers, as counted by the parser
         self.expect_continue = False
+        self.admitted = False  # routed and checked by its service (set by the connection)
+        self.waiting = False  # admitted, but its body is being buffered before placement
+        self.reserved = 0  # bytes of the service's budget held while waiting
+        self.buffer_limit = PREDISPATCH_BUFFER  # the service's request_buffer
+        self.pause_at = PREDISPATCH_BUFFER  # unforwarded body bytes past which the client is not read
+        self.body_timeout = 30.0  # the service's body_timeout
         self.deadline = 0.0
         self.worker: WorkerHandle | None = None
         self.attempts = 0
@@ -90,12 +100,26 @@ class Exchange:
         self.body_received += len(data)
         self.body.append(data)
         self.buffered += len(data)
+        if self.waiting:
+            if self.buffered >= self.buffer_limit:
+                self._place()
+            return
         self._pump()
 
     def end_body(self) -> None:
         self.body_done = True
-        if not self.end_sent:  # a body-less request already went whole in its first frame
+        if self.waiting:
+            self._place()
+        elif not self.end_sent:  # a body-less request already went whole in its first frame
             self._pump()
+
+    def _place(self) -> None:
+        if self.service is None:
+            self.waiting = False
+        elif self.response_complete:  # answered meanwhile (413, 503): only the reservation goes
+            self.service.unreserve(self)
+        else:
+            self.service.place_buffered(self)
 
     def _pump(self) -> None:
         """Forward buffered body chunks to the worker while credit lasts."""
@@ -112,7 +136,7 @@ class Exchange:
                 self.end_sent = True
                 worker.send(wire.Body(self.id, b"", False))
         # Stop reading the client while this request holds too much unforwarded body.
-        self.conn.body_flow(self.buffered <= PREDISPATCH_BUFFER)
+        self.conn.body_flow(self.buffered <= self.pause_at)
 
     def request_frame(self, path: str, server: tuple[str, int] | None) -> wire.Req:
         """The frame that starts this request on a worker; takes the body if it is all here."""

@@ -65,6 +65,7 @@ class Gateway:
             if rounds % 10 == 0:
                 for ws in list(self.websockets):
                     ws.keepalive(now, self.limits.ws_ping_interval)
+                    ws.check_stall(now, self.limits.ws_stall_timeout)
 
     def set_node(self, node_id: str) -> None:
         self.node_header = b"anycore-node: " + node_id.encode() + b"\r\n"

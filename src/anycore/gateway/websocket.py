@@ -44,6 +44,13 @@ if TYPE_CHECKING:
     from anycore.supervisor.worker import WorkerHandle
 
 MAX_MESSAGE = 1024 * 1024
+# websockets' own server defaults: a 4 KiB window and memLevel 5 cost ~64 KiB of zlib state
+# per connection, where zlib's defaults (32 KiB window, memLevel 8) cost ~320 KiB and, freed
+# and reallocated by the thousand, fragment the node's heap (RSS grew ~60 MiB per 1,000
+# connections opened and closed).
+DEFLATE = ServerPerMessageDeflateFactory(server_max_window_bits=12, client_max_window_bits=12,
+                                         compress_settings={"memLevel": 5})
+CLOSE_WAIT = 5.0  # after our close frame, the client has this long to answer before the abort
 MAX_HELD = 10_000  # client messages held for one moving Session; more closes it with 1013
 _ids = itertools.count(10**12)  # distinct from HTTP exchange ids
 
@@ -59,7 +66,7 @@ class WebSocketSession(asyncio.Protocol):
         self.transport = transport
         self.client = client
         self.server = server
-        self.protocol = ServerProtocol(extensions=[ServerPerMessageDeflateFactory()], max_size=MAX_MESSAGE)
+        self.protocol = ServerProtocol(extensions=[DEFLATE], max_size=MAX_MESSAGE)
         self.request: Request | None = None
         self.worker: WorkerHandle | None = None
         self.service: ServiceRuntime | None = None
@@ -69,6 +76,16 @@ class WebSocketSession(asyncio.Protocol):
         self.fragment_text = False
         self.release = ""
         self.close_timer: asyncio.TimerHandle | None = None
+        self.abort_timer: asyncio.TimerHandle | None = None
+        # Flow control towards the client (see wire.WS_WINDOW): the bytes of the worker's
+        # messages written out but not yet returned as credit, and since when the client's
+        # socket has been above its high-water mark (0.0: it is not).
+        self.owed_credit = 0
+        self.stalled_since = 0.0
+        # ... and towards the worker: client messages sent to it and not yet credited back
+        # (it credits them as the app receives them); past WS_WINDOW the client is not read.
+        self.to_worker = 0
+        self.reading_paused = False
         # anycore.Session connections only:
         self.handler = ""
         self.key = ""
@@ -109,6 +126,10 @@ class WebSocketSession(asyncio.Protocol):
     def on_frame(self, frame: wire.Frame) -> None:
         if self.closed:
             return
+        if type(frame) is wire.Credit:  # the app received client messages
+            self.to_worker -= frame.n
+            self._read_flow()
+            return
         if type(frame) is wire.WsAccept and self.handler:
             self.checkpointing = frame.checkpoint
             if not frame.checkpoint:
@@ -134,6 +155,9 @@ class WebSocketSession(asyncio.Protocol):
                 self.protocol.send_text(frame.text.encode())
             else:
                 self.protocol.send_binary(frame.data or b"")
+            self._flush()
+            self._credit_back(wire.ws_size(frame))
+            return
         elif type(frame) is wire.WsClose:
             if not self.accepted:
                 self.reject(403, "the service refused the WebSocket\n")
@@ -152,7 +176,8 @@ class WebSocketSession(asyncio.Protocol):
             self.protocol.send_close(code, reason)
             self._flush()
             # The client answers with its own close frame; do not wait for it forever.
-            asyncio.get_running_loop().call_later(5.0, self._abort)
+            if self.abort_timer is None:
+                self.abort_timer = asyncio.get_running_loop().call_later(CLOSE_WAIT, self._abort)
         if tell_worker:
             self._tell_worker(code, reason)
 
@@ -177,6 +202,44 @@ class WebSocketSession(asyncio.Protocol):
             self.ping_sent = now
             self.protocol.send_ping(b"anycore")
             self._flush()
+
+    def check_stall(self, now: float, bound: float) -> None:
+        """Close a client that has not read for ``bound`` seconds while the app had more to
+        send (its socket stayed above the high-water mark): 1008, and the abort follows
+        CLOSE_WAIT later since the close frame queues behind what it did not read."""
+        if self.stalled_since and not self.closed and now - self.stalled_since > bound:
+            self.close(1008, "client too slow to read")
+
+    # -- flow control towards the client ---------------------------------------------------
+    def _credit_back(self, n: int) -> None:
+        """Return credit for ``n`` bytes once the client's socket took them. Batched: credit
+        leaves when half the window is owed, which never starves the worker (it waits only
+        with a whole window out, so at least half of it is owed here or already on its way)."""
+        self.owed_credit += n
+        if not self.stalled_since and self.owed_credit >= wire.WS_WINDOW // 2:
+            self._pay()
+
+    def _pay(self) -> None:
+        if self.owed_credit and self.worker is not None:
+            self.worker.send(wire.Credit(self.id, self.owed_credit))
+        self.owed_credit = 0
+
+    def _read_flow(self) -> None:
+        """Read the client only while the worker holds less than a window of its messages."""
+        pause = self.to_worker > wire.WS_WINDOW
+        if pause != self.reading_paused and not self.closed and not self.transport.is_closing():
+            self.reading_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.stalled_since = asyncio.get_running_loop().time()
+
+    def resume_writing(self) -> None:
+        self.stalled_since = 0.0
+        self._pay()
 
     def close_later(self, delay: float, code: int) -> None:
         if self.close_timer is None and not self.closed:
@@ -203,6 +266,8 @@ class WebSocketSession(asyncio.Protocol):
             self.held.append(message)
         elif self.worker is not None:
             self.worker.send(message)
+            self.to_worker += wire.ws_size(message)
+            self._read_flow()
             self.delivered += 1
             if self.checkpointing:
                 self.unacked.append((self.delivered, message))
@@ -235,6 +300,8 @@ class WebSocketSession(asyncio.Protocol):
         if self.worker is not None:
             self.worker.sockets.pop(self.id, None)
         self.worker = None
+        self.owed_credit = self.to_worker = 0  # the next worker starts with a whole window each way
+        self._read_flow()
         while self.snapshots:
             self.snapshots.popleft().set_result(None)
 
@@ -327,8 +394,14 @@ class WebSocketSession(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self._tell_worker(1006, "")
-        if self.close_timer is not None:
-            self.close_timer.cancel()
+        for timer in (self.close_timer, self.abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self.close_timer = self.abort_timer = None
+        # Free the compressor state now, not when the last reference goes (the worker's Done
+        # may come much later): a closed connection holds no zlib buffers.
+        self.protocol.extensions = []
+        self.stalled_since = 0.0
         if self.service is not None:
             self.service.websocket_gone(self)
 

@@ -65,6 +65,7 @@ class ServiceRuntime:
         self.quarantine: dict[tuple[str, bytes, bytes], float] = {}
         self.quarantined = 0
         self.served = 0
+        self.buffering = 0  # bytes reserved by requests whose body is being buffered (not yet placed)
         self.loop = asyncio.get_running_loop()
         self._expiry: asyncio.TimerHandle | None = None
         self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
@@ -201,9 +202,40 @@ class ServiceRuntime:
             del self.quarantine[key]
         if exchange.expect_continue:
             exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        config = self.config
+        exchange.buffer_limit, exchange.body_timeout = config.request_buffer, config.body_timeout
+        exchange.pause_at = max(exchange.pause_at, config.request_buffer)
+        if not exchange.body_done and exchange.buffered < config.request_buffer:
+            # Request buffering: the body (up to request_buffer) is read before the request
+            # takes a slot. Reserved against the queue's byte budget, so that buffering
+            # clients cannot hold more than max_queue_bytes of the node either.
+            reserve = min(exchange.content_length or config.request_buffer, config.request_buffer)
+            if self.buffering + self.router.queued_bytes + reserve > config.max_queue_bytes:
+                exchange.fail(503, "overloaded", f"service {self.name}: request bodies being received fill "
+                              f"max_queue_bytes={config.max_queue_bytes}; retry", 1)
+                return
+            exchange.reserved, exchange.waiting = reserve, True
+            self.buffering += reserve
+            return
+        now = self.loop.time()
+        exchange.deadline = now + config.timeout
+        self._place(exchange, now, front=False)
+
+    def place_buffered(self, exchange: "Exchange") -> None:
+        """A waiting request's body is complete (or request_buffer of it is here): place it.
+        Its deadline starts now: the upload's own pace is bounded by body_timeout."""
+        self.unreserve(exchange)
+        if self.life.state is ServiceState.STOPPED:
+            exchange.fail(503, "service stopped", f"service {self.name} is stopped — `anycore start {self.name}`",
+                          STOPPED_RETRY_AFTER)
+            return
         now = self.loop.time()
         exchange.deadline = now + self.config.timeout
         self._place(exchange, now, front=False)
+
+    def unreserve(self, exchange: "Exchange") -> None:
+        self.buffering -= exchange.reserved
+        exchange.reserved, exchange.waiting = 0, False
 
     def _place(self, exchange: "Exchange", now: float, front: bool) -> None:
         decision = self.router.submit(exchange, exchange.size, exchange.deadline, now, front=front)
@@ -275,7 +307,9 @@ class ServiceRuntime:
             exchange.fail(504, "deadline passed", f"the request ran past timeout={self.config.timeout}s and was cancelled")
 
     def client_gone(self, exchange: "Exchange") -> None:
-        if self.router.cancel(exchange):
+        if exchange.waiting:
+            self.unreserve(exchange)
+        elif self.router.cancel(exchange):
             self._arm_expiry()
         elif exchange.worker is not None and exchange.id in exchange.worker.exchanges:
             exchange.worker.send(wire.Cancel(exchange.id))
@@ -379,6 +413,7 @@ class ServiceRuntime:
             "draining": [r.info() for r in self.draining], "failed": self.failed, "rolled_back": self.rolled_back,
             "directory": self.directory, "routes": self.config.routes, "slots": self.config.slots,
             "queued": len(self.router.queue), "queued_bytes": self.router.queued_bytes,
+            "buffering_bytes": self.buffering,
             "inflight": self.router.inflight, "served": self.served, "rejected": self.router.rejected,
             "expired": self.router.expired, "quarantined": self.quarantined, "live": release,
             "websockets": sum(len(w.sockets) for w in self.workers.values()),

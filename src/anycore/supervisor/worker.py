@@ -88,6 +88,8 @@ class WorkerHandle:
             exchange = self.exchanges.get(frame.id)  # type: ignore[union-attr]
             if exchange is not None:
                 exchange.on_frame(frame)
+            elif kind is wire.Credit and (session := self.sockets.get(frame.id)) is not None:  # type: ignore[union-attr]
+                session.on_frame(frame)  # a WebSocket's app received client messages
         elif kind is wire.WsMsg or kind is wire.WsAccept or kind is wire.WsClose or kind is wire.SessState:
             session = self.sockets.get(frame.id)  # type: ignore[union-attr]
             if session is not None:

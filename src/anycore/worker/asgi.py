@@ -186,6 +186,54 @@ class Lifespan:
             await self.replies.put({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
 
 
+class SendWindow:
+    """Flow control of one WebSocket (``wire.WS_WINDOW``). Towards the client: ``spend``
+    counts a message, ``wait`` returns when the window has room again (the node sends
+    ``Credit`` as the client's socket takes the bytes) or the socket closed, so an app that
+    sends in a loop is slowed by its ``await``s and never buffers more than a window. From
+    the client: ``took`` counts what the app received and says when to credit the node,
+    which stops reading a client that is a window ahead of the app."""
+
+    __slots__ = ("credit", "waiter", "closed", "received")
+
+    def __init__(self) -> None:
+        self.credit = wire.WS_WINDOW
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.received = 0  # client message bytes the app took, not yet credited to the node
+
+    def took(self, n: int) -> int:
+        """The app received ``n`` bytes of client messages: the credit to return now, if any
+        (in batches of half a window; the node stops reading the client past a whole one)."""
+        self.received += n
+        if self.received < wire.WS_WINDOW // 2:
+            return 0
+        n, self.received = self.received, 0
+        return n
+
+    def spend(self, message: wire.WsMsg) -> None:
+        self.credit -= wire.ws_size(message)
+
+    def add(self, n: int) -> None:
+        self.credit += n
+        if self.credit > 0:
+            self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self) -> None:
+        while self.credit <= 0 and not self.closed:
+            if self.waiter is None or self.waiter.done():
+                self.waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self.waiter)  # several senders (a broadcast) may wait on it
+
+
 class WsCycle:
     """The worker's half of one WebSocket: ASGI ``websocket.*`` messages <-> Ws* frames."""
 
@@ -195,6 +243,7 @@ class WsCycle:
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.inbox.put_nowait({"type": "websocket.connect"})
         self.closed = False
+        self.window = SendWindow()
         self.task: asyncio.Task[None] | None = None
 
     def feed(self, frame: wire.Frame) -> None:
@@ -205,12 +254,21 @@ class WsCycle:
             else:
                 message["bytes"] = frame.data
             self.inbox.put_nowait(message)
+        elif type(frame) is wire.Credit:
+            self.window.add(frame.n)
         elif type(frame) is wire.WsClose:
             self.closed = True
+            self.window.close()
             self.inbox.put_nowait({"type": "websocket.disconnect", "code": frame.code, "reason": frame.reason})
 
     async def receive(self) -> dict[str, Any]:
-        return await self.inbox.get()
+        message = await self.inbox.get()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            credit = self.window.took(len(text) if text is not None else len(message.get("bytes") or b""))
+            if credit and not self.closed:
+                self.send_frame(wire.Credit(self.id, credit))
+        return message
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -223,9 +281,13 @@ class WsCycle:
             self.send_frame(wire.WsAccept(self.id, message.get("subprotocol"), headers))
         elif kind == "websocket.send":
             text = message.get("text")
-            self.send_frame(wire.WsMsg(self.id, text, None if text is not None else bytes(message.get("bytes") or b"")))
+            frame = wire.WsMsg(self.id, text, None if text is not None else bytes(message.get("bytes") or b""))
+            self.send_frame(frame)
+            self.window.spend(frame)
+            await self.window.wait()
         elif kind == "websocket.close":
             self.closed = True
+            self.window.close()
             self.send_frame(wire.WsClose(self.id, int(message.get("code", 1000)), str(message.get("reason") or "")))
         else:
             raise RuntimeError(f"ASGI app sent unexpected message {kind!r} on a WebSocket")

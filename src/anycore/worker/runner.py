@@ -159,6 +159,7 @@ class WorkerServer:
                 cycle.task.cancel()
         for ws in self.sockets.values():
             ws.closed = True
+            ws.window.close()
             if ws.task is not None:
                 ws.task.cancel()
         if self.stopping is not None and not self.stopping.done():
@@ -184,6 +185,8 @@ class WorkerServer:
             cycle = self.cycles.get(frame.id)
             if cycle is not None:
                 cycle.add_credit(frame.n)
+            elif (ws := self.sockets.get(frame.id)) is not None:
+                ws.feed(frame)  # a WebSocket's send window
         elif type(frame) is wire.Cancel:
             cycle = self.cycles.get(frame.id)
             if cycle is not None:

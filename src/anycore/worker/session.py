@@ -28,6 +28,7 @@ from typing import Any, Callable, ClassVar, Iterator, Protocol
 import msgspec
 
 from anycore import wire
+from anycore.worker.asgi import SendWindow
 
 Message = str | bytes
 _CLOSE = object()  # inbox marker: the client left
@@ -104,7 +105,9 @@ class Session:
         return self._cycle.server.release
 
     async def send(self, message: Message) -> None:
+        """Send to this session's client; waits while the client is a window behind."""
         self._cycle.send(message)
+        await self._cycle.window.wait()
 
     def members(self) -> Iterator["Session"]:
         """Every open session with this session's key on this worker (itself included)."""
@@ -114,9 +117,14 @@ class Session:
                 yield cycle.session
 
     async def broadcast(self, message: Message) -> None:
-        """Send to every session of this key (itself included)."""
-        for member in self.members():
+        """Send to every session of this key (itself included), then wait until every one
+        of them has room in its send window: a room goes at the pace of its slowest reader,
+        and a reader that stops altogether is closed by the node (1008) after a bound."""
+        members = list(self.members())
+        for member in members:
             member._cycle.send(message)
+        for member in members:
+            await member._cycle.window.wait()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self._cycle.close(code, reason)
@@ -174,6 +182,7 @@ class SessionCycle:
         self.session: Session | None = None
         self.closed = False
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.window = SendWindow()
         self.task: asyncio.Task[None] | None = None
         if self.key:  # a member from the moment its frame is read, before its task first runs
             server.rooms.setdefault(self.key, set()).add(self)
@@ -182,21 +191,24 @@ class SessionCycle:
         if type(frame) is wire.WsMsg:
             self.inbox.put_nowait(frame.text if frame.text is not None else frame.data or b"")
         elif type(frame) is wire.WsClose:
+            self.window.close()
             self.inbox.put_nowait((_CLOSE, frame.code))
+        elif type(frame) is wire.Credit:
+            self.window.add(frame.n)
         elif type(frame) is wire.SessSnap:
             self.inbox.put_nowait(frame)
 
     def send(self, message: Message) -> None:
         if self.closed:
             raise OSError("the WebSocket is closed")
-        if isinstance(message, str):
-            self.server.send_frame(wire.WsMsg(self.id, message, None))
-        else:
-            self.server.send_frame(wire.WsMsg(self.id, None, bytes(message)))
+        frame = wire.WsMsg(self.id, message, None) if isinstance(message, str) else wire.WsMsg(self.id, None, bytes(message))
+        self.server.send_frame(frame)
+        self.window.spend(frame)
 
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
+            self.window.close()
             self.server.send_frame(wire.WsClose(self.id, code, reason))
             self.inbox.put_nowait((_CLOSE, code))
 
@@ -245,6 +257,9 @@ class SessionCycle:
                     await self.session.on_close(item[1])
                     return
                 else:
+                    credit = self.window.took(len(item))
+                    if credit and not self.closed:
+                        self.server.send_frame(wire.Credit(self.id, credit))
                     await self.session.on_message(item)
                     self.seq += 1
                     if self.cls.checkpoint:
@@ -264,4 +279,5 @@ class SessionCycle:
                     if not members:
                         del self.server.rooms[self.key]
             if detached:
+                self.window.close()
                 self.closed = True  # the session lives on elsewhere; nothing more leaves from here

@@ -1,0 +1,123 @@
+"""Slow clients cannot take a service down (issue 12, item 2): request bodies are buffered
+in the gateway before the request takes a slot, and a body that stops coming gets 408."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+
+from tests.conftest import make_service
+
+APP = """
+import asyncio
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/two-part":  # the client has the whole body before the app returns
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": True})
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"%d" % len(body)})
+"""
+
+
+def _port(node) -> int:
+    return int(node.url.rsplit(":", 1)[1])
+
+
+def test_twenty_trickling_posts_leave_ordinary_requests_served(nodes, tmp_path):
+    # Two slots in all: on a gateway that places a request at its headers, 20 trickling
+    # uploads would hold both for as long as they trickle.
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nslots = 2\n'))
+    stop = threading.Event()
+    trickled = []
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", _port(node))) as sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+            sent = 0
+            while not stop.wait(0.5) and sent < 100:
+                sock.sendall(b"x")
+                sent += 1
+            trickled.append(sent)
+
+    threads = [threading.Thread(target=trickle) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)  # let every upload start (headers sent, body trickling)
+        ok = total = 0
+        started = time.monotonic()
+        with httpx.Client(timeout=5) as client:
+            # At least 100 GETs and 3 s (a few trickled bytes each), at most 30 s.
+            while (total < 100 or time.monotonic() - started < 3) and time.monotonic() - started < 30:
+                total += 1
+                try:
+                    ok += client.get(node.url + "/").status_code == 200
+                except httpx.TimeoutException:
+                    pass
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert total >= 100
+    assert ok / total >= 0.99, f"{ok} of {total} GETs served while 20 uploads trickled"
+    assert min(trickled) >= 2  # the uploads really were trickling meanwhile
+    assert node.proc.poll() is None
+
+
+def test_a_body_that_stops_coming_gets_408_and_frees_everything(nodes, tmp_path):
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nslots = 1\nbody_timeout = 1\n'
+                                    'request_buffer = 4\n'))
+    # A body over request_buffer is placed after its first 4 bytes and streams on; when it
+    # stalls, the slot is freed by the body timeout, not held until the request deadline.
+    for partial in (b"ab", b"abcdefgh"):
+        with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + partial)
+            started = time.monotonic()
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 408"), data
+            assert 0.8 < time.monotonic() - started < 5
+    # The one slot is free again: a whole request is served at once.
+    response = httpx.post(node.url + "/", content=b"x" * 1000, timeout=5)
+    assert (response.status_code, response.text) == (200, "1000")
+    assert node.service("svc")["buffering_bytes"] == 0
+
+
+def test_a_body_sent_while_the_previous_response_ends_is_read(nodes, tmp_path):
+    """Keep-alive: the client sends its next request (head, then body) as soon as it has the
+    previous response's bytes, before that response has ended in the node; the next request
+    waits for its body with reading resumed, not paused forever."""
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\n'))
+    with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as sock:
+        sock.sendall(b"GET /two-part HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\nok"):
+            data += sock.recv(4096)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        time.sleep(0.1)
+        sock.sendall(b"hello")
+        data = b""
+        while not data.endswith(b"\r\n\r\n5"):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
