@@ -4,6 +4,7 @@ on the fly. Every process a test starts is stopped at teardown, bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def tmpfs_disk(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A real small disk: a tmpfs of ``size`` (e.g. "48m") mounted in ``tmp_path``; the test
+    is skipped where mounting is not possible (not root, no tmpfs)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and tmpfs mounts to make a small real disk")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def make_service(root: Path, name: str, code: str, config: str = "") -> Path:

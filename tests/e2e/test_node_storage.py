@@ -7,24 +7,18 @@ nats-server's JetStream files and the release cache hit a true ENOSPC."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import HELLO, make_service
+from tests.conftest import HELLO, make_service, tmpfs_disk
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root and tmpfs mounts to make a small real disk")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with tmpfs_disk(tmp_path, "48m") as mount:
+        yield mount
 
 
 def fill(disk: Path, leave_kib: int) -> Path:

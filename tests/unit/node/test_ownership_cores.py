@@ -14,6 +14,7 @@ from anycore.cluster.embedded import serves_home
 from anycore.errors import ConfigError, NodeRunning, StorageError
 from anycore.node.deployer import resolve_release
 from anycore.node.lock import NodeLock, held, owner
+from tests.conftest import tmpfs_disk
 
 
 def test_the_lock_is_exclusive_and_names_the_owner(tmp_path):
@@ -79,13 +80,8 @@ def test_storage_errors_say_the_cause_and_what_to_do():
 
 @pytest.fixture
 def full_disk(tmp_path: Path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root and tmpfs mounts to make a small real disk")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with tmpfs_disk(tmp_path, "2m") as mount:
+        yield mount
 
 
 def test_the_release_cache_takes_nothing_half_written_on_a_full_disk(full_disk, tmp_path):
