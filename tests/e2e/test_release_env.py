@@ -79,10 +79,15 @@ def open_home() -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def reachable_interpreter() -> Iterator[None]:
-    """The node's interpreter must be readable by the service user. Where it lives under a
-    0700 directory (pyenv in /root), grant traversal (o+x, not listing) for the test."""
+    """The node's interpreter, its virtualenv and anycore's source (an editable install)
+    must be readable by the service user. Where they live under a 0700 directory (pyenv in
+    /root, a checkout cloned into a mkdtemp directory), grant traversal (o+x, not listing)
+    for the test."""
+    import anycore
+
     changed = []
-    for parent in Path(sys.base_prefix).parents:
+    parents = {p for path in (sys.base_prefix, sys.prefix, anycore.__file__) for p in Path(path).resolve().parents}
+    for parent in sorted(parents):
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             os.chmod(parent, mode | stat.S_IXOTH)
