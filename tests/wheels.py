@@ -7,6 +7,7 @@ import base64
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import Iterable, Iterator
 
 
 def make_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] = (),
@@ -17,17 +18,21 @@ def make_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] = 
     files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
                                  + "".join(f"Requires-Dist: {r}\n" for r in requires))
     files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: anycore-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    record = []
     path = dest / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, text in files.items():
-            data = text.encode()
+    _write_wheel(path, info, ((member, text.encode()) for member, text in files.items()))
+    return path
+
+
+def _write_wheel(path: Path, info: str, members: Iterable[tuple[str, bytes]]) -> None:
+    """A wheel at ``path`` holding ``members`` and the RECORD that lists them."""
+    record = []
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for member, data in members:
             archive.writestr(member, data)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             record.append(f"{member},sha256={digest},{len(data)}")
         record.append(f"{info}/RECORD,,")
         archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
-    return path
 
 
 def wheel_from_installed(dest: Path, name: str) -> Path:
@@ -43,20 +48,16 @@ def wheel_from_installed(dest: Path, name: str) -> Path:
     version = dist.version
     normalized = dist.metadata["Name"].replace("-", "_")
     path = dest / f"{normalized}-{version}-{tags[0]}.whl"
-    record = []
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+
+    def members() -> Iterator[tuple[str, bytes]]:
         for entry in dist.files or []:
             rel = str(entry)
             if rel.startswith("..") or "__pycache__" in rel or rel.endswith(("/RECORD", "/INSTALLER", "/REQUESTED",
                                                                              "/direct_url.json")):
                 continue
             source = Path(str(dist.locate_file(entry)))
-            if not source.is_file():
-                continue
-            data = source.read_bytes()
-            archive.writestr(rel, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{rel},sha256={digest},{len(data)}")
-        record.append(f"{info}/RECORD,,")
-        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+            if source.is_file():
+                yield rel, source.read_bytes()
+
+    _write_wheel(path, info, members())
     return path

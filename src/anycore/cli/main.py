@@ -350,20 +350,29 @@ def scale(service: str, low: int | None, high: int | None, nats_url: str | None,
     click.echo(_run(go())["message"])
 
 
+def _query(command: str, as_json: bool, nats_url: str | None, token: str | None, creds: str | None,
+           **args: Any) -> dict[str, Any] | None:
+    """The node's answer to ``command``; with ``--json`` it is printed here and None returned."""
+
+    async def go() -> dict[str, Any]:
+        async with ControlClient(nats_url, token, creds) as client:
+            return await client.call(command, **args)
+
+    reply = _run(go())
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        return None
+    return reply
+
+
 @cli.command()
 @click.argument("service", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @with_nats
 def releases(service: str | None, as_json: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
     """Kept releases of SERVICE (live one marked), deploys in progress, failed releases."""
-
-    async def go() -> dict[str, Any]:
-        async with ControlClient(nats_url, token, creds) as client:
-            return await client.call("releases", service=service)
-
-    reply = _run(go())
-    if as_json:
-        click.echo(json.dumps(reply, indent=2))
+    reply = _query("releases", as_json, nats_url, token, creds, service=service)
+    if reply is None:
         return
     from anycore.cli.render import render_releases
 
@@ -376,14 +385,8 @@ def releases(service: str | None, as_json: bool, nats_url: str | None, token: st
 @with_nats
 def env_command(service: str, as_json: bool, nats_url: str | None, token: str | None, creds: str | None) -> None:
     """The Python environment of SERVICE's live release: interpreter and packages."""
-
-    async def go() -> dict[str, Any]:
-        async with ControlClient(nats_url, token, creds) as client:
-            return await client.call("env", service=service)
-
-    reply = _run(go())
-    if as_json:
-        click.echo(json.dumps(reply, indent=2))
+    reply = _query("env", as_json, nats_url, token, creds, service=service)
+    if reply is None:
         return
     if not reply["env"]:
         click.echo(f"{reply['release']} declares no dependencies: it runs on the node's environment ({reply['python']})")
