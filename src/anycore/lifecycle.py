@@ -1,4 +1,4 @@
-"""Explicit lifecycles: an Enum of states and a table of legal transitions per lifecycle.
+"""L0 — explicit lifecycles: an Enum of states and a table of legal transitions per lifecycle.
 
 A worker:  FORKING -> STARTING -> READY -> DRAINING -> EXITED
            (any state but EXITED may go straight to EXITED: a crash)
@@ -36,6 +36,29 @@ class ReleaseState(enum.Enum):
 class ServiceState(enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+class ExitReason(enum.Enum):
+    """Why the node ended a worker, if it did; ``CRASH`` when it did not (the default).
+
+    ``deliberate`` is the one question every caller asks: a deliberate exit is never fed to
+    the restart policy, never counted as a crash (so it cannot trigger an auto-rollback),
+    and its WebSockets close with 1012 (service restart) rather than 1011. A new member
+    has to say which it is here, in one place.
+    """
+    CRASH = "crash"              # exited, or was killed, without the node asking
+    FAILED_START = "failed start"  # the app's startup (lifespan, readiness) failed
+    HUNG = "hung"                # its event loop (or its WSGI threads) stopped ticking
+    RECYCLED = "recycled"        # max_requests / max_rss: replaced, then drained
+    DRAINED = "drained"          # scaled down
+    STOPPED = "stopped"          # its release was stopped or retired
+
+    @property
+    def deliberate(self) -> bool:
+        return self in _DELIBERATE
+
+
+_DELIBERATE = frozenset({ExitReason.RECYCLED, ExitReason.DRAINED, ExitReason.STOPPED})
 
 
 W = WorkerState

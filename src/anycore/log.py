@@ -8,8 +8,6 @@ service for ``anycore logs`` and handed to subscribers (``anycore logs -f`` over
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import sys
 import time
 from collections import deque
@@ -55,29 +53,3 @@ class NodeLog:
         if service:
             return list(self.rings.get(service, ()))[-n:]
         return list(self.all)[-n:]
-
-
-async def pump_output(sock: socket.socket, log: NodeLog, service: str, tag: str) -> None:
-    """Read one process's output socket until EOF, a tagged log line per line of text."""
-    loop = asyncio.get_running_loop()
-    sock.setblocking(False)
-    pending = b""
-    try:
-        while True:
-            data = await loop.sock_recv(sock, 65536)
-            if not data:
-                break
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                text = raw.decode("utf-8", "replace")
-                log.output(service, tag, text)
-            if len(pending) > 65536:
-                log.output(service, tag, pending.decode("utf-8", "replace"))
-                pending = b""
-    except OSError:
-        pass
-    finally:
-        if pending:
-            log.output(service, tag, pending.decode("utf-8", "replace"))
-        sock.close()

@@ -12,9 +12,8 @@ halved CPU per request in the prototype, see MEASURED.md).
 
 from __future__ import annotations
 
-import asyncio
 import struct
-from typing import Callable, Union
+from typing import Union
 
 import msgspec
 
@@ -23,7 +22,7 @@ CHUNK = 64 * 1024
 # WebSocket messages from a worker to a client: at most this many bytes (``ws_size``) per
 # connection unacknowledged; the node returns ``Credit`` once the client's socket took them.
 WS_WINDOW = 256 * 1024
-_LEN = struct.Struct(">I")
+LENGTH = struct.Struct(">I")
 
 
 class Req(msgspec.Struct, array_like=True, tag=1):
@@ -214,64 +213,9 @@ Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, T
               SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice]
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Frame)
+decoder = msgspec.msgpack.Decoder(Frame)
 
 
 def encode(frame: Frame) -> bytes:
     payload = _encoder.encode(frame)
-    return _LEN.pack(len(payload)) + payload
-
-
-class FrameProtocol(asyncio.Protocol):
-    """Length-prefixed frames over a stream transport, with per-iteration write batching.
-
-    ``on_frame`` is called for each decoded frame; ``on_lost`` once when the peer is gone.
-    """
-
-    def __init__(self, on_frame: Callable[[Frame], None], on_lost: Callable[[Exception | None], None]) -> None:
-        self._on_frame = on_frame
-        self._on_lost = on_lost
-        self._buf = bytearray()
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self.transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_event_loop()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        start = 0
-        end = len(buf)
-        while end - start >= 4:
-            (size,) = _LEN.unpack_from(buf, start)
-            if end - start - 4 < size:
-                break
-            frame = _decoder.decode(memoryview(buf)[start + 4 : start + 4 + size])
-            start += 4 + size
-            self._on_frame(frame)
-        if start:
-            del buf[:start]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._on_lost(exc)
-
-    def send(self, frame: Frame) -> None:
-        self._out.append(encode(frame))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if self.transport is not None and out:
-            self.transport.write(b"".join(out))
-
-    def close(self) -> None:
-        self._flush()
-        if self.transport is not None:
-            self.transport.close()
+    return LENGTH.pack(len(payload)) + payload

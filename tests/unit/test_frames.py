@@ -17,6 +17,7 @@ import msgspec.inspect as mi
 import pytest
 
 from anycore import wire
+from anycore.framing import FrameProtocol
 
 
 class FakeTransport(asyncio.Transport):
@@ -111,7 +112,7 @@ def receive_all(chunks: list[bytes]) -> list[Any]:
     got: list[Any] = []
 
     async def main() -> None:
-        proto = wire.FrameProtocol(got.append, lambda exc: None)
+        proto = FrameProtocol(got.append, lambda exc: None)
         proto.connection_made(FakeTransport())
         for chunk in chunks:
             proto.data_received(chunk)
@@ -141,7 +142,7 @@ def test_a_frame_split_across_reads_is_held_until_complete() -> None:
     got: list[Any] = []
 
     async def main() -> None:
-        proto = wire.FrameProtocol(got.append, lambda exc: None)
+        proto = FrameProtocol(got.append, lambda exc: None)
         a, b = wire.encode(wire.Credit(3, 100)), wire.encode(wire.Body(3, b"abc", True))
         proto.data_received(a + b[:2])  # the second frame's length is not even complete
         assert got == [wire.Credit(3, 100)]
@@ -164,7 +165,7 @@ def test_frames_sent_in_one_loop_iteration_leave_in_one_write() -> None:
 
     async def main() -> FakeTransport:
         transport = FakeTransport()
-        proto = wire.FrameProtocol(lambda f: None, lambda exc: None)
+        proto = FrameProtocol(lambda f: None, lambda exc: None)
         proto.connection_made(transport)
         for f in frames:
             proto.send(f)
@@ -186,7 +187,7 @@ def test_frames_sent_in_one_loop_iteration_leave_in_one_write() -> None:
 def test_close_flushes_pending_frames_before_closing() -> None:
     async def main() -> FakeTransport:
         transport = FakeTransport()
-        proto = wire.FrameProtocol(lambda f: None, lambda exc: None)
+        proto = FrameProtocol(lambda f: None, lambda exc: None)
         proto.connection_made(transport)
         proto.send(wire.Stop())
         proto.close()
@@ -203,7 +204,7 @@ def test_frames_sent_after_the_peer_is_gone_are_dropped_and_on_lost_is_called() 
 
     async def main() -> FakeTransport:
         transport = FakeTransport()
-        proto = wire.FrameProtocol(lambda f: None, lost.append)
+        proto = FrameProtocol(lambda f: None, lost.append)
         proto.connection_made(transport)
         proto.send(wire.Tick())
         err = ConnectionResetError("peer gone")

@@ -23,6 +23,7 @@ below a service's ``min_workers``.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,10 +41,23 @@ class Limits:
     panic_window: float = 3.0
 
 
+class Reason(enum.Enum):
+    """Why the scaler decided what it did: compared by identity, shown by value."""
+    DEMAND = "demand above capacity"
+    OVER_LIMITS = "over the limits"
+    UNDER_MIN = "under min_workers"
+    PANIC = "panic mode: holding"
+    DRAINING = "waiting for a drain to finish"
+    COOLDOWN = "scale-down delay after a scale-up"
+    SCALING_DOWN = "scaling down by one"
+    KEEP_WARM = "keeping the last worker warm"
+    STEADY = "steady"
+
+
 @dataclass(frozen=True)
 class Decision:
     desired: int
-    reason: str
+    reason: Reason
     stable_need: int
     panic_need: int
     demand: float
@@ -94,23 +108,23 @@ class Scaler:
             self.panic_until = now + lim.stable_window
         panic = now < self.panic_until
         if panic_need > current or stable_need > current:
-            desired, reason = clamp(max(panic_need, stable_need)), "demand above capacity"
+            desired, reason = clamp(max(panic_need, stable_need)), Reason.DEMAND
             if desired > current:
                 self.last_up = now
         elif current != clamp(current):  # over max (or the share), or under a min raised by `anycore scale`
-            desired, reason = clamp(current), "over the limits" if current > clamp(current) else "under min_workers"
+            desired, reason = clamp(current), Reason.OVER_LIMITS if current > clamp(current) else Reason.UNDER_MIN
         elif panic:
-            desired, reason = current, "panic mode: holding"
+            desired, reason = current, Reason.PANIC
         elif draining:
-            desired, reason = current, "waiting for a drain to finish"
+            desired, reason = current, Reason.DRAINING
         elif now - self.last_up < lim.scale_down_delay:
-            desired, reason = current, "scale-down delay after a scale-up"
+            desired, reason = current, Reason.COOLDOWN
         elif stable_need < current:
             target = clamp(max(stable_need, 1 if now - self.last_demand < lim.keep_warm else 0))
             desired = current - 1 if target < current else current
-            reason = "scaling down by one" if desired < current else ("keeping the last worker warm" if current == 1 else "steady")
+            reason = Reason.SCALING_DOWN if desired < current else (Reason.KEEP_WARM if current == 1 else Reason.STEADY)
         else:
-            desired, reason = clamp(current), "steady"
+            desired, reason = clamp(current), Reason.STEADY
         self.last = Decision(desired, reason, stable_need, panic_need, round(panic_demand, 2), panic)
         return self.last
 

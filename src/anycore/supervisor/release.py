@@ -32,8 +32,9 @@ from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.errors import ReleaseFailed
 from anycore.lifecycle import Lifecycle, ReleaseState, WorkerState
-from anycore.log import NodeLog, pump_output
-from anycore.scaler.core import Limits, Scaler
+from anycore.log import NodeLog
+from anycore.supervisor.output import pump_output
+from anycore.scaler.core import Limits, Reason, Scaler
 from anycore.supervisor.oom import OomCounter
 from anycore.supervisor.launch import Launch
 from anycore.supervisor.policy import RestartPolicy
@@ -350,17 +351,17 @@ class ReleaseSupervisor:
         self.target = decision.desired
         if decision.desired > current:
             self.log.event("scale.up", self.name, release=self.release, workers=current, desired=decision.desired,
-                           reason=decision.reason, demand=decision.demand)
+                           reason=decision.reason.value, demand=decision.demand)
             for _ in range(decision.desired - current):
                 self._start_worker()
         elif decision.desired < current:
             # Demand fell: only a starting or idle worker goes. Over the limits (a smaller
             # share of the node, a lowered max): the least busy one drains even if busy;
             # draining lets its requests finish, it never kills one.
-            victim = self._idlest(allow_busy=decision.reason == "over the limits")
+            victim = self._idlest(allow_busy=decision.reason is Reason.OVER_LIMITS)
             if victim is not None:
                 self.log.event("scale.down", self.name, release=self.release, workers=current, desired=decision.desired,
-                               worker=victim.id, reason=decision.reason)
+                               worker=victim.id, reason=decision.reason.value)
                 self._spawn_task(self.drain_worker(victim, "drained: scaled down"))
 
     def wanted(self) -> int:
@@ -484,7 +485,7 @@ class ReleaseSupervisor:
         info: dict[str, object] = {"min": limits.min_workers, "max": limits.max_workers, "budget": self.budget,
                                    "desired": self.target, "actual": self.live_count()}
         if last is not None:
-            info.update(reason=last.reason, demand=last.demand, stable_need=last.stable_need,
+            info.update(reason=last.reason.value, demand=last.demand, stable_need=last.stable_need,
                         panic_need=last.panic_need, panic=last.panic)
         return info
 

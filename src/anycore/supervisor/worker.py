@@ -13,6 +13,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 from anycore import wire
+from anycore.framing import FrameProtocol
 from anycore.lifecycle import Lifecycle, WorkerState
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class WorkerHandle:
         self.sockets: dict[int, WebSocketSession] = {}  # WebSockets: no slot, not in the router
         self.checks: dict[int, asyncio.Future[str | None]] = {}  # MigrateCheck answers by session id
         self.notices: list[asyncio.Future[wire.Notice]] = []
-        self.proto: wire.FrameProtocol | None = None
+        self.proto: FrameProtocol | None = None
         self.exit_status: int | None = None
         self.exit_cause = ""
         self.killed_by_us = ""  # why the node killed it (hang, recycle), if it did
@@ -68,8 +69,8 @@ class WorkerHandle:
     async def connect(self, sock: socket.socket) -> None:
         # The handle takes its protocol as soon as it exists: the worker's Ready can be read
         # (and a request dispatched to it) before this coroutine resumes.
-        def protocol() -> wire.FrameProtocol:
-            self.proto = wire.FrameProtocol(self._frame, self._lost)
+        def protocol() -> FrameProtocol:
+            self.proto = FrameProtocol(self._frame, self._lost)
             return self.proto
 
         await asyncio.get_running_loop().connect_accepted_socket(protocol, sock=sock)

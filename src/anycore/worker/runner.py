@@ -30,6 +30,7 @@ import msgspec
 import uvloop
 
 from anycore import wire
+from anycore.framing import FrameProtocol
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
 from anycore.worker.session import Session, SessionCycle, check_migrate
 from anycore.worker.wsgi import WSGIApp, WsgiCycle, run_cycle
@@ -61,13 +62,13 @@ class WorkerServer:
         self.cycles: dict[int, Cycle] = {}
         self.sockets: dict[int, WsCycle | SessionCycle] = {}
         self.stopping: asyncio.Future[None] | None = None
-        self.proto: wire.FrameProtocol | None = None
+        self.proto: FrameProtocol | None = None
         self.state: dict[str, Any] = {}
 
     async def main(self, sock: socket.socket) -> int:
         loop = self.loop = asyncio.get_running_loop()
         self.stopping = loop.create_future()
-        factory = LockedFrameProtocol if self.wsgi_app is not None else wire.FrameProtocol
+        factory = LockedFrameProtocol if self.wsgi_app is not None else FrameProtocol
         _, proto = await loop.connect_accepted_socket(lambda: factory(self.on_frame, self.on_lost), sock=sock)
         self.proto = proto
         self.send_frame = proto.send

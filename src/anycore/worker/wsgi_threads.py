@@ -40,6 +40,7 @@ from queue import SimpleQueue
 from typing import Any, Callable
 
 from anycore import wire
+from anycore.framing import FrameProtocol
 from anycore.worker.wsgi import WSGIApp, WsgiCycle, base_environ, run_cycle
 
 
@@ -71,7 +72,7 @@ class ChannelWriter:
                     continue
 
 
-class LockedFrameProtocol(wire.FrameProtocol):
+class LockedFrameProtocol(FrameProtocol):
     """The loop's frame protocol in a WSGI worker: batched per loop iteration as usual,
     but flushed through the ``ChannelWriter`` the app threads share."""
 

@@ -1,0 +1,112 @@
+"""L0 — the ports: what one layer may ask of another, as typing Protocols.
+
+Layers (enforced by tests/unit/test_layers.py; see ARCHITECTURE.md):
+
+    L0  pure: errors, wire, config, lifecycle, log, ports and the decision cores
+        (router, scaler, restart policy, crash outcome, rollout decision, ...). No asyncio,
+        no sockets.
+    L1  adapters: gateway, supervisor, release, cluster, worker (+ the shared bases
+        ``framing`` and ``tasks``). They never import ``node/``; the gateway and the
+        supervisor never import each other.
+    L2  node/: the executors that join the adapters, and the composition root.
+    L3  cli/.
+
+An adapter talks to the layer above only through a port it is handed. Each port is
+narrow on purpose: it is the seam where another implementation can sit — a peer node's
+slot instead of a local worker (``Channel``), or an HTTP data plane in another process
+instead of the in-process gateway (``RequestSink``'s caller).
+
+The exchange and the WebSocket session are passed through these ports as opaque objects
+typed ``Any`` here: L0 cannot name the gateway's classes, and the ports do not need to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+from anycore import wire
+from anycore.log import NodeLog
+
+
+class FrameTarget(Protocol):
+    """An exchange or a WebSocket session, as the channel that feeds it sees it."""
+
+    id: int
+
+    def on_frame(self, frame: wire.Frame) -> None: ...
+
+
+class Channel(Protocol):
+    """Where a request or a WebSocket runs: a local worker (``supervisor.worker.WorkerHandle``)
+    or a slot on a peer node (``cluster.dispatch.RemoteSlot``). What an exchange or a session
+    may do with it: send it frames. The frames for an id come back through ``on_frame``."""
+
+    id: int
+    release: str
+
+    def send(self, frame: wire.Frame) -> None: ...
+
+    def start_request(self, exchange: Any, frame: wire.Req) -> None: ...
+
+
+class RequestSink(Protocol):
+    """A service as the gateway sees it (``node.service.ServiceRuntime``): where parsed
+    requests and upgraded WebSockets go, and what it tells the gateway's connections."""
+
+    name: str
+    release_id: str  # named in the anycore-release header of node-made answers
+    max_body: int    # the connection refuses a body past it (413) while reading
+
+    def submit(self, exchange: Any, path: str) -> None: ...
+
+    def place_buffered(self, exchange: Any) -> None: ...
+
+    def unreserve(self, exchange: Any) -> None: ...
+
+    def client_gone(self, exchange: Any) -> None: ...
+
+    def open_websocket(self, session: Any, frame: wire.WsOpen) -> None: ...
+
+    def websocket_gone(self, session: Any) -> None: ...
+
+
+class ReleaseOwner(Protocol):
+    """What a release supervisor reports to (``node.service.ServiceRuntime``). The worker
+    table is the supervisor's; request accounting (in flight, served) is the router's,
+    asked through ``inflight``/``served``."""
+
+    name: str
+    scale_override: tuple[int, int] | None
+
+    def on_done(self, worker: Any, exchange: Any, error: str | None) -> None: ...
+
+    def worker_ready(self, worker: Any) -> None: ...
+
+    def worker_draining(self, worker: Any) -> None: ...
+
+    def worker_lost(self, worker: Any) -> None: ...
+
+    def release_crashlooping(self, release: Any) -> None: ...
+
+    def autoscale(self, now: float, budget: int | None) -> None: ...
+
+    def inflight(self, worker_id: int) -> int: ...
+
+    def served(self, worker_id: int) -> int: ...
+
+
+class NodeView(Protocol):
+    """The node as the cluster code (agent, rollout, follow, storage healer) sees it,
+    instead of the whole ``Node``. Implemented by ``node.node.Node``."""
+
+    node_id: str
+    log: NodeLog
+
+    @property
+    def nc(self) -> Any: ...  # the NATS client (None before it connects)
+
+    @property
+    def gateway_url(self) -> str: ...
+
+    @property
+    def services(self) -> Mapping[str, Any]: ...
