@@ -73,7 +73,7 @@ class RequestSink(Protocol):
 class ReleaseOwner(Protocol):
     """What a release supervisor reports to (``node.service.ServiceRuntime``). The worker
     table is the supervisor's; request accounting (in flight, served) is the router's,
-    asked through ``inflight``/``served``."""
+    asked through ``inflight``/``served_by``."""
 
     name: str
     scale_override: tuple[int, int] | None
@@ -92,7 +92,7 @@ class ReleaseOwner(Protocol):
 
     def inflight(self, worker_id: int) -> int: ...
 
-    def served(self, worker_id: int) -> int: ...
+    def served_by(self, worker_id: int) -> int: ...
 
 
 class NodeView(Protocol):

@@ -72,6 +72,23 @@ class ServiceRuntime:
         self.session_routes = SessionRoutes(config)
         self.sessions = SessionPlacer(self)
 
+    # -- what the gateway (ports.RequestSink) and the supervisor (ports.ReleaseOwner) ask ----
+    @property
+    def routes(self) -> list[str]:
+        return self.config.routes
+
+    @property
+    def max_body(self) -> int:
+        return self.config.max_body
+
+    def inflight(self, worker_id: int) -> int:
+        slots = self.router.workers.get(worker_id)
+        return slots.inflight if slots is not None else 0
+
+    def served_by(self, worker_id: int) -> int:
+        slots = self.router.workers.get(worker_id)
+        return slots.served if slots is not None else 0
+
     # -- lifecycle ------------------------------------------------------------------------
     #
     # ``release`` is the live release (None while stopped); ``draining`` holds old releases
