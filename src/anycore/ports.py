@@ -25,7 +25,11 @@ from __future__ import annotations
 from typing import Any, Mapping, Protocol
 
 from anycore import wire
+from anycore.commands import Command
+from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
+from anycore.release.deploy import Deploy
+from anycore.router.core import Router
 
 
 class FrameTarget(Protocol):
@@ -95,12 +99,69 @@ class ReleaseOwner(Protocol):
     def served_by(self, worker_id: int) -> int: ...
 
 
-class NodeView(Protocol):
-    """The node as the cluster code (agent, rollout, follow, storage healer) sees it,
-    instead of the whole ``Node``. Implemented by ``node.node.Node``."""
+class ServiceView(Protocol):
+    """A service as the cluster agent and the cross-node dispatch see it (``node.service.
+    ServiceRuntime``): its name and release, the router's counts (what a heartbeat
+    advertises, and the queue a busy node spills from), and the two ways a request crosses
+    nodes — a peer's claim placed on a free slot here (``accept_remote``, never queued) and
+    a request back from a peer at the head of the queue (``requeue``)."""
 
-    node_id: str
-    log: NodeLog
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def release_id(self) -> str: ...
+
+    @property
+    def release(self) -> Any: ...  # the live release (None while stopped)
+
+    @property
+    def life(self) -> Lifecycle[ServiceState]: ...
+
+    @property
+    def router(self) -> Router[Any]: ...
+
+    @property
+    def server(self) -> tuple[str, int] | None: ...  # the gateway's address, for a request's first frame
+
+    def accept_remote(self, exchange: Any) -> bool: ...
+
+    def requeue(self, exchange: Any) -> None: ...
+
+
+class ReleaseStore(Protocol):
+    """The code store's desired state, as the rollout and follow read it (``release.store.CodeStore``)."""
+
+    async def get_release(self, release: str) -> Any: ...  # a ReleaseRecord, or None
+
+    async def all_services(self) -> list[Any]: ...  # ServiceRecords: live release, stopped, history
+
+
+class Deployments(Protocol):
+    """The node's deployer as the cluster code sees it (``node.deployer.Deployer``): start a
+    deploy of a release record (held at a rollout ``gate`` before its shift when given), and
+    the deploys it knows."""
+
+    @property
+    def store(self) -> ReleaseStore: ...
+
+    @property
+    def deploys(self) -> Mapping[str, Deploy]: ...
+
+    def start(self, record: Any, source: str, deploy_id: str | None = None, gate: Any = None,
+              migrate: bool = True) -> Deploy: ...
+
+
+class NodeView(Protocol):
+    """The node as the cluster code (agent, rollout, follow) sees it, instead of the whole
+    ``Node``. Implemented by ``node.node.Node``. Anything that changes the node goes
+    through ``command`` (its single command queue), never a direct call."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def log(self) -> NodeLog: ...
 
     @property
     def nc(self) -> Any: ...  # the NATS client (None before it connects)
@@ -109,4 +170,6 @@ class NodeView(Protocol):
     def gateway_url(self) -> str: ...
 
     @property
-    def services(self) -> Mapping[str, Any]: ...
+    def services(self) -> Mapping[str, ServiceView]: ...
+
+    def command(self, command: Command) -> None: ...  # enqueue; the node runs it in turn

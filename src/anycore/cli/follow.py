@@ -1,4 +1,4 @@
-"""Following a deploy from the CLI, and what Ctrl-C means while doing so.
+"""L3 — following a deploy from the CLI, and what Ctrl-C means while doing so.
 
 ``anycore deploy`` / ``rollback`` subscribe to the deploy's progress subject (the deploy id
 is chosen here, so no event is missed), ask the node for it, and print each phase. A

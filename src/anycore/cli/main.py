@@ -1,4 +1,4 @@
-"""The ``anycore`` command line. Every command but ``up`` talks to a node over NATS only.
+"""L3 — the ``anycore`` command line. Every command but ``up`` talks to a node over NATS only.
 
 Exit codes: 0 done; 1 the operation ran and failed (a deploy or an initial release did not
 start; the old release serves as before); 2 it could not be done as asked (bad input, no

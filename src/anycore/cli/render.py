@@ -1,4 +1,4 @@
-"""Human output for ``anycore ps``."""
+"""L3 — human output for ``anycore ps``, ``ps --cluster`` and ``releases``."""
 
 from __future__ import annotations
 

@@ -1,14 +1,18 @@
-"""The node's cluster agent: heartbeats, the peer table, and cross-node dispatch (executor).
+"""L1 — the node's cluster agent: heartbeats, the peer table, and cross-node dispatch (executor).
 
 It owns, for one node: a heartbeat task (every ``HEARTBEAT_INTERVAL``: publish this node's
-load, put it in the ``anycore_nodes`` KV bucket, expire silent peers, check the deadline
-safety net), the NATS subscriptions of the dispatch protocol (see ``cluster/dispatch.py``)
-and the map of requests crossing nodes in either direction.
+load, put it in the ``anycore_nodes`` KV bucket (``cluster/registry.py``), expire silent
+peers, check the deadline safety net), the NATS subscriptions of the dispatch protocol
+(see ``cluster/dispatch.py``) and the map of requests crossing nodes in either direction.
+It sees the node through ``ports.NodeView`` (its id, log, NATS client, gateway URL, its
+services as ``ports.ServiceView``, and its command queue) and never imports ``node/``;
+every task it starts belongs to its ``TaskGroup`` and ends with ``close``.
 
 Losing a peer (no heartbeat for ``PEER_EXPIRY`` s) or losing NATS (this node's connection
-dropped) is handled the same way: each request this node sent to that peer is retried
-locally when it is safe (GET/HEAD/OPTIONS, nothing sent to the client, no body forwarded:
-the rule for a local worker's crash) and otherwise answered 502 with a JSON body; each
+dropped) is handled the same way: each request this node sent to that peer goes through
+the one crash rule (``router.crash.outcome``, with no blame: a lost node is not the
+request's fault) — retried locally when it is safe (GET/HEAD/OPTIONS, nothing sent to the
+client, no body forwarded, first attempt), otherwise answered 502 with a JSON body; each
 request a lost origin sent here is cancelled. While NATS is away the node serves its own
 traffic with what it has: the peer table is empty, so nothing spills over, and nothing
 waits on NATS on the request path. Subscriptions come back with the reconnection.
@@ -18,71 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.errors import NoRespondersError
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 
 from anycore import wire
 from anycore.cluster import dispatch
 from anycore.cluster.dispatch import Claim, ClaimReply, Link, RemoteExchange, RemoteSlot
 from anycore.cluster.follow import follow
-from anycore.cluster.jetstream import create_replicated
-from anycore.errors import ControlError
-from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
-from anycore.gateway.exchange import SAFE_METHODS
+from anycore.cluster.membership import HEARTBEAT_INTERVAL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
+from anycore.cluster.registry import heartbeat_decoder, heartbeat_encoder, open_nodes_bucket
 from anycore.lifecycle import ServiceState
+from anycore.ports import Deployments, NodeView, ServiceView
+from anycore.router import crash
+from anycore.tasks import TaskGroup
 
-if TYPE_CHECKING:
-    from anycore.gateway.exchange import Exchange
-    from anycore.node.node import Node
-    from anycore.node.service import ServiceRuntime
-
-NODES_BUCKET = "anycore_nodes"
 FOLLOW_EVERY = 3  # heartbeats between two checks of the desired state in KV (cluster/follow.py)
 HEARTBEAT_SUBJECT = "anycore.heartbeat"
-
-heartbeat_encoder = msgspec.json.Encoder()
-heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+CLOSE_BOUND = 2.0  # seconds close() waits for the agent's tasks
 
 
-async def open_nodes_bucket(js: Any) -> Any:
-    try:
-        return await js.key_value(NODES_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        return await create_replicated(lambda n: js.create_key_value(KeyValueConfig(
-            bucket=NODES_BUCKET, history=1, ttl=NODES_TTL, replicas=n, description="anycore node heartbeats (expire)")))
-
-
-READ_ATTEMPTS = 3
-
-
-async def read_nodes(js: Any) -> list[Heartbeat]:
-    """The nodes whose heartbeat has not expired, as the CLI sees them."""
-    kv = await open_nodes_bucket(js)
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            keys = await kv.keys()
-            break
-        except NoKeysError:  # an empty bucket
-            return []
-        except Exception as exc:  # a slow server (its watch timed out): never "no nodes" for that
-            if attempt == READ_ATTEMPTS - 1:
-                raise ControlError(f"could not read the cluster's nodes from NATS ({exc!r}) — try again") from None
-    found = []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except Exception:  # expired between keys() and get()
-            continue
-        if entry.value:
-            found.append(heartbeat_decoder.decode(entry.value))
-    return sorted(found, key=lambda h: h.node)
-
-
-def service_load(runtime: "ServiceRuntime") -> ServiceLoad:
+def service_load(runtime: ServiceView) -> ServiceLoad:
     router = runtime.router
     accepting = [w for w in router.workers.values() if w.accepting]
     running = runtime.life.state is ServiceState.RUNNING and runtime.release is not None
@@ -92,20 +53,20 @@ def service_load(runtime: "ServiceRuntime") -> ServiceLoad:
 
 
 class ClusterAgent:
-    def __init__(self, node: "Node", follow: bool = False) -> None:
+    def __init__(self, node: NodeView, deployer: Deployments, follow: bool = False) -> None:
         self.node = node
+        self.deployer = deployer
         self.me = node.node_id
         self.loop = asyncio.get_running_loop()
         self.table = PeerTable(self.me)
         self.seq = 0
         self.kv: Any = None
-        self.sent: dict[int, Exchange] = {}  # origin side: exchange id -> request running on a peer
+        self.sent: dict[int, Any] = {}  # origin side: exchange id -> request running on a peer
         self.claiming: dict[int, list[wire.Frame]] = {}  # origin side: claims awaiting their reply
         self.running: dict[tuple[str, int], RemoteExchange] = {}  # runner side: (origin, id) -> request
         self.links: dict[str, Link] = {}
         self.spilling: set[str] = set()
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self._beat: asyncio.Task[None] | None = None
+        self.tasks = TaskGroup("cluster", on_error=self._task_failed)
         self.leaving = False
         self.follow = follow  # catch up with the live releases in KV (cluster mode only)
         self.follow_failed: set[tuple[str, str, str]] = set()  # (service, deploy|stop|start, live release)
@@ -122,7 +83,7 @@ class ClusterAgent:
         await self.nc.subscribe(dispatch.claim_subject(self.me, "*"), cb=self._on_claim)
         await self.nc.subscribe(dispatch.in_subject(self.me, "*"), cb=self._on_in)
         await self.nc.subscribe(dispatch.out_subject(self.me, "*"), cb=self._on_out)
-        self._beat = asyncio.ensure_future(self._heartbeat_loop())
+        self.tasks.spawn(self._heartbeat_loop(), "heartbeats")
 
     def leave(self) -> None:
         """Shutting down: heartbeats say so (no free slot, no new claims accepted); what peers
@@ -131,23 +92,23 @@ class ClusterAgent:
         self._publish(f"{HEARTBEAT_SUBJECT}.{self.me}", self._heartbeat())
 
     async def close(self) -> None:
-        if self._beat is not None:
-            self._beat.cancel()
-        if self.nc is not None and self.nc.is_connected:
+        """Stop the heartbeats and whatever else the agent runs (bounded); take this node's
+        entry out of the registry (it would expire by itself)."""
+        await self.tasks.close(CLOSE_BOUND)
+        if self.nc is not None and self.nc.is_connected and self.kv is not None:
             try:
                 await asyncio.wait_for(self.kv.delete(self.me), 1.0)
             except Exception:  # leaving anyway; the entry expires by itself
                 pass
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._reap)
+    def _task_failed(self, name: str, exc: BaseException) -> None:  # a bug: say it, do not lose it
+        self.node.log.event("cluster.task_failed", task=name, error=repr(exc)[:300])
 
-    def _reap(self, task: "asyncio.Task[Any]") -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # a bug: say it, do not lose it
-            self.node.log.event("cluster.task_failed", error=repr(task.exception())[:300])
+    def _spawn(self, coro: Any, name: str | None = None) -> None:
+        if self.tasks.closed:  # shutting down: what would have started is dropped, never left unawaited
+            coro.close()
+            return
+        self.tasks.spawn(coro, name)
 
     def _publish(self, subject: str, data: bytes) -> None:
         if self.nc is not None and self.nc.is_connected:
@@ -163,7 +124,7 @@ class ClusterAgent:
     def _heartbeat(self) -> bytes:
         self.seq += 1
         services = {name: service_load(s) for name, s in self.node.services.items()}
-        return heartbeat_encoder.encode(Heartbeat(node=self.me, gateway=self.node.gateway.url, seq=self.seq,
+        return heartbeat_encoder.encode(Heartbeat(node=self.me, gateway=self.node.gateway_url, seq=self.seq,
                                                   sent_at=time.time(), services=services, leaving=self.leaving))
 
     async def _heartbeat_loop(self) -> None:
@@ -183,7 +144,7 @@ class ClusterAgent:
                     self._peer_gone(peer.node)
                 self._deadline_net()
                 if self.follow and tick % (4 * FOLLOW_EVERY) == 0 and self.nc.is_connected:
-                    self._spawn(follow(self.node, self.follow_failed))
+                    self._spawn(follow(self.node, self.deployer, self.follow_failed), "follow")
             except Exception as exc:  # a bug here must not stop the heartbeats
                 self.node.log.event("cluster.heartbeat_failed", error=repr(exc)[:200])
             await asyncio.sleep(HEARTBEAT_INTERVAL / 4)
@@ -223,14 +184,21 @@ class ClusterAgent:
             remote = self.running.pop(key)
             remote.from_origin(wire.Cancel(remote.origin_id))
 
-    def _lost(self, exchange: "Exchange", why: str) -> None:
+    def _lost(self, exchange: Any, why: str) -> None:
+        """A request running on a peer that is gone: the one crash rule decides. No blame (a
+        lost node is not the request's fault), so never quarantined: retried here or 502."""
         self.sent.pop(exchange.id, None)
-        if exchange.response_complete or exchange.conn.closed:
+        verdict = crash.outcome(crash.Crashed(
+            method=exchange.method, answered=exchange.response_complete or exchange.conn.closed,
+            response_started=exchange.response_started, body_forwarded=exchange.body_forwarded,
+            attempts=exchange.attempts, blame=0.0))
+        if verdict is crash.Outcome.DONE:
             return
-        if exchange.retryable and exchange.service is not None:
-            self.node.log.event("request.retried", exchange.service.name, method=exchange.method,
+        runtime = self.node.services.get(exchange.service.name) if exchange.service is not None else None
+        if verdict is crash.Outcome.RETRY and runtime is not None:
+            self.node.log.event("request.retried", runtime.name, method=exchange.method,
                                 path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node)
-            exchange.service.requeue(exchange)
+            runtime.requeue(exchange)
         else:
             exchange.fail(502, "node lost",
                           f"the {exchange.method} request was running on another node and {why} "
@@ -247,13 +215,13 @@ class ClusterAgent:
         return sorted(p.node for p in self.table.peers.values() if not p.heartbeat.leaving)
 
     # -- origin side ---------------------------------------------------------------------------
-    def spill_soon(self, runtime: "ServiceRuntime") -> None:
+    def spill_soon(self, runtime: ServiceView) -> None:
         """A request queued here: if a peer advertises a free slot, claim it (never blocks)."""
         if runtime.name not in self.spilling and self.table.any_free(runtime.name) and self.nc.is_connected:
             self.spilling.add(runtime.name)
-            self._spawn(self._spill(runtime))
+            self._spawn(self._spill(runtime), f"spill {runtime.name}")
 
-    async def _spill(self, runtime: "ServiceRuntime") -> None:
+    async def _spill(self, runtime: ServiceView) -> None:
         try:
             while runtime.router.queue and self.table.any_free(runtime.name) and self.nc.is_connected:
                 exchange = runtime.router.queue[0].item
@@ -271,7 +239,7 @@ class ClusterAgent:
             link = self.links[subject] = Link(self._publish, subject)
         return link
 
-    async def _claim(self, runtime: "ServiceRuntime", exchange: "Exchange") -> bool:
+    async def _claim(self, runtime: ServiceView, exchange: Any) -> bool:
         for node in self.table.candidates(runtime.name):
             req = dispatch.claim_request(exchange, runtime.server)
             claim = Claim(self.me, exchange.deadline - self.loop.time(), req)
@@ -288,7 +256,7 @@ class ClusterAgent:
                 self._link(dispatch.in_subject(node, self.me)).send(wire.Cancel(exchange.id))
                 self.claiming.pop(exchange.id, None)
                 self.table.refused(node, runtime.name)
-                if not (exchange.method in SAFE_METHODS and exchange.body_forwarded == 0):
+                if not (exchange.method in crash.SAFE_METHODS and exchange.body_forwarded == 0):
                     # Running it here too could run an unsafe request twice: say so instead.
                     exchange.fail(502, "node did not answer", f"node {node} did not confirm taking this "
                                   f"{exchange.method} request within {dispatch.CLAIM_TIMEOUT}s; it was cancelled there "
@@ -304,7 +272,7 @@ class ClusterAgent:
             slot = RemoteSlot(self._link(dispatch.in_subject(node, self.me)), node, reply.release, exchange)
             exchange.node = node
             self.sent[exchange.id] = exchange
-            exchange.on_dispatched(slot, self.loop.time())  # type: ignore[arg-type]
+            exchange.on_dispatched(slot, self.loop.time())
             self.spilled += 1
             if exchange.conn.closed:
                 slot.send(wire.Cancel(exchange.id))
@@ -351,7 +319,8 @@ class ClusterAgent:
         if isinstance(result, RemoteExchange):
             self.running[(claim.origin, claim.req.id)] = result
             self.accepted += 1
-            result = ClaimReply(True, release=result.release, free=runtime.router.free)  # type: ignore[union-attr]
+            assert runtime is not None
+            result = ClaimReply(True, release=result.release, free=runtime.router.free)
         await msg.respond(dispatch.claim_encoder.encode(result))
 
     def _finished(self, remote: RemoteExchange) -> None:

@@ -1,9 +1,11 @@
-"""The control plane over NATS: what the CLI asks a node, and how.
+"""L1 — the control plane over NATS: what the CLI asks a node, and how.
 
 Every CLI command is a NATS request to ``anycore.node.<node_id>.<command>`` with a JSON
 body; the node turns it into a ``Command`` on its single command queue (the same objects
 its signal handlers enqueue) and replies ``{"ok": true, ...}`` or ``{"ok": false,
 "error": "..."}``. ``anycore logs -f`` subscribes to ``anycore.logs.<node_id>.<service>``.
+``Command`` itself is L0 (``anycore/commands.py``); the CLI finds live nodes in the
+registry (``cluster/registry.py``), not through the node's agent.
 The connection is authenticated (token or creds file); NATS refuses anything else, and
 the CLI says so in words.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,11 @@ import nats
 from nats.errors import NoServersError, TimeoutError as NatsTimeout
 from nats.errors import NoRespondersError
 
+from anycore.cluster.registry import read_nodes
+from anycore.commands import COMMANDS  # noqa: F401  (the control subjects; defined with the commands)
 from anycore.errors import ControlError, NodeNotFound, NotAuthorized
 
 CONNECT_BOUND = 5.0
-COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale", "abort", "recover", "env")
 
 
 def home_dir() -> Path:
@@ -41,15 +44,6 @@ def deploy_subject(deploy_id: str) -> str:
 
 def logs_subject(node_id: str, service: str) -> str:
     return f"anycore.logs.{node_id}.{service or '_'}"
-
-
-@dataclass
-class Command:
-    """One thing the node is asked to do, from a signal, the CLI or a peer."""
-
-    kind: str
-    args: dict[str, Any] = field(default_factory=dict)
-    reply: asyncio.Future[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -155,8 +149,6 @@ class ControlClient:
 
     async def cluster(self) -> list[Any]:
         """Every node whose heartbeat has not expired (``Heartbeat`` records), by node id."""
-        from anycore.cluster.agent import read_nodes
-
         assert self.nc is not None
         return await read_nodes(self.nc.jetstream())
 

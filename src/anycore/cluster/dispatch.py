@@ -1,4 +1,4 @@
-"""Cross-node dispatch: a request queued on a busy node runs on a peer's free slot.
+"""L1 — cross-node dispatch: a request queued on a busy node runs on a peer's free slot.
 
 The protocol, between an *origin* (the node whose gateway holds the client) and a
 *runner* (the peer that advertised a free slot in its heartbeat):
@@ -25,7 +25,7 @@ The protocol, between an *origin* (the node whose gateway holds the client) and 
    request (504 + Cancel); the origin keeps a safety net ``DEADLINE_GRACE`` later.
 
 On the origin, a remote request looks to the gateway's ``Exchange`` like one on a local
-worker: ``RemoteSlot`` stands in for the ``WorkerHandle``. On the runner, ``RemoteExchange``
+worker: ``RemoteSlot`` stands in for the ``WorkerHandle`` (both are a ``ports.Channel``). On the runner, ``RemoteExchange``
 stands in for the client's ``Exchange``: the service's router, sweep and crash handling
 treat it as any other request, and what would go to a client socket goes back as frames.
 """
@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import msgspec
 
 from anycore import wire
 from anycore.gateway.exchange import Exchange
-
-if TYPE_CHECKING:
-    from anycore.node.service import ServiceRuntime
+from anycore.ports import ServiceView
 
 CLAIM_TIMEOUT = 2.0  # a dead peer answers at once (no responders); this bounds a stalled one
 MESSAGE_BYTES = 256 * 1024
@@ -152,7 +150,9 @@ class Link:
 
 
 class RemoteSlot:
-    """Origin side: stands in for the WorkerHandle of a request running on a peer."""
+    """Origin side: stands in for the WorkerHandle of a request running on a peer — the
+    same ``ports.Channel`` (id, release, send, start_request), so the exchange cannot tell.
+    Its frames go to the peer over the link; the peer's come back through the agent."""
 
     def __init__(self, link: Link, node: str, release: str, exchange: Exchange) -> None:
         self.link = link
@@ -162,6 +162,11 @@ class RemoteSlot:
         self.exchanges = {exchange.id: exchange}
 
     def send(self, frame: wire.Frame) -> None:
+        self.link.send(frame)
+
+    def start_request(self, exchange: Any, frame: wire.Req) -> None:
+        """A request's first frame, to the peer (a claim carries the first one itself)."""
+        self.exchanges[frame.id] = exchange
         self.link.send(frame)
 
 
@@ -260,7 +265,7 @@ class RemoteExchange(Exchange):
                 self.service.client_gone(self)
 
 
-def accept_claim(runtime: "ServiceRuntime", origin: str, link: Link, claim: Claim, now: float,
+def accept_claim(runtime: ServiceView, origin: str, link: Link, claim: Claim, now: float,
                  on_finished: Callable[[RemoteExchange], None]) -> RemoteExchange | ClaimReply:
     """Runner side: place the claimed request on a free slot now, or say why not."""
     if claim.remaining <= 0:

@@ -1,4 +1,4 @@
-"""The embedded nats-server: a cluster of one, started by ``anycore up`` without ``--nats``.
+"""L1 — the embedded nats-server: a cluster of one, started by ``anycore up`` without ``--nats``.
 
 It listens on 127.0.0.1 with JetStream, keeps its data under ``$ANYCORE_HOME/nats``, and
 requires a random token written to ``$ANYCORE_HOME/token`` (mode 0600); the config file

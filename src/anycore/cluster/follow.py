@@ -1,4 +1,4 @@
-"""Following the cluster's desired state: what a node does when KV and it disagree.
+"""L1 — following the cluster's desired state: what a node does when KV and it disagree.
 
 Desired state (live release per service, stopped or not) lives in JetStream KV and is
 normally changed through this node or by a cluster deploy that includes it. A node that
@@ -6,31 +6,28 @@ was cut off from NATS during a deploy, joined later, or a service stopped or sta
 another node, leaves this node out of line; ``follow`` (run every few heartbeats by the
 cluster agent, in cluster mode only) brings it back: it deploys the live release it
 missed, and stops or starts a service by putting the same ``Command`` on the node's queue
-that the CLI would. Each (service, action, release) is tried once: a failed follow is not
+that the CLI would (``NodeView.command``). It sees the node and its deployer through
+``ports.NodeView`` and ``ports.Deployments``. Each (service, action, release) is tried once: a failed follow is not
 retried until the desired state changes, so a broken release does not loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from anycore.cluster.control import Command
-
-if TYPE_CHECKING:
-    from anycore.node.node import Node
+from anycore.commands import Command
+from anycore.ports import Deployments, NodeView
 
 FOLLOW_BOUND = 10.0  # seconds one check may take (reading every service record)
 
 
-async def follow(node: "Node", failed: set[tuple[str, str, str]]) -> None:
+async def follow(node: NodeView, deployer: Deployments, failed: set[tuple[str, str, str]]) -> None:
     """Bring this node in line with KV's desired state: deploy the live release it missed
     (joined later, or cut off from NATS during a cluster deploy), and stop or start a
     service that was stopped or started on another node (the same ``Command`` the CLI
     sends, through the node's command queue). A follow that failed is not retried until
     the desired state changes."""
-    deployer = node.deployer
-    assert deployer is not None
     try:
         kept = await asyncio.wait_for(deployer.store.all_services(), FOLLOW_BOUND)
     except Exception as exc:  # NATS slow or away: the next check retries
@@ -48,7 +45,7 @@ async def follow(node: "Node", failed: set[tuple[str, str, str]]) -> None:
             elif want not in failed:
                 failed.add(want)  # once per desired state
                 node.log.event("cluster.follow", service.name, command=want[1])
-                node.commands.put_nowait(Command(want[1], {"service": service.name}))
+                node.command(Command(want[1], {"service": service.name}))
             continue
         if service.stopped or (service.name, "deploy", service.live) in failed:
             continue

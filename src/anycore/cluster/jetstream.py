@@ -1,4 +1,4 @@
-"""JetStream buckets that survive the loss of a NATS server when there is a cluster of them.
+"""L1 — JetStream buckets that survive the loss of a NATS server when there is a cluster of them.
 
 A bucket (KV or Object Store) is a stream; with one replica it lives on one server of a
 NATS cluster, and losing that server loses the cluster's desired state until it returns.

@@ -1,4 +1,4 @@
-"""Cluster membership: heartbeats and the peer table (a pure core).
+"""L0 — cluster membership: heartbeats and the peer table (a pure core).
 
 How it works. Every node sends a ``Heartbeat`` every ``HEARTBEAT_INTERVAL`` seconds: its
 id, its gateway URL and, per service, the release it serves and its load (workers,

@@ -1,13 +1,15 @@
-"""Deploy across the cluster: every node prepares, then all shift together (two-phase).
+"""L1 — deploy across the cluster: every node prepares, then all shift together (two-phase).
 
 How it works. The node that receives ``anycore deploy`` (any node: the CLI picks one) is
 the *coordinator* of that deploy. It starts the deploy on itself and sends ``prepare`` to
 every live peer (``anycore.node.<peer>.prepare``). Each node runs the phases up to the
 shift (fetch, env, import, warm; the migration hook runs on the coordinator only, so once per
 cluster) and then waits at a *gate* instead of shifting; reaching the gate is its vote
-``ready``, a failure before it is ``failed`` with the reason. ``decide`` turns the votes
-into COMMIT (every node ready), ABORT (any failed or did not answer within the prepare
-timeout) or WAIT. On COMMIT the coordinator opens every gate at once
+``READY``, a failure before it is ``FAILED`` with the reason, and a node where the release
+is live already votes ``NOOP`` (nothing to shift, nothing wrong). ``decide`` (pure) turns
+the votes into COMMIT (every node ready or noop), ABORT (any failed or did not answer
+within the prepare timeout) or WAIT, and names the nodes the decision goes to (every node
+but the noop ones). On COMMIT the coordinator opens every gate at once
 (``anycore.node.<peer>.commit``): each node shifts in one loop step and answers with the
 wall-clock instant of its shift, so the deploy output reports the window during which
 nodes served different releases. On ABORT every gate raises: the new release's processes
@@ -15,6 +17,10 @@ stop on every node and the old release keeps serving everywhere.
 
 A node that missed the deploy (it joined later, or was cut off from NATS) catches up from
 the KV record of live releases (``follow``): the agent checks it every few heartbeats.
+
+The rollout sees the node through ``ports.NodeView`` and its deployer through
+``ports.Deployments``; the live peers come from a callable (the cluster agent's). Every
+task it starts (a coordination, a prepare) belongs to its ``TaskGroup``.
 """
 
 from __future__ import annotations
@@ -24,14 +30,13 @@ import enum
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from anycore.errors import ReleaseFailed
+from anycore.ports import Deployments, NodeView
 from anycore.release.deploy import Deploy, Phase
 from anycore.release.store import ReleaseRecord
-
-if TYPE_CHECKING:
-    from anycore.node.node import Node
+from anycore.tasks import TaskGroup
 
 PREPARE_MARGIN = 30.0  # on top of the release's startup_timeout
 ENV_MARGIN = 120.0  # a prepare may build the release's environment first (the env phase)
@@ -39,8 +44,9 @@ COMMIT_TIMEOUT = 10.0
 
 
 class Vote(enum.Enum):
-    READY = "ready"
-    FAILED = "failed"
+    READY = "ready"    # prepared, waiting at its gate
+    FAILED = "failed"  # failed before the gate (the reason goes with the vote)
+    NOOP = "noop"      # the release is live there already: nothing to shift, nothing wrong
 
 
 class Outcome(enum.Enum):
@@ -53,19 +59,23 @@ class Outcome(enum.Enum):
 class Decision:
     outcome: Outcome
     reason: str = ""
+    targets: frozenset[str] = frozenset()  # the nodes the commit (or abort) goes to: not the noop ones
 
 
 def decide(nodes: set[str], votes: dict[str, tuple[Vote, str]], timed_out: bool) -> Decision:
-    """Commit only when every node voted ready; abort at the first failure or on timeout."""
+    """Commit only when every node voted ready or noop; abort at the first failure or on
+    timeout. A noop node neither blocks the commit nor receives it (it has nothing to
+    shift); a node that did not vote still gets the abort (it may reach its gate late)."""
+    targets = frozenset(n for n in nodes if votes.get(n, (None, ""))[0] is not Vote.NOOP)
     failed = sorted(n for n, (vote, _) in votes.items() if vote is Vote.FAILED)
     if failed:
-        return Decision(Outcome.ABORT, "; ".join(f"node {n}: {votes[n][1]}" for n in failed))
+        return Decision(Outcome.ABORT, "; ".join(f"node {n}: {votes[n][1]}" for n in failed), targets)
     missing = sorted(nodes - set(votes))
     if not missing:
-        return Decision(Outcome.COMMIT)
+        return Decision(Outcome.COMMIT, "", targets)
     if timed_out:
-        return Decision(Outcome.ABORT, f"no answer from node(s) {', '.join(missing)} within the prepare timeout")
-    return Decision(Outcome.WAIT)
+        return Decision(Outcome.ABORT, f"no answer from node(s) {', '.join(missing)} within the prepare timeout", targets)
+    return Decision(Outcome.WAIT, "", targets)
 
 
 def prepare_subject(node: str) -> str:
@@ -120,75 +130,82 @@ class Gate:
 
 
 class Rollout:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: NodeView, deployer: Deployments, peers: Callable[[], list[str]]) -> None:
         self.node = node
+        self.deployer = deployer
+        self.peers = peers  # the live peers now (the cluster agent's table)
         self.gates: dict[str, Gate] = {}  # deploy id -> gate, on this node
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskGroup("rollout", on_error=self._task_failed)
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        self.node.log.event("cluster.task_failed", task=name, error=repr(exc)[:300])
 
     async def start(self) -> None:
         nc = self.node.nc
         await nc.subscribe(prepare_subject(self.node.node_id), cb=self._on_prepare)
         await nc.subscribe(commit_subject(self.node.node_id), cb=self._on_commit)
 
+    async def close(self, timeout: float = 2.0) -> None:
+        """Cancel the coordinations and prepares still running (bounded)."""
+        await self.tasks.close(timeout)
+
     # -- coordinator --------------------------------------------------------------------
     def deploy(self, record: ReleaseRecord, source: str, deploy_id: str | None,
                start: Callable[..., Deploy]) -> Deploy:
         """Deploy ``record`` on every live node; ``start`` is the local deployer's start."""
-        peers = self.node.cluster.live_peers() if self.node.cluster is not None else []
+        peers = self.peers()
         if not peers:
             return start(record, source, deploy_id)
         gate = Gate(coordinating=True)
         deploy = start(record, source, deploy_id, gate=gate)
         self.gates[deploy.id] = gate
-        task = asyncio.ensure_future(self._coordinate(deploy, record, source, peers, gate))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks.spawn(self._coordinate(deploy, record, source, peers, gate), f"coordinate {deploy.id}")
         return deploy
 
     async def _coordinate(self, deploy: Deploy, record: ReleaseRecord, source: str, peers: list[str], gate: Gate) -> None:
         nc = self.node.nc
-        nodes = set(peers) | {self.node.node_id}
+        me = self.node.node_id
+        nodes = set(peers) | {me}
         votes: dict[str, tuple[Vote, str]] = {}
         timeout = record.config.startup_timeout + PREPARE_MARGIN + ENV_MARGIN
         body = json.dumps({"release": record.id, "deploy_id": deploy.id, "source": source}).encode()
-
-        noop: set[str] = set()  # nodes where the release was live already: nothing to shift
 
         async def ask(peer: str) -> None:
             try:
                 msg = await nc.request(prepare_subject(peer), body, timeout=timeout)
                 reply = json.loads(msg.data)
-                votes[peer] = (Vote.READY, "") if reply.get("ok") else (Vote.FAILED, reply.get("error", "failed"))
                 if reply.get("noop"):
-                    noop.add(peer)
+                    votes[peer] = (Vote.NOOP, "")
+                elif reply.get("ok"):
+                    votes[peer] = (Vote.READY, "")
+                else:
+                    votes[peer] = (Vote.FAILED, reply.get("error", "failed"))
             except Exception as exc:  # timeout, no responders: the node cannot vote ready
                 votes[peer] = (Vote.FAILED, f"no answer to prepare ({type(exc).__name__})")
 
-        async def me() -> None:
-            waiter = asyncio.ensure_future(asyncio.shield(gate.reached))
-            await asyncio.wait([waiter, deploy.task], return_when=asyncio.FIRST_COMPLETED)
+        async def mine() -> None:
+            await asyncio.wait([gate.reached, deploy.task], return_when=asyncio.FIRST_COMPLETED)
             if gate.reached.done():
-                votes[self.node.node_id] = (Vote.READY, "")
-                return
-            waiter.cancel()
-            if deploy.phase is Phase.NOOP:
-                votes[self.node.node_id] = (Vote.READY, "")
-                noop.add(self.node.node_id)
+                votes[me] = (Vote.READY, "")
+            elif deploy.phase is Phase.NOOP:
+                votes[me] = (Vote.NOOP, "")
             else:
-                votes[self.node.node_id] = (Vote.FAILED, deploy.error or deploy.phase.value)
+                votes[me] = (Vote.FAILED, deploy.error or deploy.phase.value)
 
-        asks = [asyncio.ensure_future(ask(p)) for p in peers] + [asyncio.ensure_future(me())]
+        asks = TaskGroup(f"votes {deploy.id}")
+        waiting = [asks.spawn(ask(p), f"prepare {p}") for p in peers] + [asks.spawn(mine(), "prepare here")]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         decision = Decision(Outcome.WAIT)
-        while decision.outcome is Outcome.WAIT:
-            pending = [t for t in asks if not t.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
-            decision = decide(nodes, dict(votes), timed_out=loop.time() >= deadline or not pending)
-        for task in asks:
-            task.cancel()
-        targets = [p for p in peers if p not in noop]
+        try:
+            while decision.outcome is Outcome.WAIT:
+                pending = [t for t in waiting if not t.done()]
+                if pending:
+                    await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+                decision = decide(nodes, dict(votes), timed_out=loop.time() >= deadline or not pending)
+        finally:
+            await asks.close()
+        targets = [p for p in peers if p in decision.targets]
         if decision.outcome is Outcome.ABORT:
             self.node.log.event("deploy.cluster_abort", record.service, release=record.id, reason=decision.reason)
             gate.open(decision)
@@ -200,10 +217,10 @@ class Rollout:
         replies = await asyncio.gather(*(self._commit(p, deploy.id, decision) for p in targets), return_exceptions=True)
         acked = time.time()
         shifts = [r for r in replies if isinstance(r, float) and r > 0]
-        if self.node.node_id not in noop:
+        if me in decision.targets:
             shifts.append(await gate.shifted_at)
         self.gates.pop(deploy.id, None)
-        missing = len(targets) + (self.node.node_id not in noop) - len(shifts)
+        missing = len(decision.targets) - len(shifts)
         window = (max(shifts) - min(shifts)) * 1000 if shifts else 0.0
         detail = (f"{len(shifts)} nodes shifted within {window:.1f} ms (wall clocks); "
                   f"commit to last ack {(acked - sent) * 1000:.1f} ms" + (f"; {missing} node(s) did not confirm" if missing else ""))
@@ -222,14 +239,12 @@ class Rollout:
     async def _on_prepare(self, msg: Any) -> None:
         # A prepare lasts as long as a warm: run it beside the subscription, so prepares
         # of other services (and their commits) are not queued behind it.
-        task = asyncio.ensure_future(self._prepare(msg))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        if not self.tasks.closed:
+            self.tasks.spawn(self._prepare(msg), "prepare")
 
     async def _prepare(self, msg: Any) -> None:
         args = json.loads(msg.data)
-        deployer = self.node.deployer
-        assert deployer is not None
+        deployer = self.deployer
         record = await deployer.store.get_release(args["release"])
         if record is None:
             await msg.respond(json.dumps({"ok": False, "error": f"release {args['release']} is not in the code store"}).encode())
@@ -239,12 +254,10 @@ class Rollout:
         # Its own deploy id: the CLI follows the coordinator's deploy events only.
         deploy = deployer.start(record, f"{args['source']} (cluster deploy {args['deploy_id']})",
                                 f"{args['deploy_id']}-{self.node.node_id}", gate=gate, migrate=False)
-        waiter = asyncio.ensure_future(asyncio.shield(gate.reached))
-        await asyncio.wait([waiter, deploy.task], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([gate.reached, deploy.task], return_when=asyncio.FIRST_COMPLETED)
         if gate.reached.done():
             reply = {"ok": True}
         else:
-            waiter.cancel()
             self.gates.pop(args["deploy_id"], None)
             noop = deploy.phase is Phase.NOOP
             reply = {"ok": noop, "noop": noop, "error": deploy.error or deploy.phase.value}

@@ -1,4 +1,4 @@
-"""Deploys on this node: the executor of the ``release.deploy`` phases.
+"""L2 — deploys on this node: the executor of the ``release.deploy`` phases.
 
 A deploy takes a release that is already in the code store (the CLI, or ``anycore up`` /
 ``anycore dev`` for a local directory, packs and uploads it first) and swaps it in:
@@ -18,6 +18,10 @@ Deploys of one service are serialised up to the shift; draining happens outside 
 so a second deploy can shift while the first one's old release still drains (any number
 of releases may drain together). A failure before the shift stops the new release's
 processes and leaves everything as it was.
+
+The deployer sees the node through ``DeployHost`` (its services, gateway, environments,
+and how to create or forget a service), never the ``Node`` class: the node imports the
+deployer, not the other way round. Each deploy runs as a task of its ``TaskGroup``.
 """
 
 from __future__ import annotations
@@ -28,30 +32,64 @@ import secrets
 import sys
 import sysconfig
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-from anycore.config import Service
+from anycore.config import Service, ServiceConfig
 from anycore.errors import AnycoreError, ConfigError, ReleaseFailed, StorageError
+from anycore.log import NodeLog
 from anycore.release.bundle import pack, release_id
 from anycore.release.deploy import Deploy, Phase
 from anycore.release.env import declared
 from anycore.release.store import CodeStore, ReleaseRecord, now
 from anycore.supervisor.launch import Launch, check_reachable, plan_user, prepare_data_dir, resolve_user
 from anycore.supervisor.zygote import Template
+from anycore.tasks import TaskGroup
 
 if TYPE_CHECKING:
-    from anycore.node.node import Node
+    from anycore.gateway.server import Gateway
     from anycore.node.service import ServiceRuntime
+    from anycore.release.env import Environments
+
+
+class DeployHost(Protocol):
+    """The node as the deployer sees it (implemented by ``node.node.Node``)."""
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def service_user(self) -> str: ...  # whom services run as when the node is root ("": the default)
+
+    @property
+    def log(self) -> NodeLog: ...
+
+    @property
+    def envs(self) -> "Environments | None": ...
+
+    @property
+    def gateway(self) -> "Gateway": ...
+
+    @property
+    def services(self) -> Mapping[str, "ServiceRuntime"]: ...
+
+    def create_service(self, name: str, config: ServiceConfig) -> "ServiceRuntime": ...
+
+    def forget_service(self, runtime: "ServiceRuntime") -> None: ...
 
 
 class Deployer:
-    def __init__(self, node: "Node", store: CodeStore) -> None:
+    def __init__(self, node: DeployHost, store: CodeStore,
+                 on_storage_error: Callable[[StorageError], None] = lambda error: None) -> None:
         self.node = node
         self.store = store
+        self.on_storage_error = on_storage_error  # the node's storage healer restarts its NATS once the disk takes writes
         self.locks: dict[str, asyncio.Lock] = {}
         self.deploys: dict[str, Deploy] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskGroup("deploys", on_error=self._task_failed)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        self.node.log.event("deploy.task_failed", task=name, error=repr(exc)[:300])
 
     async def publish_local(self, service: Service, source: str) -> ReleaseRecord:
         """Pack a local service directory and put it in the code store (what `deploy` does client-side)."""
@@ -77,10 +115,7 @@ class Deployer:
         self.deploys[deploy.id] = deploy
         for old in [d for d in self.deploys.values() if d.finished][:-50]:
             del self.deploys[old.id]
-        task = asyncio.ensure_future(self._run(deploy, record, gate, migrate))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        deploy.task = task
+        deploy.task = self.tasks.spawn(self._run(deploy, record, gate, migrate), f"deploy {deploy.id}")
         return deploy
 
     async def abort(self, deploy_id: str) -> dict[str, Any]:
@@ -117,7 +152,8 @@ class Deployer:
             return
         if old is not None:
             service = self.node.services[record.service]
-            deploy.enter(Phase.DRAIN, f"{old.release}: {sum(w.inflight for w in old.workers.values())} in flight")
+            in_flight = sum(service.inflight(w.id) for w in old.workers.values())  # the router's count
+            deploy.enter(Phase.DRAIN, f"{old.release}: {in_flight} in flight")
             await service.retire(old, on_drained=lambda: deploy.enter(Phase.RETIRE, old.release))
             if old.launch.env_hash:  # its environment's template may have no release left
                 await Template.stop_idle(keep={sys.executable} | {r.launch.python for r in self._running()})
@@ -125,7 +161,7 @@ class Deployer:
 
     def _failed(self, deploy: Deploy, record: ReleaseRecord, exc: Exception) -> None:
         if isinstance(exc, StorageError):
-            self.node.storage.failed(exc)  # the embedded NATS is restarted once the disk takes writes
+            self.on_storage_error(exc)  # the embedded NATS is restarted once the disk takes writes
         service = self.node.services.get(record.service)
         if service is not None:
             service.record_failure(record.id, getattr(exc, "reason", str(exc)))

@@ -1,4 +1,4 @@
-"""One node per ``$ANYCORE_HOME``: an ``flock`` on ``$ANYCORE_HOME/node.lock`` held for the
+"""L2 — one node per ``$ANYCORE_HOME``: an ``flock`` on ``$ANYCORE_HOME/node.lock`` held for the
 node's whole life.
 
 The kernel releases an flock when the last descriptor of its open file is closed, which

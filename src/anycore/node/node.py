@@ -1,4 +1,5 @@
-"""The node: one process per machine that holds the sockets and never runs user code.
+"""L2 — the node, the composition root: one process per machine that holds the sockets and
+never runs user code.
 
 Start order: NATS (embedded or given) -> NATS connection -> gateway listener -> services
 (their zygotes and workers) -> control subscriptions -> the command loop. Stop order is
@@ -9,6 +10,13 @@ stop the zygotes, close NATS, stop the embedded server.
 Everything that changes the node goes through one queue of ``Command`` objects: SIGTERM
 and SIGINT only enqueue ``down``; CLI requests over NATS enqueue the same objects and
 await their reply. So no two commands ever interleave their effects.
+
+The node builds the parts and joins them; each part sees only a narrow view of it: the
+cluster agent, the rollout and follow get ``ports.NodeView`` (and the deployer as
+``ports.Deployments``), the deployer a ``DeployHost``, the storage healer a
+``StorageHost``. None of them imports this module. Every background task the node itself
+starts (the scaler tick, publishing log lines and deploy events, an auto-rollback) belongs
+to its ``TaskGroup``, closed at the end of the shutdown.
 """
 
 from __future__ import annotations
@@ -27,9 +35,10 @@ from typing import Any
 import nats
 
 from anycore.cluster.agent import ClusterAgent
-from anycore.cluster.control import COMMANDS, Command, NatsAuth, connect, control_subject, deploy_subject, logs_subject
+from anycore.cluster.control import NatsAuth, connect, control_subject, deploy_subject, logs_subject
 from anycore.cluster.embedded import EmbeddedNats
 from anycore.cluster.rollout import Rollout
+from anycore.commands import COMMANDS, Command
 from anycore.config import _NAME as _SERVICE_NAME
 from anycore.config import Service, ServiceConfig
 from anycore.errors import AnycoreError, NodeRunning, ReleaseFailed, StorageError, UnknownService
@@ -46,9 +55,11 @@ from anycore.release.store import CodeStore, describe
 from anycore.supervisor.launch import secure_home
 from anycore.scaler.core import share
 from anycore.supervisor.zygote import Template
+from anycore.tasks import TaskGroup
 
 SHUTDOWN_GRACE = 10.0
 SCALE_TICK = 0.25
+TASKS_BOUND = 2.0  # seconds the shutdown waits for a task group's cancelled tasks
 
 
 def make_node_id() -> str:
@@ -80,7 +91,24 @@ class Node:
         self.watch = watch
         self.nats_reconnects = 0
         self.storage = StorageHealer(self)
+        self.tasks = TaskGroup("node", on_error=lambda name, exc: self.log.event(
+            "node.task_failed", task=name, error=repr(exc)[:300]))
         self.gateway.set_node(self.node_id)
+
+    # -- the views the parts see (ports.NodeView, DeployHost, StorageHost) --------------
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway.url
+
+    def command(self, command: Command) -> None:
+        """Enqueue ``command``; the command loop runs it after the ones before it."""
+        self.commands.put_nowait(command)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        if self.tasks.closed:  # the node has stopped: nothing more to do in the background
+            coro.close()
+            return
+        self.tasks.spawn(coro, name)
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
@@ -100,7 +128,7 @@ class Node:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_error)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.commands.put_nowait, Command("down", {"signal": signum}))
+            loop.add_signal_handler(signum, self.command, Command("down", {"signal": signum}))
         try:
             Template.get()  # imports the worker runtime while NATS starts: the first zygote forks from it
             await self._start_control()
@@ -133,8 +161,8 @@ class Node:
             print(f"anycore: {message}", file=sys.stderr, flush=True)
             await self._shutdown()
             return 2
-        watcher = asyncio.ensure_future(self._watch(self.watch)) if self.watch else None
-        scaler = asyncio.ensure_future(self._scale_loop())
+        watcher = self.tasks.spawn(self._watch(self.watch), "dev watch") if self.watch else None
+        scaler = self.tasks.spawn(self._scale_loop(), "scaler")
         code = await self._command_loop()
         scaler.cancel()
         if watcher is not None:
@@ -161,13 +189,13 @@ class Node:
         store = await CodeStore(self.nc.jetstream(), self.home / "releases").open()
         self.envs = Environments(self.home / "envs", self.index, KvLocks(self.nc.jetstream()))
         secure_home(self.home)
-        self.deployer = Deployer(self, store)
+        self.deployer = Deployer(self, store, on_storage_error=self.storage.failed)
         self.deployer.listeners.append(self._on_deploy_event)
         for command in COMMANDS:
             await self.nc.subscribe(control_subject(self.node_id, command), cb=self._on_control)
         self.log.subscribers.append(self._publish_log)
-        self.cluster = ClusterAgent(self, follow=self.embedded is None)
-        self.rollout = Rollout(self)
+        self.cluster = ClusterAgent(self, self.deployer, follow=self.embedded is None)
+        self.rollout = Rollout(self, self.deployer, peers=self.cluster.live_peers)
         await self.rollout.start()
 
     async def _nats_disconnected(self) -> None:
@@ -183,14 +211,14 @@ class Node:
         self.log.event("deploy.phase", event["service"], deploy=event["id"], release=event["release"], phase=event["phase"],
                        detail=event["detail"] or None, error=event["error"] or None, elapsed_s=event["elapsed"])
         if self.nc is not None and self.nc.is_connected:
-            asyncio.ensure_future(self.nc.publish(deploy_subject(event["id"]), json.dumps(event).encode()))
+            self._spawn(self.nc.publish(deploy_subject(event["id"]), json.dumps(event).encode()), "publish deploy event")
 
     def _publish_log(self, service: str, line: str) -> None:
         if self.nc is not None and self.nc.is_connected:
             data = line.encode()
-            asyncio.ensure_future(self.nc.publish(logs_subject(self.node_id, service), data))
+            self._spawn(self.nc.publish(logs_subject(self.node_id, service), data), "publish log")
             if service:
-                asyncio.ensure_future(self.nc.publish(logs_subject(self.node_id, ""), data))
+                self._spawn(self.nc.publish(logs_subject(self.node_id, ""), data), "publish log")
 
     def _write_record(self) -> None:
         record = {"node_id": self.node_id, "nats_url": self.auth.url, "gateway": self.gateway.url, "pid": os.getpid()}
@@ -292,7 +320,7 @@ class Node:
             except AnycoreError as exc:
                 self.log.event("release.rollback_failed", runtime.name, error=str(exc))
 
-        asyncio.ensure_future(go())
+        self._spawn(go(), f"auto-rollback {runtime.name}")
 
     # -- commands --------------------------------------------------------------------------
     async def _on_control(self, msg: Any) -> None:
@@ -305,7 +333,7 @@ class Node:
             await msg.respond(json.dumps({"ok": False, "error": "the request body must be a JSON object"}).encode())
             return
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.commands.put_nowait(Command(command, args, reply))
+        self.command(Command(command, args, reply))
         result = await reply
         await msg.respond(json.dumps(result, default=str).encode())
 
@@ -433,6 +461,11 @@ class Node:
             self.cluster.leave()
         await self.gateway.stop(timeout=SHUTDOWN_GRACE)
         await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
+        if self.rollout is not None:
+            await self.rollout.close()
+        if self.deployer is not None:
+            await self.deployer.tasks.close(TASKS_BOUND)  # a deploy still running cleans up its new release
+        await self.storage.close()
         if self.cluster is not None:
             await self.cluster.close()
         if self.lock.fd >= 0:  # only the lock's holder wrote node.json
@@ -445,6 +478,7 @@ class Node:
                 await asyncio.wait_for(self.nc.drain(), 2.0)
             except Exception:  # the node is going away; a slow NATS must not hold it
                 pass
+        await self.tasks.close(TASKS_BOUND)
         if self.embedded is not None:
             await self.embedded.stop()
         await Template.shutdown()

@@ -1,4 +1,4 @@
-"""Getting the node's stores back after a disk error (ENOSPC, EIO, EROFS, EACCES).
+"""L2 — getting the node's stores back after a disk error (ENOSPC, EIO, EROFS, EACCES).
 
 Two stores live under ``$ANYCORE_HOME``: the release cache (ours: a failed unpack leaves no
 directory, see ``release/store.py``, so nothing needs repair) and the embedded nats-server's
@@ -16,6 +16,10 @@ client reconnects by itself) and the task ends. ``recover()`` is the CLI's synch
 version of one round: probe now; StorageError if the disk still refuses, else restart and
 wait for the reconnection (bounded). With ``--nats`` the server is not ours: the error
 says to fix and restart that server.
+
+The healer sees the node through ``StorageHost`` (its home, embedded server, NATS client
+and reconnection count), never the ``Node`` class; its probing task belongs to its
+``TaskGroup``.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from anycore.errors import AnycoreError, StorageError
+from anycore.log import NodeLog
+from anycore.tasks import TaskGroup
 
 if TYPE_CHECKING:
-    from anycore.node.node import Node
+    from anycore.cluster.control import NatsAuth
+    from anycore.cluster.embedded import EmbeddedNats
 
 PROBE_BYTES = 1 << 20
 PROBE_INTERVAL = 1.0
@@ -52,11 +59,38 @@ def probe(directory: Path, size: int = PROBE_BYTES) -> None:
             pass
 
 
+class StorageHost(Protocol):
+    """The node as the healer sees it (implemented by ``node.node.Node``)."""
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def log(self) -> NodeLog: ...
+
+    @property
+    def embedded(self) -> "EmbeddedNats | None": ...  # None with --nats: the server is not ours
+
+    @property
+    def auth(self) -> "NatsAuth": ...
+
+    @property
+    def nc(self) -> Any: ...
+
+    @property
+    def nats_reconnects(self) -> int: ...
+
+
 class StorageHealer:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: StorageHost) -> None:
         self.node = node
-        self.task: asyncio.Task[None] | None = None
+        self.tasks = TaskGroup("storage", on_error=lambda name, exc: node.log.event(
+            "node.storage_heal_failed", error=repr(exc)[:300]))
         self.heals = 0
+
+    @property
+    def healing(self) -> bool:
+        return len(self.tasks) > 0
 
     @property
     def store_dir(self) -> Path:
@@ -64,10 +98,10 @@ class StorageHealer:
 
     def failed(self, error: StorageError) -> None:
         """A storage error was seen: restart the embedded server as soon as the disk takes writes."""
-        if self.node.embedded is None or (self.task is not None and not self.task.done()):
+        if self.node.embedded is None or self.healing or self.tasks.closed:
             return
         self.node.log.event("node.storage_error", error=str(error))
-        self.task = asyncio.ensure_future(self._heal())
+        self.tasks.spawn(self._heal(), "heal")
 
     async def _heal(self) -> None:
         while True:
@@ -90,8 +124,7 @@ class StorageHealer:
             error = StorageError.from_os(f"writing to the code store's disk ({self.store_dir})", exc)
             self.failed(error)
             raise error from None
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self.tasks.cancel()  # this round restarts it: the background one need not
         await self._restart_nats()
         return f"the embedded nats-server was restarted after a storage error (now {self.node.auth.url})"
 
@@ -106,3 +139,6 @@ class StorageHealer:
         while nc is not None and self.node.nats_reconnects == before and loop.time() < deadline:
             await asyncio.sleep(0.05)
         self.node.log.event("node.storage_healed", nats=self.node.auth.url, connected=nc.is_connected if nc else None)
+
+    async def close(self) -> None:
+        await self.tasks.close()
