@@ -24,7 +24,6 @@ from nats.errors import NoServersError, TimeoutError as NatsTimeout
 from nats.errors import NoRespondersError
 
 from anycore.cluster.registry import read_nodes
-from anycore.commands import COMMANDS  # noqa: F401  (the control subjects; defined with the commands)
 from anycore.errors import ControlError, NodeNotFound, NotAuthorized
 
 CONNECT_BOUND = 5.0

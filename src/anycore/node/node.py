@@ -211,14 +211,23 @@ class Node:
         self.log.event("deploy.phase", event["service"], deploy=event["id"], release=event["release"], phase=event["phase"],
                        detail=event["detail"] or None, error=event["error"] or None, elapsed_s=event["elapsed"])
         if self.nc is not None and self.nc.is_connected:
-            self._spawn(self.nc.publish(deploy_subject(event["id"]), json.dumps(event).encode()), "publish deploy event")
+            self._spawn(self._publish(deploy_subject(event["id"]), json.dumps(event).encode()), "publish deploy event")
 
     def _publish_log(self, service: str, line: str) -> None:
         if self.nc is not None and self.nc.is_connected:
             data = line.encode()
-            self._spawn(self.nc.publish(logs_subject(self.node_id, service), data), "publish log")
+            self._spawn(self._publish(logs_subject(self.node_id, service), data), "publish log")
             if service:
-                self._spawn(self.nc.publish(logs_subject(self.node_id, ""), data), "publish log")
+                self._spawn(self._publish(logs_subject(self.node_id, ""), data), "publish log")
+
+    async def _publish(self, subject: str, data: bytes) -> None:
+        """Best effort: NATS going away in between loses a log line or an event for its
+        followers (the node's own log has it), and a failed publish logs nothing — a log
+        line about it would be published in turn."""
+        try:
+            await self.nc.publish(subject, data)  # type: ignore[union-attr]
+        except Exception:
+            pass
 
     def _write_record(self) -> None:
         record = {"node_id": self.node_id, "nats_url": self.auth.url, "gateway": self.gateway.url, "pid": os.getpid()}
