@@ -180,3 +180,49 @@ def test_noop_finishes_without_phases() -> None:
     d.noop("shop@new is already live; nothing changed")
     assert d.phase is Phase.NOOP and d.finished
     assert events[-1]["phase"] == "noop" and events[-1]["detail"].startswith("shop@new is already live")
+
+
+def test_the_deployers_drain_phase_counts_in_flight_requests_through_the_service() -> None:
+    """The old release's in-flight count comes from its owner (the router's one count, via
+    ``service.inflight(worker_id)``), not from the worker handles: they keep no count."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from anycore.log import NodeLog
+    from anycore.node.deployer import Deployer
+
+    old = SimpleNamespace(release="shop@old", workers={1: SimpleNamespace(id=1), 2: SimpleNamespace(id=2)},
+                          launch=SimpleNamespace(env_hash=""))
+    retired: list[Any] = []
+
+    class Service:
+        release_id, release = "shop@old", old
+
+        def inflight(self, worker_id: int) -> int:
+            return {1: 2, 2: 1}[worker_id]
+
+        async def retire(self, release: Any, on_drained: Any) -> None:
+            retired.append(release)
+            on_drained()
+
+    host = SimpleNamespace(services={"shop": Service()}, log=NodeLog())
+    record = SimpleNamespace(id="shop@new", service="shop")
+
+    async def run() -> list[dict[str, Any]]:
+        deployer = Deployer(host, store=None)  # type: ignore[arg-type]
+
+        async def prepared(deploy: Deploy, record: Any, gate: Any, migrate: bool) -> Any:
+            deploy.enter(Phase.SHIFT)
+            return old
+
+        deployer._prepare_and_shift = prepared  # type: ignore[method-assign]  # the phases before the drain, elsewhere
+        events: list[dict[str, Any]] = []
+        deployer.listeners.append(events.append)
+        deploy = deployer.start(record, "test")  # type: ignore[arg-type]
+        await asyncio.wait_for(deploy.task, 5)
+        assert deploy.phase is Phase.DONE, deploy.error
+        return events
+
+    events = asyncio.run(run())
+    assert ("drain", "shop@old: 3 in flight") in [(e["phase"], e["detail"]) for e in events]
+    assert retired == [old]
