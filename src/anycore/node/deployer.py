@@ -117,7 +117,7 @@ class Deployer:
             return
         if old is not None:
             service = self.node.services[record.service]
-            deploy.enter(Phase.DRAIN, f"{old.release}: {sum(w.inflight for w in old.workers.values())} in flight")
+            deploy.enter(Phase.DRAIN, f"{old.release}: {sum(service.inflight(w.id) for w in old.workers.values())} in flight")
             await service.retire(old, on_drained=lambda: deploy.enter(Phase.RETIRE, old.release))
             if old.launch.env_hash:  # its environment's template may have no release left
                 await Template.stop_idle(keep={sys.executable} | {r.launch.python for r in self._running()})
