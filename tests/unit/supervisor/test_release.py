@@ -206,17 +206,18 @@ def test_a_worker_lost_with_its_zygote_does_not_count_as_a_crash() -> None:
 
 def test_pending_restart_timers_are_cancelled_when_the_release_stops() -> None:
     async def scenario() -> None:
-        h = Harness(workers=2, restart_backoff_cap=5.0)
+        h = Harness(workers=2, restart_intensity=1, restart_backoff_cap=5.0)
         await h.start()
         a, b = h.zygote.workers
         a.crash(1)
-        b.crash(1)  # the second restart waits 0.1 s
+        b.crash(1)  # crashlooping: its restart waits the cap, 5 s
         await until(lambda: len(h.events("worker.restarting")) == 2, what="2 decisions")
+        assert h.events("worker.restarting")[-1]["delay_s"] == "5.0"
+        pending = list(h.sup._timers)
+        assert pending
         await h.close()
-        forked = len(h.zygote.workers)
-        assert not h.sup._timers
-        await asyncio.sleep(0.3)  # past the backoff: a forgotten timer would fork now
-        assert len(h.zygote.workers) == forked
+        assert all(timer.cancelled() for timer in pending) and not h.sup._timers
+        assert len(h.sup.tasks) == 0 and h.sup.tasks.closed
     run(scenario)
 
 
