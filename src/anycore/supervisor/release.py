@@ -312,7 +312,7 @@ class ReleaseSupervisor:
         waiter = worker.ready_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ReleaseFailed(self.release, worker.describe_end() or "a worker exited during startup"))
-        # Only a live release restarts; a deliberate exit is never a crash (nor is a hang one).
+        # Only a live release restarts. A deliberate exit is never fed in; a hang is not deliberate: it counts.
         deliberate = worker.exit_reason.deliberate or self.life.state is not ReleaseState.LIVE
         # A worker that died with its zygote is not a crash of its own: the zygote's restart
         # (one backoff step for all of them) forks the workers again. Counted one by one,
