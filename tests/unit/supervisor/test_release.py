@@ -247,3 +247,22 @@ def test_a_worker_that_fails_its_startup_fails_the_release_with_its_reason() -> 
         assert h.events("worker.exited")[0]["cause"].endswith("(lifespan startup failed: boom)")
         assert h.events("worker.restarting") == [] and h.sup.failure
     run(scenario)
+
+
+def test_a_lost_zygote_is_restarted_once_and_its_workers_forked_from_the_new_one() -> None:
+    async def scenario() -> None:
+        h = Harness(workers=2, restart_intensity=1)
+        await h.start()
+        old = h.zygote
+        old.is_lost = True
+        for worker in old.workers:
+            worker.die(signal.SIGKILL)  # PR_SET_PDEATHSIG: they die with it
+        old.gone.set_result(None)
+        await until(lambda: len(h.zygotes) == 2 and len(h.owner.ready) == 4, what="a new zygote and 2 workers")
+        assert len(h.zygote.workers) == 2 and all(w.zygote is h.zygote for w in h.sup.workers.values())
+        assert len(h.sup.workers) == 2
+        assert [e["event"] for e in h.events("release.zygote_restarted")] == ["release.zygote_restarted"]
+        # One backoff step for the zygote, none for its workers: not crashlooping.
+        assert len(h.sup.policy.exits) == 1 and h.owner.crashlooping == [] and h.sup.restarts == 0
+        await h.close()
+    run(scenario)
