@@ -71,6 +71,11 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     readiness: str = ""  # a GET path each new worker must answer 2xx/3xx before it takes traffic
     migrate: str = ""  # "module:function" run once per release before the shift
     rollback_window: float = 60.0  # a release that crashloops this soon after its shift is rolled back
+    # Restart intensity (OTP's): more than restart_intensity unexpected exits within
+    # restart_period seconds make the release crashlooping; restarts back off up to the cap.
+    restart_intensity: int = 5
+    restart_period: float = 60.0
+    restart_backoff_cap: float = 10.0
     # WebSocket paths (below the service's route) served by anycore.Session classes.
     sessions: dict[str, str | SessionRoute] = msgspec.field(default_factory=dict)
     client_notify: str = ""  # "module:function" of the new release; its message goes to old connections at shift
@@ -102,6 +107,12 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
             raise ConfigError(f"min_workers={self.min_workers} is above max_workers={self.max_workers}")
         if not 0 < self.target_utilization <= 1:
             raise ConfigError(f"target_utilization must be in (0, 1] (got {self.target_utilization})")
+        if self.restart_intensity < 1:
+            raise ConfigError(f"restart_intensity must be at least 1 (got {self.restart_intensity}): it is how many "
+                              "unexpected worker exits within restart_period a release survives before it is crashlooping")
+        for key in ("restart_period", "restart_backoff_cap"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be a positive number of seconds (got {getattr(self, key)})")
         if self.scale_down_delay < 0 or self.keep_warm < 0:
             raise ConfigError("scale_down_delay and keep_warm cannot be negative")
         for route in self.routes:

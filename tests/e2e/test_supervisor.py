@@ -223,7 +223,7 @@ def test_handler_blocking_its_loop_is_detected_its_stack_logged_and_the_worker_r
     assert "in handler_that_blocks_its_loop" in logs.stdout
     assert "event=worker.hung" in logs.stdout
     exited = node.wait_output(rf"event=worker\.exited [^\n]*pid={victim} [^\n]*").group(0)
-    assert "killed by SIGKILL (hung: event loop stuck for" in exited
+    assert "killed by SIGKILL (hung: worker stuck (no tick) for" in exited
     after = wait_ready_pids(node, "hang", 2, without=victim, timeout=10)
     assert len(after - before) == 1
     assert get(node, "/fast").status_code == 200

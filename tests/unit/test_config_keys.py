@@ -96,6 +96,9 @@ startup_timeout = 9
 readiness = "/healthz"
 migrate = "main:migrate"
 rollback_window = 30
+restart_intensity = 3
+restart_period = 20.5
+restart_backoff_cap = 4
 """
     c = load_service(str(service_dir(tmp_path, "x", toml))).config
     assert c.routes == ["/api", "shop.example.com"]
@@ -104,6 +107,12 @@ rollback_window = 30
     assert c.env == {"DEBUG": "1"}
     assert (c.hang_timeout, c.max_requests, c.max_rss, c.drain_timeout, c.startup_timeout) == (2, 100, 512, 3, 9)
     assert (c.readiness, c.migrate, c.rollback_window) == ("/healthz", "main:migrate", 30)
+    assert (c.restart_intensity, c.restart_period, c.restart_backoff_cap) == (3, 20.5, 4)
+
+
+def test_restart_keys_default_to_the_policy_of_before() -> None:
+    c = ServiceConfig(name="x")
+    assert (c.restart_intensity, c.restart_period, c.restart_backoff_cap) == (5, 60.0, 10.0)
 
 
 def test_unknown_key_is_an_error_naming_the_key(tmp_path: Path) -> None:
@@ -145,6 +154,10 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     ("scale_down_delay = -1", "cannot be negative"),
     ("keep_warm = -1", "cannot be negative"),
     ('routes = [""]', "empty route"),
+    ("restart_intensity = 0", "restart_intensity must be at least 1"),
+    ("restart_intensity = 2.5", "restart_intensity"),
+    ("restart_period = 0", "restart_period must be a positive number of seconds"),
+    ("restart_backoff_cap = -1", "restart_backoff_cap must be a positive number of seconds"),
     ('env = { A = 1 }', "env"),
 ])
 def test_bad_values_are_config_errors(tmp_path: Path, toml: str, fragment: str) -> None:

@@ -388,7 +388,7 @@ class ServiceRuntime:
                 else:
                     session.detach()  # already moving: its move falls back to the checkpoint
             else:
-                session.worker_gone(draining=worker.killed_by_us.startswith(("drained", "stopped", "recycled")))
+                session.worker_gone(draining=worker.exit_reason.deliberate)
         self.sessions.recover(recover)
         worker.sockets.clear()
         self.router.remove_worker(worker.id)

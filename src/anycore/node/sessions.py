@@ -86,7 +86,7 @@ class SessionPlacer:
             return None
         owner = service.workers.get(self.owners.get(key, -1)) if key else None
         if owner is None or owner not in accepting:
-            owner = min(accepting, key=lambda w: (len(w.sockets), w.inflight))
+            owner = min(accepting, key=lambda w: (len(w.sockets), service.inflight(w.id)))
             if key:
                 self.owners[key] = owner.id
         return owner

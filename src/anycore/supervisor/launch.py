@@ -1,4 +1,4 @@
-"""How a release's processes are started: interpreter, user, environment, data directory.
+"""L1 — how a release's processes are started: interpreter, user, environment, data directory.
 
 The trust model. The node holds the control plane: the NATS token (``$ANYCORE_HOME/token``,
 0600), the JetStream store (``nats/``) and the records of every service. A service's code

@@ -1,4 +1,4 @@
-"""Telling an OOM kill from another SIGKILL: the OOM-kill counter of the right memory cgroup.
+"""L1 — telling an OOM kill from another SIGKILL: the OOM-kill counter of the right memory cgroup.
 
 A worker killed by the kernel's OOM killer dies of SIGKILL like any other; the only trace
 is the ``oom_kill`` counter of its memory cgroup. So the counter must be the one of the

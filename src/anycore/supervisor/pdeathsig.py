@@ -1,4 +1,4 @@
-"""Children die with their parent, ``kill -9`` included: ``PR_SET_PDEATHSIG``.
+"""L1 — children die with their parent, ``kill -9`` included: ``PR_SET_PDEATHSIG``.
 
 The kernel sends a child the signal set by ``prctl(PR_SET_PDEATHSIG, sig)`` when the
 *thread* that forked it exits, which for our processes is the parent's only (or main)

@@ -1,4 +1,4 @@
-"""Restart policy, as data and a pure decision (after OTP's supervisor).
+"""L0 — restart policy, as data and a pure decision (after OTP's supervisor).
 
 A release's workers are *permanent* children: an unexpected exit is always followed by a
 restart. The first restart is immediate; each further one within the stable period
@@ -6,7 +6,9 @@ doubles the delay (``base * 2**(n-1)``, capped). A worker that stays up for ``st
 seconds resets the backoff. When more than ``intensity`` exits happen within ``period``
 seconds, the release is *crashlooping*: restarts go on at the capped delay (so a fixed
 dependency heals it) and ``ps`` shows why; it becomes healthy again after a stable period.
-Deliberate exits (recycle, drain, stop) are not crashes and are never fed in here.
+Deliberate exits (``ExitReason.deliberate``: recycle, drain, stop) are not crashes and are
+never fed in here. ``intensity``, ``period`` and ``cap`` come from the service's config
+(``restart_intensity``, ``restart_period``, ``restart_backoff_cap``); the defaults are theirs.
 """
 
 from __future__ import annotations

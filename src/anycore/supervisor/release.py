@@ -1,4 +1,4 @@
-"""The supervisor of one release on this node: its zygote and its workers.
+"""L1 — the supervisor of one release on this node: its zygote and its workers.
 
 ``start`` imports the code in a zygote (an import error fails the release with the
 traceback; nothing is retried: a broken import does not heal by itself), then forks
@@ -10,13 +10,24 @@ release keeps ``target`` workers alive:
   from the zygote, which reaps its children, and is logged with the worker.
 - An unexpected exit is restarted under the release's RestartPolicy (immediate, then
   backoff; crashlooping past the intensity limit).
-- ``check`` runs every ``HOUSEKEEPING`` seconds: a worker whose event loop has not ticked
-  within ``hang_timeout`` is hung (stacks dumped through faulthandler, then killed, then
-  replaced); a worker past ``max_requests`` or ``max_rss`` is recycled: its replacement
-  starts first and the old one drains only once the new one is ready.
+- ``step(now)`` runs every ``HOUSEKEEPING`` seconds: a worker that has not ticked within
+  ``hang_timeout`` is hung — its event loop, or every WSGI thread, is stuck (stacks dumped
+  through faulthandler, then killed, then replaced); a worker past ``max_requests`` or
+  ``max_rss`` is recycled: its replacement starts first and the old one drains only once
+  the new one is ready.
 
-The supervisor owns every process it starts and stops them with a bound: drain (Stop
-frame), wait up to the drain timeout, then SIGKILL; the zygote last.
+Why the node ended a worker is its ``ExitReason``: a deliberate one (recycled, drained,
+stopped) is never fed to the restart policy; a hang is, like a crash. The restart
+intensity (``restart_intensity`` exits within ``restart_period``) comes from the service's
+config. The supervisor owns every process it starts and stops them with a bound: drain
+(Stop frame), wait up to the drain timeout, then SIGKILL; the zygote last. It owns its
+tasks too (a ``TaskGroup``) and its timers, cancelled on stop: nothing it started acts on
+a stopped release.
+
+It reports to its owner through ``ports.ReleaseOwner`` and never imports ``node/``; the
+router's counts (in flight, served) are asked of the owner, not kept here. The zygote
+factory, the clock and the kill function are injected (defaults: ``start_zygote``, the
+loop's clock, ``os.kill``), so tests/unit/supervisor runs it against a fake zygote.
 """
 
 from __future__ import annotations
@@ -26,13 +37,14 @@ import itertools
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.errors import ReleaseFailed
-from anycore.lifecycle import Lifecycle, ReleaseState, WorkerState
+from anycore.lifecycle import ExitReason, Lifecycle, ReleaseState, WorkerState
 from anycore.log import NodeLog
+from anycore.ports import ReleaseOwner
 from anycore.supervisor.output import pump_output
 from anycore.scaler.core import Limits, Reason, Scaler
 from anycore.supervisor.oom import OomCounter
@@ -40,11 +52,11 @@ from anycore.supervisor.launch import Launch
 from anycore.supervisor.policy import RestartPolicy
 from anycore.supervisor.worker import WorkerHandle
 from anycore.supervisor.zygote import ZygoteHandle, start_zygote
-
-if TYPE_CHECKING:
-    from anycore.node.service import ServiceRuntime
+from anycore.tasks import TaskGroup
 
 HOUSEKEEPING = 0.25
+HANG_DUMP_GRACE = 0.5  # between SIGUSR1 (faulthandler dumps every stack) and SIGKILL
+ZygoteFactory = Callable[..., ZygoteHandle]  # start_zygote's signature
 _worker_ids = itertools.count(1)
 
 
@@ -58,6 +70,12 @@ def describe_exit(status: int) -> str:
     return f"wait status {status}"
 
 
+def restart_policy(config: ServiceConfig) -> RestartPolicy:
+    """The release's restart policy, from its service's config."""
+    return RestartPolicy(cap=config.restart_backoff_cap, intensity=config.restart_intensity,
+                         period=config.restart_period)
+
+
 def scaler_limits(config: ServiceConfig, override: tuple[int, int] | None = None) -> Limits:
     low, high = override if override is not None else (config.min_count, config.max_count)
     stable = max(2.0, min(60.0, config.scale_down_delay))
@@ -66,29 +84,33 @@ def scaler_limits(config: ServiceConfig, override: tuple[int, int] | None = None
 
 
 class ReleaseSupervisor:
-    def __init__(self, service: "ServiceRuntime", release: str, directory: str, config: ServiceConfig, log: NodeLog,
-                 launch: Launch | None = None) -> None:
-        self.service = service
+    def __init__(self, owner: ReleaseOwner, release: str, directory: str, config: ServiceConfig, log: NodeLog,
+                 launch: Launch | None = None, *, zygote_factory: ZygoteFactory = start_zygote,
+                 clock: Callable[[], float] | None = None, kill: Callable[[int, int], None] = os.kill) -> None:
+        self.owner = owner
         self.launch = launch or Launch()
         self.release = release
         self.directory = directory
         self.config = config
         self.log = log
         self.life: Lifecycle[ReleaseState] = Lifecycle(f"release {release}", ReleaseState.STARTING)
-        self.policy = RestartPolicy()
+        self.policy = restart_policy(config)
         self.zygote: ZygoteHandle | None = None
-        self.workers: dict[int, WorkerHandle] = {}
-        self.by_pid: dict[int, WorkerHandle] = {}
+        self.workers: dict[int, WorkerHandle] = {}  # the one worker table (the router's view follows it)
         self.target = config.worker_count
-        self.scaler = Scaler(scaler_limits(config, service.scale_override))
+        self.scaler = Scaler(scaler_limits(config, owner.scale_override))
         self.budget: int | None = None
         self.restarts = 0
         self.live_since = 0.0
         self.pending_restarts = 0  # crashed workers whose replacement waits out the backoff
         self.last_exit = ""
         self.failure = ""
-        self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
+        self.clock = clock or self.loop.time
+        self.tasks = TaskGroup(f"release {release}", self._task_failed)
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._zygote_factory = zygote_factory
+        self._kill = kill
         self._housekeeping: asyncio.Task[None] | None = None
         self._oom = OomCounter()
         self._oom.watch("self")  # the node's memory cgroup; the zygote's is added once it runs
@@ -97,12 +119,29 @@ class ReleaseSupervisor:
 
     @property
     def name(self) -> str:
-        return self.service.name
+        return self.owner.name
 
-    def _spawn_task(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
+        """An owned task; none once the release stopped (its group is closed)."""
+        if self.tasks.closed:
+            coro.close()
+            return None
+        return self.tasks.spawn(coro, name)
+
+    def _later(self, delay: float, callback: Callable[..., None], *args: object) -> None:
+        """A timer owned by the release: cancelled on stop, so none acts on a stopped release."""
+        if self.tasks.closed:
+            return
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            callback(*args)
+
+        handle = self.loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _task_failed(self, task: str, exc: BaseException) -> None:
+        self.log.event("release.task_failed", self.name, release=self.release, task=task, error=repr(exc)[:300])
 
     # -- start ------------------------------------------------------------------------
     async def start(self, on_imported: Callable[[], None] | None = None, warm: int | None = None) -> None:
@@ -128,13 +167,13 @@ class ReleaseSupervisor:
 
     def _start_zygote(self) -> None:
         out_node, out_child = socket.socketpair()
-        self.zygote = start_zygote(
+        self.zygote = self._zygote_factory(
             self.release, self.directory, self.config.entry, self.config.env, self.config.slots, self._tick,
             self.config.readiness, self._on_forked, self._on_exited, out_child.fileno(),
             sessions=[route.handler for route in self.config.session_routes().values()], launch=self.launch,
         )
         out_child.close()
-        self._spawn_task(pump_output(out_node, self.log, self.name, f"{self.release} zygote"))
+        self._spawn(pump_output(out_node, self.log, self.name, f"{self.release} zygote"), "zygote output")
 
     def _watch_zygote(self) -> None:
         zygote = self.zygote
@@ -148,10 +187,10 @@ class ReleaseSupervisor:
             return
         self.log.event("release.zygote_lost", self.name, release=self.release, zygote_pid=zygote.pid,
                        action="starting a new zygote")
-        self._spawn_task(self._restart_zygote())
+        self._spawn(self._restart_zygote(), "zygote restart")
 
     async def _restart_zygote(self) -> None:
-        delay = self.policy.on_crash(self.loop.time(), 0.0).delay
+        delay = self.policy.on_crash(self.clock(), 0.0).delay
         await asyncio.sleep(delay)
         if self.life.state is not ReleaseState.LIVE or self._stopping:
             return
@@ -177,8 +216,8 @@ class ReleaseSupervisor:
         entry = self.config.migrate
         self.log.event("release.migrating", self.name, release=self.release, hook=entry)
         try:
-            await self.zygote.run_hook(entry, context, self.config.startup_timeout, lambda sock: self._spawn_task(
-                pump_output(sock, self.log, self.name, f"{self.release} migrate")))
+            await self.zygote.run_hook(entry, context, self.config.startup_timeout, lambda sock: self._spawn(
+                pump_output(sock, self.log, self.name, f"{self.release} migrate"), "migrate output"))
         except ReleaseFailed as exc:
             await self._fail(exc.reason, exc.traceback)
 
@@ -194,9 +233,9 @@ class ReleaseSupervisor:
     def promote(self) -> None:
         """The shift: this release is live; its workers take traffic and are restarted if they die."""
         self.life.to(ReleaseState.LIVE)
-        self.live_since = self.loop.time()
+        self.live_since = self.clock()
         self._watch_zygote()
-        self._housekeeping = asyncio.ensure_future(self._housekeep())
+        self._housekeeping = self._spawn(self._housekeep(), "housekeeping")
 
     async def _fail(self, reason: str, traceback: str = "") -> None:
         self.failure = reason
@@ -216,14 +255,14 @@ class ReleaseSupervisor:
         if self.zygote.lost():
             return None
         worker = WorkerHandle(
-            next(_worker_ids), self.release, self.config.slots, self.loop.time(),
-            self._on_ready, self._on_failed_start, self.service.on_done, self._on_lost,
+            next(_worker_ids), self.release, self.config.slots, self.clock(),
+            self._on_ready, self._on_failed_start, self.owner.on_done, self._on_lost, clock=self.clock, kill=self._kill,
         )
         worker.zygote = self.zygote
         self.workers[worker.id] = worker
         data, logs = self.zygote.fork(worker.id)
-        self._spawn_task(worker.connect(data))
-        self._spawn_task(pump_output(logs, self.log, self.name, f"{self.release} worker {worker.id}"))
+        self._spawn(worker.connect(data), f"worker {worker.id} frames")
+        self._spawn(pump_output(logs, self.log, self.name, f"{self.release} worker {worker.id}"), f"worker {worker.id} output")
         return worker
 
     # -- events from the zygote and the workers ----------------------------------------------
@@ -232,7 +271,6 @@ class ReleaseSupervisor:
         if worker is None:
             return
         worker.pid = pid
-        self.by_pid[pid] = worker
         if worker.state is WorkerState.FORKING:
             worker.life.to(WorkerState.STARTING)
         self.log.event("worker.started", self.name, release=self.release, worker=worker_id, pid=pid)
@@ -240,22 +278,21 @@ class ReleaseSupervisor:
     def _on_ready(self, worker: WorkerHandle) -> None:
         if worker.state is WorkerState.FORKING:
             # The worker's own socket can outrun the zygote's "forked" message.
-            self.by_pid[worker.pid] = worker
             worker.life.to(WorkerState.STARTING)
         if worker.state is not WorkerState.STARTING:
             return
         worker.life.to(WorkerState.READY)
-        worker.last_tick = self.loop.time()
+        worker.last_tick = self.clock()
         waiter = worker.ready_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         self.log.event("worker.ready", self.name, release=self.release, worker=worker.id, pid=worker.pid,
-                       ms=round((self.loop.time() - worker.started_at) * 1000, 1))
-        self.service.worker_ready(worker)
+                       ms=round((self.clock() - worker.started_at) * 1000, 1))
+        self.owner.worker_ready(worker)
         self._retire_replaced()
 
     def _on_failed_start(self, worker: WorkerHandle, reason: str) -> None:
-        worker.killed_by_us = reason
+        worker.end(ExitReason.FAILED_START, reason)
         waiter = worker.ready_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ReleaseFailed(self.release, reason))
@@ -265,48 +302,50 @@ class ReleaseSupervisor:
         was = worker.state
         if was is not WorkerState.EXITED:
             worker.life.to(WorkerState.EXITED)
-        worker.lost_inflight = worker.inflight
-        self.service.worker_lost(worker)
+        worker.lost_counts = (self.owner.inflight(worker.id), self.owner.served_by(worker.id))
+        self.owner.worker_lost(worker)
         if was is WorkerState.DRAINING:
             # A drained worker closes its socket, then exits by itself: give it a moment.
-            self.loop.call_later(2.0, worker.signal, signal.SIGKILL)
+            self._later(2.0, worker.signal, signal.SIGKILL)
         else:
             worker.signal(signal.SIGKILL)  # closed its socket but lives on: of no use to anyone
         waiter = worker.ready_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ReleaseFailed(self.release, worker.killed_by_us or "a worker exited during startup"))
-        deliberate = was is WorkerState.DRAINING or self.life.state is not ReleaseState.LIVE
+            waiter.set_exception(ReleaseFailed(self.release, worker.describe_end() or "a worker exited during startup"))
+        # Only a live release restarts. A deliberate exit is never fed in; a hang is not deliberate: it counts.
+        deliberate = worker.exit_reason.deliberate or self.life.state is not ReleaseState.LIVE
         # A worker that died with its zygote is not a crash of its own: the zygote's restart
         # (one backoff step for all of them) forks the workers again. Counted one by one,
         # five workers would make the release crashlooping and could roll a deploy back.
         if not deliberate and not (worker.zygote is not None and worker.zygote.lost()):
-            uptime = self.loop.time() - worker.started_at
-            decision = self.policy.on_crash(self.loop.time(), uptime)
+            now = self.clock()
+            decision = self.policy.on_crash(now, now - worker.started_at)
             self.restarts += 1
             if decision.crashlooping:
                 self.log.event("release.crashlooping", self.name, release=self.release, restarts=self.restarts,
                                next_restart_s=decision.delay)
-                self.service.release_crashlooping(self)
+                self.owner.release_crashlooping(self)
             self.log.event("worker.restarting", self.name, release=self.release, replaces=worker.id, delay_s=decision.delay)
             self.pending_restarts += 1
-            self.loop.call_later(decision.delay, self._replace)
+            self._later(decision.delay, self._replace)
         if worker.exit_status is not None or not worker.pid:
             self._forget(worker)
         else:
             # The exit status comes from the zygote in a moment; log without it if it never does.
-            self.loop.call_later(1.0, self._forget, worker)
+            self._later(1.0, self._forget, worker)
 
     def _on_exited(self, pid: int, status: int) -> None:
-        worker = self.by_pid.get(pid)
+        # Scanned, not indexed: exits are rare, and a second table by pid is one more to keep in step.
+        worker = next((w for w in self.workers.values() if w.pid == pid), None)
         if worker is None:
             return
         worker.exit_status = status
         cause = describe_exit(status)
-        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not worker.killed_by_us:
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and worker.exit_reason is ExitReason.CRASH:
             if self._oom.moved():
                 cause = "killed by the kernel's OOM killer (SIGKILL)"
-        if worker.killed_by_us:
-            cause += f" ({worker.killed_by_us})"
+        if worker.describe_end():
+            cause += f" ({worker.describe_end()})"
         worker.exit_cause = cause
         if not worker.exited.done():
             worker.exited.set_result(None)
@@ -318,13 +357,12 @@ class ReleaseSupervisor:
             worker.exited.set_result(None)  # its exit status will not come (its zygote died with it): nothing to wait for
         if self.workers.pop(worker.id, None) is None:
             return
-        self.by_pid.pop(worker.pid, None)
         cause = worker.exit_cause or "unknown (exit status not reported)"
-        deliberate = bool(worker.killed_by_us) and worker.killed_by_us.startswith(("drained", "stopped", "recycled"))
-        if not deliberate:
+        if not worker.exit_reason.deliberate:
             self.last_exit = f"worker {worker.id} (pid {worker.pid}): {cause}"
+        inflight, served = worker.lost_counts
         self.log.event("worker.exited", self.name, release=self.release, worker=worker.id, pid=worker.pid, cause=cause,
-                       inflight=worker.lost_inflight, served=worker.served)
+                       inflight=inflight, served=served)
 
     def _replace(self) -> None:
         self.pending_restarts -= 1
@@ -362,7 +400,7 @@ class ReleaseSupervisor:
             if victim is not None:
                 self.log.event("scale.down", self.name, release=self.release, workers=current, desired=decision.desired,
                                worker=victim.id, reason=decision.reason.value)
-                self._spawn_task(self.drain_worker(victim, "drained: scaled down"))
+                self._spawn(self.drain_worker(victim, ExitReason.DRAINED, "scaled down"), f"drain worker {victim.id}")
 
     def wanted(self) -> int:
         """Workers this release asks of the node's share: its target, or its need when a share
@@ -374,42 +412,47 @@ class ReleaseSupervisor:
 
     def wake(self) -> None:
         """A request is waiting and no worker can take it: decide now instead of at the next tick."""
-        self.service.autoscale(self.loop.time(), self.budget)
+        self.owner.autoscale(self.clock(), self.budget)
 
     def _idlest(self, allow_busy: bool = False) -> WorkerHandle | None:
         """A worker to scale down: one still starting, else an idle one, else (``allow_busy``)
         the least busy one."""
+        inflight = self.owner.inflight
         candidates = [w for w in self.workers.values() if not w.replacing and
                       (w.state in (WorkerState.FORKING, WorkerState.STARTING) or
-                       (w.state is WorkerState.READY and (allow_busy or not w.inflight)))]
-        return max(candidates, key=lambda w: (w.state is not WorkerState.READY, -w.inflight, w.started_at), default=None)
+                       (w.state is WorkerState.READY and (allow_busy or not inflight(w.id))))]
+        return max(candidates, key=lambda w: (w.state is not WorkerState.READY, -inflight(w.id), w.started_at), default=None)
 
     # -- housekeeping: hangs, recycling, stability ---------------------------------------------
     async def _housekeep(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING)
-            now = self.loop.time()
-            if self.policy.on_stable(now):
-                self.log.event("release.healthy", self.name, release=self.release)
-            for worker in list(self.workers.values()):
-                if worker.state is not WorkerState.READY or worker.killed_by_us:
-                    continue
-                if now - worker.last_tick > self.config.hang_timeout:
-                    self._spawn_task(self._kill_hung(worker, now - worker.last_tick))
-                elif worker.replacing:
-                    continue
-                elif self.config.max_requests and worker.served >= self.config.max_requests:
-                    self._recycle(worker, f"served {worker.served} requests (max_requests={self.config.max_requests})")
-                elif self.config.max_rss and worker.rss_mib() > self.config.max_rss:
-                    self._recycle(worker, f"RSS {worker.rss_mib():.0f} MiB over max_rss={self.config.max_rss} MiB")
+            self.step(self.clock())
 
-    async def _kill_hung(self, worker: WorkerHandle, stuck: float) -> None:
-        worker.killed_by_us = f"hung: event loop stuck for {stuck:.1f}s"
+    def step(self, now: float) -> None:
+        """One housekeeping pass at ``now``: stability, hangs, recycling."""
+        if self.policy.on_stable(now):
+            self.log.event("release.healthy", self.name, release=self.release)
+        config = self.config
+        for worker in list(self.workers.values()):
+            if worker.state is not WorkerState.READY or worker.exit_reason is not ExitReason.CRASH:
+                continue  # not serving yet, or already being ended
+            if now - worker.last_tick > config.hang_timeout:
+                self._hung(worker, now - worker.last_tick)
+            elif worker.replacing:
+                continue
+            elif config.max_requests and (served := self.owner.served_by(worker.id)) >= config.max_requests:
+                self._recycle(worker, f"served {served} requests (max_requests={config.max_requests})")
+            elif config.max_rss and worker.rss_mib() > config.max_rss:
+                self._recycle(worker, f"RSS {worker.rss_mib():.0f} MiB over max_rss={config.max_rss} MiB")
+
+    def _hung(self, worker: WorkerHandle, stuck: float) -> None:
+        # No Tick: an ASGI worker's event loop is stuck, or a WSGI worker's threads all are.
+        worker.end(ExitReason.HUNG, f"worker stuck (no tick) for {stuck:.1f}s")
         self.log.event("worker.hung", self.name, release=self.release, worker=worker.id, pid=worker.pid,
                        stuck_s=round(stuck, 1), action="dumping stacks, then kill")
         worker.signal(signal.SIGUSR1)  # faulthandler writes every thread's stack to the log
-        await asyncio.sleep(0.5)
-        worker.signal(signal.SIGKILL)
+        self._later(HANG_DUMP_GRACE, worker.signal, signal.SIGKILL)
 
     def _recycle(self, worker: WorkerHandle, why: str) -> None:
         """Start the replacement first; the old worker drains once the new one is ready."""
@@ -424,15 +467,15 @@ class ReleaseSupervisor:
             if ready < self.target:
                 break
             if worker.replacing and worker.state is WorkerState.READY:
-                self._spawn_task(self.drain_worker(worker, f"recycled: {worker.recycle_reason}"))
+                self._spawn(self.drain_worker(worker, ExitReason.RECYCLED, worker.recycle_reason), f"drain worker {worker.id}")
 
-    async def drain_worker(self, worker: WorkerHandle, why: str) -> None:
+    async def drain_worker(self, worker: WorkerHandle, reason: ExitReason, detail: str = "") -> None:
         """Stop routing to it, let its requests finish (bounded), then stop it."""
         if worker.state in (WorkerState.DRAINING, WorkerState.EXITED):
             return
         worker.life.to(WorkerState.DRAINING)
-        worker.killed_by_us = why
-        self.service.worker_draining(worker)
+        worker.end(reason, detail)
+        self.owner.worker_draining(worker)
         worker.send(wire.Stop())
         try:
             await asyncio.wait_for(asyncio.shield(worker.exited), self.config.drain_timeout + 5)
@@ -457,17 +500,19 @@ class ReleaseSupervisor:
         for worker in workers:
             if worker.state in (WorkerState.STARTING, WorkerState.READY):
                 worker.life.to(WorkerState.DRAINING)
-                worker.killed_by_us = worker.killed_by_us or "stopped"
-                self.service.worker_draining(worker)
+                if worker.exit_reason is ExitReason.CRASH:
+                    worker.end(ExitReason.STOPPED)
+                self.owner.worker_draining(worker)
                 worker.send(wire.Stop())
             elif worker.state is WorkerState.FORKING:
-                worker.killed_by_us = "stopped"
+                worker.end(ExitReason.STOPPED)
         pending = [w.exited for w in workers if not w.exited.done() and w.pid]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         for worker in workers:
             if not worker.exited.done():
-                worker.killed_by_us = worker.killed_by_us or "stopped"
+                if worker.exit_reason is ExitReason.CRASH:
+                    worker.end(ExitReason.STOPPED)
                 worker.signal(signal.SIGKILL)
         pending = [w.exited for w in workers if not w.exited.done() and w.pid]
         if pending:
@@ -476,8 +521,12 @@ class ReleaseSupervisor:
             on_drained()
         if self.zygote is not None:
             await self.zygote.stop()
-        for task in list(self.tasks):
-            task.cancel()
+        for timer in self._timers:
+            timer.cancel()  # pending restarts, kills, and forgets: the release is stopped
+        self._timers.clear()
+        for worker in [w for w in self.workers.values() if w.lost]:
+            self._forget(worker)  # its exit status will not come now: log it without
+        await self.tasks.close()
 
     # -- reporting ------------------------------------------------------------------------------
     def _scaler_info(self) -> dict[str, object]:
@@ -490,11 +539,12 @@ class ReleaseSupervisor:
         return info
 
     def info(self) -> dict[str, object]:
-        now = self.loop.time()
+        now = self.clock()
         return {
             "release": self.release, "state": self.life.state.value, "crashlooping": self.policy.crashlooping,
             "target": self.target, "scaler": self._scaler_info(), "restarts": self.restarts, "last_exit": self.last_exit, "failure": self.failure,
             "zygote_pid": self.zygote.pid if self.zygote else None,
             "env": self.launch.env_name, "python": self.launch.python, "user": self.launch.user,
-            "workers": [{**w.info(now), "env": self.launch.env_name} for w in sorted(self.workers.values(), key=lambda w: w.id)],
+            "workers": [{**w.info(now, self.owner.inflight(w.id), self.owner.served_by(w.id)), "env": self.launch.env_name}
+                        for w in sorted(self.workers.values(), key=lambda w: w.id)],
         }

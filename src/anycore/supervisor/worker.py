@@ -1,8 +1,15 @@
-"""The node's handle on one worker process: its frame channel, lifecycle and bookkeeping.
+"""L1 — the node's handle on one worker process: its frame channel, lifecycle and exit reason.
 
-Frames for a request are routed to the request's exchange by id. The handle never decides
-anything: a lost connection (the worker's death, seen at once as EOF) and every ``Done``
-are reported to its owner, the release's supervisor, which applies the policy.
+It implements ``ports.Channel``: frames for a request (or a WebSocket) are routed by id to
+the ``ports.FrameTarget`` that started it (an exchange or a session, opaque here: the
+supervisor never imports the gateway). The handle never decides anything: a lost
+connection (the worker's death, seen at once as EOF) and every ``Done`` are reported to
+its owner, the release's supervisor, which applies the policy.
+
+It counts nothing: requests in flight and served are the router's (one owner per fact),
+asked through ``ports.ReleaseOwner``. ``exchanges`` is the id -> target routing map, not a
+count. Why the node ended it is ``exit_reason`` (``lifecycle.ExitReason``: whether it was
+deliberate is decided there, in one place) plus ``exit_detail``, the human text.
 """
 
 from __future__ import annotations
@@ -14,11 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from anycore import wire
 from anycore.framing import FrameProtocol
-from anycore.lifecycle import Lifecycle, WorkerState
+from anycore.lifecycle import ExitReason, Lifecycle, WorkerState
+from anycore.ports import FrameTarget
 
 if TYPE_CHECKING:
-    from anycore.gateway.exchange import Exchange
-    from anycore.gateway.websocket import WebSocketSession
     from anycore.supervisor.zygote import ZygoteHandle
 
 
@@ -26,8 +32,10 @@ class WorkerHandle:
     def __init__(self, worker_id: int, release: str, slots: int, now: float,
                  on_ready: Callable[["WorkerHandle"], None],
                  on_failed_start: Callable[["WorkerHandle", str], None],
-                 on_done: Callable[["WorkerHandle", "Exchange", str | None], None],
-                 on_lost: Callable[["WorkerHandle"], None]) -> None:
+                 on_done: Callable[["WorkerHandle", Any, str | None], None],
+                 on_lost: Callable[["WorkerHandle"], None],
+                 clock: Callable[[], float] | None = None,
+                 kill: Callable[[int, int], None] = os.kill) -> None:
         self.id = worker_id
         self.release = release
         self.slots = slots
@@ -35,18 +43,18 @@ class WorkerHandle:
         self.pid = 0
         self.started_at = now
         self.last_tick = now
-        self.served = 0
-        self.exchanges: dict[int, Exchange] = {}
-        self.sockets: dict[int, WebSocketSession] = {}  # WebSockets: no slot, not in the router
+        self.exchanges: dict[int, FrameTarget] = {}  # requests by id (the exchange answering it)
+        self.sockets: dict[int, FrameTarget] = {}  # WebSocket sessions by id: no slot, not in the router
         self.checks: dict[int, asyncio.Future[str | None]] = {}  # MigrateCheck answers by session id
         self.notices: list[asyncio.Future[wire.Notice]] = []
         self.proto: FrameProtocol | None = None
         self.exit_status: int | None = None
         self.exit_cause = ""
-        self.killed_by_us = ""  # why the node killed it (hang, recycle), if it did
+        self.exit_reason = ExitReason.CRASH  # why the node ended it (hang, recycle, drain, stop), if it did
+        self.exit_detail = ""  # the human text of that reason: "served 10 requests (max_requests=10)"
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost = False
-        self.lost_inflight = 0
+        self.lost_counts = (0, 0)  # (in flight, served) as the router had them when it was lost: for the log
         self.replacing = False  # a replacement is starting; drain this one once it is ready
         self.recycle_reason = ""
         self.zygote: "ZygoteHandle | None" = None  # the zygote that forked it (its parent)
@@ -57,14 +65,26 @@ class WorkerHandle:
         self._on_failed_start = on_failed_start
         self._on_done = on_done
         self._on_lost = on_lost
+        self._clock = clock or asyncio.get_running_loop().time
+        self._kill = kill
 
     @property
     def state(self) -> WorkerState:
         return self.life.state
 
-    @property
-    def inflight(self) -> int:
-        return len(self.exchanges)
+    def end(self, reason: ExitReason, detail: str = "") -> None:
+        """The node ends this worker for ``reason`` (set before the signal or the Stop)."""
+        self.exit_reason, self.exit_detail = reason, detail
+
+    def describe_end(self) -> str:
+        """The reason as the log has always shown it: "hung: ...", "recycled: ...", "stopped",
+        a failed start's own text; "" for a crash."""
+        reason = self.exit_reason
+        if reason is ExitReason.CRASH:
+            return ""
+        if reason is ExitReason.FAILED_START:
+            return self.exit_detail
+        return f"{reason.value}: {self.exit_detail}" if self.exit_detail else reason.value
 
     async def connect(self, sock: socket.socket) -> None:
         # The handle takes its protocol as soon as it exists: the worker's Ready can be read
@@ -79,7 +99,7 @@ class WorkerHandle:
         if self.proto is not None:
             self.proto.send(frame)
 
-    def start_request(self, exchange: "Exchange", frame: wire.Req) -> None:
+    def start_request(self, exchange: FrameTarget, frame: wire.Req) -> None:
         self.exchanges[frame.id] = exchange
         self.send(frame)
 
@@ -100,10 +120,9 @@ class WorkerHandle:
         elif kind is wire.Done:
             exchange = self.exchanges.pop(frame.id, None)  # type: ignore[union-attr]
             if exchange is not None:
-                self.served += 1
                 self._on_done(self, exchange, frame.error)  # type: ignore[union-attr]
         elif kind is wire.Tick:
-            self.last_tick = asyncio.get_running_loop().time()
+            self.last_tick = self._clock()
         elif kind is wire.Ready:
             self.pid = self.pid or frame.pid  # type: ignore[union-attr]
             self._on_ready(self)
@@ -146,7 +165,7 @@ class WorkerHandle:
     def signal(self, signum: int) -> None:
         if self.pid and not self.exited.done():
             try:
-                os.kill(self.pid, signum)
+                self._kill(self.pid, signum)
             except ProcessLookupError:
                 pass
 
@@ -157,9 +176,10 @@ class WorkerHandle:
         except (OSError, ValueError, IndexError):
             return 0.0
 
-    def info(self, now: float) -> dict[str, Any]:
+    def info(self, now: float, inflight: int, served: int) -> dict[str, Any]:
+        """For ``ps``: the counts are the router's, passed in by the supervisor."""
         return {
             "id": self.id, "pid": self.pid, "release": self.release, "state": self.state.value,
-            "inflight": self.inflight, "slots": self.slots, "served": self.served, "websockets": len(self.sockets),
+            "inflight": inflight, "slots": self.slots, "served": served, "websockets": len(self.sockets),
             "uptime": round(now - self.started_at, 1), "rss_mib": round(self.rss_mib(), 1),
         }

@@ -1,4 +1,4 @@
-"""The node's handle on one zygote process (see anycore.worker.zygote for the other side).
+"""L1 — the node's handle on one zygote process (see anycore.worker.zygote for the other side).
 
 ``start_zygote`` spawns the zygote in its own session with the release directory as cwd
 and the service's env, and returns a handle whose ``ready`` future resolves once the code
