@@ -41,7 +41,7 @@ async def until(condition: Callable[[], object], what: str, timeout: float = 2.0
 
 
 class FakeClock:
-    def __init__(self, now: float = 5000.0) -> None:  # far from the loop's clock: a mixed-up clock shows
+    def __init__(self, now: float = 1e9) -> None:  # far ahead of the loop's clock: a timer armed on the wrong clock never fires
         self.now = now
 
     def __call__(self) -> float:
