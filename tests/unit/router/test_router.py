@@ -112,8 +112,8 @@ def test_draining_worker_keeps_its_running_requests_until_released() -> None:
 def test_the_router_counts_in_flight_and_served_and_the_total_outlives_its_workers() -> None:
     r = router()
     r.add_worker(1, slots=2)
-    r.add_worker(2, slots=2)
     fill(r, 1, 2)
+    r.add_worker(2, slots=2)
     assert r.submit("b", 1, 100.0, 0.0) == Placed(2)
     r.release(1)
     r.release(1)
