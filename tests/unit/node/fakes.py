@@ -57,7 +57,8 @@ class FakeConn:
     def __init__(self) -> None:
         self.closed = self.closing = self.writing_paused = False
         self.client = ("127.0.0.1", 40000)
-        self.gateway = SimpleNamespace(node_header=b"anycore-node: test\r\n")
+        self.node_header = b"anycore-node: test\r\n"
+        self.gateway = SimpleNamespace(node_header=self.node_header)  # where the exchange read it before issue 13
         self.out = bytearray()
 
     def write(self, data: bytes) -> None:
