@@ -71,7 +71,9 @@ class Placement:
             exchange.reserved, exchange.waiting = reserve, True
             self.buffering += reserve
             return
-        self.start_deadline(exchange)
+        now = self.clock()  # as start_deadline, inlined: this is every small request's path
+        exchange.deadline = now + config.timeout
+        self.place(exchange, now, front=False)
 
     def start_deadline(self, exchange: "Exchange") -> None:
         """The request is whole (or request_buffer of it is here): its deadline starts now."""

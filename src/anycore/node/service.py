@@ -257,7 +257,7 @@ class ServiceRuntime:
             exchange.fail(413, "payload too large",
                           f"request body of {exchange.content_length} bytes exceeds max_body={self.config.max_body}")
             return
-        if self.crashes.refuses(exchange, self.clock()):
+        if self.crashes.quarantine and self.crashes.refuses(exchange, self.clock()):  # the table is nearly always empty
             return
         self.placement.admit(exchange)
 
