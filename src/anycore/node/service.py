@@ -1,17 +1,20 @@
-"""A service on this node: its router (pure) wired to its live release's workers.
+"""L2 — a service on this node: the facade the node, the gateway and the cluster talk to.
 
-This is the executor around ``router.core.Router``: it turns the router's decisions into
-frames, timers and answers, and feeds back what happens (a slot freed, a worker ready,
-draining or dead). Deadlines: a queued request is expired by one timer armed at the
-earliest queued deadline (504, never reaching a worker); running requests are checked on
-every node tick (``sweep``, 0.25 s): past the deadline they get 504 (if the response has not
-started) and a Cancel to the worker, without a timer object per request.
+``ServiceRuntime`` is what the gateway hands requests to (``ports.RequestSink``) and what
+a release supervisor reports to (``ports.ReleaseOwner``). It joins small parts, each with
+one job, and keeps the service's lifecycle (releases shifted in, drained, stopped) itself:
 
-When a worker dies, each of its in-flight requests is retried once at the head of the
-queue if it is safe (GET/HEAD/OPTIONS, nothing sent, no body consumed); otherwise it gets
-a 502 saying what happened. A request that crashed two workers is quarantined: answered
-502, recorded, and identical requests (method, path, query) are refused for
-``QUARANTINE_TTL`` seconds so one poison request cannot take down the fleet.
+- ``node.placement.Placement``: the executor around the pure router — placing, queueing,
+  deadlines (504 queued via one expiry timer, 504 + Cancel running via ``sweep``);
+- ``node.crashes.Crashes``: a dead worker's requests judged by ``router.crash`` — retried
+  once, quarantined, or answered 502 — and the quarantine table;
+- ``node.sockets.SocketHost``: WebSockets and Sessions, placed, moved on a drain,
+  recovered on a death.
+
+One owner per fact: the worker table is the release supervisors' (``workers`` of the live,
+draining and stopping releases; looked up by id, never copied here), request accounting
+(in flight, served) is the router's. Every ``now`` comes from the injected ``clock``
+(default: the loop's); the timers stay on the loop.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.errors import AnycoreError
-from anycore.gateway.websocket import drain_delay
 from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
-from anycore.node.sessions import SessionPlacer, SessionRoutes
-from anycore.router.core import Placed, Queued, Rejected, Router
+from anycore.node.crashes import QUARANTINE_TTL, Crashes
+from anycore.node.placement import Placement
+from anycore.node.sessions import SessionPlacer
+from anycore.node.sockets import SocketHost
+from anycore.router.core import Router
 from anycore.supervisor.launch import Launch
 from anycore.supervisor.release import ReleaseSupervisor
 
@@ -37,23 +42,25 @@ if TYPE_CHECKING:
     from anycore.gateway.websocket import WebSocketSession
     from anycore.supervisor.worker import WorkerHandle
 
-QUARANTINE_TTL = 300.0
+__all__ = ["QUARANTINE_TTL", "STOPPED_RETRY_AFTER", "ServiceRuntime"]
 STOPPED_RETRY_AFTER = 5
 
 
 class ServiceRuntime:
     def __init__(self, name: str, directory: str, config: ServiceConfig, release: str, log: NodeLog,
-                 server: tuple[str, int] | None = None) -> None:
+                 server: tuple[str, int] | None = None, *, clock: Callable[[], float] | None = None) -> None:
         self.name = name
         self.directory = directory
         self.config = config
         self.release_id = release
         self.log = log
         self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.clock: Callable[[], float] = clock or self.loop.time
         self.life: Lifecycle[ServiceState] = Lifecycle(f"service {name}", ServiceState.RUNNING)
-        self.router: Router[Exchange] = Router(config.max_queue, config.max_queue_bytes)
         self.release: ReleaseSupervisor | None = None
         self.draining: set[ReleaseSupervisor] = set()
+        self._stopping: list[ReleaseSupervisor] = []  # releases being stopped by ``stop`` (neither live nor draining)
         self.previous: tuple[str, str, ServiceConfig] | None = None  # (release, directory, config)
         self.launch: Launch | None = None  # interpreter, user and variables of the live release
         self.on_crashloop: Callable[[ServiceRuntime, str], None] | None = None
@@ -61,16 +68,12 @@ class ServiceRuntime:
         self.scale_override: tuple[int, int] | None = None  # `anycore scale` limits, kept across deploys
         self._rejected_seen = 0
         self.failed: list[dict[str, Any]] = []
-        self.workers: dict[int, WorkerHandle] = {}
-        self.quarantine: dict[tuple[str, bytes, bytes], float] = {}
-        self.quarantined = 0
-        self.served = 0
-        self.buffering = 0  # bytes reserved by requests whose body is being buffered (not yet placed)
-        self.loop = asyncio.get_running_loop()
-        self._expiry: asyncio.TimerHandle | None = None
         self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
-        self.session_routes = SessionRoutes(config)
-        self.sessions = SessionPlacer(self)
+        self.placement = Placement(name, config, self.clock, self.worker, server, self._queued)
+        self.router: Router[Exchange] = self.placement.router
+        self.crashes = Crashes(name, log, lambda: self.release_id)
+        self.sockets = SocketHost(self, config)
+        self.sessions: SessionPlacer = self.sockets.sessions
 
     # -- what the gateway (ports.RequestSink) and the supervisor (ports.ReleaseOwner) ask ----
     @property
@@ -82,12 +85,47 @@ class ServiceRuntime:
         return self.config.max_body
 
     def inflight(self, worker_id: int) -> int:
-        slots = self.router.workers.get(worker_id)
-        return slots.inflight if slots is not None else 0
+        return self.router.inflight_of(worker_id)
 
     def served_by(self, worker_id: int) -> int:
-        slots = self.router.workers.get(worker_id)
-        return slots.served if slots is not None else 0
+        return self.router.served_by(worker_id)
+
+    @property
+    def served(self) -> int:
+        return self.router.served
+
+    @property
+    def buffering(self) -> int:
+        return self.placement.buffering
+
+    @property
+    def quarantined(self) -> int:
+        return self.crashes.quarantined
+
+    # -- the worker table (the release supervisors') ------------------------------------------
+    def _releases(self) -> Iterator[ReleaseSupervisor]:
+        if self.release is not None:
+            yield self.release
+        yield from self.draining
+        yield from self._stopping
+
+    def worker(self, worker_id: int) -> "WorkerHandle | None":
+        """The worker with this id, in the live, a draining or a stopping release."""
+        live = self.release
+        if live is not None and (found := live.workers.get(worker_id)) is not None:
+            return found
+        for release in self._releases():
+            if (found := release.workers.get(worker_id)) is not None:
+                return found
+        return None
+
+    def all_workers(self) -> Iterator["WorkerHandle"]:
+        for release in self._releases():
+            yield from release.workers.values()
+
+    def accepting_workers(self) -> list["WorkerHandle"]:
+        """The workers taking new traffic (for WebSocket placement)."""
+        return [w for slots in self.router.workers.values() if slots.accepting and (w := self.worker(slots.id)) is not None]
 
     # -- lifecycle ------------------------------------------------------------------------
     #
@@ -115,8 +153,8 @@ class ServiceRuntime:
                 self.router.stop_accepting(worker.id)
         self.release, self.release_id, self.directory, self.config = new, new.release, directory, config
         self.launch = new.launch
-        self.router.max_queue, self.router.max_queue_bytes = config.max_queue, config.max_queue_bytes
-        self.session_routes = SessionRoutes(config)
+        self.placement.configure(config)
+        self.sockets.configure(config)
         new.promote()
         if self.life.state is ServiceState.STOPPED:
             self.life.to(ServiceState.RUNNING)
@@ -125,11 +163,11 @@ class ServiceRuntime:
                 self.router.set_accepting(worker.id, True)
         self.log.event("service.shifted", self.name, release=new.release, previous=old.release if old else None,
                        workers=len(new.workers))
-        self._drain_queue()
+        self.placement.drain_queue()
         return old
 
     def notify_clients(self, new: ReleaseSupervisor, old: ReleaseSupervisor) -> None:
-        self.sessions.spawn(self.sessions.notify(new, old))
+        self.sessions.tasks.spawn(self.sessions.notify(new, old), "notify clients")
 
     async def retire(self, old: ReleaseSupervisor, on_drained: Callable[[], None] | None = None) -> None:
         """Let an old release finish its in-flight requests (bounded by drain_timeout), then stop it."""
@@ -143,15 +181,19 @@ class ServiceRuntime:
         if self.life.state is ServiceState.RUNNING:
             self.life.to(ServiceState.STOPPED)
         # Queued requests were accepted: they are served before the workers go.
-        bound = self.loop.time() + (self.config.drain_timeout if timeout is None else timeout)
-        while self.router.queue and self.router.capacity and self.loop.time() < bound:
+        bound = self.clock() + (self.config.drain_timeout if timeout is None else timeout)
+        while self.router.queue and self.router.capacity and self.clock() < bound:
             await asyncio.sleep(0.02)
-        releases = [r for r in (self.release, *self.draining) if r is not None]
-        self.release = None
+        live, self.release = self.release, None
+        releases = [r for r in (live, *self.draining) if r is not None]
         if releases:
             self.log.event("service.stopping", self.name, release=self.release_id, inflight=self.router.inflight,
                            queued=len(self.router.queue))
-            await asyncio.gather(*(r.stop(timeout) for r in releases))
+            self._stopping = [live] if live is not None else []  # its workers are still looked up while they drain
+            try:
+                await asyncio.gather(*(r.stop(timeout) for r in releases))
+            finally:
+                self._stopping = []
             self.draining.clear()
         for exchange in [p.item for p in self.router.queue]:
             self.router.cancel(exchange)
@@ -164,7 +206,7 @@ class ServiceRuntime:
             return
         rejected, self._rejected_seen = self.router.rejected - self._rejected_seen, self.router.rejected
         # Open WebSockets are demand too: never scale to zero under a connected client.
-        sockets = any(w.sockets for w in self.workers.values())
+        sockets = any(w.sockets for w in self.all_workers())
         self.release.autoscale(now, budget, max(self.router.inflight, int(sockets)), len(self.router.queue), rejected)
 
     def set_limits(self, low: int | None, high: int | None) -> tuple[int, int]:
@@ -185,7 +227,7 @@ class ServiceRuntime:
         """A live release crashloops: roll back if it was shifted in within ``rollback_window``."""
         if release is not self.release or self.previous is None or self.on_crashloop is None:
             return
-        since = self.loop.time() - release.live_since
+        since = self.clock() - release.live_since
         if since <= self.config.rollback_window:
             self.rolled_back = (f"{release.release} crashlooped {since:.1f}s after its shift "
                                 f"(rollback_window={self.config.rollback_window:.0f}s); rolled back to {self.previous[0]}")
@@ -198,168 +240,92 @@ class ServiceRuntime:
         del self.failed[:-5]
 
     # -- requests from the gateway -----------------------------------------------------------
+    def _refuse_stopped(self, exchange: "Exchange") -> bool:
+        if self.life.state is not ServiceState.STOPPED:
+            return False
+        exchange.fail(503, "service stopped", f"service {self.name} is stopped — `anycore start {self.name}`",
+                      STOPPED_RETRY_AFTER)
+        return True
+
     def submit(self, exchange: "Exchange", path: str) -> None:
+        """A parsed request routed here. (A ``100 Continue`` is the gateway's to send.)"""
         exchange.service = self
         exchange.path = path
-        if self.life.state is ServiceState.STOPPED:
-            exchange.fail(503, "service stopped", f"service {self.name} is stopped — `anycore start {self.name}`",
-                          STOPPED_RETRY_AFTER)
+        if self._refuse_stopped(exchange):
             return
         if exchange.content_length is not None and exchange.content_length > self.config.max_body:
             exchange.fail(413, "payload too large",
                           f"request body of {exchange.content_length} bytes exceeds max_body={self.config.max_body}")
             return
-        key = (exchange.method, exchange.raw_path, exchange.query)
-        if key in self.quarantine:
-            if self.quarantine[key] > self.loop.time():
-                exchange.fail(502, "quarantined",
-                              f"an identical request crashed two workers of {self.release_id}; it is refused for "
-                              f"{QUARANTINE_TTL:.0f}s — fix the handler and deploy")
-                return
-            del self.quarantine[key]
-        if exchange.expect_continue:
-            exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        config = self.config
-        exchange.buffer_limit, exchange.body_timeout = config.request_buffer, config.body_timeout
-        exchange.pause_at = max(exchange.pause_at, config.request_buffer)
-        if not exchange.body_done and exchange.buffered < config.request_buffer:
-            # Request buffering: the body (up to request_buffer) is read before the request
-            # takes a slot. Reserved against the queue's byte budget, so that buffering
-            # clients cannot hold more than max_queue_bytes of the node either.
-            reserve = min(exchange.content_length or config.request_buffer, config.request_buffer)
-            if self.buffering + self.router.queued_bytes + reserve > config.max_queue_bytes:
-                exchange.fail(503, "overloaded", f"service {self.name}: request bodies being received fill "
-                              f"max_queue_bytes={config.max_queue_bytes}; retry", 1)
-                return
-            exchange.reserved, exchange.waiting = reserve, True
-            self.buffering += reserve
+        if self.crashes.quarantine and self.crashes.refuses(exchange, self.clock()):  # the table is nearly always empty
             return
-        now = self.loop.time()
-        exchange.deadline = now + config.timeout
-        self._place(exchange, now, front=False)
+        self.placement.admit(exchange)
 
     def place_buffered(self, exchange: "Exchange") -> None:
         """A waiting request's body is complete (or request_buffer of it is here): place it.
         Its deadline starts now: the upload's own pace is bounded by body_timeout."""
-        self.unreserve(exchange)
-        if self.life.state is ServiceState.STOPPED:
-            exchange.fail(503, "service stopped", f"service {self.name} is stopped — `anycore start {self.name}`",
-                          STOPPED_RETRY_AFTER)
-            return
-        now = self.loop.time()
-        exchange.deadline = now + self.config.timeout
-        self._place(exchange, now, front=False)
+        self.placement.unreserve(exchange)
+        if not self._refuse_stopped(exchange):
+            self.placement.start_deadline(exchange)
 
     def unreserve(self, exchange: "Exchange") -> None:
-        self.buffering -= exchange.reserved
-        exchange.reserved, exchange.waiting = 0, False
+        self.placement.unreserve(exchange)
 
-    def _place(self, exchange: "Exchange", now: float, front: bool) -> None:
-        decision = self.router.submit(exchange, exchange.size, exchange.deadline, now, front=front)
-        if type(decision) is Placed:
-            self._dispatch(exchange, decision.worker, now)
-        elif type(decision) is Queued:
-            self._arm_expiry()
-            if self.on_queued is not None:
-                self.on_queued(self)
-            if self.release is not None and not self.router.any_accepting:
-                self.release.wake()  # scaled to zero (or all busy starting): fork now, not at the next tick
-        elif type(decision) is Rejected:
-            exchange.fail(503, "overloaded", f"service {self.name}: {decision.reason}; retry after {decision.retry_after}s",
-                          decision.retry_after)
+    def _queued(self) -> None:
+        if self.on_queued is not None:
+            self.on_queued(self)
+        if self.release is not None and not self.router.any_accepting:
+            self.release.wake()  # scaled to zero (or all busy starting): fork now, not at the next tick
 
     def accept_remote(self, exchange: "Exchange") -> bool:
         """A peer's claim: run ``exchange`` here only if a slot is free right now (never queue it)."""
         if self.life.state is ServiceState.STOPPED or self.release is None or not self.router.can_place():
             return False
         exchange.service = self
-        self._place(exchange, self.loop.time(), front=False)
+        self.placement.place(exchange, self.clock(), front=False)
         return True
 
     def requeue(self, exchange: "Exchange") -> None:
         """A request back from a peer (refused claim, or the peer was lost before it started)."""
         exchange.worker, exchange.release, exchange.node = None, "", ""
-        self._place(exchange, self.loop.time(), front=True)
-
-    def _dispatch(self, exchange: "Exchange", worker_id: int, now: float) -> None:
-        worker = self.workers[worker_id]
-        frame = exchange.request_frame(exchange.path, self.server)
-        worker.start_request(exchange, frame)
-        exchange.on_dispatched(worker, now)
-
-    def _drain_queue(self) -> None:
-        placed = self.router.drain_queue()
-        if placed:
-            now = self.loop.time()
-            for exchange, worker_id in placed:
-                self._dispatch(exchange, worker_id, now)
-        self._arm_expiry()
-
-    def _arm_expiry(self) -> None:
-        """Keep one timer at (or before) the head's deadline. Queued deadlines only grow
-        along the queue, so a timer already armed is never late: when it fires early it
-        expires nothing and re-arms for the new head. No timer churn per request."""
-        if self._expiry is None:
-            deadline = self.router.next_deadline()
-            if deadline is not None:
-                self._expiry = self.loop.call_at(deadline, self._expire)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        for exchange in self.router.expire(self.loop.time()):
-            exchange.fail(504, "deadline passed while queued",
-                          f"no worker of {self.name} became free within timeout={self.config.timeout}s")
-        self._arm_expiry()
+        self.placement.place(exchange, self.clock(), front=True)
 
     def sweep(self, now: float) -> None:
         """Called every node tick: running requests past their deadline get 504 and a Cancel."""
-        for worker in list(self.workers.values()):
-            for exchange in list(worker.exchanges.values()):
-                if exchange.deadline <= now and not exchange.response_complete:
-                    self._deadline_passed(exchange)
-
-    def _deadline_passed(self, exchange: "Exchange") -> None:
-        if exchange.worker is not None and not exchange.response_complete:
-            exchange.worker.send(wire.Cancel(exchange.id))
-            exchange.fail(504, "deadline passed", f"the request ran past timeout={self.config.timeout}s and was cancelled")
+        self.placement.sweep(now, [e for w in self.all_workers() for e in list(w.exchanges.values())])
 
     def client_gone(self, exchange: "Exchange") -> None:
-        if exchange.waiting:
-            self.unreserve(exchange)
-        elif self.router.cancel(exchange):
-            self._arm_expiry()
-        elif exchange.worker is not None and exchange.id in exchange.worker.exchanges:
-            exchange.worker.send(wire.Cancel(exchange.id))
+        self.placement.cancel(exchange)
 
     # -- events from workers --------------------------------------------------------------------
     def on_done(self, worker: "WorkerHandle", exchange: "Exchange", error: str | None) -> None:
-        now = self.loop.time()
-        self.router.release(worker.id, now - exchange.dispatched_at)
-        self.served += 1
-        if not exchange.response_complete:
-            if exchange.response_started:
-                exchange.fail(500, "incomplete response", error or "the app stopped mid-response")
-            elif error != "cancelled":
-                exchange.fail(500, "no response", error or "the app returned without a response")
-        self._drain_queue()
+        self.placement.done(worker, exchange, error)
 
     def worker_ready(self, worker: "WorkerHandle") -> None:
         """A worker finished its startup; it takes traffic only if its release is live."""
-        self.workers[worker.id] = worker
         live = self.release is not None and worker.release == self.release.release and self.release.live_since > 0
         self.router.add_worker(worker.id, worker.slots, accepting=live and self.life.state is ServiceState.RUNNING)
-        self._drain_queue()
+        self.placement.drain_queue()
         self.sessions.worker_ready()
+
+    def _serving(self) -> bool:
+        return self.release is not None and self.life.state is ServiceState.RUNNING
 
     def worker_draining(self, worker: "WorkerHandle") -> None:
         """Stop routing to it; its Sessions move to a live worker, its ASGI WebSockets close
         with 1012 at the end of the drain timeout."""
         self.router.stop_accepting(worker.id)
-        if self.release is not None and self.life.state is ServiceState.RUNNING:
-            self.sessions.evacuate(worker)
-        for session in list(worker.sockets.values()):
-            if session.held is None:
-                session.close_later(drain_delay(self.config.drain_timeout), 1012)
+        self.sockets.worker_draining(worker, self._serving(), self.config.drain_timeout)
+
+    def worker_lost(self, worker: "WorkerHandle") -> None:
+        """One pass per concern: its sockets, its router entry, then its requests' verdicts."""
+        self.sockets.worker_lost(worker, self._serving())
+        self.router.remove_worker(worker.id)
+        lost = list(worker.exchanges.values())
+        worker.exchanges.clear()
+        now = self.clock()
+        self.crashes.apply(worker.id, lost, now, lambda exchange: self.placement.place(exchange, now, front=True))
+        self.placement.drain_queue()
 
     # -- WebSockets --------------------------------------------------------------------------
     def open_websocket(self, session: "WebSocketSession", frame: wire.WsOpen) -> None:
@@ -368,59 +334,12 @@ class ServiceRuntime:
             session.reject(503, f"service {self.name} is stopped\n")
             return
         session.service = self
-        frame = self.session_routes.match(frame) or frame
-        if not self.sessions.open(session, frame):
+        if not self.sockets.open(session, frame):
             self.release.wake()
             session.reject(503, f"service {self.name} has no worker ready; retry\n")
 
     def websocket_gone(self, session: "WebSocketSession") -> None:
-        if session.worker is not None:
-            session.worker.sockets.pop(session.id, None)
-            self.sessions.gone(session, session.worker)
-
-    def worker_lost(self, worker: "WorkerHandle") -> None:
-        live = self.release is not None and self.life.state is ServiceState.RUNNING
-        recover = []
-        for session in list(worker.sockets.values()):
-            if session.handler and live and not session.closed:
-                if session.held is None:
-                    recover.append(session)
-                else:
-                    session.detach()  # already moving: its move falls back to the checkpoint
-            else:
-                session.worker_gone(draining=worker.exit_reason.deliberate)
-        self.sessions.recover(recover)
-        worker.sockets.clear()
-        self.router.remove_worker(worker.id)
-        self.workers.pop(worker.id, None)
-        lost = list(worker.exchanges.values())
-        worker.exchanges.clear()
-        now = self.loop.time()
-        for exchange in lost:
-            # Blame is shared among the requests the dead worker was running: a request
-            # alone on two crashed workers is the likely cause; a bystander is not.
-            exchange.crashes += 1 / len(lost)
-            exchange.worker = None
-            if exchange.response_complete or exchange.conn.closed:
-                continue
-            if exchange.crashes >= 2 - 1e-9:
-                self.quarantined += 1
-                self.quarantine[(exchange.method, exchange.raw_path, exchange.query)] = now + QUARANTINE_TTL
-                self.log.event("request.quarantined", self.name, method=exchange.method,
-                               path=exchange.raw_path.decode("latin-1"), crashed_workers=round(exchange.crashes))
-                exchange.fail(502, "quarantined", "this request crashed two workers; it will not be retried — "
-                              "see `anycore logs` for the crash")
-            elif exchange.retryable:
-                self.log.event("request.retried", self.name, method=exchange.method,
-                               path=exchange.raw_path.decode("latin-1"), dead_worker=worker.id)
-                exchange.release = ""
-                self._place(exchange, now, front=True)
-            else:
-                exchange.fail(502, "worker died",
-                              f"the worker running this {exchange.method} request died "
-                              f"({'response already started' if exchange.response_started else 'unsafe to retry: not GET/HEAD/OPTIONS or body consumed'}); "
-                              "the request may or may not have taken effect")
-        self._drain_queue()
+        self.sockets.gone(session)
 
     # -- reporting -------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -433,6 +352,6 @@ class ServiceRuntime:
             "buffering_bytes": self.buffering,
             "inflight": self.router.inflight, "served": self.served, "rejected": self.router.rejected,
             "expired": self.router.expired, "quarantined": self.quarantined, "live": release,
-            "websockets": sum(len(w.sockets) for w in self.workers.values()),
+            "websockets": sum(len(w.sockets) for w in self.all_workers()),
             "sessions_moved": self.sessions.moved, "sessions_recovered": self.sessions.recovered,
         }

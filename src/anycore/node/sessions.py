@@ -1,4 +1,4 @@
-"""Where a service's ``anycore.Session`` connections live, and how they move.
+"""L2 — where a service's ``anycore.Session`` connections live, and how they move.
 
 Placement: a Session takes no request slot (like any WebSocket); it goes to the
 least-loaded accepting worker of the live release, except that all connections with the
@@ -16,6 +16,10 @@ client sees none of it: its socket belongs to the gateway.
 Before a deploy shifts, ``dry_run`` feeds a snapshot of every live session to the new
 release's ``migrate`` in one of its workers: a failure there aborts the deploy while the
 old release still holds every session.
+
+The placer sees its service through ``SessionHost`` (the accepting workers, the live
+release, the log), not the ``ServiceRuntime`` object; its move tasks belong to a
+``TaskGroup``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import urllib.parse
-from typing import TYPE_CHECKING, Awaitable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Iterable, Protocol
 
 import msgspec
 
@@ -31,12 +35,13 @@ from anycore import wire
 from anycore.config import SessionRoute, ServiceConfig, session_pattern
 from anycore.errors import ReleaseFailed
 from anycore.lifecycle import WorkerState
+from anycore.log import NodeLog
+from anycore.tasks import TaskGroup
 
 if TYPE_CHECKING:
     import re
 
     from anycore.gateway.websocket import WebSocketSession
-    from anycore.node.service import ServiceRuntime
     from anycore.supervisor.release import ReleaseSupervisor
     from anycore.supervisor.worker import WorkerHandle
 
@@ -69,24 +74,46 @@ class SessionRoutes:
         return None
 
 
+class SessionHost(Protocol):
+    """The service as the session placer sees it (``node.service.ServiceRuntime``)."""
+
+    name: str
+    log: NodeLog
+    release: Any  # the live ReleaseSupervisor, or None while stopped
+
+    def accepting_workers(self) -> list[Any]: ...  # the workers taking new traffic (WorkerHandle)
+
+    def inflight(self, worker_id: int) -> int: ...
+
+
+def _moving(session: "WebSocketSession") -> bool:
+    """Lead: becomes ``session.moving`` once the gateway branch (seam 2) is merged."""
+    moving = getattr(session, "moving", None)
+    return moving if isinstance(moving, bool) else session.held is not None
+
+
 class SessionPlacer:
-    def __init__(self, service: "ServiceRuntime") -> None:
+    def __init__(self, service: SessionHost) -> None:
         self.service = service
         self.owners: dict[str, int] = {}  # key -> worker id holding that key's sessions
         self.worker_event = asyncio.Event()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskGroup(f"sessions of {service.name}", on_error=self._task_failed)
         self.moved = 0
         self.recovered = 0
 
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        self.service.log.event("session.task_failed", self.service.name, task=name, error=repr(exc))
+
     # -- placement ---------------------------------------------------------------------------
     def place(self, key: str) -> "WorkerHandle | None":
-        service = self.service
-        accepting = [service.workers[w.id] for w in service.router.workers.values() if w.accepting and w.id in service.workers]
+        accepting = self.service.accepting_workers()
         if not accepting:
             return None
-        owner = service.workers.get(self.owners.get(key, -1)) if key else None
-        if owner is None or owner not in accepting:
-            owner = min(accepting, key=lambda w: (len(w.sockets), service.inflight(w.id)))
+        held_by = self.owners.get(key, -1) if key else -1
+        owner = next((w for w in accepting if w.id == held_by), None)
+        if owner is None:
+            inflight = self.service.inflight
+            owner = min(accepting, key=lambda w: (len(w.sockets), inflight(w.id)))
             if key:
                 self.owners[key] = owner.id
         return owner
@@ -135,7 +162,7 @@ class SessionPlacer:
             # Asked now, before the worker's Stop leaves: the answers come back in this order.
             tag = f"{worker.id}.{next(_groups_seen)}"
             answers = [_answer(session.request_snapshot(True, tag, len(group))) for session in group]
-            self.spawn(self._move(group, answers, worker.release))
+            self.tasks.spawn(self._move(group, answers, worker.release), "move")
 
     def recover(self, sessions: list["WebSocketSession"]) -> None:
         """Their worker died: open them again elsewhere, from their checkpoints if any."""
@@ -143,7 +170,7 @@ class SessionPlacer:
             for session in group:
                 session.hold()
                 session.detach()
-            self.spawn(self._reopen(group, [None] * len(group), "", why="recovered"))
+            self.tasks.spawn(self._reopen(group, [None] * len(group), "", why="recovered"), "recover")
 
     async def _move(self, group: list["WebSocketSession"], pending: list[Awaitable[wire.SessState | None]],
                     from_release: str) -> None:
@@ -155,9 +182,8 @@ class SessionPlacer:
         target = await self._target(group[0].key)
         if target is None:
             for session in group:
-                session.held = None
                 session.detach()
-                session.close(1011, "no worker to run the session")
+                session.close(1011, "no worker to run the session", tell_worker=False)  # it has no worker
             self.service.log.event("session.lost", self.service.name, sessions=len(group), reason="no worker available")
             return
         tag, size = f"open.{next(_groups_seen)}", len(group)
@@ -178,17 +204,12 @@ class SessionPlacer:
         self.service.log.event(f"session.{why}", self.service.name, sessions=len(group), key=group[0].key or None,
                                to_worker=target.id, release=target.release)
 
-    def spawn(self, coro: "asyncio.Future[None] | object") -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     # -- deploys -------------------------------------------------------------------------------
     def live_sessions(self) -> list["WebSocketSession"]:
         """The live release's sessions that are not moving."""
         live = self.service.release
         workers = live.workers.values() if live is not None else ()
-        return [s for w in workers for s in w.sockets.values() if s.handler and s.held is None and not s.closed]
+        return [s for w in workers for s in w.sockets.values() if s.handler and not _moving(s) and not s.closed]
 
     async def dry_run(self, new: "ReleaseSupervisor") -> int:
         """Feed every live session's snapshot to ``new``'s ``migrate``; ReleaseFailed on the first error."""

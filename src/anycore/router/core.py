@@ -1,4 +1,4 @@
-"""The router's pure core: slot-aware placement and a bounded FIFO queue with deadlines.
+"""L0 — the router's pure core: slot-aware placement and a bounded FIFO queue with deadlines.
 
 How it works. Each ready worker advertises ``slots``, the number of requests it may run
 at once. ``submit`` places a request on the least-loaded accepting worker that has a free
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Hashable, TypeVar
 
 T = TypeVar("T", bound=Hashable)
+GONE_KEPT = 256  # removed workers whose served count is still answered
 
 
 @dataclass
@@ -78,8 +79,10 @@ class Router(Generic[T]):
     mean_service: float = 0.0  # EWMA of seconds per request, for the deadline estimate
     rejected: int = 0
     expired: int = 0
+    served: int = 0  # requests finished, over every worker this router ever had (the service's total)
     _rr: int = 0
     _order: list[WorkerSlots] = field(default_factory=list)  # cached list of workers; reset when they change
+    _gone: dict[int, int] = field(default_factory=dict)  # served by recently removed workers (for their exit log)
 
     # -- workers -----------------------------------------------------------------
     def add_worker(self, worker_id: int, slots: int, accepting: bool = True) -> None:
@@ -97,8 +100,21 @@ class Router(Generic[T]):
             self.workers[worker_id].accepting = False
 
     def remove_worker(self, worker_id: int) -> None:
-        self.workers.pop(worker_id, None)
+        gone = self.workers.pop(worker_id, None)
+        if gone is not None:
+            self._gone[worker_id] = gone.served
+            if len(self._gone) > GONE_KEPT:
+                del self._gone[next(iter(self._gone))]
         self._order = []
+
+    def inflight_of(self, worker_id: int) -> int:
+        worker = self.workers.get(worker_id)
+        return worker.inflight if worker is not None else 0
+
+    def served_by(self, worker_id: int) -> int:
+        """Requests ``worker_id`` finished; still known for a while after it was removed."""
+        worker = self.workers.get(worker_id)
+        return worker.served if worker is not None else self._gone.get(worker_id, 0)
 
     @property
     def any_accepting(self) -> bool:
@@ -160,6 +176,7 @@ class Router(Generic[T]):
         if worker is not None:
             worker.inflight -= 1
             worker.served += 1
+        self.served += 1
         if service_time is not None:
             self.mean_service = service_time if not self.mean_service else 0.9 * self.mean_service + 0.1 * service_time
 

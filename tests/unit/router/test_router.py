@@ -109,6 +109,21 @@ def test_draining_worker_keeps_its_running_requests_until_released() -> None:
     assert list(p.item for p in r.queue) == ["x"]
 
 
+def test_the_router_counts_in_flight_and_served_and_the_total_outlives_its_workers() -> None:
+    r = router()
+    r.add_worker(1, slots=2)
+    fill(r, 1, 2)
+    r.add_worker(2, slots=2)
+    assert r.submit("b", 1, 100.0, 0.0) == Placed(2)
+    r.release(1)
+    r.release(1)
+    assert (r.served, r.served_by(1), r.inflight_of(1), r.inflight_of(2)) == (2, 2, 0, 1)
+    r.remove_worker(1)
+    r.remove_worker(2)  # died with "b" running: not served
+    assert r.served == 2 and r.served_by(1) == 2  # still answered for its exit log
+    assert (r.inflight_of(1), r.served_by(2), r.served_by(99)) == (0, 0, 0)
+
+
 # -- queue ---------------------------------------------------------------------------------------
 
 def test_queue_is_fifo_when_slots_free() -> None:
