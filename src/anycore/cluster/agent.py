@@ -32,7 +32,7 @@ from anycore.cluster.follow import follow
 from anycore.cluster.jetstream import create_replicated
 from anycore.errors import ControlError
 from anycore.cluster.membership import HEARTBEAT_INTERVAL, NODES_TTL, Heartbeat, PeerEvent, PeerTable, ServiceLoad
-from anycore.gateway.exchange import SAFE_METHODS
+from anycore.router.crash import SAFE_METHODS, retryable
 from anycore.lifecycle import ServiceState
 
 if TYPE_CHECKING:
@@ -227,7 +227,8 @@ class ClusterAgent:
         self.sent.pop(exchange.id, None)
         if exchange.response_complete or exchange.conn.closed:
             return
-        if exchange.retryable and exchange.service is not None:
+        if retryable(exchange.method, exchange.response_started, exchange.body_forwarded, exchange.attempts) \
+                and exchange.service is not None:
             self.node.log.event("request.retried", exchange.service.name, method=exchange.method,
                                 path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node)
             exchange.service.requeue(exchange)

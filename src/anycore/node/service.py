@@ -29,6 +29,7 @@ from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
 from anycore.node.sessions import SessionPlacer, SessionRoutes
 from anycore.router.core import Placed, Queued, Rejected, Router
+from anycore.router.crash import retryable
 from anycore.supervisor.launch import Launch
 from anycore.supervisor.release import ReleaseSupervisor
 
@@ -217,8 +218,6 @@ class ServiceRuntime:
                               f"{QUARANTINE_TTL:.0f}s — fix the handler and deploy")
                 return
             del self.quarantine[key]
-        if exchange.expect_continue:
-            exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         config = self.config
         exchange.buffer_limit, exchange.body_timeout = config.request_buffer, config.body_timeout
         exchange.pause_at = max(exchange.pause_at, config.request_buffer)
@@ -410,7 +409,7 @@ class ServiceRuntime:
                                path=exchange.raw_path.decode("latin-1"), crashed_workers=round(exchange.crashes))
                 exchange.fail(502, "quarantined", "this request crashed two workers; it will not be retried — "
                               "see `anycore logs` for the crash")
-            elif exchange.retryable:
+            elif retryable(exchange.method, exchange.response_started, exchange.body_forwarded, exchange.attempts):
                 self.log.event("request.retried", self.name, method=exchange.method,
                                path=exchange.raw_path.decode("latin-1"), dead_worker=worker.id)
                 exchange.release = ""
