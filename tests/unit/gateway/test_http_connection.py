@@ -191,6 +191,20 @@ def test_no_100_continue_when_the_service_answers_at_once() -> None:
     assert b"100 Continue" not in transport.data
 
 
+def test_no_100_continue_after_the_services_answer_on_a_connection_kept_open() -> None:
+    """A pipelined request whose body is already here: the service's 503 keeps the
+    connection, so a 100 after it would corrupt the stream."""
+    gw, sink = gateway()
+    conn, transport, _ = connect(gw)
+    conn.data_received(get("/a") + EXPECT + b"hello")
+    first = sink.submitted[0]
+    sink.on_submit = lambda exchange: exchange.fail(503, "overloaded", "retry", 1)
+    sink.run(first)
+    answer(first)
+    assert statuses(transport.data) == [200, 503] and not transport.closed
+    assert b"100 Continue" not in transport.data
+
+
 def test_no_100_continue_without_expect() -> None:
     gw, sink = gateway()
     conn, transport, _ = connect(gw)
