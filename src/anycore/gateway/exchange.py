@@ -74,6 +74,9 @@ class ExchangeState(enum.Enum):
     __hash__ = object.__hash__
 
 
+# The states as module globals: the methods below read these, never ``ExchangeState.X``
+# (an Enum class attribute costs ~0.2 µs on Python 3.11, a global almost nothing).
+RECEIVING, QUEUED, WAITING, RUNNING, RESPONDING, COMPLETE = ExchangeState
 X = ExchangeState
 TRANSITIONS: dict[ExchangeState, frozenset[ExchangeState]] = {
     X.RECEIVING: frozenset({X.QUEUED}),
@@ -112,7 +115,7 @@ class Exchange:
                  headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool,
                  content_length: int | None, chunked: bool, now: float) -> None:
         self.id = next(_ids)
-        self.state = X.RECEIVING
+        self.state = RECEIVING
         self.conn = conn
         self.method = method
         self.raw_path = raw_path
@@ -155,22 +158,30 @@ class Exchange:
 
     # -- the state ------------------------------------------------------------------------
     def _to(self, target: ExchangeState) -> None:
+        """Move along the table (``on_dispatched`` does the same lookup inline: it is on every
+        request's path, and a method call costs more than the lookup)."""
         state = self.state
         if target not in TRANSITIONS[state]:
-            raise IllegalTransition(f"exchange {self.id} ({self.method} {self.raw_path!r})", state.value, target.value)
+            self._illegal(target)
         self.state = target
-        if state is X.WAITING and target is not X.QUEUED and self._service is not None:
+        if state is WAITING and target is not QUEUED and self._service is not None:
             # Answered (413, 503) or dropped while its body was being buffered: the
             # reservation is held exactly while WAITING, so it goes now.
             self._service.unreserve(self)
 
+    def _illegal(self, target: ExchangeState) -> None:
+        raise IllegalTransition(f"exchange {self.id} ({self.method} {self.raw_path!r})", self.state.value, target.value)
+
     def admit(self) -> None:
-        """Its connection hands it on (to routing, then its service): it leaves the pipeline's wait."""
-        self._to(X.QUEUED)
+        """Its connection hands it on (to routing, then its service): the RECEIVING -> QUEUED
+        edge, and only that one (WAITING -> QUEUED is the end of body buffering, not an admission)."""
+        if self.state is not RECEIVING:
+            self._illegal(QUEUED)
+        self.state = QUEUED
 
     @property
     def admitted(self) -> bool:
-        return self.state is not X.RECEIVING
+        return self.state is not RECEIVING
 
     @property
     def service(self) -> RequestSink | None:
@@ -180,20 +191,20 @@ class Exchange:
     def service(self, service: RequestSink | None) -> None:
         """A service taking the exchange admits it (a peer's request has no connection to)."""
         self._service = service
-        if self.state is X.RECEIVING and service is not None:
-            self._to(X.QUEUED)
+        if self.state is RECEIVING and service is not None:
+            self._to(QUEUED)
 
     @property
     def waiting(self) -> bool:
         """Admitted, its body being buffered before placement (it holds ``reserved`` bytes)."""
-        return self.state is X.WAITING
+        return self.state is WAITING
 
     @waiting.setter
     def waiting(self, waiting: bool) -> None:
         if waiting:
-            self._to(X.WAITING)
-        elif self.state is X.WAITING:  # unreserving an exchange that no longer waits changes nothing
-            self._to(X.QUEUED)
+            self._to(WAITING)
+        elif self.state is WAITING:  # unreserving an exchange that no longer waits changes nothing
+            self._to(QUEUED)
 
     @property
     def worker(self) -> Channel | None:
@@ -204,8 +215,8 @@ class Exchange:
         """``None``: the worker (or peer) is gone; a request it had not answered is queued again
         (or failed by the caller). A worker is set through ``on_dispatched``."""
         self._worker = worker
-        if worker is None and self.state is X.RUNNING:
-            self._to(X.QUEUED)
+        if worker is None and self.state is RUNNING:
+            self._to(QUEUED)
 
     @property
     def response_started(self) -> bool:
@@ -216,23 +227,23 @@ class Exchange:
         if not started:
             raise IllegalTransition(f"exchange {self.id}", self.state.value, "not started")
         if self.state not in _STARTED:
-            self._to(X.RESPONDING)
+            self._to(RESPONDING)
 
     @property
     def response_complete(self) -> bool:
-        return self.state is X.COMPLETE
+        return self.state is COMPLETE
 
     @response_complete.setter
     def response_complete(self, complete: bool) -> None:
         if not complete:
             raise IllegalTransition(f"exchange {self.id}", self.state.value, "not complete")
-        if self.state is not X.COMPLETE:
-            self._to(X.COMPLETE)
+        if self.state is not COMPLETE:
+            self._to(COMPLETE)
 
     def drop(self) -> None:
         """Refused mid-body by its connection: whatever the worker answers is not written."""
-        if self.state is not X.COMPLETE:
-            self._to(X.COMPLETE)
+        if self.state is not COMPLETE:
+            self._to(COMPLETE)
 
     @property
     def size(self) -> int:
@@ -244,7 +255,7 @@ class Exchange:
         self.body_received += len(data)
         self.body.append(data)
         self.buffered += len(data)
-        if self.state is X.WAITING:
+        if self.state is WAITING:
             if self.buffered >= self.buffer_limit:
                 self._place()
             return
@@ -252,7 +263,7 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_done = True
-        if self.state is X.WAITING:
+        if self.state is WAITING:
             self._place()
         elif not self.end_sent:  # a body-less request already went whole in its first frame
             self._pump()
@@ -299,8 +310,11 @@ class Exchange:
         """Started on ``worker``. An exchange answered meanwhile (a peer confirmed a claim
         after the client was refused) keeps its state: the worker's answer is not written."""
         self._worker = worker
-        if self.state is not X.COMPLETE:
-            self._to(X.RUNNING)
+        state = self.state
+        if state is not COMPLETE:
+            if RUNNING not in TRANSITIONS[state]:  # _to(RUNNING), inline: never from WAITING
+                self._illegal(RUNNING)
+            self.state = RUNNING
         self.dispatched_at = now
         self.release = worker.release
         self._pump()
@@ -318,7 +332,7 @@ class Exchange:
     def _start_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
         if self.state in _STARTED or self.conn.closed:
             return
-        self._to(X.RESPONDING)
+        self._to(RESPONDING)
         self.status = status
         parts = [status_line(status)]
         has_length = False
@@ -354,7 +368,7 @@ class Exchange:
     def _write_body(self, data: bytes, more: bool, skip: bool = False, head: bytes = b"") -> None:
         """Write one body chunk (after ``head``, the status line and headers, if given) in a
         single ``write``: one syscall per small response is most of the gateway's cost."""
-        if self.state is X.COMPLETE or self.conn.closed:
+        if self.state is COMPLETE or self.conn.closed:
             return
         out = head
         if data and not skip and self.method != "HEAD":
@@ -366,7 +380,7 @@ class Exchange:
         if data and more:  # credit matters only while the response goes on
             self._credit_back(len(data))
         if not more:
-            self._to(X.COMPLETE)
+            self._to(COMPLETE)
             self.conn.response_done(self)
 
     def _credit_back(self, n: int) -> None:
@@ -384,10 +398,10 @@ class Exchange:
     # -- answers from the node -----------------------------------------------------------
     def fail(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
         """Answer with a JSON error if nothing was sent yet; otherwise abort the connection."""
-        if self.state is X.COMPLETE:
+        if self.state is COMPLETE:
             return
-        if self.state is X.RESPONDING:
-            self._to(X.COMPLETE)
+        if self.state is RESPONDING:
+            self._to(COMPLETE)
             self.conn.abort()
             return
         body = json.dumps({"error": error, "detail": detail, "status": status}).encode()

@@ -185,6 +185,10 @@ def test_illegal_moves_through_the_api_raise() -> None:
     with pytest.raises(IllegalTransition):
         ex.admit()  # handed on twice
     ex.service = sink
+    ex.reserved, ex.waiting = 1, True
+    with pytest.raises(IllegalTransition):
+        ex.admit()  # WAITING -> QUEUED is the end of buffering, not a second admission
+    ex.waiting = False
     ex.on_dispatched(FakeChannel(), 1.0)
     with pytest.raises(IllegalTransition):
         ex.waiting = True  # a running request cannot go back to buffering its body
