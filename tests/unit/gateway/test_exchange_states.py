@@ -62,6 +62,29 @@ def test_the_table_is_closed_and_complete_is_final() -> None:
     assert all(state not in targets for state, targets in TRANSITIONS.items())  # no self-loops
 
 
+def reachable(table: dict, start: object, avoid: frozenset = frozenset()) -> set:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in table[todo.pop()]:
+            if nxt not in seen and nxt not in avoid:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_table_keeps_the_exchanges_rules() -> None:
+    # Who may answer: once the response started, nothing sends it back to a worker or a queue.
+    for started in (X.RESPONDING, X.COMPLETE):
+        assert reachable(TRANSITIONS, started) <= {X.RESPONDING, X.COMPLETE}
+    # Every exchange can end, from anywhere; every state is reachable from the parse.
+    assert all(state is X.COMPLETE or X.COMPLETE in reachable(TRANSITIONS, state) for state in X)
+    assert reachable(TRANSITIONS, X.RECEIVING) == set(X) - {X.RECEIVING}
+    # Nothing runs or answers before it was admitted: RECEIVING leads only to QUEUED.
+    assert TRANSITIONS[X.RECEIVING] == {X.QUEUED}
+    # A buffering request is placed (QUEUED) before it runs: WAITING never goes straight to RUNNING.
+    assert X.RUNNING not in TRANSITIONS[X.WAITING]
+
+
 def test_a_request_with_a_buffered_body_walks_receiving_to_complete() -> None:
     ex, conn, sink = exchange("POST", content_length=4)
     assert ex.state is X.RECEIVING and views(ex) == (False, False, False, False)

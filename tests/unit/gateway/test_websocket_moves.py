@@ -59,6 +59,27 @@ def test_the_table_is_closed() -> None:
     assert MOVES[M.CLOSED] == frozenset()
 
 
+def test_the_table_keeps_the_move_rules() -> None:
+    def reachable(start: MoveState, avoid: set[MoveState]) -> set[MoveState]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in MOVES[todo.pop()]:
+                if nxt not in seen and nxt not in avoid:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    # No session reopens on a new worker without having held its messages first, nor
+    # without its old worker detached (its snapshot answered or failed).
+    assert M.REOPENING not in reachable(M.ATTACHED, {M.HELD})
+    assert M.REOPENING not in reachable(M.ATTACHED, {M.DETACHED})
+    # A reopened session is not given up (its new worker has it); a given-up one stays so.
+    assert M.CLOSED not in MOVES[M.REOPENING] and not reachable(M.CLOSED, set())
+    # Every move ends: attached again, or given up.
+    assert all(M.ATTACHED in reachable(s, set()) or M.CLOSED in reachable(s, set())
+               for s in (M.HELD, M.DETACHED, M.REOPENING))
+
+
 def test_a_move_walks_attached_held_detached_reopening_attached_and_keeps_order() -> None:
     async def go() -> None:
         old, new = FakeChannel(1, "svc@1"), FakeChannel(2, "svc@2")
