@@ -224,8 +224,13 @@ class Exchange:
 
     @response_started.setter
     def response_started(self, started: bool) -> None:
+        """Set by an exchange that writes its own response (``cluster.dispatch.RemoteExchange``:
+        a peer's request, run here, answered as frames). No connection admits a peer's
+        request: being answered admits it, like being taken by a service (``service``)."""
         if not started:
             raise IllegalTransition(f"exchange {self.id}", self.state.value, "not started")
+        if self.state is RECEIVING:
+            self.admit()
         if self.state not in _STARTED:
             self._to(RESPONDING)
 

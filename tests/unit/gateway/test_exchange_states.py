@@ -182,6 +182,9 @@ def test_setting_the_views_drives_the_state_the_way_a_peer_exchange_does() -> No
     assert ex.state is X.COMPLETE
     with pytest.raises(IllegalTransition):
         ex.response_complete = False
+    peer, _, _ = exchange()  # a peer's request answered before a service took it (a refused claim)
+    peer.response_started = True
+    assert peer.state is X.RESPONDING and peer.admitted
 
 
 ALL = list(ExchangeState)
