@@ -15,19 +15,11 @@ Who may answer: exactly one of the worker (frames) or the node (``fail``: 413, 5
 504) produces the response; the state is the switch. A failure after the response began
 can only abort the connection.
 
-The exchange's legality is one state (``ExchangeState``) moved along one table
-(``TRANSITIONS``); an edge not in the table raises ``IllegalTransition``:
-
-    RECEIVING --admit / a service takes it--> QUEUED --waiting=True--> WAITING --waiting=False--> QUEUED
-    QUEUED --on_dispatched--> RUNNING --worker=None (retry, requeue)--> QUEUED
-    RUNNING --Resp--> RESPONDING --last body byte--> COMPLETE
-    QUEUED/WAITING/RUNNING --fail()--> RESPONDING --> COMPLETE (the node's answer, written whole)
-    RESPONDING --fail()--> COMPLETE (the connection is aborted)
-    QUEUED/WAITING/RUNNING --drop()--> COMPLETE (refused mid-body: no answer of its own)
-
-A WAITING exchange holds a reservation of its service's byte budget; leaving WAITING for
-anything but QUEUED (an answer, a drop) hands it back (``RequestSink.unreserve``), so no
-answer path can leak it.
+The exchange's legality is one state, ``ExchangeState``, moved along one table
+(``gateway.states.TRANSITIONS``, with its diagram; an edge off it raises
+``IllegalTransition``). A WAITING exchange holds a reservation of its service's byte
+budget; leaving WAITING for anything but QUEUED (an answer, a drop) hands it back
+(``RequestSink.unreserve``), so no answer path can leak it.
 
 The names the service runtime reads and writes (``waiting``, ``worker``, ``service``,
 ``response_started``, ``response_complete``) are views of the state: setting
@@ -35,13 +27,12 @@ The names the service runtime reads and writes (``waiting``, ``worker``, ``servi
 body's own progress (``body_done``, ``end_sent``, credit) is a separate axis and stays as
 plain fields: a request may be RUNNING while its body still arrives.
 
-A transition is one dict lookup and one frozenset lookup on identity-hashed members, and
-the state is a plain attribute: no object per request beyond the exchange itself.
+The state is a plain attribute and a transition a dict and a frozenset lookup: no object
+per request beyond the exchange itself.
 """
 
 from __future__ import annotations
 
-import enum
 import http
 import itertools
 import json
@@ -50,6 +41,8 @@ from typing import Protocol
 
 from anycore import wire
 from anycore.errors import IllegalTransition
+from anycore.gateway.states import (COMPLETE, QUEUED, RECEIVING, RESPONDING, RUNNING, STARTED, TRANSITIONS,
+                                    WAITING, ExchangeState)
 from anycore.ports import Channel, RequestSink
 
 PREDISPATCH_BUFFER = 256 * 1024
@@ -59,34 +52,6 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 
 def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
-
-
-class ExchangeState(enum.Enum):
-    RECEIVING = "receiving"    # head parsed; in its connection's pipeline, not yet handed on
-    QUEUED = "queued"          # admitted: being routed and checked, or in its service's queue
-    WAITING = "waiting"        # admitted; its body is buffered (a reservation) before it is placed
-    RUNNING = "running"        # on a worker, or on a peer node's slot
-    RESPONDING = "responding"  # the status line went out (the worker's answer or the node's)
-    COMPLETE = "complete"      # the last byte went out, or the exchange was aborted or dropped
-
-    # Members are singletons: identity hashing is exact, and C-fast (Enum's own __hash__
-    # is a Python function, and a transition hashes twice).
-    __hash__ = object.__hash__
-
-
-# The states as module globals: the methods below read these, never ``ExchangeState.X``
-# (an Enum class attribute costs ~0.2 µs on Python 3.11, a global almost nothing).
-RECEIVING, QUEUED, WAITING, RUNNING, RESPONDING, COMPLETE = ExchangeState
-X = ExchangeState
-TRANSITIONS: dict[ExchangeState, frozenset[ExchangeState]] = {
-    X.RECEIVING: frozenset({X.QUEUED}),
-    X.QUEUED: frozenset({X.WAITING, X.RUNNING, X.RESPONDING, X.COMPLETE}),
-    X.WAITING: frozenset({X.QUEUED, X.RESPONDING, X.COMPLETE}),
-    X.RUNNING: frozenset({X.QUEUED, X.RESPONDING, X.COMPLETE}),
-    X.RESPONDING: frozenset({X.COMPLETE}),
-    X.COMPLETE: frozenset(),
-}
-_STARTED = frozenset({X.RESPONDING, X.COMPLETE})
 
 
 class Connection(Protocol):
@@ -220,7 +185,7 @@ class Exchange:
 
     @property
     def response_started(self) -> bool:
-        return self.state in _STARTED
+        return self.state in STARTED
 
     @response_started.setter
     def response_started(self, started: bool) -> None:
@@ -231,7 +196,7 @@ class Exchange:
             raise IllegalTransition(f"exchange {self.id}", self.state.value, "not started")
         if self.state is RECEIVING:
             self.admit()
-        if self.state not in _STARTED:
+        if self.state not in STARTED:
             self._to(RESPONDING)
 
     @property
@@ -335,7 +300,7 @@ class Exchange:
             self._write_body(frame.data, frame.more)
 
     def _start_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
-        if self.state in _STARTED or self.conn.closed:
+        if self.state in STARTED or self.conn.closed:
             return
         self._to(RESPONDING)
         self.status = status

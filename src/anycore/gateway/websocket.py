@@ -20,23 +20,13 @@ after the session's state. ``delivered`` numbers the client's messages; a checkp
 Session reports the number its state reflects, and the messages after it are kept
 (``unacked``) to be replayed if the worker dies.
 
-A Session's move is a state (``MoveState``) along one table (``MOVES``):
-
-    ATTACHED --hold--> HELD --detach--> DETACHED --reopen--> REOPENING --resume--> ATTACHED
-    HELD/DETACHED --abandon--> CLOSED (no worker to go to: the client is closed 1011)
-
-ATTACHED: not moving; the client's messages go to its worker (if it has one yet). HELD:
-moving, the old worker may still be answering the snapshot; the client's messages (and its
-close) are held. DETACHED: still moving, the old worker gone or given up. REOPENING: open
-on the new worker, the held messages not yet sent (a key's group resumes together).
-``moving`` is every state but ATTACHED and CLOSED. ``hold`` on a session already moving
-changes nothing; another edge off the table raises ``IllegalTransition``.
+A Session's move is a state, ``MoveState``, along one table (``gateway.states.MOVES``):
+``moving`` is every state but ATTACHED and CLOSED (see ``gateway.states``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import random
 from collections import deque
@@ -52,6 +42,7 @@ from websockets.server import ServerProtocol
 
 from anycore import wire
 from anycore.errors import IllegalTransition
+from anycore.gateway.states import ATTACHED, CLOSED, DETACHED, HELD, MOVES, MOVING, REOPENING, MoveState
 from anycore.ports import RequestSink, SocketChannel
 
 MAX_MESSAGE = 1024 * 1024
@@ -64,28 +55,6 @@ DEFLATE = ServerPerMessageDeflateFactory(server_max_window_bits=12, client_max_w
 CLOSE_WAIT = 5.0  # after our close frame, the client has this long to answer before the abort
 MAX_HELD = 10_000  # client messages held for one moving Session; more closes it with 1013
 _ids = itertools.count(10**12)  # distinct from HTTP exchange ids
-
-
-class MoveState(enum.Enum):
-    ATTACHED = "attached"    # not moving: messages go to its worker
-    HELD = "held"            # moving; messages held; the old worker may still snapshot it
-    DETACHED = "detached"    # moving; the old worker is gone (or gave it up)
-    REOPENING = "reopening"  # open on the new worker; the held messages wait for resume()
-    CLOSED = "closed"        # the move was abandoned: no worker to go to
-
-    __hash__ = object.__hash__  # singletons: identity hashing is exact and C-fast
-
-
-ATTACHED, HELD, DETACHED, REOPENING, CLOSED = MoveState  # globals: cheaper to read than Enum class attributes
-M = MoveState
-MOVES: dict[MoveState, frozenset[MoveState]] = {
-    M.ATTACHED: frozenset({M.HELD}),
-    M.HELD: frozenset({M.DETACHED, M.CLOSED}),
-    M.DETACHED: frozenset({M.REOPENING, M.CLOSED}),
-    M.REOPENING: frozenset({M.ATTACHED, M.DETACHED}),
-    M.CLOSED: frozenset(),
-}
-_MOVING = frozenset({M.HELD, M.DETACHED, M.REOPENING})
 
 
 class WebSocketSession(asyncio.Protocol):
@@ -284,7 +253,7 @@ class WebSocketSession(asyncio.Protocol):
         self.close(1012 if draining else 1011, "service restart" if draining else "worker died", tell_worker=False)
 
     def _tell_worker(self, code: int, reason: str) -> None:
-        if self.move in _MOVING:
+        if self.move in MOVING:
             self._held.append(wire.WsClose(self.id, code, reason))
         elif self.worker is not None:
             self.worker.send(wire.WsClose(self.id, code, reason))
@@ -298,24 +267,24 @@ class WebSocketSession(asyncio.Protocol):
     @property
     def moving(self) -> bool:
         """Between ``hold`` and ``resume``: the client's messages are held here."""
-        return self.move in _MOVING
+        return self.move in MOVING
 
     @property
     def held(self) -> list[wire.WsMsg | wire.WsClose] | None:
         """The messages held while it moves; None when it does not (the shape node/sessions.py
         tested before ``moving``; prefer ``moving``)."""
-        return self._held if self.move in _MOVING else None
+        return self._held if self.move in MOVING else None
 
     @held.setter
     def held(self, value: None) -> None:
         """``held = None`` (node/sessions.py before ``abandon``): the move is given up."""
         if value is not None:
             raise ValueError("held can only be set to None (use hold() to start a move)")
-        if self.move in _MOVING:
+        if self.move in MOVING:
             self._end_move()
 
     def _deliver(self, message: wire.WsMsg) -> None:
-        if self.move in _MOVING:
+        if self.move in MOVING:
             if len(self._held) >= MAX_HELD:
                 # Close the client; the WsClose joins the held messages, so the session's new
                 # worker still runs on_close after the ones it got.
@@ -351,7 +320,7 @@ class WebSocketSession(asyncio.Protocol):
 
     def hold(self) -> None:
         """Start a move: from now the client's messages are held. A session already moving stays as it is."""
-        if self.move not in _MOVING:
+        if self.move not in MOVING:
             self._move_to(HELD)
 
     def abandon(self, code: int = 1011, reason: str = "no worker to run the session") -> None:
@@ -442,7 +411,7 @@ class WebSocketSession(asyncio.Protocol):
             self.fragments.append(frame.data)
         else:
             return  # ping/pong/close are handled by the protocol itself
-        if frame.fin and (self.worker is not None or self.move in _MOVING):
+        if frame.fin and (self.worker is not None or self.move in MOVING):
             data = b"".join(self.fragments)
             self.fragments = []
             if self.fragment_text:

@@ -13,7 +13,8 @@ import pytest
 
 from anycore import wire
 from anycore.errors import IllegalTransition
-from anycore.gateway.exchange import TRANSITIONS, Exchange, ExchangeState
+from anycore.gateway.exchange import Exchange
+from anycore.gateway.states import TRANSITIONS, ExchangeState
 
 from tests.unit.gateway.fakes import FakeChannel, FakeSink
 

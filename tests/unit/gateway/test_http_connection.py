@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from anycore import wire
-from anycore.gateway.exchange import ExchangeState
+from anycore.gateway.states import ExchangeState
 from anycore.gateway.http import Limits
 
 from tests.unit.gateway.fakes import FakeTransport, answer, connect, gateway

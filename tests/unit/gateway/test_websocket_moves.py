@@ -17,7 +17,8 @@ from websockets.frames import Frame, Opcode
 
 from anycore import wire
 from anycore.errors import IllegalTransition
-from anycore.gateway.websocket import MOVES, MoveState, WebSocketSession
+from anycore.gateway.states import MOVES, MoveState
+from anycore.gateway.websocket import WebSocketSession
 
 from tests.unit.gateway.fakes import FakeChannel, FakeTransport
 
