@@ -53,6 +53,14 @@ class Channel(Protocol):
     def start_request(self, exchange: Any, frame: wire.Req) -> None: ...
 
 
+class SocketChannel(Channel, Protocol):
+    """A channel that also hosts WebSockets (a local worker): ``sockets`` maps a session's id
+    to the session, so the worker's frames for it find it. What a ``WebSocketSession`` is
+    placed on and moved between."""
+
+    sockets: dict[int, Any]
+
+
 class RequestSink(Protocol):
     """A service as the gateway sees it (``node.service.ServiceRuntime``): where parsed
     requests and upgraded WebSockets go, and what it tells the gateway's connections."""
@@ -60,6 +68,7 @@ class RequestSink(Protocol):
     name: str
     release_id: str  # named in the anycore-release header of node-made answers
     max_body: int    # the connection refuses a body past it (413) while reading
+    routes: list[str]  # "[host]/prefix" entries the gateway routes to it (Gateway.add_service)
 
     def submit(self, exchange: Any, path: str) -> None: ...
 

@@ -1,4 +1,4 @@
-"""A request body in the chunked transfer coding (RFC 9112 §7.1), decoded incrementally.
+"""L0 — a request body in the chunked transfer coding (RFC 9112 §7.1), decoded incrementally.
 
 The gateway parses request heads with llhttp but decodes chunked bodies itself: llhttp
 refuses the optional whitespace RFC 9112 allows around chunk extensions (``5 ; name=value``

@@ -1,4 +1,4 @@
-"""One HTTP request/response as the gateway sees it, from parsed headers to last byte.
+"""L1 — one HTTP request/response as the gateway sees it, from parsed headers to last byte.
 
 An exchange is created when a request's headers are parsed. Its body arrives from the
 client in chunks. A request takes a slot only once its worker can make progress: it is
@@ -12,8 +12,23 @@ credit to the worker only once the client's socket has taken the bytes, so a slo
 slows the app rather than filling the node.
 
 Who may answer: exactly one of the worker (frames) or the node (``fail``: 413, 502, 503,
-504) produces the response; ``response_started`` is the switch. A failure after the
-response began can only abort the connection.
+504) produces the response; the state is the switch. A failure after the response began
+can only abort the connection.
+
+The exchange's legality is one state, ``ExchangeState``, moved along one table
+(``gateway.states.TRANSITIONS``, with its diagram; an edge off it raises
+``IllegalTransition``). A WAITING exchange holds a reservation of its service's byte
+budget; leaving WAITING for anything but QUEUED (an answer, a drop) hands it back
+(``RequestSink.unreserve``), so no answer path can leak it.
+
+The names the service runtime reads and writes (``waiting``, ``worker``, ``service``,
+``response_started``, ``response_complete``) are views of the state: setting
+``waiting``/``worker``/``service`` drives it, so the runtime need not know the table. The
+body's own progress (``body_done``, ``end_sent``, credit) is a separate axis and stays as
+plain fields: a request may be RUNNING while its body still arrives.
+
+The state is a plain attribute and a transition a dict and a frozenset lookup: no object
+per request beyond the exchange itself.
 """
 
 from __future__ import annotations
@@ -22,17 +37,15 @@ import http
 import itertools
 import json
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from anycore import wire
-
-if TYPE_CHECKING:
-    from anycore.gateway.http import HttpConnection
-    from anycore.node.service import ServiceRuntime
-    from anycore.supervisor.worker import WorkerHandle
+from anycore.errors import IllegalTransition
+from anycore.gateway.states import (COMPLETE, QUEUED, RECEIVING, RESPONDING, RUNNING, STARTED, TRANSITIONS,
+                                    WAITING, ExchangeState)
+from anycore.ports import Channel, RequestSink
 
 PREDISPATCH_BUFFER = 256 * 1024
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _ids = itertools.count(1)
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
@@ -41,11 +54,33 @@ def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
 
 
+class Connection(Protocol):
+    """What an exchange needs of the client connection it answers on
+    (``gateway.http.HttpConnection``; on a peer node, ``cluster.dispatch``'s stand-in)."""
+
+    client: tuple[str, int] | None
+    closed: bool
+    closing: bool
+    writing_paused: bool
+
+    @property
+    def node_header(self) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def body_flow(self, ok: bool) -> None: ...
+
+    def response_done(self, exchange: "Exchange") -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Exchange:
-    def __init__(self, conn: "HttpConnection", method: str, raw_path: bytes, query: bytes,
+    def __init__(self, conn: Connection, method: str, raw_path: bytes, query: bytes,
                  headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool,
                  content_length: int | None, chunked: bool, now: float) -> None:
         self.id = next(_ids)
+        self.state = RECEIVING
         self.conn = conn
         self.method = method
         self.raw_path = raw_path
@@ -56,20 +91,18 @@ class Exchange:
         self.chunked = chunked
         self.created = now
         self.dispatched_at = 0.0
-        self.service: ServiceRuntime | None = None
+        self._service: RequestSink | None = None
         self.root_path = ""
         self.path = ""  # decoded, set by the gateway when routed
         self.host = ""
         self.header_bytes = 0  # request line + headers, as counted by the parser
         self.expect_continue = False
-        self.admitted = False  # routed and checked by its service (set by the connection)
-        self.waiting = False  # admitted, but its body is being buffered before placement
         self.reserved = 0  # bytes of the service's budget held while waiting
         self.buffer_limit = PREDISPATCH_BUFFER  # the service's request_buffer
         self.pause_at = PREDISPATCH_BUFFER  # unforwarded body bytes past which the client is not read
         self.body_timeout = 30.0  # the service's body_timeout
         self.deadline = 0.0
-        self.worker: WorkerHandle | None = None
+        self._worker: Channel | None = None
         self.attempts = 0
         self.crashes = 0.0  # share of the blame for workers that died running it
         # request body
@@ -82,13 +115,105 @@ class Exchange:
         self.end_sent = False
         # response
         self.status = 0
-        self.response_started = False
-        self.response_complete = False
         self.chunked_response = False
         self.close_after = not keep_alive
         self.owed_credit = 0
         self.release = ""
         self.node = ""  # the peer node that ran it (cross-node dispatch); "" for this node
+
+    # -- the state ------------------------------------------------------------------------
+    def _to(self, target: ExchangeState) -> None:
+        """Move along the table (``on_dispatched`` does the same lookup inline: it is on every
+        request's path, and a method call costs more than the lookup)."""
+        state = self.state
+        if target not in TRANSITIONS[state]:
+            self._illegal(target)
+        self.state = target
+        if state is WAITING and target is not QUEUED and self._service is not None:
+            # Answered (413, 503) or dropped while its body was being buffered: the
+            # reservation is held exactly while WAITING, so it goes now.
+            self._service.unreserve(self)
+
+    def _illegal(self, target: ExchangeState) -> None:
+        raise IllegalTransition(f"exchange {self.id} ({self.method} {self.raw_path!r})", self.state.value, target.value)
+
+    def admit(self) -> None:
+        """Its connection hands it on (to routing, then its service): the RECEIVING -> QUEUED
+        edge, and only that one (WAITING -> QUEUED is the end of body buffering, not an admission)."""
+        if self.state is not RECEIVING:
+            self._illegal(QUEUED)
+        self.state = QUEUED
+
+    @property
+    def admitted(self) -> bool:
+        return self.state is not RECEIVING
+
+    @property
+    def service(self) -> RequestSink | None:
+        return self._service
+
+    @service.setter
+    def service(self, service: RequestSink | None) -> None:
+        """A service taking the exchange admits it (a peer's request has no connection to)."""
+        self._service = service
+        if self.state is RECEIVING and service is not None:
+            self._to(QUEUED)
+
+    @property
+    def waiting(self) -> bool:
+        """Admitted, its body being buffered before placement (it holds ``reserved`` bytes)."""
+        return self.state is WAITING
+
+    @waiting.setter
+    def waiting(self, waiting: bool) -> None:
+        if waiting:
+            self._to(WAITING)
+        elif self.state is WAITING:  # unreserving an exchange that no longer waits changes nothing
+            self._to(QUEUED)
+
+    @property
+    def worker(self) -> Channel | None:
+        return self._worker
+
+    @worker.setter
+    def worker(self, worker: Channel | None) -> None:
+        """``None``: the worker (or peer) is gone; a request it had not answered is queued again
+        (or failed by the caller). A worker is set through ``on_dispatched``."""
+        self._worker = worker
+        if worker is None and self.state is RUNNING:
+            self._to(QUEUED)
+
+    @property
+    def response_started(self) -> bool:
+        return self.state in STARTED
+
+    @response_started.setter
+    def response_started(self, started: bool) -> None:
+        """Set by an exchange that writes its own response (``cluster.dispatch.RemoteExchange``:
+        a peer's request, run here, answered as frames). No connection admits a peer's
+        request: being answered admits it, like being taken by a service (``service``)."""
+        if not started:
+            raise IllegalTransition(f"exchange {self.id}", self.state.value, "not started")
+        if self.state is RECEIVING:
+            self.admit()
+        if self.state not in STARTED:
+            self._to(RESPONDING)
+
+    @property
+    def response_complete(self) -> bool:
+        return self.state is COMPLETE
+
+    @response_complete.setter
+    def response_complete(self, complete: bool) -> None:
+        if not complete:
+            raise IllegalTransition(f"exchange {self.id}", self.state.value, "not complete")
+        if self.state is not COMPLETE:
+            self._to(COMPLETE)
+
+    def drop(self) -> None:
+        """Refused mid-body by its connection: whatever the worker answers is not written."""
+        if self.state is not COMPLETE:
+            self._to(COMPLETE)
 
     @property
     def size(self) -> int:
@@ -100,7 +225,7 @@ class Exchange:
         self.body_received += len(data)
         self.body.append(data)
         self.buffered += len(data)
-        if self.waiting:
+        if self.state is WAITING:
             if self.buffered >= self.buffer_limit:
                 self._place()
             return
@@ -108,22 +233,20 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_done = True
-        if self.waiting:
+        if self.state is WAITING:
             self._place()
         elif not self.end_sent:  # a body-less request already went whole in its first frame
             self._pump()
 
     def _place(self) -> None:
-        if self.service is None:
+        if self._service is None:
             self.waiting = False
-        elif self.response_complete:  # answered meanwhile (413, 503): only the reservation goes
-            self.service.unreserve(self)
-        else:
-            self.service.place_buffered(self)
+        else:  # an answer meanwhile (413, 503) left WAITING and released the reservation itself
+            self._service.place_buffered(self)
 
     def _pump(self) -> None:
         """Forward buffered body chunks to the worker while credit lasts."""
-        worker = self.worker
+        worker = self._worker
         if worker is not None and not self.end_sent:
             while self.body and self.credit > 0:
                 data = self.body.popleft()
@@ -153,15 +276,18 @@ class Exchange:
             "http", self.conn.client, server, self.root_path, body, not whole,
         )
 
-    def on_dispatched(self, worker: "WorkerHandle", now: float) -> None:
-        self.worker = worker
+    def on_dispatched(self, worker: Channel, now: float) -> None:
+        """Started on ``worker``. An exchange answered meanwhile (a peer confirmed a claim
+        after the client was refused) keeps its state: the worker's answer is not written."""
+        self._worker = worker
+        state = self.state
+        if state is not COMPLETE:
+            if RUNNING not in TRANSITIONS[state]:  # _to(RUNNING), inline: never from WAITING
+                self._illegal(RUNNING)
+            self.state = RUNNING
         self.dispatched_at = now
         self.release = worker.release
         self._pump()
-
-    @property
-    def retryable(self) -> bool:
-        return self.method in SAFE_METHODS and not self.response_started and self.body_forwarded == 0 and self.attempts < 2
 
     # -- response from the worker -----------------------------------------------------
     def on_frame(self, frame: wire.Frame) -> None:
@@ -174,9 +300,9 @@ class Exchange:
             self._write_body(frame.data, frame.more)
 
     def _start_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, more: bool) -> None:
-        if self.response_started or self.conn.closed:
+        if self.state in STARTED or self.conn.closed:
             return
-        self.response_started = True
+        self._to(RESPONDING)
         self.status = status
         parts = [status_line(status)]
         has_length = False
@@ -200,10 +326,10 @@ class Exchange:
                     parts.append(b"transfer-encoding: chunked\r\n")
                 else:
                     self.close_after = True
-        release = self.release or (self.service.release_id if self.service is not None else "")
+        release = self.release or (self._service.release_id if self._service is not None else "")
         if release:  # a node-made answer names the service's live release; a 404 names none
             parts.append(b"anycore-release: " + release.encode() + b"\r\n")
-        parts.append(b"anycore-node: " + self.node.encode() + b"\r\n" if self.node else self.conn.gateway.node_header)
+        parts.append(b"anycore-node: " + self.node.encode() + b"\r\n" if self.node else self.conn.node_header)
         if self.close_after or self.conn.closing:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
@@ -212,7 +338,7 @@ class Exchange:
     def _write_body(self, data: bytes, more: bool, skip: bool = False, head: bytes = b"") -> None:
         """Write one body chunk (after ``head``, the status line and headers, if given) in a
         single ``write``: one syscall per small response is most of the gateway's cost."""
-        if self.response_complete or self.conn.closed:
+        if self.state is COMPLETE or self.conn.closed:
             return
         out = head
         if data and not skip and self.method != "HEAD":
@@ -224,28 +350,28 @@ class Exchange:
         if data and more:  # credit matters only while the response goes on
             self._credit_back(len(data))
         if not more:
-            self.response_complete = True
+            self._to(COMPLETE)
             self.conn.response_done(self)
 
     def _credit_back(self, n: int) -> None:
         if self.conn.writing_paused:
             self.owed_credit += n
-        elif self.worker is not None:
-            self.worker.send(wire.Credit(self.id, n))
+        elif self._worker is not None:
+            self._worker.send(wire.Credit(self.id, n))
 
     def writable(self) -> None:
         """The client's socket drained below its high-water mark: pay the owed credit."""
-        if self.owed_credit and self.worker is not None:
-            self.worker.send(wire.Credit(self.id, self.owed_credit))
+        if self.owed_credit and self._worker is not None:
+            self._worker.send(wire.Credit(self.id, self.owed_credit))
         self.owed_credit = 0
 
     # -- answers from the node -----------------------------------------------------------
     def fail(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
         """Answer with a JSON error if nothing was sent yet; otherwise abort the connection."""
-        if self.response_complete:
+        if self.state is COMPLETE:
             return
-        if self.response_started:
-            self.response_complete = True
+        if self.state is RESPONDING:
+            self._to(COMPLETE)
             self.conn.abort()
             return
         body = json.dumps({"error": error, "detail": detail, "status": status}).encode()

@@ -1,4 +1,4 @@
-"""The gateway's HTTP/1.1 server: it owns every client connection and never runs user code.
+"""L1 — the gateway's HTTP/1.1 server: it owns every client connection and never runs user code.
 
 Heads are parsed by llhttp (httptools); the connection itself cuts the stream into heads
 and bodies (``_frame``) and decodes chunked bodies (``gateway.chunked``), so it always
@@ -20,6 +20,10 @@ An error is answered after the responses of the requests before it, then the con
 closes. After a request that ends the connection (``Connection: close``, HTTP/1.0) later
 bytes are ignored; a FIN that comes with a request is a half-close and the request is
 answered (``eof_received``).
+
+The connection knows the gateway that owns it only as ``ConnectionOwner`` (routing, the
+WebSocket hand-off, the connection count, error counts) and time only as an injected
+``clock``, so it can be driven with an in-memory transport and a fake clock.
 """
 
 from __future__ import annotations
@@ -30,15 +34,12 @@ import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Collection, Protocol
 
 import httptools
 
 from anycore.gateway.chunked import ChunkError, ChunkedDecoder
 from anycore.gateway.exchange import Exchange, status_line
-
-if TYPE_CHECKING:
-    from anycore.gateway.server import Gateway
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,25 @@ class Limits:
     max_connections: int = 10000
     ws_ping_interval: float = 20.0  # WebSockets: idle this long -> ping; no answer as long again -> close 1011
     ws_stall_timeout: float = 20.0  # WebSockets: a client that reads nothing this long while the app sends -> 1008
+
+
+class ConnectionOwner(Protocol):
+    """What a connection asks of the gateway that owns it (``gateway.server.Gateway``)."""
+
+    limits: Limits
+    connections: set[Any]  # open HTTP connections: a connection adds and removes itself
+    websockets: Collection[Any]  # counted against max_connections too
+    node_header: bytes
+
+    def submit(self, exchange: Exchange, host: str, path: str) -> None: ...
+
+    def upgrade(self, conn: "HttpConnection", exchange: Exchange) -> None: ...
+
+    def client_gone(self, exchange: Exchange) -> None: ...
+
+    def count_error(self, status: int) -> None: ...
+
+    def access(self, exchange: Exchange) -> None: ...
 
 
 class _Refuse(Exception):
@@ -81,10 +101,10 @@ HALF_CLOSE_WINDOW = 0.01  # seconds (uvloop's clock ticks in milliseconds)
 
 
 class HttpConnection(asyncio.Protocol):
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: ConnectionOwner, clock: Callable[[], float] | None = None) -> None:
         self.gateway = gateway
         self.limits = gateway.limits
-        self.loop = asyncio.get_running_loop()
+        self.clock = clock if clock is not None else asyncio.get_running_loop().time
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
@@ -150,13 +170,13 @@ class HttpConnection(asyncio.Protocol):
         byte) is read as a half-close: the requests it sent whole are answered, then the
         connection closes. A later FIN is a client that left: its request gets
         ``http.disconnect`` / is taken out of the queue, as before."""
-        if self.parsing is None and self.pipeline and self.loop.time() - self.read_at <= HALF_CLOSE_WINDOW:
+        if self.parsing is None and self.pipeline and self.clock() - self.read_at <= HALF_CLOSE_WINDOW:
             self.read_eof = True
             return True
         return None  # close now; connection_lost cancels what was in flight
 
     def _arm(self, delay: float, callback: Any) -> None:
-        self.due = self.loop.time() + delay
+        self.due = self.clock() + delay
         self.on_due = callback
         self._timing_body = False
 
@@ -304,7 +324,7 @@ class HttpConnection(asyncio.Protocol):
                 return
             self.pipeline.remove(bad)
             if bad.admitted and not bad.response_complete:
-                bad.response_started = bad.response_complete = True  # the worker's answer, if any, is dropped
+                bad.drop()  # the worker's answer, if any, is not written
                 self.gateway.client_gone(bad)
         self.gateway.count_error(status)
         if self.pipeline:
@@ -390,7 +410,7 @@ class HttpConnection(asyncio.Protocol):
         exchange = Exchange(
             self, self.parser.get_method().decode("ascii"), raw_path, parsed.query or b"", self._headers,
             version, self.parser.should_keep_alive(), self._content_length, self._chunked,
-            self.loop.time(),
+            self.clock(),
         )
         exchange.host = (self._host or b"").decode("latin-1")
         exchange.expect_continue = self._expect
@@ -413,7 +433,7 @@ class HttpConnection(asyncio.Protocol):
         exchange = self.parsing
         if exchange is None or exchange.response_complete and exchange.status == 413:
             return
-        limit = exchange.service.config.max_body if exchange.service is not None else None
+        limit = exchange.service.max_body if exchange.service is not None else None
         if limit is not None and exchange.body_received + len(body) > limit:
             if exchange is self.pipeline[0] and exchange.admitted:
                 self.input_done = True
@@ -423,12 +443,12 @@ class HttpConnection(asyncio.Protocol):
                 self._reject(413, f"request body exceeds this service's max_body of {limit} bytes")
             return
         if self._timing_body and self.due:
-            self.due = self.loop.time() + exchange.body_timeout
+            self.due = self.clock() + exchange.body_timeout
         exchange.feed_body(body)
 
     def on_message_complete(self) -> None:
         exchange, self.parsing = self.parsing, None
-        self.read_at = self.loop.time()  # a FIN this soon after is a half-close (eof_received)
+        self.read_at = self.clock()  # a FIN this soon after is a half-close (eof_received)
         if exchange is not None:
             if self._timing_body:
                 self._disarm()
@@ -441,7 +461,7 @@ class HttpConnection(asyncio.Protocol):
         """Route the request at the head of the pipeline. Its body may still be arriving:
         the service buffers a small one before placing it (``Exchange.feed_body``), and
         the body timeout runs until its last byte."""
-        exchange.admitted = True
+        exchange.admit()
         path = exchange.raw_path.decode("latin-1")
         if "%" in path:
             path = urllib.parse.unquote(path)
@@ -483,6 +503,10 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     # -- bytes out -------------------------------------------------------------------------
+    @property
+    def node_header(self) -> bytes:
+        return self.gateway.node_header
+
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)

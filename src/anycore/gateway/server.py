@@ -1,9 +1,17 @@
-"""The gateway: the listening socket, the route table, and the hand-off to services.
+"""L1 — the gateway: the listening socket, the route table, and the hand-off to services.
 
 Routes map ``(host, path prefix)`` to a service; a host-specific route beats a host-less
 one, then the longest prefix wins. The matched prefix becomes the ASGI ``root_path``
 (``path`` keeps the full path, as the ASGI spec asks), so an app mounted under ``/api``
 sees its own routes.
+
+A service is a ``ports.RequestSink`` here: the gateway never imports the node or the
+supervisor, so another data plane could sit in front of the same services. The gateway
+writes ``100 Continue`` itself, once, right after the service took a request that asked
+for it without answering it (a refused request gets its answer, never a 100 first).
+
+The gateway owns one background task, the sweeper (timeouts of every connection, the
+WebSockets' keepalive), in its ``TaskGroup``: started by ``start``, cancelled by ``stop``.
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
-from typing import TYPE_CHECKING
 
 from anycore.config import parse_route
 from anycore.errors import ConfigError
@@ -19,11 +26,11 @@ from anycore.gateway.exchange import Exchange
 from anycore.gateway.http import HttpConnection, Limits
 from anycore.gateway.websocket import WebSocketSession
 from anycore.log import NodeLog
-
-if TYPE_CHECKING:
-    from anycore.node.service import ServiceRuntime
+from anycore.ports import RequestSink
+from anycore.tasks import TaskGroup
 
 SWEEP = 0.1
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Gateway:
@@ -33,13 +40,13 @@ class Gateway:
         self.access_log = access_log
         self.connections: set[HttpConnection] = set()
         self.websockets: set[WebSocketSession] = set()
-        self.routes: list[tuple[str | None, str, ServiceRuntime]] = []
+        self.routes: list[tuple[str | None, str, RequestSink]] = []
         self.server: asyncio.AbstractServer | None = None
         self.host = ""
         self.port = 0
         self.errors: dict[int, int] = {}
         self.node_header = b""  # "anycore-node: <node id>", in every response this node's workers ran
-        self._sweeper: asyncio.Task[None] | None = None
+        self.tasks = TaskGroup("gateway", on_error=self._task_failed)  # the sweeper; closed by stop()
         # True from the listen until the node's initial services are live: a request that
         # matches no route then gets 503 + Retry-After (the route may be coming), never 404.
         self.starting = True
@@ -49,7 +56,10 @@ class Gateway:
         self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True)
         sockname = self.server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
-        self._sweeper = asyncio.ensure_future(self._sweep())
+        self.tasks.spawn(self._sweep(), "sweeper")
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        self.log.event("gateway.task_failed", task=name, error=f"{type(exc).__name__}: {exc}")
 
     async def _sweep(self) -> None:
         """Header and keep-alive timeouts of every connection, every SWEEP seconds; the
@@ -89,8 +99,8 @@ class Gateway:
                 )
         return mine
 
-    def add_service(self, service: "ServiceRuntime") -> None:
-        mine = self.check_routes(service.name, service.config.routes)
+    def add_service(self, service: RequestSink) -> None:
+        mine = self.check_routes(service.name, service.routes)
         self.remove_service(service.name)
         self.routes += [(host, prefix, service) for host, prefix in mine]
         self.routes.sort(key=lambda r: (r[0] is not None, len(r[1])), reverse=True)
@@ -98,7 +108,7 @@ class Gateway:
     def remove_service(self, name: str) -> None:
         self.routes = [r for r in self.routes if r[2].name != name]
 
-    def route(self, host: str, path: str) -> tuple["ServiceRuntime", str] | None:
+    def route(self, host: str, path: str) -> tuple[RequestSink, str] | None:
         host = host.rsplit(":", 1)[0].lower() if not host.endswith("]") else host.lower()
         for route_host, prefix, service in self.routes:
             if route_host is not None and route_host != host:
@@ -119,6 +129,8 @@ class Gateway:
         service, prefix = found
         exchange.root_path = prefix
         service.submit(exchange, path)
+        if exchange.expect_continue and not exchange.response_started:
+            exchange.conn.write(CONTINUE)  # the service took it: the client may send the body
 
     def upgrade(self, conn: HttpConnection, exchange: Exchange) -> None:
         """Hand an upgrade request's transport to a WebSocket session and open it on a worker."""
@@ -165,8 +177,7 @@ class Gateway:
         """Stop accepting, let connections finish their current response, then cut the rest."""
         if self.server is not None:
             self.server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        await self.tasks.close()
         for conn in list(self.connections):
             conn.shutdown()
         deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""WebSockets held by the gateway: the node owns the client socket, a worker runs the app.
+"""L1 — WebSockets held by the gateway: the node owns the client socket, a worker runs the app.
 
 The upgrade request is parsed by the HTTP connection; this protocol then takes over the
 transport and drives the ``websockets`` sans-I/O ``ServerProtocol`` (RFC 6455 framing,
@@ -19,6 +19,9 @@ moves, the client's messages are held here, in order, and delivered to the new w
 after the session's state. ``delivered`` numbers the client's messages; a checkpointing
 Session reports the number its state reflects, and the messages after it are kept
 (``unacked``) to be replayed if the worker dies.
+
+A Session's move is a state, ``MoveState``, along one table (``gateway.states.MOVES``):
+``moving`` is every state but ATTACHED and CLOSED (see ``gateway.states``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import asyncio
 import itertools
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -38,10 +41,9 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from anycore import wire
-
-if TYPE_CHECKING:
-    from anycore.node.service import ServiceRuntime
-    from anycore.supervisor.worker import WorkerHandle
+from anycore.errors import IllegalTransition
+from anycore.gateway.states import ATTACHED, CLOSED, DETACHED, HELD, MOVES, MOVING, REOPENING, MoveState
+from anycore.ports import RequestSink, SocketChannel
 
 MAX_MESSAGE = 1024 * 1024
 # websockets' own server defaults: a 4 KiB window and memLevel 5 cost ~64 KiB of zlib state
@@ -68,8 +70,8 @@ class WebSocketSession(asyncio.Protocol):
         self.server = server
         self.protocol = ServerProtocol(extensions=[DEFLATE], max_size=MAX_MESSAGE)
         self.request: Request | None = None
-        self.worker: WorkerHandle | None = None
-        self.service: ServiceRuntime | None = None
+        self.worker: SocketChannel | None = None
+        self.service: RequestSink | None = None
         self.accepted = False
         self.closed = False
         self.fragments: list[bytes] = []
@@ -90,7 +92,8 @@ class WebSocketSession(asyncio.Protocol):
         self.handler = ""
         self.key = ""
         self.opened: wire.WsOpen | None = None  # the open frame, sent again (with state) on a move
-        self.held: list[wire.WsMsg | wire.WsClose] | None = None  # not None while the session moves
+        self.move = ATTACHED
+        self._held: list[wire.WsMsg | wire.WsClose] = []  # the client's messages while it moves
         self.delivered = 0
         self.checkpointing = False
         self.checkpoint: wire.SessState | None = None
@@ -250,20 +253,30 @@ class WebSocketSession(asyncio.Protocol):
         self.close(1012 if draining else 1011, "service restart" if draining else "worker died", tell_worker=False)
 
     def _tell_worker(self, code: int, reason: str) -> None:
-        if self.held is not None:
-            self.held.append(wire.WsClose(self.id, code, reason))
+        if self.move in MOVING:
+            self._held.append(wire.WsClose(self.id, code, reason))
         elif self.worker is not None:
             self.worker.send(wire.WsClose(self.id, code, reason))
 
     # -- Sessions: moving between workers -----------------------------------------------------
+    def _move_to(self, target: MoveState) -> None:
+        if target not in MOVES[self.move]:
+            raise IllegalTransition(f"session {self.id} ({self.handler or 'websocket'})", self.move.value, target.value)
+        self.move = target
+
+    @property
+    def moving(self) -> bool:
+        """Between ``hold`` and ``resume``: the client's messages are held here."""
+        return self.move in MOVING
+
     def _deliver(self, message: wire.WsMsg) -> None:
-        if self.held is not None:
-            if len(self.held) >= MAX_HELD:
+        if self.move in MOVING:
+            if len(self._held) >= MAX_HELD:
                 # Close the client; the WsClose joins the held messages, so the session's new
                 # worker still runs on_close after the ones it got.
                 self.close(1013, "too many messages while the session moved; reconnect")
                 return
-            self.held.append(message)
+            self._held.append(message)
         elif self.worker is not None:
             self.worker.send(message)
             self.to_worker += wire.ws_size(message)
@@ -292,11 +305,27 @@ class WebSocketSession(asyncio.Protocol):
         return future
 
     def hold(self) -> None:
-        if self.held is None:
-            self.held = []
+        """Start a move: from now the client's messages are held. A session already moving stays as it is."""
+        if self.move not in MOVING:
+            self._move_to(HELD)
+
+    def abandon(self, code: int = 1011, reason: str = "no worker to run the session") -> None:
+        """Give the move up (no worker to go to): drop the held messages, close the client."""
+        self._end_move()
+        self.detach()
+        self.close(code, reason)
+
+    def _end_move(self) -> None:
+        if self.move is HELD:
+            self._move_to(DETACHED)
+        self._move_to(CLOSED)
+        self._held = []
 
     def detach(self) -> None:
-        """The worker holding the session is gone (or gave it up): fail pending snapshots."""
+        """The worker holding the session is gone (or gave it up): fail pending snapshots.
+        A moving session is then DETACHED; one that is not moving just has no worker."""
+        if self.move is HELD or self.move is REOPENING:
+            self._move_to(DETACHED)
         if self.worker is not None:
             self.worker.sockets.pop(self.id, None)
         self.worker = None
@@ -305,12 +334,13 @@ class WebSocketSession(asyncio.Protocol):
         while self.snapshots:
             self.snapshots.popleft().set_result(None)
 
-    def reopen(self, worker: "WorkerHandle", mode: str, state: wire.SessState | None, from_release: str,
+    def reopen(self, worker: SocketChannel, mode: str, state: wire.SessState | None, from_release: str,
                group: str = "", size: int = 1) -> None:
         """Open the session on ``worker`` from ``state`` (or fresh). Its messages wait for
         ``resume``, so that a group's sessions are all open before any of them runs one."""
         assert self.opened is not None
         self.detach()
+        self._move_to(REOPENING)
         seq = state.seq if state is not None else self.delivered
         frame = msgspec.structs.replace(self.opened, mode=mode, state=state.state if state else None,
                                         from_release=from_release, seq=seq, group=group, size=size)
@@ -324,9 +354,10 @@ class WebSocketSession(asyncio.Protocol):
 
     def resume(self) -> None:
         """Replay what the state does not reflect, then the messages held during the move, in order."""
+        self._move_to(ATTACHED)
         worker = self.worker
         replay, self.replay = self.replay, []
-        held, self.held = self.held or [], None
+        held, self._held = self._held, []
         if worker is None:
             return
         for message in [*replay, *held]:
@@ -366,7 +397,7 @@ class WebSocketSession(asyncio.Protocol):
             self.fragments.append(frame.data)
         else:
             return  # ping/pong/close are handled by the protocol itself
-        if frame.fin and (self.worker is not None or self.held is not None):
+        if frame.fin and (self.worker is not None or self.move in MOVING):
             data = b"".join(self.fragments)
             self.fragments = []
             if self.fragment_text:

@@ -86,12 +86,6 @@ class SessionHost(Protocol):
     def inflight(self, worker_id: int) -> int: ...
 
 
-def _moving(session: "WebSocketSession") -> bool:
-    """Lead: becomes ``session.moving`` once the gateway branch (seam 2) is merged."""
-    moving = getattr(session, "moving", None)
-    return moving if isinstance(moving, bool) else session.held is not None
-
-
 class SessionPlacer:
     def __init__(self, service: SessionHost) -> None:
         self.service = service
@@ -182,8 +176,7 @@ class SessionPlacer:
         target = await self._target(group[0].key)
         if target is None:
             for session in group:
-                session.detach()
-                session.close(1011, "no worker to run the session", tell_worker=False)  # it has no worker
+                session.abandon(1011, "no worker to run the session")
             self.service.log.event("session.lost", self.service.name, sessions=len(group), reason="no worker available")
             return
         tag, size = f"open.{next(_groups_seen)}", len(group)
@@ -209,7 +202,7 @@ class SessionPlacer:
         """The live release's sessions that are not moving."""
         live = self.service.release
         workers = live.workers.values() if live is not None else ()
-        return [s for w in workers for s in w.sockets.values() if s.handler and not _moving(s) and not s.closed]
+        return [s for w in workers for s in w.sockets.values() if s.handler and not s.moving and not s.closed]
 
     async def dry_run(self, new: "ReleaseSupervisor") -> int:
         """Feed every live session's snapshot to ``new``'s ``migrate``; ReleaseFailed on the first error."""

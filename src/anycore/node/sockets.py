@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.gateway.websocket import drain_delay
-from anycore.node.sessions import SessionHost, SessionPlacer, SessionRoutes, _moving
+from anycore.node.sessions import SessionHost, SessionPlacer, SessionRoutes
 
 if TYPE_CHECKING:
     from anycore.gateway.websocket import WebSocketSession
@@ -45,7 +45,7 @@ class SocketHost:
         if serving:
             self.sessions.evacuate(worker)
         for session in list(worker.sockets.values()):
-            if not _moving(session):
+            if not session.moving:
                 session.close_later(drain_delay(drain_timeout), 1012)
 
     def worker_lost(self, worker: Any, serving: bool) -> None:
@@ -53,7 +53,7 @@ class SocketHost:
         recover = []
         for session in list(worker.sockets.values()):
             if session.handler and serving and not session.closed:
-                if not _moving(session):
+                if not session.moving:
                     recover.append(session)
                 else:
                     session.detach()  # already moving: its move falls back to the checkpoint
