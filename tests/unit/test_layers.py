@@ -20,7 +20,7 @@ L0 = {
     "anycore.errors", "anycore.wire", "anycore.config", "anycore.lifecycle", "anycore.log", "anycore.ports",
     "anycore.commands", "anycore.router.core", "anycore.router.crash", "anycore.scaler.core",
     "anycore.supervisor.policy", "anycore.release.deploy", "anycore.release.envspec",
-    "anycore.cluster.membership", "anycore.gateway.chunked",
+    "anycore.cluster.membership", "anycore.gateway.chunked", "anycore.gateway.states",
 }
 L1_PACKAGES = ("anycore.gateway", "anycore.supervisor", "anycore.release", "anycore.cluster", "anycore.worker",
                "anycore.router", "anycore.scaler")

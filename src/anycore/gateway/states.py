@@ -1,4 +1,4 @@
-"""L1 (pure: no asyncio, no sockets) — the gateway's two lifecycles as data.
+"""L0 (pure: no asyncio, no sockets) — the gateway's two lifecycles as data.
 
 Each is a closed Enum and a table of legal transitions, in ``anycore.lifecycle``'s style;
 the executor that holds the state (``Exchange``, ``WebSocketSession``) raises
