@@ -99,17 +99,22 @@ class _ProbeLoop:
 class ControlProbe:
     """The test process's own line to one node's control subject (see the module doc).
 
-    Connected lazily from ``$ANYCORE_HOME/node.json`` (NATS URL and node id, read again on
-    every reconnect, so a node whose NATS restarted is found again). A failed request drops
-    the connection and the next call connects afresh, as a new CLI process would; like a
-    failed ``anycore ps``, the failure itself is an AssertionError in the test."""
+    It finds the node as the CLI does with the node's ``env`` (the same dict as
+    ``RunningNode.env``, so a test that changes it is followed): $ANYCORE_NATS, else the NATS
+    URL in ``$ANYCORE_HOME/node.json``; $ANYCORE_NODE, else the node id there; $ANYCORE_TOKEN,
+    else ``$ANYCORE_HOME/token``. These are read again on every connect, and a changed URL
+    means a new connection, so a node whose NATS restarted (or a test that points at another
+    server) is found again. A failed request drops the connection and the next call
+    connects afresh, as a new CLI process would; like a failed ``anycore ps``, the failure
+    itself is an AssertionError in the test."""
 
     CONNECT_BOUND = 5.0
 
     def __init__(self, home: Path, env: dict[str, str]) -> None:
         self.home = home
-        self.token = env.get("ANYCORE_TOKEN")
+        self.env = env
         self.nc: Any = None
+        self.url = ""
         self.node_id = ""
         self._connecting: asyncio.Lock | None = None
 
@@ -133,16 +138,18 @@ class ControlProbe:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self.nc is not None and self.nc.is_connected:
+            if self.nc is not None and self.nc.is_connected and self.env.get("ANYCORE_NATS", self.url) == self.url:
                 return self.nc
             await self._close()
             record = json.loads((self.home / "node.json").read_text())
-            token = self.token or (self.home / "token").read_text().strip()
-            servers = [u.strip() for u in record["nats_url"].split(",") if u.strip()]
+            url = self.env.get("ANYCORE_NATS") or record["nats_url"]
+            token = self.env.get("ANYCORE_TOKEN") or (self.home / "token").read_text().strip()
+            servers = [u.strip() for u in url.split(",") if u.strip()]
             self.nc = await asyncio.wait_for(
                 nats.connect(servers, token=token, name="anycore-test-probe", allow_reconnect=False,
                              connect_timeout=3, max_reconnect_attempts=0), self.CONNECT_BOUND)
-            self.node_id = record["node_id"]
+            self.url = url
+            self.node_id = self.env.get("ANYCORE_NODE") or record["node_id"]
             return self.nc
 
     async def _call(self, command: str, timeout: float, args: dict[str, Any]) -> dict[str, Any]:
