@@ -1,7 +1,8 @@
 """Cluster fixtures: a real nats-server (token + JetStream, data kept across restarts) that
 the test starts itself, optionally three of them joined by routes, and anycore nodes that
 join it with ``anycore up --nats URL`` (token through $ANYCORE_TOKEN), each with its own
-$ANYCORE_HOME and gateway port. Everything is stopped at teardown, bounded."""
+$ANYCORE_HOME and gateway port. Everything is stopped at teardown, bounded. Waits read
+the nodes through their control probes (tests/conftest.py), not CLI processes."""
 
 from __future__ import annotations
 
@@ -151,9 +152,9 @@ def cluster(tmp_path: Path, nats_server: NatsServer) -> Iterator[ClusterNodes]:
 
 
 def cluster_view(node: RunningNode) -> dict[str, Any]:
-    result = node.cli("ps", "--cluster", "--json")
-    assert result.returncode == 0, result.stderr
-    return {n["node"]: n for n in json.loads(result.stdout)["nodes"]}
+    """``anycore ps --cluster --json``'s nodes by id, read over the node's probe connection
+    (the CLI's own heartbeat reader, no CLI process); test_membership runs the CLI itself."""
+    return {n["node"]: n for n in node.probe.cluster()}
 
 
 def wait_peers(nodes: list[RunningNode], service: str | None = None, timeout: float = 20.0) -> None:

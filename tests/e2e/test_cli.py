@@ -28,7 +28,7 @@ async def app(scope, receive, send):
 def test_ps_shows_services_releases_and_workers(nodes, tmp_path):
     node = nodes.start(make_service(tmp_path, "shop", PRINTING, "workers = 2\nslots = 3\n"))
     httpx.get(node.url + "/x")
-    ps = node.ps()
+    ps = node.ps_cli()  # this test is about the CLI: `anycore ps --json` itself
     assert ps["node"] == node.record["node_id"]
     (service,) = ps["services"]
     assert service["name"] == "shop" and service["state"] == "running"

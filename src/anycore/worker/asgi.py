@@ -6,6 +6,8 @@ into frames (``http.response.start`` is held back and leaves together with the f
 chunk). A streamed response waits for credit when ``WINDOW`` bytes are unacknowledged, so
 a slow client slows the app instead of filling memory. After ``Cancel`` (the client went
 away) ``receive`` returns ``http.disconnect`` and ``send`` is a no-op.
+
+Layer L1 (worker); runs in the worker process, on its event loop.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ A WSGI worker runs its app on one thread per slot (``wsgi_threads.py``): the loo
 each ``Req`` to a thread, the thread writes the answer to the socket itself, and the
 ticker holds back its ``Tick`` while a thread is stuck in the app, so a hung thread is a
 hung worker. Sessions of the same service still run on the loop.
+
+Layer L1 (worker); runs in the worker process. It uses ``entry`` (to resolve hooks) and
+the request runners (``asgi``, ``wsgi``, ``session``); the zygote imports it, never the reverse.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import uvloop
 from anycore import wire
 from anycore.framing import FrameProtocol
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
+from anycore.worker.entry import import_app
 from anycore.worker.session import Session, SessionCycle, check_migrate
-from anycore.worker.wsgi import WSGIApp, WsgiCycle, run_cycle
+from anycore.worker.wsgi import WSGIApp, WsgiCycle, run_cycle, strict_validator
 from anycore.worker.wsgi_threads import ChannelWriter, LockedFrameProtocol, WsgiThreads
 
 BARRIER_TIMEOUT = 3.0  # a moving group's sessions wait this long for each other at most
@@ -262,8 +266,6 @@ class WorkerServer:
     async def _notify(self, frame: wire.Notify) -> None:
         """The release's client-notify hook: ``hook(from_release, to_release)`` returns the
         message (str or bytes; None for no message) the node sends to old connections."""
-        from anycore.worker.zygote import import_app
-
         try:
             outcome = import_app(frame.hook)(frame.from_release, frame.to_release)
             if asyncio.iscoroutine(outcome):
@@ -340,8 +342,6 @@ def run_worker(app: Any, lifespan: bool, data_fd: int, log_fd: int, tick: float,
         if wsgi:
             wsgi_app = app
             if os.environ.get("ANYCORE_WSGI_VALIDATE") == "1":
-                from anycore.worker.wsgi_io import strict_validator
-
                 wsgi_app = strict_validator(app)
             app = no_websocket
         server = WorkerServer(app, lifespan, tick, readiness, handlers, release, wsgi_app, slots)

@@ -15,6 +15,9 @@ snapshot does not reflect). Without it a crash restarts the session fresh and ca
 
 Sessions with a key (a path parameter or query parameter named in the config) are placed
 on one worker per key, so ``broadcast`` and ``members`` reach every connection of a room.
+
+Layer L1 (worker); runs in the worker process (services import ``Session`` through
+``anycore``; the zygote resolves handlers through ``entry``).
 """
 
 from __future__ import annotations

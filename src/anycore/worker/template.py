@@ -16,6 +16,9 @@ Control messages (msgpack arrays over a SOCK_SEQPACKET socket on fd ``CONTROL_FD
 The zygote child starts a session of its own, drops to the service's user (when the node is
 root), takes the release directory as cwd and exactly the env it is given, puts its control socket on fd 3, and runs
 ``anycore.worker.zygote.main`` as a fresh zygote would.
+
+Layer L1 (worker); runs in the template process. It imports ``supervisor.launch`` and
+``supervisor.pdeathsig`` (sideways within L1: the process plumbing the supervisor also uses).
 """
 
 from __future__ import annotations

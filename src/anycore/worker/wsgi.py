@@ -26,6 +26,9 @@ meet under the app thread's ``threading.Condition``, and only when one side must
 Invariant: ``Done`` for a request leaves only after the app, its iterable and ``close()``
 returned; the node frees the slot on ``Done``, so a request past its deadline (504 from
 the node, ``Cancel`` here) still holds its slot until its thread really is free.
+
+Layer L1 (worker); runs in a WSGI worker process, on the app's threads. It uses
+``wsgi_io`` for its stream objects, which never imports it back.
 """
 
 from __future__ import annotations
@@ -262,3 +265,23 @@ def run_cycle(app: WSGIApp, cycle: WsgiCycle, base: dict[str, Any], write: Calla
     out.append(wire.encode(wire.Done(cycle.id, error)))
     cycle.active_since = 0.0
     return b"".join(out)
+
+
+def strict_validator(app: WSGIApp) -> WSGIApp:
+    """``wsgiref.validate.validator(app)``, checking the server and the app on every call,
+    with one correction: PEP 3333 (note 1 on input streams) lets an app call
+    ``wsgi.input.read()`` without a size, which Werkzeug does, and wsgiref's checker still
+    refuses it. Used by tests through ``ANYCORE_WSGI_VALIDATE=1``."""
+    from wsgiref import validate
+
+    class InputWrapper(validate.InputWrapper):
+        def read(self, *args: Any) -> bytes:
+            if not args:
+                data = self.input.read()
+                if type(data) is not bytes:
+                    raise AssertionError(f"wsgi.input.read() returned {type(data).__name__}, not bytes")
+                return data
+            return super().read(*args)
+
+    setattr(validate, "InputWrapper", InputWrapper)
+    return validate.validator(app)

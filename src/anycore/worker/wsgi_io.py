@@ -1,5 +1,8 @@
-"""The WSGI runner's stream objects: ``wsgi.input`` over body frames, ``wsgi.file_wrapper``,
-and the validator used by tests.
+"""The WSGI runner's stream objects: ``wsgi.input`` over body frames and ``wsgi.file_wrapper``.
+
+Layer L1 (worker); runs in a WSGI worker process, on the app's threads. It knows the
+request only as a ``BodySource`` (the few members of ``wsgi.WsgiCycle`` it reads), so
+imports go one way: ``wsgi`` uses this module, never the reverse.
 
 ``BodyInput`` is what an app reads when its body did not arrive whole with the request:
 each ``read``/``readline`` takes chunks from the request's ``WsgiCycle`` (blocking the
@@ -12,12 +15,20 @@ than a short body that looks complete.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections import deque
+from typing import Any, Callable, Protocol
 
 from anycore import wire
 
-if TYPE_CHECKING:
-    from anycore.worker.wsgi import WSGIApp, WsgiCycle
+
+class BodySource(Protocol):
+    """The request whose body ``BodyInput`` reads: ``wsgi.WsgiCycle`` is the one."""
+
+    id: int
+    body_done: bool
+    chunks: deque[bytes]
+
+    def next_chunk(self) -> bytes: ...
 
 
 class ClientDisconnected(OSError):
@@ -28,7 +39,7 @@ class BodyInput:
     """``wsgi.input`` over body frames: read/readline/readlines/iteration, blocking the app's
     thread while the next chunk travels; credit goes back as chunks are taken."""
 
-    def __init__(self, cycle: "WsgiCycle", write: Callable[[bytes], None], first: bytes) -> None:
+    def __init__(self, cycle: BodySource, write: Callable[[bytes], None], first: bytes) -> None:
         self._cycle = cycle
         self._write = write
         self._buf = bytearray(first)
@@ -106,23 +117,3 @@ class FileWrapper:
         if data:
             return data  # type: ignore[no-any-return]
         raise StopIteration
-
-
-def strict_validator(app: "WSGIApp") -> "WSGIApp":
-    """``wsgiref.validate.validator(app)``, checking the server and the app on every call,
-    with one correction: PEP 3333 (note 1 on input streams) lets an app call
-    ``wsgi.input.read()`` without a size, which Werkzeug does, and wsgiref's checker still
-    refuses it. Used by tests through ``ANYCORE_WSGI_VALIDATE=1``."""
-    from wsgiref import validate
-
-    class InputWrapper(validate.InputWrapper):
-        def read(self, *args: Any) -> bytes:
-            if not args:
-                data = self.input.read()
-                if type(data) is not bytes:
-                    raise AssertionError(f"wsgi.input.read() returned {type(data).__name__}, not bytes")
-                return data
-            return super().read(*args)
-
-    setattr(validate, "InputWrapper", InputWrapper)
-    return validate.validator(app)

@@ -28,6 +28,8 @@ longer than a tick without coming back to the runner (reading the body or writin
 response counts as coming back; waiting for the client does not count as stuck). The
 node's hang check (no tick for ``hang_timeout``) then fires for a stuck thread exactly
 as for a stuck loop, and faulthandler dumps every thread's stack.
+
+Layer L1 (worker); runs in a WSGI worker process, on its loop and its slot threads.
 """
 
 from __future__ import annotations

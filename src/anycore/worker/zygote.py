@@ -13,12 +13,14 @@ Control messages (msgpack arrays, one per datagram):
                    ["failed", reason, traceback]  import failed; the zygote exits 1
                    ["forked", worker_id, pid]
                    ["exited", pid, wait_status]   a worker was reaped
+
+Layer L1 (worker); runs in the zygote process (and in a migration hook's child). It
+imports ``entry``, ``runner`` and ``supervisor.pdeathsig``; only ``template`` imports it.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import inspect
 import json
 import os
@@ -32,39 +34,10 @@ from typing import Any
 import msgspec
 
 from anycore.supervisor import pdeathsig
+from anycore.worker.entry import detect_kind, import_app, import_session
+from anycore.worker.runner import redirect_output, run_worker
 
 CONTROL_FD = 3
-
-
-def import_app(entry: str) -> Any:
-    module_name, _, attr = entry.partition(":")
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ImportError(f"module {module_name!r} has no attribute {attr!r} (entry {entry!r})") from None
-    return obj
-
-
-def detect_kind(app: Any) -> str:
-    """ASGI 3 apps are coroutine functions (or objects with an async ``__call__``); anything
-    else callable is taken as WSGI (Flask, Django's WSGIHandler)."""
-    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None)):
-        return "asgi"
-    if callable(app):
-        return "wsgi"
-    raise TypeError(f"{app!r} is not callable: entry must name an ASGI or WSGI application")
-
-
-def import_session(entry: str) -> Any:
-    from anycore.worker.session import Session
-
-    cls = import_app(entry)
-    if not (isinstance(cls, type) and issubclass(cls, Session)):
-        raise TypeError(f"session handler {entry!r} is {cls!r}, not a subclass of anycore.Session")
-    return cls
 
 
 async def sessions_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -85,11 +58,8 @@ def main() -> None:
     send = lambda *msg: control.send(msgspec.msgpack.encode(list(msg)))  # noqa: E731
     sys.path.insert(0, os.getcwd())
     try:
-        # Preload what workers import lazily, so a fork answers in milliseconds.
-        import uvloop  # noqa: F401
-
-        from anycore.worker import runner  # noqa: F401
-
+        # What workers import lazily is preloaded by the imports above (runner, uvloop), so a
+        # fork answers in milliseconds.
         app = import_app(spec["entry"]) if spec["entry"] else sessions_only
         kind = detect_kind(app)
         handlers = {entry: import_session(entry) for entry in spec.get("sessions", [])}
@@ -162,8 +132,6 @@ def _hook(entry: str, context: dict[str, Any], fds: list[int], control: socket.s
         control.close()
         os.close(wake_r)
         os.close(wake_w)
-        from anycore.worker.runner import redirect_output
-
         redirect_output(log_fd)
         result = socket.socket(fileno=result_fd)
         code = 0
@@ -201,8 +169,6 @@ def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: 
         control.close()
         os.close(wake_r)
         os.close(wake_w)
-        from anycore.worker.runner import run_worker
-
         run_worker(app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"],
                    readiness=spec.get("readiness", ""), handlers=handlers, release=spec["release"],
                    wsgi=kind == "wsgi", slots=spec["slots"])
