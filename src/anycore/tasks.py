@@ -34,6 +34,14 @@ class TaskGroup:
         task.add_done_callback(self._done)
         return task
 
+    def offer(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any] | None:
+        """``spawn``, or drop ``coro`` (never started) once the group is closed: for work
+        that only makes sense while its owner lives (a publish, a restart)."""
+        if self.closed:
+            coro.close()
+            return None
+        return self.spawn(coro, name)
+
     def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if task.cancelled():

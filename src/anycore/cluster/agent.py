@@ -105,10 +105,7 @@ class ClusterAgent:
         self.node.log.event("cluster.task_failed", task=name, error=repr(exc)[:300])
 
     def _spawn(self, coro: Any, name: str | None = None) -> None:
-        if self.tasks.closed:  # shutting down: what would have started is dropped, never left unawaited
-            coro.close()
-            return
-        self.tasks.spawn(coro, name)
+        self.tasks.offer(coro, name)  # shutting down: what would have started is dropped, never left unawaited
 
     def _publish(self, subject: str, data: bytes) -> None:
         if self.nc is not None and self.nc.is_connected:

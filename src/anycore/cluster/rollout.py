@@ -239,8 +239,7 @@ class Rollout:
     async def _on_prepare(self, msg: Any) -> None:
         # A prepare lasts as long as a warm: run it beside the subscription, so prepares
         # of other services (and their commits) are not queued behind it.
-        if not self.tasks.closed:
-            self.tasks.spawn(self._prepare(msg), "prepare")
+        self.tasks.offer(self._prepare(msg), "prepare")
 
     async def _prepare(self, msg: Any) -> None:
         args = json.loads(msg.data)

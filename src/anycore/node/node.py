@@ -105,10 +105,7 @@ class Node:
         self.commands.put_nowait(command)
 
     def _spawn(self, coro: Any, name: str) -> None:
-        if self.tasks.closed:  # the node has stopped: nothing more to do in the background
-            coro.close()
-            return
-        self.tasks.spawn(coro, name)
+        self.tasks.offer(coro, name)  # once the node has stopped: nothing more in the background
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:

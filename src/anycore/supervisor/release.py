@@ -123,10 +123,7 @@ class ReleaseSupervisor:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
         """An owned task; none once the release stopped (its group is closed)."""
-        if self.tasks.closed:
-            coro.close()
-            return None
-        return self.tasks.spawn(coro, name)
+        return self.tasks.offer(coro, name)
 
     def _later(self, delay: float, callback: Callable[..., None], *args: object) -> None:
         """A timer owned by the release: cancelled on stop, so none acts on a stopped release."""
