@@ -192,6 +192,8 @@ class ClusterAgent:
         if verdict is crash.Outcome.DONE:
             return
         runtime = self.node.services.get(exchange.service.name) if exchange.service is not None else None
+        if runtime is not exchange.service:
+            runtime = None  # the service was forgotten (or replaced) meanwhile: its queue is not ours to use
         if verdict is crash.Outcome.RETRY and runtime is not None:
             self.node.log.event("request.retried", runtime.name, method=exchange.method,
                                 path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node)

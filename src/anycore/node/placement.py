@@ -6,9 +6,11 @@ a rejected one (503 + Retry-After), and keeps the deadlines. Every ``now`` comes
 injected clock; the one timer lives on the event loop.
 
 Deadlines. A queued request is expired by one timer armed at (or before) the earliest
-queued deadline: 504, it never reaches a worker. Queued deadlines only grow along the
-queue, so a timer already armed is never late; when it fires early it expires nothing and
-re-arms for the new head — no timer churn per request. Running requests are checked on
+queued deadline: 504, it never reaches a worker. Arrivals only grow the deadlines along the
+queue, so a timer already armed is not late for them; when it fires early it expires
+nothing and re-arms for the new head — no timer churn per request. A retry put in front of
+the queue has an earlier deadline than the head the timer was armed for: then (only) the
+timer is re-armed. Running requests are checked on
 every node tick (``sweep``): past the deadline they get 504 (if the response has not
 started) and a Cancel to the worker, without a timer object per request.
 
@@ -50,6 +52,7 @@ class Placement:
         self._lookup = lookup
         self._on_queued = on_queued
         self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0  # the (clock) deadline the timer was armed for
 
     def configure(self, config: ServiceConfig) -> None:
         """A new live release: its limits apply to the requests from now on."""
@@ -137,10 +140,21 @@ class Placement:
 
     # -- deadlines ---------------------------------------------------------------------------
     def _arm_expiry(self) -> None:
-        if self._expiry is None:
-            deadline = self.router.next_deadline()
-            if deadline is not None:
-                self._expiry = self.loop.call_later(max(0.0, deadline - self.clock()), self._expire)
+        deadline = self.router.next_deadline()
+        if deadline is None:
+            return
+        if self._expiry is not None:
+            if deadline >= self._expiry_at:
+                return  # armed at or before the head's deadline: early at worst, never late
+            self._expiry.cancel()  # a retry put in front has an earlier deadline than the old head's
+        self._expiry_at = deadline
+        self._expiry = self.loop.call_later(max(0.0, deadline - self.clock()), self._expire)
+
+    def close(self) -> None:
+        """The service stopped: no timer outlives it (``start`` arms a new one when needed)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def _expire(self) -> None:
         self._expiry = None

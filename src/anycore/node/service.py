@@ -167,7 +167,7 @@ class ServiceRuntime:
         return old
 
     def notify_clients(self, new: ReleaseSupervisor, old: ReleaseSupervisor) -> None:
-        self.sessions.tasks.spawn(self.sessions.notify(new, old), "notify clients")
+        self.sessions.tasks.offer(self.sessions.notify(new, old), "notify clients")
 
     async def retire(self, old: ReleaseSupervisor, on_drained: Callable[[], None] | None = None) -> None:
         """Let an old release finish its in-flight requests (bounded by drain_timeout), then stop it."""
@@ -199,6 +199,12 @@ class ServiceRuntime:
             self.router.cancel(exchange)
             exchange.fail(503, "service stopped", f"service {self.name} was stopped — `anycore start {self.name}`",
                           STOPPED_RETRY_AFTER)
+        # Nothing of the stopped service runs on: a session move under way ends now (its
+        # client was closed with 1012, its move abandoned); a later start begins with none.
+        if self.sessions.tasks:
+            await asyncio.wait(list(self.sessions.tasks.tasks), timeout=1.0)
+        self.sessions.tasks.cancel()
+        self.placement.close()
         self.log.event("service.stopped", self.name)
 
     def autoscale(self, now: float, budget: int | None) -> None:

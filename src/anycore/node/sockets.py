@@ -58,6 +58,8 @@ class SocketHost:
                 else:
                     session.detach()  # already moving: its move falls back to the checkpoint
             else:
+                if session.moving:
+                    session.detach()  # its move ends now (abandoned), not after the snapshot timeout
                 session.worker_gone(draining=worker.exit_reason.deliberate)
         self.sessions.recover(recover)
         worker.sockets.clear()

@@ -212,8 +212,9 @@ class Router(Generic[T]):
         return [p.item for p in expired]
 
     def next_deadline(self) -> float | None:
-        """The head's deadline: deadlines are arrival + the service timeout, so FIFO order is
-        deadline order (a retry put in front arrived earlier). O(1) on the hot path."""
+        """The head's deadline. Deadlines are arrival + the service timeout, so FIFO order is
+        deadline order, and a retry put in front arrived earlier than everyone behind it
+        (the executor re-arms its timer for it). O(1) on the hot path."""
         return self.queue[0].deadline if self.queue else None
 
     # -- internals -------------------------------------------------------------------

@@ -91,6 +91,14 @@ def test_a_safe_request_on_a_lost_peer_is_requeued_here() -> None:
     assert shop.requeued == [get] and get.failed is None and not agent.sent
 
 
+def test_a_request_of_a_service_replaced_meanwhile_is_not_requeued_into_the_new_one() -> None:
+    """Its client_gone would cancel it in the old service's queue: the new one's is not its."""
+    old, new = FakeService("shop"), FakeService("shop")
+    get = FakeExchange(old)
+    lose_peer([get], new)
+    assert not new.requeued and not old.requeued and get.failed is not None and get.failed[:2] == (502, "node lost")
+
+
 @pytest.mark.parametrize("kwargs, why", [
     ({"method": "POST"}, "unsafe to retry"),
     ({"response_started": True}, "response already started"),

@@ -34,6 +34,23 @@ async def test_a_queued_request_past_its_deadline_gets_504_from_the_expiry_timer
 
 
 @run
+async def test_a_retry_put_in_front_of_the_queue_expires_at_its_own_deadline_not_the_old_heads():
+    clock = FakeClock()
+    runtime, release = service(clock, timeout=4.0)
+    worker = release.start_worker(1, slots=1)
+    early, late = request(), request()
+    runtime.submit(early, "/")  # deadline t0 + 4
+    clock.advance(2.0)
+    runtime.submit(late, "/")  # queued, deadline t0 + 6: the timer is armed 4 s out
+    clock.advance(1.99)
+    release.kill(worker)  # `early` is retried at the head of the queue; no worker is left
+    assert not early.response_complete and runtime.router.queue[0].item is early
+    clock.advance(0.02)  # past early's deadline, long before late's
+    await until(lambda: early.response_complete, "the retried request's 504 at its own deadline", timeout=2.0)
+    assert answer_of(early)[0] == 504 and not late.response_complete
+
+
+@run
 async def test_a_running_request_past_its_deadline_gets_504_and_a_cancel_on_the_sweep():
     clock = FakeClock()
     runtime, release = service(clock, timeout=10)

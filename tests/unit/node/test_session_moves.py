@@ -6,6 +6,8 @@ checkpoint, replaying what it does not reflect."""
 
 from __future__ import annotations
 
+import asyncio
+
 from anycore import wire
 from anycore.lifecycle import ExitReason
 from tests.unit.node.fakes import FakeClock, client_says, run, service, until, websocket
@@ -91,3 +93,22 @@ async def test_a_plain_websocket_closes_when_its_worker_dies_and_1012_when_stopp
     drained.exit_reason = ExitReason.DRAINED
     release.kill(drained)
     assert b"\x03\xf4" in bytes(other.transport.out)  # close code 1012: a deliberate exit
+
+
+@run
+async def test_a_move_under_way_ends_with_the_service_stop_and_never_reopens_after_it():
+    """A stop while a session moves: its client is closed (1012) and the move ends with the
+    stop — left running, it would wait out its snapshot and could reopen (migrate) the
+    session on the next start's worker for a client that is gone."""
+    runtime, release = service(FakeClock(), entry="", sessions=ROOMS)
+    source = release.start_worker(1)
+    session = websocket(runtime, "/rooms/lobby")
+    accept(source, session)
+    runtime.worker_draining(source)  # the move begins: a snapshot is asked, the client's messages are held
+    assert session.moving and len(runtime.sessions.tasks) == 1
+    await runtime.stop()
+    assert not runtime.sessions.tasks  # the move ended with the stop
+    assert not session.moving and b"\x03\xf4" in bytes(session.transport.out)  # closing handshake, 1012
+    release.start_worker(2)  # the next start's worker: nothing is reopened on it
+    await asyncio.sleep(0.05)
+    assert not runtime.sessions.moved and not runtime.sessions.recovered
