@@ -178,13 +178,15 @@ def logs(service: str | None, follow: bool, lines: int, nats_url: str | None, to
             if not follow:
                 return
             assert client.nc is not None
-            done = asyncio.get_running_loop().create_future()
 
             async def on_line(msg: Any) -> None:
                 click.echo(msg.data.decode())
 
-            await client.nc.subscribe(logs_subject(client.node_id, service or ""), cb=on_line)
-            await done
+            # Ctrl-C ends the follow as a normal return (then a bounded close), not as a
+            # KeyboardInterrupt or cancellation somewhere inside the NATS client.
+            with Interrupt() as interrupt:
+                await client.nc.subscribe(logs_subject(client.node_id, service or ""), cb=on_line)
+                await interrupt.event.wait()
 
     try:
         _run(go())

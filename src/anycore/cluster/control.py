@@ -32,6 +32,8 @@ CONNECT_BOUND = 5.0
 def home_dir() -> Path:
     return Path(os.environ.get("ANYCORE_HOME") or Path.home() / ".anycore")
 
+CLOSE_TIMEOUT = 2.0  # seconds the CLI waits for its NATS connection to close
+
 
 def control_subject(node_id: str, command: str) -> str:
     return f"anycore.node.{node_id}.{command}"
@@ -153,7 +155,10 @@ class ControlClient:
 
     async def __aexit__(self, *exc: object) -> None:
         if self.nc is not None:
-            await self.nc.close()
+            try:  # bounded: a CLI that was asked to stop must not hang on its way out
+                await asyncio.wait_for(self.nc.close(), CLOSE_TIMEOUT)
+            except (asyncio.TimeoutError, OSError):
+                pass
 
     async def call(self, command: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
         assert self.nc is not None
