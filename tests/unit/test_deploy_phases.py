@@ -13,17 +13,9 @@ import pytest
 
 from anycore.errors import IllegalTransition
 from anycore.release.deploy import BEFORE_SHIFT, ORDER, Deploy, Phase
+from tests.unit import clock as _clock
 
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+FakeClock = _clock.FakeClock
 
 
 def make(clock: FakeClock | None = None) -> tuple[Deploy, FakeClock, list[dict[str, Any]]]:

@@ -9,7 +9,6 @@ traceback); 130 interrupted (Ctrl-C). No user error ever prints a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time

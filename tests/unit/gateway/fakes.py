@@ -20,6 +20,7 @@ from anycore.gateway.exchange import Exchange
 from anycore.gateway.http import HttpConnection, Limits
 from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
+from tests.unit.clock import FakeClock
 
 
 class FakeTransport:
@@ -70,17 +71,6 @@ class FakeTransport:
         out = self.data
         self.written.clear()
         return out
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeChannel:

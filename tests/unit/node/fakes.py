@@ -20,6 +20,8 @@ from anycore.gateway.exchange import Exchange
 from anycore.gateway.websocket import WebSocketSession
 from anycore.lifecycle import ExitReason, WorkerState
 from anycore.log import NodeLog
+from tests.unit import clock
+from tests.unit.clock import until
 from anycore.node.service import ServiceRuntime
 
 
@@ -31,24 +33,9 @@ def run(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     return wrapper
 
 
-async def until(condition: Callable[[], object], what: str, timeout: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
-
-
-class FakeClock:
+class FakeClock(clock.FakeClock):
     def __init__(self, now: float = 1e9) -> None:  # far ahead of the loop's clock: a timer armed on the wrong clock never fires
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 class FakeConn:

@@ -25,30 +25,9 @@ from anycore.config import ServiceConfig
 from anycore.framing import FrameProtocol
 from anycore.log import NodeLog
 from anycore.supervisor.release import ReleaseSupervisor
+from tests.unit.clock import FakeClock as Clock, until  # noqa: F401  (until: for the tests)
 
 _pids = itertools.count(1 << 23)  # above the kernel's largest pid_max (2**22)
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-
-async def until(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    """Let the loop run until ``condition()`` holds (deadline-bounded; no fixed sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def settle(turns: int = 20) -> None:
