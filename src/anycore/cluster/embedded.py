@@ -225,9 +225,12 @@ class EmbeddedNats:
         and token); returns when it runs again. Used after a storage error (node/storage.py)."""
         if self.state is not NatsState.RUNNING or self.process is None:
             raise ConfigError(f"the embedded nats-server is {self.state.value}; it cannot be restarted now")
-        self._restart_wanted = asyncio.get_running_loop().create_future()
+        # Our own reference: the supervisor may start the new server, resolve this and
+        # clear the attribute while _terminate is still waiting for the old one to be
+        # reaped (then ``shield(self._restart_wanted)`` was ``shield(None)``: a TypeError).
+        wanted = self._restart_wanted = asyncio.get_running_loop().create_future()
         await _terminate(self.process.pid, 5.0, self.process)
-        await asyncio.wait_for(asyncio.shield(self._restart_wanted), timeout)
+        await asyncio.wait_for(asyncio.shield(wanted), timeout)
 
     # -- stop -------------------------------------------------------------------------------
     async def stop(self, timeout: float = 5.0) -> None:

@@ -87,6 +87,7 @@ class StorageHealer:
         self.tasks = TaskGroup("storage", on_error=lambda name, exc: node.log.event(
             "node.storage_heal_failed", error=repr(exc)[:300]))
         self.heals = 0
+        self._restarting = asyncio.Lock()
 
     @property
     def healing(self) -> bool:
@@ -124,11 +125,22 @@ class StorageHealer:
             error = StorageError.from_os(f"writing to the code store's disk ({self.store_dir})", exc)
             self.failed(error)
             raise error from None
-        self.tasks.cancel()  # this round restarts it: the background one need not
-        await self._restart_nats()
+        heals = self.heals
+        if self.healing:
+            # A heal is under way (probing, or already restarting the server): wait for it
+            # rather than cancel it. Cancelled mid-restart, it could leave the old server
+            # (and its stream's write error) in place while this call reported it healed.
+            await asyncio.wait(list(self.tasks.tasks), timeout=PROBE_INTERVAL + RECONNECT_BOUND + 5)
+        if self.heals == heals:  # no heal restarted the server meanwhile: this call does
+            self.tasks.cancel()
+            await self._restart_nats()
         return f"the embedded nats-server was restarted after a storage error (now {self.node.auth.url})"
 
     async def _restart_nats(self) -> None:
+        async with self._restarting:  # one restart at a time: never two servers' lives interleaved
+            await self._restart_once()
+
+    async def _restart_once(self) -> None:
         embedded, nc = self.node.embedded, self.node.nc
         assert embedded is not None
         before = self.node.nats_reconnects
