@@ -164,3 +164,14 @@ class _Discard:
 
     def flush(self) -> None:
         pass
+
+
+def reachable(table: dict, start: object, avoid: object = frozenset()) -> set:
+    """The states a transition table can reach from ``start`` without passing through ``avoid``."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in table[todo.pop()]:
+            if nxt not in seen and nxt not in avoid:  # type: ignore[operator]
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen

@@ -16,7 +16,7 @@ from anycore.errors import IllegalTransition
 from anycore.gateway.exchange import Exchange
 from anycore.gateway.states import TRANSITIONS, ExchangeState
 
-from tests.unit.gateway.fakes import FakeChannel, FakeSink
+from tests.unit.gateway.fakes import FakeChannel, FakeSink, reachable
 
 X = ExchangeState
 
@@ -61,16 +61,6 @@ def test_the_table_is_closed_and_complete_is_final() -> None:
     assert all(targets <= set(ExchangeState) for targets in TRANSITIONS.values())
     assert TRANSITIONS[X.COMPLETE] == frozenset()
     assert all(state not in targets for state, targets in TRANSITIONS.items())  # no self-loops
-
-
-def reachable(table: dict, start: object, avoid: frozenset = frozenset()) -> set:
-    seen, todo = set(), [start]
-    while todo:
-        for nxt in table[todo.pop()]:
-            if nxt not in seen and nxt not in avoid:
-                seen.add(nxt)
-                todo.append(nxt)
-    return seen
 
 
 def test_the_table_keeps_the_exchanges_rules() -> None:

@@ -20,7 +20,7 @@ from anycore.errors import IllegalTransition
 from anycore.gateway.states import MOVES, MoveState
 from anycore.gateway.websocket import WebSocketSession
 
-from tests.unit.gateway.fakes import FakeChannel, FakeTransport
+from tests.unit.gateway.fakes import FakeChannel, FakeTransport, reachable as reachable_in
 
 M = MoveState
 HANDSHAKE = (b"GET /room HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -62,13 +62,7 @@ def test_the_table_is_closed() -> None:
 
 def test_the_table_keeps_the_move_rules() -> None:
     def reachable(start: MoveState, avoid: set[MoveState]) -> set[MoveState]:
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in MOVES[todo.pop()]:
-                if nxt not in seen and nxt not in avoid:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return seen
+        return reachable_in(MOVES, start, avoid)
 
     # No session reopens on a new worker without having held its messages first, nor
     # without its old worker detached (its snapshot answered or failed).
