@@ -29,6 +29,9 @@ class NodeLog:
         self.rings: dict[str, deque[str]] = {}
         self.all: deque[str] = deque(maxlen=RING)
         self.subscribers: list[Callable[[str, str], None]] = []
+        # Structured: (unix time, event, service, fields) for every ``event`` — the
+        # dashboard's timeline and other formats read these instead of parsing lines.
+        self.watchers: list[Callable[[float, str, str, dict[str, object]], None]] = []
 
     def _emit(self, service: str, line: str) -> None:
         print(line, file=self.stream, flush=True)  # type: ignore[call-overload]
@@ -45,6 +48,8 @@ class NodeLog:
             parts.append(f"service={_fmt(service)}")
         parts += [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
         self._emit(service, " ".join(parts))
+        for watcher in self.watchers:
+            watcher(now, event, service, fields)
 
     def output(self, service: str, tag: str, text: str) -> None:
         self._emit(service, f"[{tag}] {text}")

@@ -30,6 +30,7 @@ from anycore.lifecycle import Lifecycle, ServiceState
 from anycore.log import NodeLog
 from anycore.release.deploy import Deploy
 from anycore.router.core import Router
+from anycore.stats import RequestStats
 
 
 class FrameTarget(Protocol):
@@ -182,3 +183,19 @@ class NodeView(Protocol):
     def services(self) -> Mapping[str, ServiceView]: ...
 
     def command(self, command: Command) -> None: ...  # enqueue; the node runs it in turn
+
+
+class AdminView(Protocol):
+    """The node as the admin listener (``/metrics``, dashboard) sees it: read-only.
+    Implemented by ``node.node.Node``."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def log(self) -> NodeLog: ...  # events: ``log.watchers`` get them structured
+
+    @property
+    def stats(self) -> RequestStats: ...  # cumulative request counts per (service, release)
+
+    def snapshot(self) -> dict[str, Any]: ...  # what ``anycore ps --json`` shows for this node

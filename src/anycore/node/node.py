@@ -45,6 +45,7 @@ from anycore.errors import AnycoreError, NodeRunning, ReleaseFailed, StorageErro
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
+from anycore.stats import RequestStats
 from anycore.node.deployer import Deployer
 from anycore.node.lock import NodeLock
 from anycore.node.storage import StorageHealer
@@ -78,6 +79,7 @@ class Node:
         self.listen = listen
         self.node_id = make_node_id()
         self.log = NodeLog()
+        self.stats = RequestStats()  # what /metrics, the dashboard and `anycore top` read (anycore.stats)
         self.gateway = Gateway(self.log, limits or Limits(), access_log)
         self.lock = NodeLock(home)
         self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None
@@ -106,6 +108,13 @@ class Node:
 
     def _spawn(self, coro: Any, name: str) -> None:
         self.tasks.offer(coro, name)  # once the node has stopped: nothing more in the background
+
+    def snapshot(self) -> dict[str, Any]:
+        """This node now, as ``anycore ps --json`` shows it (ports.AdminView)."""
+        return {"node": self.node_id, "gateway": self.gateway.url, "pid": os.getpid(),
+                "connections": len(self.gateway.connections), "gateway_errors": self.gateway.errors,
+                "services": [s.info() for s in self.services.values()],
+                "cluster": self.cluster.info() if self.cluster is not None else None}
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
@@ -366,10 +375,7 @@ class Node:
     async def _execute(self, command: Command) -> dict[str, Any]:
         kind, args = command.kind, command.args
         if kind == "ps":
-            return {"ok": True, "node": self.node_id, "gateway": self.gateway.url, "pid": os.getpid(),
-                    "connections": len(self.gateway.connections), "gateway_errors": self.gateway.errors,
-                    "services": [s.info() for s in self.services.values()],
-                    "cluster": self.cluster.info() if self.cluster is not None else None}
+            return {"ok": True, **self.snapshot()}
         if kind == "stop":
             service = self._service(args.get("service"))
             if service.release is None:

@@ -1,0 +1,153 @@
+"""L0 — the control protocol between the node (control plane, Python) and
+``anycore-gateway`` (data plane, Rust), for ``anycore up --gateway native``.
+
+Transport: one ``SOCK_SEQPACKET`` Unix socketpair made by the node; the gateway gets its
+end as fd 3 (``anycore-gateway --control-fd 3``). Each datagram is one message: a msgpack
+array whose first element is the tag (msgspec ``array_like`` with ``tag``, exactly as
+``anycore.wire``), at most 64 KiB. A message that carries file descriptors carries them
+as ``SCM_RIGHTS`` on that same datagram, in the order its doc says. When the node's end
+closes, the gateway stops at once (it serves nothing without its control plane); when
+the gateway's end closes, the node sees the gateway die.
+
+Workers. Each worker has a *data socket* besides its control socket (``SOCK_STREAM``
+socketpair made by the node; the worker's end reaches it through the zygote like the
+others, the node's end goes to the gateway in ``AddWorker``). On the data socket the
+frames are exactly ``anycore.wire``'s: gateway -> worker ``Req``, ``Body``, ``Credit``,
+``Cancel``; worker -> gateway ``Resp``, ``Body``, ``Credit``, ``Done`` — length-prefixed
+msgpack, batched per loop turn, under the same credit windows. Everything else (``Ready``,
+``Tick``, ``Stop``, WebSockets, Sessions, hooks) stays on the worker's control socket,
+with the node. The node sends ``AddWorker`` only once the worker said ``Ready``.
+
+Placement is the gateway's: the port of ``router/core.py`` (least-loaded accepting worker
+of the service's live release with a free slot; else the bounded FIFO with deadlines;
+503 + Retry-After when full or the deadline cannot be met; 504 when it expires). The node
+tells it which workers exist and which accept; the gateway tells the node what the
+scaler and the metrics need (``Stats``) and when a draining worker is idle.
+
+Tags: node -> gateway 1..49, gateway -> node 50..99. New messages take new tags; a
+receiver ignores a tag it does not know (so either side can be newer).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+
+# -- node -> gateway ------------------------------------------------------------------
+class Listen(msgspec.Struct, array_like=True, tag=1):
+    """fds: [a listening TCP socket, already bound and listening]. The gateway accepts on it."""
+
+    address: str  # "host:port", for the logs and the ``server`` of each Req
+
+
+class Settings(msgspec.Struct, array_like=True, tag=2):
+    """Sent first, before any Listen. Limits as the Python gateway's ``Limits``."""
+
+    node: str                 # the node id: the ``anycore-node`` header of node-made answers
+    max_connections: int
+    header_limit: int         # bytes of request line + headers (431 past it)
+    header_timeout: float     # seconds to receive a request head (408)
+    keepalive_timeout: float  # idle keep-alive connection closed after it
+    threads: int = 0          # worker threads of the runtime; 0: the gateway's own rule
+
+
+class Service(msgspec.Struct, array_like=True, tag=3):
+    """Create or update a service. ``release`` is the live release (new requests go to its
+    workers); "" while none is live. ``running`` False: answer 503 "stopped"."""
+
+    name: str
+    routes: list[str]       # "[host]/prefix" entries, as RequestSink.routes
+    release: str
+    running: bool
+    max_body: int           # 413 past it
+    max_queue: int          # queued requests
+    max_queue_bytes: int    # buffered body bytes of queued requests
+    deadline: float         # seconds, from arrival; time queued counts
+
+
+class RemoveService(msgspec.Struct, array_like=True, tag=4):
+    name: str
+
+
+class AddWorker(msgspec.Struct, array_like=True, tag=5):
+    """fds: [the node's end of the worker's data socket]. The worker is ready and accepts."""
+
+    service: str
+    release: str
+    worker: int   # the node's worker id (unique per node)
+    slots: int
+
+
+class Accepting(msgspec.Struct, array_like=True, tag=6):
+    """False: draining — no new request goes to it; in-flight ones finish. Once it has none
+    in flight the gateway sends ``WorkerIdle``."""
+
+    worker: int
+    accepting: bool
+
+
+class RemoveWorker(msgspec.Struct, array_like=True, tag=7):
+    """The worker is gone (or going): close its data socket. Its in-flight requests are
+    handled as a lost worker (``router/crash.py``'s rule: a safe request with nothing sent
+    is retried once, others get 502 JSON)."""
+
+    worker: int
+
+
+class Shift(msgspec.Struct, array_like=True, tag=8):
+    """One atomic step of a deploy: from now on new (and queued) requests of ``service`` go
+    to ``release``'s workers."""
+
+    service: str
+    release: str
+
+
+class Shutdown(msgspec.Struct, array_like=True, tag=9):
+    """Stop accepting; finish current responses within ``grace`` seconds; then exit 0."""
+
+    grace: float
+
+
+# -- gateway -> node ------------------------------------------------------------------
+class Started(msgspec.Struct, array_like=True, tag=50):
+    version: str
+    threads: int
+
+
+class Stats(msgspec.Struct, array_like=True, tag=51):
+    """Per service, at most every 100 ms while anything changed. Counts are cumulative
+    since the gateway started (the node subtracts); ``inflight`` is per worker now."""
+
+    service: str
+    queued: int
+    inflight: list[tuple[int, int]]          # (worker, requests in flight)
+    served: list[tuple[int, int]]            # (worker, requests done, cumulative)
+    statuses: list[tuple[str, int, int]]     # (release, status, answers, cumulative)
+    rejected: list[tuple[str, int]]          # (reason, count, cumulative); reasons as stats.REJECT_REASONS
+
+
+class WorkerIdle(msgspec.Struct, array_like=True, tag=52):
+    """A worker that is not accepting has nothing in flight any more: the node may stop it."""
+
+    worker: int
+
+
+class WorkerLost(msgspec.Struct, array_like=True, tag=53):
+    """The worker's data socket closed under the gateway (EOF, error) without RemoveWorker."""
+
+    worker: int
+    inflight: int
+
+
+ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown]
+FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost]
+
+_encoder = msgspec.msgpack.Encoder()
+from_gateway = msgspec.msgpack.Decoder(FromGateway)
+to_gateway = msgspec.msgpack.Decoder(ToGateway)
+
+
+def encode(message: ToGateway | FromGateway) -> bytes:
+    return _encoder.encode(message)
