@@ -72,6 +72,33 @@ def with_env_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+class _AccessFormat(click.Choice):
+    """``--access-log`` alone means logfmt; a word after it that is no format (``up
+    --access-log ./app``) gets a message saying how to write it."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value not in self.choices:
+            self.fail(f"{value!r} is not an access-log format ({', '.join(map(str, self.choices))}); "
+                      "put service paths before --access-log, or write --access-log=logfmt", param, ctx)
+        return value
+
+
+log_options = [
+    click.option("--access-log", type=_AccessFormat(["logfmt", "json", "combined"]), is_flag=False,
+                 flag_value="logfmt", default=None,
+                 help="One line per request, with its request id and time spent queued: logfmt (the default "
+                      "when given alone), json, or combined (the Apache/nginx format)."),
+    click.option("--log-format", type=click.Choice(["logfmt", "json"]), default="logfmt", show_default=True,
+                 help="Node events and worker output: logfmt lines or one JSON object per line."),
+]
+
+
+def with_log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(log_options):
+        fn = option(fn)
+    return fn
+
+
 def _index(index_url: str, extra_index_urls: tuple[str, ...], find_links: tuple[str, ...], no_index: bool) -> Any:
     from anycore.release.env import IndexSettings
 
@@ -93,7 +120,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("paths", nargs=-1)
 @click.option("--listen", default="127.0.0.1:8000", show_default=True, help="Gateway HOST:PORT (port 0: any free port).")
-@click.option("--access-log", is_flag=True, help="One log line per request, with its time spent queued.")
+@with_log_options
 @click.option("--header-timeout", type=float, default=10.0, show_default=True, help="Seconds to receive request headers.")
 @click.option("--keepalive-timeout", type=float, default=5.0, show_default=True, help="Seconds an idle connection stays open.")
 @click.option("--max-connections", type=int, default=10000, show_default=True)
@@ -102,7 +129,7 @@ def cli() -> None:
               help="Ping a WebSocket silent this many seconds; close it (1011) if the pong takes as long again.")
 @with_nats
 @with_env_options
-def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: float, keepalive_timeout: float,
+def up(paths: tuple[str, ...], listen: str, access_log: str | None, log_format: str, header_timeout: float, keepalive_timeout: float,
        max_connections: int, max_header_bytes: int, ws_ping_interval: float, nats_url: str | None, token: str | None,
        creds: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
        find_links: tuple[str, ...], no_index: bool) -> None:
@@ -117,7 +144,8 @@ def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: fl
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                     keepalive_timeout=keepalive_timeout, max_connections=max_connections, ws_ping_interval=ws_ping_interval)
     node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits,
-                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
+                log_format=log_format)
     sys.exit(_run(node.run(services)))
 
 
@@ -401,16 +429,17 @@ def env_command(service: str, as_json: bool, nats_url: str | None, token: str | 
 @cli.command()
 @click.argument("path")
 @click.option("--listen", default="127.0.0.1:8000", show_default=True)
-@click.option("--access-log", is_flag=True)
+@with_log_options
 @with_env_options
-def dev(path: str, listen: str, access_log: bool, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
+def dev(path: str, listen: str, access_log: str | None, log_format: str, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
         find_links: tuple[str, ...], no_index: bool) -> None:
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
     from anycore.node.node import Node
 
     service = load_service(path)  # a ConfigError becomes one line and exit 2 in main()
     node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path,
-                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
+                log_format=log_format)
     sys.exit(_run(node.run([service])))
 
 

@@ -196,18 +196,27 @@ class ClusterAgent:
             runtime = None  # the service was forgotten (or replaced) meanwhile: its queue is not ours to use
         if verdict is crash.Outcome.RETRY and runtime is not None:
             self.node.log.event("request.retried", runtime.name, method=exchange.method,
-                                path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node)
+                                path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node,
+                                request_id=exchange.request_id or None)
             runtime.requeue(exchange)
         else:
+            self._failed(exchange, 502, f"node {exchange.node} lost")
             exchange.fail(502, "node lost",
                           f"the {exchange.method} request was running on another node and {why} "
                           f"({'response already started' if exchange.response_started else 'unsafe to retry'}); "
                           "it may or may not have taken effect")
 
+    def _failed(self, exchange: Any, status: int, reason: str) -> None:
+        """The node's line about a spilled request it answers itself (502, 504)."""
+        self.node.log.event("request.failed", exchange.service.name if exchange.service is not None else "",
+                            method=exchange.method, path=exchange.raw_path.decode("latin-1"), status=status,
+                            node=exchange.node or None, reason=reason, request_id=exchange.request_id or None)
+
     def _deadline_net(self) -> None:
         now = self.loop.time()
         for exchange in [e for e in self.sent.values() if e.deadline + dispatch.DEADLINE_GRACE < now]:
             self.sent.pop(exchange.id, None)
+            self._failed(exchange, 504, f"node {exchange.node} did not answer within the deadline")
             exchange.fail(504, "deadline passed", f"node {exchange.node} did not answer within the request's deadline")
 
     def live_peers(self) -> list[str]:
@@ -257,6 +266,7 @@ class ClusterAgent:
                 self.table.refused(node, runtime.name)
                 if not (exchange.method in crash.SAFE_METHODS and exchange.body_forwarded == 0):
                     # Running it here too could run an unsafe request twice: say so instead.
+                    self._failed(exchange, 502, f"node {node} did not confirm the claim")
                     exchange.fail(502, "node did not answer", f"node {node} did not confirm taking this "
                                   f"{exchange.method} request within {dispatch.CLAIM_TIMEOUT}s; it was cancelled there "
                                   "but may have started — it may or may not have taken effect")
@@ -294,6 +304,7 @@ class ClusterAgent:
                 continue
             if type(frame) is wire.Done:  # the peer gave up mid-response
                 self.sent.pop(exchange.id, None)
+                self._failed(exchange, 502, f"node {exchange.node} aborted the response")
                 exchange.fail(502, "node failed", frame.error or "the peer aborted the response")
                 continue
             exchange.on_frame(frame)

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import msgspec
 
 from anycore import wire
+from anycore.gateway import requestid
 from anycore.gateway.exchange import Exchange
 from anycore.ports import ServiceView
 
@@ -208,6 +209,7 @@ class RemoteExchange(Exchange):
         self.deadline = deadline
         self.header_bytes = len(req.raw_path) + len(req.query) + sum(len(k) + len(v) for k, v in req.headers)
         self.on_finished = on_finished
+        self.rid = requestid.find(req.headers)  # the origin's gateway put it there
         self.body_done = not req.more
         if req.body:
             self.feed_body(req.body)

@@ -120,6 +120,17 @@ class Exchange:
         self.owed_credit = 0
         self.release = ""
         self.node = ""  # the peer node that ran it (cross-node dispatch); "" for this node
+        self.rid = b""  # x-request-id (gateway.requestid), also in ``headers``; b"": none (e.g. a job)
+        self.body_sent = 0  # response body bytes written (the access log's size)
+
+    @property
+    def request_id(self) -> str:
+        """The request id as logs show it ("" if the exchange has none)."""
+        return self.rid.decode("latin-1")
+
+    @request_id.setter
+    def request_id(self, value: str) -> None:
+        self.rid = value.encode("latin-1")
 
     # -- the state ------------------------------------------------------------------------
     def _to(self, target: ExchangeState) -> None:
@@ -315,6 +326,8 @@ class Exchange:
                 continue
             elif lname == b"transfer-encoding":
                 continue  # the gateway frames the body itself
+            elif lname == b"x-request-id" and self.rid:
+                continue  # the gateway's id (the one the app was given, and the logs name) goes out
             parts += [name, b": ", value, b"\r\n"]
         no_body = status < 200 or status in (204, 304) or self.method == "HEAD"
         if not has_length:
@@ -330,6 +343,8 @@ class Exchange:
         if release:  # a node-made answer names the service's live release; a 404 names none
             parts.append(b"anycore-release: " + release.encode() + b"\r\n")
         parts.append(b"anycore-node: " + self.node.encode() + b"\r\n" if self.node else self.conn.node_header)
+        if self.rid:
+            parts += (b"x-request-id: ", self.rid, b"\r\n")
         if self.close_after or self.conn.closing:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
@@ -343,6 +358,7 @@ class Exchange:
         out = head
         if data and not skip and self.method != "HEAD":
             out += b"%x\r\n%b\r\n" % (len(data), data) if self.chunked_response else data
+            self.body_sent += len(data)
         if not more and self.chunked_response:
             out += b"0\r\n\r\n"
         if out:

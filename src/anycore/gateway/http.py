@@ -38,6 +38,7 @@ from typing import Any, Callable, Collection, Protocol
 
 import httptools
 
+from anycore.gateway import requestid
 from anycore.gateway.chunked import ChunkError, ChunkedDecoder
 from anycore.gateway.exchange import Exchange, status_line
 
@@ -85,7 +86,8 @@ _VERSIONS = frozenset({"1.0", "1.1"})
 # Header names seen, lowercased -> 1 if the gateway reads it, 0 if not: one dict lookup per
 # header instead of a scan for "_" and a set lookup (bytes scans cost more than the lookup).
 _NAMES: dict[bytes, int] = dict.fromkeys(
-    (b"host", b"content-length", b"transfer-encoding", b"content-type", b"expect", b"upgrade", b"connection"), 1)
+    (b"host", b"content-length", b"transfer-encoding", b"content-type", b"expect", b"upgrade", b"connection",
+     b"x-request-id", b"traceparent"), 1)
 _NAMES_MAX = 4096  # past this, names are checked every time instead of remembered
 
 
@@ -119,7 +121,7 @@ class HttpConnection(asyncio.Protocol):
         self.input_done = False  # the last request ended the connection (or was refused): later bytes are ignored
         self.read_eof = False  # the client half-closed: answer what it sent, then close
         self.read_at = 0.0
-        self.pending_error: tuple[int, str] | None = None  # a refusal to send after earlier responses
+        self.pending_error: tuple[int, str, bytes] | None = None  # a refusal to send after earlier responses
         # One pending timeout per connection (header read, body read or keep-alive idle),
         # checked by the gateway's sweep: a float per request instead of a timer object.
         self.due = 0.0
@@ -138,6 +140,8 @@ class HttpConnection(asyncio.Protocol):
         self._connection = b""
         self._header_bytes = 0
         self._max_target = self.limits.max_target
+        self._rid: bytes | None = None  # the client's x-request-id, if valid (gateway.requestid)
+        self._bad_trace = False  # an invalid traceparent was dropped: drop its tracestate too
 
     # -- connection lifecycle -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -317,6 +321,8 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         bad, self.parsing = self.parsing, None
+        # Its id: the exchange's, or the client's if its headers got that far, or a new one.
+        rid = bad.rid if bad is not None and bad.rid else self._rid or requestid.generate()
         if bad is not None and bad in self.pipeline:
             if bad.response_started and not bad.response_complete:
                 self.gateway.count_error(status)
@@ -328,14 +334,14 @@ class HttpConnection(asyncio.Protocol):
                 self.gateway.client_gone(bad)
         self.gateway.count_error(status)
         if self.pipeline:
-            self.pending_error = (status, detail)
+            self.pending_error = (status, detail, rid)
             return
-        self._write_error(status, detail)
+        self._write_error(status, detail, rid)
 
-    def _write_error(self, status: int, detail: str) -> None:
+    def _write_error(self, status: int, detail: str, rid: bytes) -> None:
         body = json.dumps({"error": HTTPStatus(status).phrase.lower(), "detail": detail, "status": status}).encode()
         self.transport.write(status_line(status) + b"content-type: application/json\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%b" % (len(body), body))
+                             b"x-request-id: %b\r\nconnection: close\r\n\r\n%b" % (len(body), rid, body))
         self.close()
 
     # httptools callbacks
@@ -347,6 +353,8 @@ class HttpConnection(asyncio.Protocol):
         self._chunked = self._expect = self._upgrade = self._content_type = False
         self._connection = b""
         self._header_bytes = 0
+        self._rid = None
+        self._bad_trace = False
         if not self.pipeline:
             self._arm(self.limits.header_timeout, self._header_timeout)
 
@@ -368,11 +376,12 @@ class HttpConnection(asyncio.Protocol):
         kind = _NAMES.get(name)
         if kind is None:
             kind = _classify(name)
-        if kind:
-            self._watch(name, value)
+        if kind and self._watch(name, value):
+            return  # not passed on as sent (the request id, an invalid traceparent)
         self._headers.append((name, value))
 
-    def _watch(self, name: bytes, value: bytes) -> None:
+    def _watch(self, name: bytes, value: bytes) -> bool:
+        """Take note of a header the gateway reads; True: leave it out of the scope's headers."""
         if name == b"host":
             if self._host is not None:
                 raise _Refuse(400, "more than one Host header")
@@ -394,6 +403,14 @@ class HttpConnection(asyncio.Protocol):
             self._upgrade = True
         elif name == b"connection":
             self._connection = value.lower()
+        elif name == b"x-request-id":  # one, the first valid, goes on (added in on_headers_complete)
+            if self._rid is None:
+                self._rid = requestid.accept(value)
+            return True
+        elif name == b"traceparent" and not requestid.valid_traceparent(value):
+            self._bad_trace = True
+            return True
+        return False
 
     def on_headers_complete(self) -> None:
         version = self.parser.get_http_version()
@@ -407,11 +424,16 @@ class HttpConnection(asyncio.Protocol):
             raise _Refuse(400, "the asterisk-form target '*' is only for OPTIONS")
         parsed = httptools.parse_url(self._url)
         raw_path = parsed.path or b"/"
+        rid = self._rid or requestid.generate()
+        if self._bad_trace:
+            self._headers = [h for h in self._headers if h[0] != b"tracestate"]
+        self._headers.append((requestid.HEADER, rid))
         exchange = Exchange(
             self, self.parser.get_method().decode("ascii"), raw_path, parsed.query or b"", self._headers,
             version, self.parser.should_keep_alive(), self._content_length, self._chunked,
             self.clock(),
         )
+        exchange.rid = rid
         exchange.host = (self._host or b"").decode("latin-1")
         exchange.expect_continue = self._expect
         exchange.header_bytes = self._header_bytes

@@ -25,7 +25,7 @@ from anycore.errors import ConfigError
 from anycore.gateway.exchange import Exchange
 from anycore.gateway.http import HttpConnection, Limits
 from anycore.gateway.websocket import WebSocketSession
-from anycore.log import NodeLog
+from anycore.log import ACCESS_FORMATS, LogFormat, NodeLog, combined_line, parse_format
 from anycore.ports import RequestSink
 from anycore.tasks import TaskGroup
 
@@ -34,10 +34,13 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Gateway:
-    def __init__(self, log: NodeLog, limits: Limits, access_log: bool = False) -> None:
+    def __init__(self, log: NodeLog, limits: Limits, access_log: bool | str | None = None) -> None:
         self.log = log
         self.limits = limits
-        self.access_log = access_log
+        # The access log's format, None: off (True, from older callers: logfmt).
+        self.access_log: LogFormat | None = (
+            None if not access_log else LogFormat.LOGFMT if access_log is True
+            else parse_format(access_log, ACCESS_FORMATS, "--access-log"))
         self.connections: set[HttpConnection] = set()
         self.websockets: set[WebSocketSession] = set()
         self.routes: list[tuple[str | None, str, RequestSink]] = []
@@ -162,16 +165,33 @@ class Gateway:
     def access(self, exchange: Exchange) -> None:
         if exchange.status >= 400:
             self.count_error(exchange.status)
-        if not self.access_log:
+        if self.access_log is None:
             return
         now = asyncio.get_running_loop().time()
         queued = (exchange.dispatched_at or now) - exchange.created
-        self.log.event(
-            "request", exchange.service.name if exchange.service else "",
+        client = exchange.conn.client[0] if exchange.conn.client else None
+        fields: dict[str, object] = dict(
             method=exchange.method, path=exchange.raw_path.decode("latin-1"), status=exchange.status,
             ms=round((now - exchange.created) * 1000, 2), queued_ms=round(max(queued, 0.0) * 1000, 2),
-            release=exchange.release or None, client=exchange.conn.client[0] if exchange.conn.client else None,
+            release=exchange.release or None, client=client, bytes=exchange.body_sent,
+            node=exchange.node or None, request_id=exchange.request_id or None,
         )
+        line = ""
+        if self.access_log is LogFormat.COMBINED:
+            line = self._combined(exchange, client, time.time() - (now - exchange.created))
+        self.log.access(self.access_log, exchange.service.name if exchange.service else "", fields, line)
+
+    @staticmethod
+    def _combined(exchange: Exchange, client: str | None, received: float) -> str:
+        referer = agent = None
+        for name, value in exchange.headers:
+            if name == b"referer" and referer is None:
+                referer = value
+            elif name == b"user-agent" and agent is None:
+                agent = value
+        target = exchange.raw_path + (b"?" + exchange.query if exchange.query else b"")
+        request_line = b"%s %s HTTP/%s" % (exchange.method.encode("latin-1"), target, exchange.http_version.encode())
+        return combined_line(client, received, request_line, exchange.status, exchange.body_sent, referer, agent)
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting, let connections finish their current response, then cut the rest."""

@@ -4,7 +4,8 @@ When a worker dies, each request it was running is judged by the one crash rule
 (``anycore.router.crash``): blame is shared among the requests that died together, then
 each is ``DONE`` (answered already, or its client is gone), ``RETRY``d once at the head of
 the queue, ``QUARANTINE``d or ``FAIL``ed with a 502 saying it may or may not have taken
-effect. This module applies the verdicts; it decides nothing itself.
+effect. This module applies the verdicts; it decides nothing itself. Each retry,
+quarantine and 502 is a node log line naming the request's id (``request_id``).
 
 Quarantine: a request that crashed two workers is answered 502 and recorded, and identical
 requests (method, raw path, query) are refused for ``QUARANTINE_TTL`` seconds, so one
@@ -74,15 +75,20 @@ class Crashes:
                 self.quarantined += 1
                 self.quarantine[_key(exchange)] = now + QUARANTINE_TTL
                 self.log.event("request.quarantined", self.name, method=exchange.method,
-                               path=exchange.raw_path.decode("latin-1"), crashed_workers=round(exchange.crashes))
+                               path=exchange.raw_path.decode("latin-1"), crashed_workers=round(exchange.crashes),
+                               request_id=exchange.request_id or None)
                 exchange.fail(502, "quarantined", "this request crashed two workers; it will not be retried — "
                               "see `anycore logs` for the crash")
             elif verdict is Outcome.RETRY:
                 self.log.event("request.retried", self.name, method=exchange.method,
-                               path=exchange.raw_path.decode("latin-1"), dead_worker=worker_id)
+                               path=exchange.raw_path.decode("latin-1"), dead_worker=worker_id,
+                               request_id=exchange.request_id or None)
                 exchange.release = ""
                 retry(exchange)
             elif verdict is Outcome.FAIL:
+                self.log.event("request.failed", self.name, method=exchange.method,
+                               path=exchange.raw_path.decode("latin-1"), status=502, dead_worker=worker_id,
+                               reason=why_not_retried(exchange.response_started), request_id=exchange.request_id or None)
                 exchange.fail(502, "worker died",
                               f"the worker running this {exchange.method} request died "
                               f"({why_not_retried(exchange.response_started)}); "

@@ -70,15 +70,16 @@ def make_node_id() -> str:
 
 class Node:
     def __init__(self, home: Path, listen: tuple[str, int], nats_url: str | None = None, token: str | None = None,
-                 creds: str | None = None, access_log: bool = False, limits: Limits | None = None,
-                 watch: str | None = None, index: IndexSettings | None = None, service_user: str = "") -> None:
+                 creds: str | None = None, access_log: bool | str | None = None, limits: Limits | None = None,
+                 watch: str | None = None, index: IndexSettings | None = None, service_user: str = "",
+                 log_format: str = "logfmt") -> None:
         self.home = home
         self.index = index or IndexSettings()  # where uv finds the packages of release environments
         self.service_user = service_user  # whom services run as when the node is root ("": the default)
         self.envs: Environments | None = None
         self.listen = listen
         self.node_id = make_node_id()
-        self.log = NodeLog()
+        self.log = NodeLog(format=log_format)  # "logfmt" or "json"; the access log's own: Gateway
         self.stats = RequestStats()  # what /metrics, the dashboard and `anycore top` read (anycore.stats)
         self.gateway = Gateway(self.log, limits or Limits(), access_log)
         self.lock = NodeLock(home)

@@ -12,7 +12,8 @@ nothing and re-arms for the new head — no timer churn per request. A retry put
 the queue has an earlier deadline than the head the timer was armed for: then (only) the
 timer is re-armed. Running requests are checked on
 every node tick (``sweep``): past the deadline they get 504 (if the response has not
-started) and a Cancel to the worker, without a timer object per request.
+started) and a Cancel to the worker, without a timer object per request. Each 504 is a
+node log line (``request.timed_out``) naming the request's id.
 
 Request buffering. The body (up to ``request_buffer``) is read before the request takes a
 slot. While it is read the request holds a reservation (``buffering``) against the
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from anycore import wire
 from anycore.config import ServiceConfig
+from anycore.log import NodeLog
 from anycore.ports import Channel
 from anycore.router.core import Placed, Queued, Rejected, Router
 
@@ -41,8 +43,9 @@ if TYPE_CHECKING:
 class Placement:
     def __init__(self, name: str, config: ServiceConfig, clock: Callable[[], float],
                  lookup: Callable[[int], Channel | None], server: tuple[str, int] | None,
-                 on_queued: Callable[[], None]) -> None:
+                 on_queued: Callable[[], None], log: NodeLog | None = None) -> None:
         self.name = name
+        self.log = log  # a line per deadline 504, naming the request id
         self.config = config
         self.clock = clock
         self.server = server
@@ -159,6 +162,7 @@ class Placement:
     def _expire(self) -> None:
         self._expiry = None
         for exchange in self.router.expire(self.clock()):
+            self._timed_out(exchange, "queued")
             exchange.fail(504, "deadline passed while queued",
                           f"no worker of {self.name} became free within timeout={self.config.timeout}s")
         self._arm_expiry()
@@ -168,5 +172,14 @@ class Placement:
         for exchange in running:
             if exchange.deadline <= now and not exchange.response_complete and exchange.worker is not None:
                 exchange.worker.send(wire.Cancel(exchange.id))
+                self._timed_out(exchange, "running")
                 exchange.fail(504, "deadline passed",
                               f"the request ran past timeout={self.config.timeout}s and was cancelled")
+
+    def _timed_out(self, exchange: "Exchange", where: str) -> None:
+        """At most max_queue/timeout queued and slots/timeout running ones a second: bounded."""
+        if self.log is not None:
+            self.log.event("request.timed_out", self.name, method=exchange.method,
+                           path=exchange.raw_path.decode("latin-1"), status=504, where=where,
+                           timeout_s=self.config.timeout, release=exchange.release or None,
+                           request_id=exchange.request_id or None)

@@ -69,7 +69,7 @@ class ServiceRuntime:
         self._rejected_seen = 0
         self.failed: list[dict[str, Any]] = []
         self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
-        self.placement = Placement(name, config, self.clock, self.worker, server, self._queued)
+        self.placement = Placement(name, config, self.clock, self.worker, server, self._queued, log)
         self.router: Router[Exchange] = self.placement.router
         self.crashes = Crashes(name, log, lambda: self.release_id)
         self.sockets = SocketHost(self, config)

@@ -58,6 +58,7 @@ class FakeExchange:
     def __init__(self, service: FakeService, method: str = "GET", node: str = "peer", attempts: int = 1,
                  response_started: bool = False, body_forwarded: int = 0, closed: bool = False) -> None:
         self.id = next(self._ids)
+        self.request_id = f"rid-{self.id}"
         self.service = service
         self.method = method
         self.raw_path = b"/x"
@@ -73,9 +74,13 @@ class FakeExchange:
         self.failed = (status, error, detail)
 
 
-def lose_peer(exchanges: list[FakeExchange], service: FakeService) -> ClusterAgent:
+def lose_peer(exchanges: list[FakeExchange], service: FakeService,
+              events: list[tuple[str, dict[str, object]]] | None = None) -> ClusterAgent:
     async def run() -> ClusterAgent:
-        agent = ClusterAgent(FakeNode({service.name: service}), deployer=None)  # type: ignore[arg-type]
+        node = FakeNode({service.name: service})
+        if events is not None:
+            node.log.watchers.append(lambda now, event, svc, fields: events.append((event, fields)))
+        agent = ClusterAgent(node, deployer=None)  # type: ignore[arg-type]
         for exchange in exchanges:
             agent.sent[exchange.id] = exchange
         agent._peer_gone("peer")
@@ -111,6 +116,16 @@ def test_anything_else_on_a_lost_peer_is_answered_502(kwargs: dict[str, Any], wh
     lose_peer([exchange], shop)
     assert not shop.requeued
     assert exchange.failed is not None and exchange.failed[:2] == (502, "node lost") and why in exchange.failed[2]
+
+
+def test_the_node_lines_about_a_lost_peer_s_requests_name_their_request_ids() -> None:
+    shop = FakeService("shop")
+    get, post = FakeExchange(shop), FakeExchange(shop, method="POST")
+    events: list[tuple[str, dict[str, object]]] = []
+    lose_peer([get, post], shop, events)
+    assert ("request.retried", get.request_id) in [(e, f.get("request_id")) for e, f in events]
+    failed = [f for e, f in events if e == "request.failed"]
+    assert [(f["request_id"], f["status"]) for f in failed] == [(post.request_id, 502)]
 
 
 def test_an_answered_request_and_those_on_other_peers_are_left_alone() -> None:
