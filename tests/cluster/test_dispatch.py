@@ -26,7 +26,9 @@ async def app(scope, receive, send):
     await asyncio.sleep(float(params.get("sleep", 0)))
     size = int(params.get("size", 0))
     out = body if scope["method"] == "POST" else (b"x" * size if size else b"ok")
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
+    seen = dict(scope["headers"]).get(b"x-request-id", b"")  # the id the app got, wherever it ran
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream"), (b"x-seen-id", seen)]})
     for i in range(0, len(out), 65536):
         await send({"type": "http.response.body", "body": out[i:i + 65536], "more_body": True})
     await send({"type": "http.response.body", "body": b""})
@@ -40,10 +42,14 @@ def test_spill_over_two_slow_requests_to_a_full_node_run_on_both_nodes(cluster, 
     wait_peers([a, b], "slow")
     ids = sorted([a.record["node_id"], b.record["node_id"]])
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(httpx.get, a.url + "/?sleep=1.5", timeout=30) for _ in range(2)]
+        futures = [pool.submit(httpx.get, a.url + "/?sleep=1.5", timeout=30, headers={"x-request-id": f"spill-{i}"})
+                   for i in range(2)]
         responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200, 200]
     assert sorted(r.headers["anycore-node"] for r in responses) == ids
+    # The request id travels with the spilled request: the app on the peer got it, the client got it back.
+    assert sorted((r.headers["x-request-id"], r.headers["x-seen-id"]) for r in responses) == [
+        ("spill-0", "spill-0"), ("spill-1", "spill-1")]
     assert all(r.headers["anycore-release"] == a.service("slow")["release"] for r in responses)
     assert a.ps()["cluster"]["spilled"] == 1 and b.ps()["cluster"]["accepted"] == 1
 
