@@ -79,7 +79,7 @@ def test_logs_shows_worker_output_tagged_by_release_and_worker(nodes, tmp_path):
     wait_for(lambda: "handled /first" in node.cli("logs", "shop").stdout, what="the worker's line in `anycore logs`")
     lines = node.cli("logs", "shop").stdout.splitlines()
     tagged = [line for line in lines if "handled /first" in line]
-    assert tagged and tagged[0].startswith(f"[{release} worker ")
+    assert tagged and tagged[0].startswith("ts=") and tagged[0].split(" ", 1)[1].startswith(f"[{release} worker ")
     assert any("to stderr /first" in line for line in lines)
 
     follower = subprocess.Popen([sys.executable, "-m", "anycore.cli.main", "logs", "-f", "-n", "0", "shop"],
