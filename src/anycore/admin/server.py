@@ -135,8 +135,9 @@ def not_found(path: str, routes: Routes) -> AdminResponse:
 
 
 class AdminServer:
-    def __init__(self, routes: Routes, log: NodeLog, token: str | None) -> None:
+    def __init__(self, routes: Routes, log: NodeLog, token: str | None, header_timeout: float = HEADER_TIMEOUT) -> None:
         self.routes = routes
+        self.header_timeout = header_timeout
         self.log = log
         self.token = token  # None: loopback, no token needed (see the module doc)
         self.server: asyncio.AbstractServer | None = None
@@ -172,7 +173,7 @@ class AdminServer:
             keep = True
             while keep:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout)
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial:  # a timed-out or cut head gets its answer; a clean EOF none
                         await self._write(writer, refusal(Refused(400, "incomplete request head")), False, "GET")
