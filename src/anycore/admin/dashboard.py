@@ -59,7 +59,7 @@ class Dashboard:
     def __init__(self, view: AdminView) -> None:
         self.view = view
         self.history = History()
-        self.sampler = Sampler(self.history, view.stats.snapshot, time.time)
+        self.sampler = Sampler(self.history, view.stats.snapshot, view.snapshot, time.time)
         self.files = _static()
         self.streams = 0
         view.log.watchers.append(self.history.record)
@@ -67,13 +67,15 @@ class Dashboard:
     def _started(self) -> None:
         self.sampler.start(asyncio.get_running_loop())
 
-    def state(self, since: int, max_events: int) -> dict[str, Any]:
+    def state(self, since: int, max_events: int, fresh: bool = True) -> dict[str, Any]:
         """``full``: everything kept is in this answer (a first read, or a reader whose
-        sequence this history never reached — the node restarted under an open page)."""
+        sequence this history never reached — the node restarted under an open page).
+        ``fresh``: a snapshot of now; else the last tick's (one per second for all streams)."""
         full = since == 0 or since > self.history.seq
         new = self.history.since(0 if full else since, max_events)
+        snapshot = self.sampler.last if not fresh and self.sampler.last is not None else self.view.snapshot()
         return {"node": self.view.node_id, "t": time.time(), "interval": INTERVAL, "full": full,
-                "snapshot": self.view.snapshot(), "rates": self.history.latest(), **new}
+                "snapshot": snapshot, "rates": self.history.latest(), **new}
 
     # -- handlers -----------------------------------------------------------------------
     async def page(self, request: AdminRequest) -> AdminResponse:
@@ -110,13 +112,22 @@ class Dashboard:
     async def _stream(self, since: int) -> AsyncIterator[bytes]:
         try:
             yield b"retry: 2000\n\n"
+            fresh = True
             while True:
-                state = self.state(since, FRAME_EVENTS)
+                state = self.state(since, FRAME_EVENTS, fresh)
+                fresh = False
                 since = state["seq"]
                 yield frame(state)
                 await self.sampler.next_tick(2 * INTERVAL)
         finally:
             self.streams -= 1
+
+    def table(self) -> Routes:
+        table: Routes = {"/": self.page, "/index.html": self.page, "/api/state": self.api_state,
+                         "/api/events": self.api_events}
+        for name in self.files:
+            table[f"/static/{name}"] = self.static
+        return table
 
     def close(self) -> None:
         self.sampler.close()
@@ -138,16 +149,12 @@ def _since(request: AdminRequest) -> int | None:
 
 def routes(view: AdminView) -> Routes:
     """The dashboard's routes for ``view`` (one history per call: call it once per node)."""
-    dashboard = Dashboard(view)
+    board = Dashboard(view)
     try:
-        dashboard._started()  # the listener mounts us on the node's loop: history starts now
+        board._started()  # the listener mounts us on the node's loop: history starts now
     except RuntimeError:
         pass  # no running loop (a test building the table): it starts with the first request
-    table: Routes = {"/": dashboard.page, "/index.html": dashboard.page, "/api/state": dashboard.api_state,
-                     "/api/events": dashboard.api_events}
-    for name in dashboard.files:
-        table[f"/static/{name}"] = dashboard.static
-    return table
+    return board.table()
 
 
 __all__ = ["routes", "Dashboard", "frame", "EVENTS"]

@@ -105,23 +105,40 @@ class Event:
                 "service": self.service, "fields": self.fields}
 
 
+@dataclass
+class Load:
+    """A service's queue depth and requests in flight, per tick (from the node's snapshot)."""
+
+    points: deque[tuple[int, float, int, int]] = field(default_factory=deque)  # (seq, t, queued, inflight)
+
+
 class History:
     def __init__(self) -> None:
         self.seq = 1  # the last tick's (or event's) sequence number; readers say 0 for "everything"
         self.series: dict[tuple[str, str], Series] = {}
         self.events: deque[Event] = deque(maxlen=EVENTS)
+        self.load: dict[str, Load] = {}
         self._previous: dict[tuple[str, str], ReleaseStats] | None = None
         self._previous_at = 0.0  # monotonic time of _previous
 
     # -- writers ------------------------------------------------------------------------
-    def sample(self, snapshot: dict[tuple[str, str], ReleaseStats], now: float, mono: float) -> None:
+    def sample(self, snapshot: dict[tuple[str, str], ReleaseStats], now: float, mono: float,
+               load: dict[str, tuple[int, int]] | None = None) -> None:
         """One tick: ``snapshot`` is ``RequestStats.snapshot()`` taken at unix time ``now``
-        (monotonic ``mono``). The first tick only sets the baseline."""
+        (monotonic ``mono``); ``load`` is (queued, in flight) per service at that time. The
+        first tick only sets the baseline."""
         previous, elapsed = self._previous, mono - self._previous_at
         self._previous, self._previous_at = snapshot, mono
         if previous is None or elapsed <= 0:
             return
         self.seq += 1
+        for service, (queued, inflight) in (load or {}).items():
+            points = self.load.setdefault(service, Load()).points
+            points.append((self.seq, now, queued, inflight))
+            while points and points[0][1] <= now - KEEP:
+                points.popleft()
+        for service in [s for s in self.load if s not in (load or {})]:
+            del self.load[service]  # the service is gone from the node
         for key, stats in snapshot.items():
             before = previous.get(key)
             duration = stats.duration.minus(before.duration) if before else stats.duration
@@ -156,7 +173,9 @@ class History:
             if points:
                 series.append({"service": service, "release": release, "points": points})
         events = [e.json() for e in self.events if e.seq > seq][-max_events:]
-        return {"seq": self.seq, "series": series, "events": events}
+        load = [{"service": service, "points": [[t, queued, inflight] for q, t, queued, inflight in lo.points if q > seq]}
+                for service, lo in sorted(self.load.items())]
+        return {"seq": self.seq, "series": series, "events": events, "load": load}
 
     def latest(self) -> list[dict[str, object]]:
         """The newest point of each series (what ``anycore top`` shows as current rates)."""
@@ -170,14 +189,17 @@ class History:
 
 
 class Sampler:
-    """The executor: samples ``stats()`` every ``INTERVAL`` on the running loop and tells
+    """The executor: samples ``stats()`` and the node's snapshot (for queue depth and in
+    flight per service) every ``INTERVAL`` on the running loop and tells
     waiting readers (the dashboard's event streams) after each tick. It is a loop timer,
     not a task: nothing to cancel but the handle, and ``close`` does that."""
 
     def __init__(self, history: History, stats: Callable[[], dict[tuple[str, str], ReleaseStats]],
-                 wall: Callable[[], float], interval: float = INTERVAL) -> None:
+                 snapshot: Callable[[], dict[str, Any]], wall: Callable[[], float], interval: float = INTERVAL) -> None:
         self.history = history
         self.stats = stats
+        self.snapshot = snapshot
+        self.last: dict[str, Any] | None = None  # the node's snapshot at the last tick (what streams send)
         self.wall = wall
         self.interval = interval
         self.ticked = asyncio.Event()  # set and replaced after every tick (see ``next_tick``)
@@ -195,7 +217,9 @@ class Sampler:
         # Re-armed first: a sample that raised (a bug) must not end the history for good.
         self._handle = self._loop.call_at(self._loop.time() + self.interval, self._tick)
         try:
-            self.history.sample(self.stats(), self.wall(), self._loop.time())
+            self.last = self.snapshot()
+            load = {s["name"]: (int(s.get("queued", 0)), int(s.get("inflight", 0))) for s in self.last.get("services", [])}
+            self.history.sample(self.stats(), self.wall(), self._loop.time(), load)
         finally:
             ticked, self.ticked = self.ticked, asyncio.Event()
             ticked.set()

@@ -71,6 +71,7 @@
   }
   function ms(seconds) {
     if (seconds === null || seconds === undefined) return "–";
+    if (seconds === 0) return "0";
     const v = seconds * 1000;
     if (v < 1) return `${v.toFixed(2)} ms`;
     if (v < 10) return `${v.toFixed(1)} ms`;
@@ -108,10 +109,11 @@
       if (S.events.length > MAX_EVENTS) S.events.splice(0, S.events.length - MAX_EVENTS);
       S.eventsDirty = true;
     }
-    for (const svc of (S.snap && S.snap.services) || []) {
-      let load = S.load.get(svc.name);
-      if (!load) S.load.set(svc.name, (load = []));
-      load.push([data.t, num(svc.queued), num(svc.inflight)]);
+    if (full) S.load.clear();
+    for (const l of data.load || []) {
+      let load = S.load.get(l.service);
+      if (!load) S.load.set(l.service, (load = []));
+      load.push(...l.points); // [t, queued, inflight]
       while (load.length && load[0][0] < cut) load.shift();
     }
     S.seq = data.seq;
@@ -136,7 +138,7 @@
     }
   }
   function setLive(cls, text) {
-    $("live").className = `live ${cls}`;
+    $("conn").className = `conn ${cls}`;
     $("live-text").textContent = text;
   }
   setInterval(() => {
@@ -177,11 +179,10 @@
       const services = peer.services || Object.fromEntries(Object.entries(peer.free || {}).map(([s, f]) => [s, { free: f }]));
       cards.push(nodeCard(id, peer.gateway, `heartbeat ${num(peer.seen_s_ago).toFixed(1)}s ago`, services, false));
     }
+    const line = (k, v) => h("div", { class: "kv" }, h("span", { class: "muted" }, k), h("b", {}, String(num(v))));
     box.replaceChildren(...cards,
-      h("div", { class: "nodecard" }, h("div", { class: "sub" }, "across nodes"),
-        h("div", { class: "load" }, "spilled", h("span"), String(num(cluster.spilled)),
-          "run for peers", h("span"), String(num(cluster.accepted)),
-          "remote in flight", h("span"), String(num(cluster.remote_inflight)))));
+      h("div", { class: "nodecard" }, h("div", { class: "sub" }, "between nodes (this node)"),
+        line("sent to peers", cluster.spilled), line("run for peers", cluster.accepted), line("remote in flight", cluster.remote_inflight)));
   }
   function nodeCard(id, gateway, sub, services, self) {
     const rows = [];
@@ -228,7 +229,8 @@
       return h("div", { class: "chart" }, h("div", { class: "label" }, h("span", {}, title), value), canvas);
     };
     card.el = h("article", { class: "service", "data-service": name }, card.head, card.deploy, card.releases,
-      h("div", { class: "charts" }, chart("rps", "requests / s"), chart("lat", "latency  p99 — p50 - -"), chart("load", "in flight · queued")),
+      (card.chartsBox = h("div", { class: "charts" }, chart("rps", "requests / s"), chart("lat", "latency  p99 — p50 - -"),
+        chart("load", h("span", {}, h("span", { class: "c-inflight" }, "in flight"), " · ", h("span", { class: "c-queued" }, "queued"))))),
       card.legend, card.workers);
     return card;
   }
@@ -238,7 +240,7 @@
     const rates = seriesOf(svc.name);
     const last = (key) => rates.reduce((a, s) => a + num((s.points[s.points.length - 1] || [])[key]), 0);
     const liveSeries = rates.find((s) => s.release === svc.release);
-    const p99 = liveSeries && liveSeries.points.length ? liveSeries.points[liveSeries.points.length - 1][5] : null;
+    const p99 = lastValue(liveSeries, 5);
     const fig = (k, v, cls) => h("div", { class: `figure ${cls || ""}` }, h("div", { class: "v" }, v), h("div", { class: "k" }, k));
     card.head.replaceChildren(
       h("h3", {}, svc.name), badge(svc.state), h("span", { class: "routes" }, (svc.routes || []).join("  ")),
@@ -257,7 +259,10 @@
     for (const f of svc.failed || []) releases.push(h("div", { class: "release", style: { "--c": "var(--bad)" } }, chip(f.release), badge("failed"), h("span", { class: "warn" }, f.reason)));
     if (svc.rolled_back) releases.push(h("div", { class: "release", style: { "--c": "var(--rollback)" } }, badge("rolled back"), h("span", { class: "meta" }, svc.rolled_back)));
     card.releases.replaceChildren(...releases);
-    drawCharts(card, svc, rates);
+    const idle = !live && !rates.some((s) => s.points.length) && !(S.load.get(svc.name) || []).some((p) => p[1] || p[2]);
+    card.chartsBox.hidden = idle;
+    card.legend.hidden = idle;
+    if (!idle) drawCharts(card, svc, rates);
     const legend = rates.map((s) => chip(s.release, s.release ? s.release : "node-made answers"));
     legend.push(h("span", {}, h("span", { class: "solid", style: { "border-color": "var(--bad)" } }), "5xx/s"));
     legend.push(h("span", {}, h("span", { class: "mark" }), "traffic shifted"));
@@ -268,12 +273,14 @@
   function releaseRow(r, role) {
     const workers = r.workers || [];
     const ready = workers.filter((w) => w.state === "ready").length;
+    const inflight = workers.reduce((a, w) => a + num(w.inflight), 0);
     const scaler = r.scaler;
-    return h("div", { class: "release", style: { "--c": colour(r.release) } },
+    const meta = role === "live"
+      ? [`${ready}/${workers.length} workers ready`, scaler ? ` · target ${scaler.desired} [${scaler.min}..${scaler.max}]` : ""]
+      : [`${workers.length} worker${workers.length === 1 ? "" : "s"} finishing ${inflight} request${inflight === 1 ? "" : "s"}`];
+    return h("div", { class: `release ${role}`, style: { "--c": colour(r.release) } },
       chip(r.release), badge(role === "live" ? (r.crashlooping ? "crashlooping" : r.state || "live") : "draining"),
-      h("span", { class: "meta" }, `${ready}/${workers.length} workers ready`,
-        scaler ? ` · target ${scaler.desired} [${scaler.min}..${scaler.max}]` : "",
-        r.restarts ? ` · ${r.restarts} restarts` : ""),
+      h("span", { class: "meta" }, ...meta, r.restarts ? ` · ${r.restarts} restarts` : ""),
       r.last_exit ? h("span", { class: "warn" }, `last exit: ${r.last_exit}`) : null,
       r.failure ? h("span", { class: "warn" }, r.failure) : null);
   }
@@ -348,7 +355,7 @@
     const marks = S.events.filter((e) => e.service === svc.name && e.t >= t0 &&
       (e.event === "service.shifted" || e.event === "release.rollback" || (e.event === "worker.exited" && e.kind === "crash")))
       .map((e) => ({ t: e.t, colour: e.event === "service.shifted" ? colour(e.fields.release) : e.event === "release.rollback" ? "#ff9f5a" : "#ff5d5d",
-        label: e.event === "service.shifted" ? `→ ${String(e.fields.release || "").split("@")[1] || ""}` : e.event === "release.rollback" ? "rollback" : "✕" }));
+        label: e.event === "service.shifted" ? `→ ${String(e.fields.release || "").split("@")[1] || ""}` : e.event === "release.rollback" ? "rollback" : "crash" }));
     const visible = (s) => s.points.filter((p) => p[1] >= t0 - 2);
     const rps = rates.map((s) => ({ colour: colour(s.release), points: visible(s).map((p) => [p[1], p[2]]), width: 2 }));
     const errors = new Map();
@@ -365,15 +372,27 @@
       lat.push({ colour: colour(s.release), points: visible(s).map((p) => [p[1], p[4]]), width: 1.3, dash: [4, 4] });
     }
     const live = rates.find((s) => s.release === svc.release);
-    const lp = live && live.points[live.points.length - 1];
-    card.charts.lat.value.textContent = lp ? `p99 ${ms(lp[5])} · p50 ${ms(lp[4])}` : "–";
+    const p99 = lastValue(live, 5), p50 = lastValue(live, 4);
+    card.charts.lat.value.textContent = p99 !== null ? `p99 ${ms(p99)} · p50 ${ms(p50)}` : "–";
     plot(card.charts.lat.canvas, { t0, t1, lines: lat, marks, fmt: ms });
 
     const load = (S.load.get(svc.name) || []).filter((p) => p[0] >= t0 - 2);
     card.charts.load.value.textContent = `${num(svc.inflight)} · ${num(svc.queued)}`;
     plot(card.charts.load.canvas, { t0, t1, marks, fmt: (v) => v.toFixed(0), integer: true, lines: [
-      { colour: colour(svc.release), points: load.map((p) => [p[0], p[2]]), width: 2 },
+      { colour: "#cfd8e3", points: load.map((p) => [p[0], p[2]]), width: 1.6, fill: "rgba(207,216,227,.08)" },
       { colour: "#f2b84b", points: load.map((p) => [p[0], p[1]]), width: 2, fill: "rgba(242,184,75,.15)" }] });
+  }
+
+  // The newest non-empty value of a series' column (p50/p99 are null in an idle second),
+  // if it is at most a minute old.
+  function lastValue(series, column) {
+    if (!series) return null;
+    for (let i = series.points.length - 1; i >= 0; i--) {
+      const p = series.points[i];
+      if (p[1] < S.t - 60) break;
+      if (p[column] !== null && p[column] !== undefined) return p[column];
+    }
+    return null;
   }
 
   function niceMax(v, integer) {
@@ -421,11 +440,17 @@
     }
     g.save();
     g.beginPath(); g.rect(left, 0, pw, hgt); g.clip();
-    for (const m of marks || []) {
+    const rows = [-Infinity, -Infinity]; // where the last label of each row ends: labels never overlap
+    for (const m of (marks || []).slice().sort((a, b) => a.t - b.t)) {
       const xx = Math.round(x(m.t)) + 0.5;
       g.strokeStyle = m.colour; g.setLineDash([2, 3]); g.lineWidth = 1.5;
       g.beginPath(); g.moveTo(xx, top); g.lineTo(xx, top + ph); g.stroke();
-      g.setLineDash([]); g.fillStyle = m.colour; g.textAlign = "left"; g.fillText(m.label, xx + 3, 0);
+      g.setLineDash([]); g.fillStyle = m.colour; g.textAlign = "left";
+      const width = g.measureText(m.label).width;
+      const row = rows.findIndex((end) => end < xx + 3);
+      if (row < 0) continue;
+      g.fillText(m.label, xx + 3, row === 0 ? 0 : top + 2);
+      rows[row] = xx + 3 + width + 4;
     }
     for (const l of lines) {
       const runs = [];
