@@ -39,6 +39,23 @@ def _listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _admin(value: str | None) -> tuple[tuple[str, int] | None, bool]:
+    """``--admin``: (address or None for off, whether a taken port may move: only the default's)."""
+    from anycore.admin.server import DEFAULT
+
+    if value is None:
+        return DEFAULT, True
+    if value.lower() == "off":
+        return None, False
+    return _listen(value), False
+
+
+admin_option = click.option(
+    "--admin", "admin", default=None, metavar="HOST:PORT|off",
+    help="Admin listener: /metrics and the dashboard (default 127.0.0.1:9790; a non-loopback address needs the "
+         "node's token as a Bearer header; off: none).")
+
+
 nats_options = [
     click.option("--nats", "nats_url", envvar="ANYCORE_NATS", help="NATS URL of the cluster (default: the local node's)."),
     click.option("--token", envvar="ANYCORE_TOKEN", help="NATS token (default: $ANYCORE_HOME/token)."),
@@ -100,10 +117,11 @@ def cli() -> None:
 @click.option("--max-header-bytes", type=int, default=65536, show_default=True)
 @click.option("--ws-ping-interval", type=float, default=20.0, show_default=True,
               help="Ping a WebSocket silent this many seconds; close it (1011) if the pong takes as long again.")
+@admin_option
 @with_nats
 @with_env_options
 def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: float, keepalive_timeout: float,
-       max_connections: int, max_header_bytes: int, ws_ping_interval: float, nats_url: str | None, token: str | None,
+       max_connections: int, max_header_bytes: int, ws_ping_interval: float, admin: str | None, nats_url: str | None, token: str | None,
        creds: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
        find_links: tuple[str, ...], no_index: bool) -> None:
     """Start a node in the foreground, serving each PATH (a directory, or module:attr)."""
@@ -116,8 +134,10 @@ def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: fl
         sys.exit(2)
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                     keepalive_timeout=keepalive_timeout, max_connections=max_connections, ws_ping_interval=ws_ping_interval)
+    admin_address, admin_fallback = _admin(admin)
     node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits,
-                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
+                admin=admin_address, admin_fallback=admin_fallback)
     sys.exit(_run(node.run(services)))
 
 
@@ -402,15 +422,18 @@ def env_command(service: str, as_json: bool, nats_url: str | None, token: str | 
 @click.argument("path")
 @click.option("--listen", default="127.0.0.1:8000", show_default=True)
 @click.option("--access-log", is_flag=True)
+@admin_option
 @with_env_options
-def dev(path: str, listen: str, access_log: bool, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
+def dev(path: str, listen: str, access_log: bool, admin: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
         find_links: tuple[str, ...], no_index: bool) -> None:
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
     from anycore.node.node import Node
 
     service = load_service(path)  # a ConfigError becomes one line and exit 2 in main()
+    admin_address, admin_fallback = _admin(admin)
     node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path,
-                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
+                admin=admin_address, admin_fallback=admin_fallback)
     sys.exit(_run(node.run([service])))
 
 

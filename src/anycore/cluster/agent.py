@@ -71,6 +71,7 @@ class ClusterAgent:
         self.follow = follow  # catch up with the live releases in KV (cluster mode only)
         self.follow_failed: set[tuple[str, str, str]] = set()  # (service, deploy|stop|start, live release)
         self.spilled = 0  # requests this node sent to peers
+        self.spilled_to: dict[tuple[str, str], int] = {}  # (service, peer) -> requests sent there (/metrics)
         self.accepted = 0  # requests peers sent here
 
     @property
@@ -273,6 +274,7 @@ class ClusterAgent:
             self.sent[exchange.id] = exchange
             exchange.on_dispatched(slot, self.loop.time())
             self.spilled += 1
+            self.spilled_to[(runtime.name, node)] = self.spilled_to.get((runtime.name, node), 0) + 1
             if exchange.conn.closed:
                 slot.send(wire.Cancel(exchange.id))
             self._frames_back(early)
@@ -338,5 +340,6 @@ class ClusterAgent:
         now = self.loop.time()
         return {"peers": {p.node: {"gateway": p.heartbeat.gateway, "seen_s_ago": round(now - p.last_seen, 2),
                                    "free": p.free} for p in self.table.peers.values()},
-                "spilled": self.spilled, "accepted": self.accepted, "remote_inflight": len(self.sent),
-                "running_for_peers": len(self.running)}
+                "spilled": self.spilled, "accepted": self.accepted,
+                "remote_inflight": len(self.sent), "running_for_peers": len(self.running),
+                "spilled_to": [{"service": s, "peer": p, "count": n} for (s, p), n in sorted(self.spilled_to.items())]}

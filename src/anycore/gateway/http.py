@@ -40,6 +40,7 @@ import httptools
 
 from anycore.gateway.chunked import ChunkError, ChunkedDecoder
 from anycore.gateway.exchange import Exchange, status_line
+from anycore.stats import RequestStats
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class ConnectionOwner(Protocol):
     """What a connection asks of the gateway that owns it (``gateway.server.Gateway``)."""
 
     limits: Limits
+    stats: RequestStats  # refusals decided here (a body past max_body) are counted in it
     connections: set[Any]  # open HTTP connections: a connection adds and removes itself
     websockets: Collection[Any]  # counted against max_connections too
     node_header: bytes
@@ -435,6 +437,7 @@ class HttpConnection(asyncio.Protocol):
             return
         limit = exchange.service.max_body if exchange.service is not None else None
         if limit is not None and exchange.body_received + len(body) > limit:
+            self.gateway.stats.reject(exchange.service.name, "too_large")  # type: ignore[union-attr]
             if exchange is self.pipeline[0] and exchange.admitted:
                 self.input_done = True
                 exchange.fail(413, "payload too large", f"request body exceeds this service's max_body of {limit} bytes")

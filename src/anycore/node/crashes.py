@@ -9,7 +9,8 @@ effect. This module applies the verdicts; it decides nothing itself.
 Quarantine: a request that crashed two workers is answered 502 and recorded, and identical
 requests (method, raw path, query) are refused for ``QUARANTINE_TTL`` seconds, so one
 poison request cannot take down the fleet. The table is kept here, read by ``refuses`` on
-every submit.
+every submit; each refusal is counted (``rejected{reason="quarantined"}``), the 502 of the
+request that crashed twice is not (it ran: it is a 502 in ``requests_total``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from anycore.log import NodeLog
 from anycore.router.crash import Crashed, Outcome, outcome, why_not_retried
+from anycore.stats import RequestStats
 
 if TYPE_CHECKING:
     from anycore.gateway.exchange import Exchange
@@ -45,8 +47,9 @@ def judge(lost: list["Exchange"]) -> list[tuple["Exchange", Outcome]]:
 
 
 class Crashes:
-    def __init__(self, name: str, log: NodeLog, release_id: Callable[[], str]) -> None:
+    def __init__(self, name: str, log: NodeLog, release_id: Callable[[], str], stats: RequestStats | None = None) -> None:
         self.name = name
+        self.stats = stats if stats is not None else RequestStats()
         self.log = log
         self._release_id = release_id
         self.quarantine: dict[Key, float] = {}  # request key -> refused until (clock time)
@@ -61,6 +64,7 @@ class Crashes:
         if until <= now:
             del self.quarantine[key]
             return False
+        self.stats.reject(self.name, "quarantined")
         exchange.fail(502, "quarantined",
                       f"an identical request crashed two workers of {self._release_id()}; it is refused for "
                       f"{QUARANTINE_TTL:.0f}s — fix the handler and deploy")

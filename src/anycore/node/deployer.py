@@ -22,6 +22,10 @@ processes and leaves everything as it was.
 The deployer sees the node through ``DeployHost`` (its services, gateway, environments,
 and how to create or forget a service), never the ``Node`` class: the node imports the
 deployer, not the other way round. Each deploy runs as a task of its ``TaskGroup``.
+
+For ``/metrics`` the deployer counts every deploy that ends, by outcome (done, failed,
+aborted, noop), and the seconds each of its phases took (``DeployCounts``, plain ints and
+``stats.Histogram``s, updated once per deploy from its last event).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from anycore.release.bundle import pack, release_id
 from anycore.release.deploy import Deploy, Phase
 from anycore.release.env import declared
 from anycore.release.store import CodeStore, ReleaseRecord, now
+from anycore.stats import Histogram
 from anycore.supervisor.launch import Launch, check_reachable, plan_user, prepare_data_dir, resolve_user
 from anycore.supervisor.zygote import Template
 from anycore.tasks import TaskGroup
@@ -77,6 +82,29 @@ class DeployHost(Protocol):
     def forget_service(self, runtime: "ServiceRuntime") -> None: ...
 
 
+class DeployCounts:
+    """Deploys that ended, per (service, release, outcome); phase durations per (service, release, phase)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str, str], int] = {}
+        self.phases: dict[tuple[str, str, str], Histogram] = {}
+
+    def ended(self, deploy: Deploy) -> None:
+        outcome = {Phase.DONE: "done", Phase.NOOP: "noop"}.get(deploy.phase) or ("aborted" if deploy.aborting else "failed")
+        key = (deploy.service, deploy.release, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        for phase, seconds in deploy.timings.items():
+            histogram = self.phases.setdefault((deploy.service, deploy.release, phase), Histogram())
+            histogram.observe(seconds)
+
+    def info(self) -> dict[str, Any]:
+        """JSON for ``ps --json`` (and /metrics, which reads it from there)."""
+        return {"outcomes": [{"service": s, "release": r, "outcome": o, "count": n}
+                             for (s, r, o), n in sorted(self.outcomes.items())],
+                "phases": [{"service": s, "release": r, "phase": p, "buckets": h.counts, "sum": round(h.total, 6),
+                            "count": h.count} for (s, r, p), h in sorted(self.phases.items())]}
+
+
 class Deployer:
     def __init__(self, node: DeployHost, store: CodeStore,
                  on_storage_error: Callable[[StorageError], None] = lambda error: None) -> None:
@@ -87,6 +115,7 @@ class Deployer:
         self.deploys: dict[str, Deploy] = {}
         self.tasks = TaskGroup("deploys", on_error=self._task_failed)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.counts = DeployCounts()
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         self.node.log.event("deploy.task_failed", task=name, error=repr(exc)[:300])
@@ -112,6 +141,14 @@ class Deployer:
         deploy = Deploy(deploy_id or secrets.token_hex(6), record.service, record.id,
                         live.release_id if live is not None and live.release is not None else "", source)
         deploy.listeners.extend(self.listeners)
+        counted: list[bool] = []
+
+        def count(event: dict[str, Any]) -> None:
+            if deploy.finished and not counted:  # once, at its last phase
+                counted.append(True)
+                self.counts.ended(deploy)
+
+        deploy.listeners.append(count)
         self.deploys[deploy.id] = deploy
         for old in [d for d in self.deploys.values() if d.finished][:-50]:
             del self.deploys[old.id]

@@ -1,8 +1,9 @@
 """L2 — the node, the composition root: one process per machine that holds the sockets and
 never runs user code.
 
-Start order: NATS (embedded or given) -> NATS connection -> gateway listener -> services
-(their zygotes and workers) -> control subscriptions -> the command loop. Stop order is
+Start order: NATS (embedded or given) -> NATS connection -> gateway listener -> admin
+listener (``/metrics``, the dashboard; ``--admin``) -> services (their zygotes and
+workers) -> control subscriptions -> the command loop. Stop order is
 the reverse, each step bounded: stop accepting and let connections finish their current
 response, drain the services (workers finish in-flight requests, then lifespan shutdown),
 stop the zygotes, close NATS, stop the embedded server.
@@ -42,6 +43,10 @@ from anycore.commands import COMMANDS, Command
 from anycore.config import _NAME as _SERVICE_NAME
 from anycore.config import Service, ServiceConfig
 from anycore.errors import AnycoreError, NodeRunning, ReleaseFailed, StorageError, UnknownService
+from anycore.admin import metrics as admin_metrics
+from anycore.admin.routes import Routes
+from anycore.admin.server import DEFAULT as ADMIN_DEFAULT
+from anycore.admin.server import AdminServer, is_loopback
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
@@ -71,8 +76,14 @@ def make_node_id() -> str:
 class Node:
     def __init__(self, home: Path, listen: tuple[str, int], nats_url: str | None = None, token: str | None = None,
                  creds: str | None = None, access_log: bool = False, limits: Limits | None = None,
-                 watch: str | None = None, index: IndexSettings | None = None, service_user: str = "") -> None:
+                 watch: str | None = None, index: IndexSettings | None = None, service_user: str = "",
+                 admin: tuple[str, int] | None = ADMIN_DEFAULT, admin_fallback: bool = False) -> None:
         self.home = home
+        # The admin listener's address (None: off). ``admin_fallback``: it is the default, not
+        # asked for, so a taken port (another node on this machine) moves to a free one.
+        self.admin_address = admin
+        self.admin_fallback = admin_fallback
+        self.admin: AdminServer | None = None
         self.index = index or IndexSettings()  # where uv finds the packages of release environments
         self.service_user = service_user  # whom services run as when the node is root ("": the default)
         self.envs: Environments | None = None
@@ -80,7 +91,7 @@ class Node:
         self.node_id = make_node_id()
         self.log = NodeLog()
         self.stats = RequestStats()  # what /metrics, the dashboard and `anycore top` read (anycore.stats)
-        self.gateway = Gateway(self.log, limits or Limits(), access_log)
+        self.gateway = Gateway(self.log, limits or Limits(), access_log, self.stats)
         self.lock = NodeLock(home)
         self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None
         self.auth = NatsAuth(nats_url or "", token, creds)
@@ -114,7 +125,9 @@ class Node:
         return {"node": self.node_id, "gateway": self.gateway.url, "pid": os.getpid(),
                 "connections": len(self.gateway.connections), "gateway_errors": self.gateway.errors,
                 "services": [s.info() for s in self.services.values()],
-                "cluster": self.cluster.info() if self.cluster is not None else None}
+                "cluster": self.cluster.info() if self.cluster is not None else None,
+                "admin": self.admin.url if self.admin is not None else None,
+                "deploys": self.deployer.counts.info() if self.deployer is not None else None}
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
@@ -145,6 +158,7 @@ class Node:
                 reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                 raise AnycoreError(f"cannot listen on {host}:{port}: {reason} — pick another port "
                                    f"with --listen HOST:PORT (0 picks a free one), or stop what holds it") from None
+            await self._start_admin()
             await self.cluster.start()  # type: ignore[union-attr]  # heartbeats name the gateway's URL
             self._write_record()
             self.log.event("node.started", node=self.node_id, gateway=self.gateway.url, nats=self.auth.url, pid=os.getpid())
@@ -175,6 +189,48 @@ class Node:
             watcher.cancel()
         await self._shutdown()
         return code
+
+    async def _start_admin(self) -> None:
+        """The admin listener (``anycore.admin.server``): on loopback open to this machine;
+        anywhere else every request needs the node's control token."""
+        if self.admin_address is None:
+            return
+        host, port = self.admin_address
+        token = None
+        if not is_loopback(host):
+            token = self.embedded.token if self.embedded is not None else self.auth.token
+            if not token:
+                raise AnycoreError(f"--admin {host}:{port} is not a loopback address, so it needs the node's token, "
+                                   "and this node has none (it joined NATS with --creds) — pass --token too, or bind "
+                                   "the admin listener to 127.0.0.1")
+        server = AdminServer(self._admin_routes(), self.log, token)
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            if not self.admin_fallback:
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise AnycoreError(f"cannot listen on {host}:{port} for the admin listener: {reason} — pick another "
+                                   "port with --admin HOST:PORT (0 picks a free one), or --admin off") from None
+            await server.start(host, 0)
+            print(f"anycore: admin port {port} is taken (another node on this machine?); using {server.port} — "
+                  "set --admin HOST:PORT to choose", flush=True)
+        self.admin = server
+        access = ("loopback: no token needed" if token is None else
+                  "not loopback: every request needs `Authorization: Bearer <token>`, the token in "
+                  f"{self.home / 'token'}" if self.embedded is not None else
+                  "not loopback: every request needs `Authorization: Bearer <the node's --token>`")
+        print(f"anycore admin listener on {server.url} (/metrics; {access})", flush=True)
+
+    def _admin_routes(self) -> Routes:
+        """``/metrics``, and the dashboard's pages when that module is installed."""
+        routes = admin_metrics.routes(self)
+        try:
+            import anycore.admin.dashboard as dashboard  # type: ignore[import-not-found, unused-ignore]
+        except ModuleNotFoundError as exc:
+            if exc.name != "anycore.admin.dashboard":
+                raise
+            return routes
+        return {**dashboard.routes(self), **routes}
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An error no task awaited (e.g. inside nats-py while NATS goes away): one log line,
@@ -236,7 +292,8 @@ class Node:
             pass
 
     def _write_record(self) -> None:
-        record = {"node_id": self.node_id, "nats_url": self.auth.url, "gateway": self.gateway.url, "pid": os.getpid()}
+        record = {"node_id": self.node_id, "nats_url": self.auth.url, "gateway": self.gateway.url, "pid": os.getpid(),
+                  "admin": self.admin.url if self.admin is not None else None}
         path = self.home / "node.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
@@ -315,7 +372,8 @@ class Node:
               flush=True)
 
     def create_service(self, name: str, config: ServiceConfig) -> ServiceRuntime:
-        runtime = ServiceRuntime(name, "", config, "", self.log, server=(self.gateway.host, self.gateway.port))
+        runtime = ServiceRuntime(name, "", config, "", self.log, server=(self.gateway.host, self.gateway.port),
+                                 stats=self.stats)
         runtime.on_crashloop = self._auto_rollback
         if self.cluster is not None:
             runtime.on_queued = self.cluster.spill_soon
@@ -473,6 +531,8 @@ class Node:
             self.cluster.leave()
         await self.gateway.stop(timeout=SHUTDOWN_GRACE)
         await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
+        if self.admin is not None:
+            await self.admin.stop(TASKS_BOUND)  # scrapes and dashboards saw the drain; now they go
         if self.rollout is not None:
             await self.rollout.close()
         if self.deployer is not None:

@@ -33,16 +33,20 @@ from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.ports import Channel
 from anycore.router.core import Placed, Queued, Rejected, Router
+from anycore.stats import RequestStats
 
 if TYPE_CHECKING:
     from anycore.gateway.exchange import Exchange
+
+QUEUE_FULL = "queue full"  # router.core's Rejected reason; the other one is the deadline estimate
 
 
 class Placement:
     def __init__(self, name: str, config: ServiceConfig, clock: Callable[[], float],
                  lookup: Callable[[int], Channel | None], server: tuple[str, int] | None,
-                 on_queued: Callable[[], None]) -> None:
+                 on_queued: Callable[[], None], stats: RequestStats | None = None) -> None:
         self.name = name
+        self.stats = stats if stats is not None else RequestStats()  # refusals counted as decided
         self.config = config
         self.clock = clock
         self.server = server
@@ -68,6 +72,7 @@ class Placement:
         if not exchange.body_done and exchange.buffered < config.request_buffer:
             reserve = min(exchange.content_length or config.request_buffer, config.request_buffer)
             if self.buffering + self.router.queued_bytes + reserve > config.max_queue_bytes:
+                self.stats.reject(self.name, "queue_full")
                 exchange.fail(503, "overloaded", f"service {self.name}: request bodies being received fill "
                               f"max_queue_bytes={config.max_queue_bytes}; retry", 1)
                 return
@@ -97,6 +102,7 @@ class Placement:
             self._arm_expiry()
             self._on_queued()
         elif type(decision) is Rejected:
+            self.stats.reject(self.name, "queue_full" if decision.reason == QUEUE_FULL else "deadline")
             exchange.fail(503, "overloaded", f"service {self.name}: {decision.reason}; retry after {decision.retry_after}s",
                           decision.retry_after)
 
@@ -159,6 +165,7 @@ class Placement:
     def _expire(self) -> None:
         self._expiry = None
         for exchange in self.router.expire(self.clock()):
+            self.stats.reject(self.name, "deadline")
             exchange.fail(504, "deadline passed while queued",
                           f"no worker of {self.name} became free within timeout={self.config.timeout}s")
         self._arm_expiry()

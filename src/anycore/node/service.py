@@ -15,6 +15,11 @@ One owner per fact: the worker table is the release supervisors' (``workers`` of
 draining and stopping releases; looked up by id, never copied here), request accounting
 (in flight, served) is the router's. Every ``now`` comes from the injected ``clock``
 (default: the loop's); the timers stay on the loop.
+
+Refusals are counted in the node's ``RequestStats`` (``reject(service, reason)``, one
+dict update) where they are decided: here (stopped, too large), in the placement (queue
+full, deadline) and in the crash handling (quarantined). Restarts and cold starts are the
+release supervisors', in the ``WorkerCounts`` this runtime keeps across its releases.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from anycore.node.placement import Placement
 from anycore.node.sessions import SessionPlacer
 from anycore.node.sockets import SocketHost
 from anycore.router.core import Router
+from anycore.stats import RequestStats
 from anycore.supervisor.launch import Launch
-from anycore.supervisor.release import ReleaseSupervisor
+from anycore.supervisor.release import ReleaseSupervisor, WorkerCounts
 
 if TYPE_CHECKING:
     from anycore.gateway.exchange import Exchange
@@ -48,8 +54,11 @@ STOPPED_RETRY_AFTER = 5
 
 class ServiceRuntime:
     def __init__(self, name: str, directory: str, config: ServiceConfig, release: str, log: NodeLog,
-                 server: tuple[str, int] | None = None, *, clock: Callable[[], float] | None = None) -> None:
+                 server: tuple[str, int] | None = None, *, clock: Callable[[], float] | None = None,
+                 stats: RequestStats | None = None) -> None:
         self.name = name
+        self.stats = stats if stats is not None else RequestStats()  # the node's one aggregate (anycore.stats)
+        self.counts = WorkerCounts()  # restarts and cold starts of every release of this service
         self.directory = directory
         self.config = config
         self.release_id = release
@@ -69,9 +78,9 @@ class ServiceRuntime:
         self._rejected_seen = 0
         self.failed: list[dict[str, Any]] = []
         self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
-        self.placement = Placement(name, config, self.clock, self.worker, server, self._queued)
+        self.placement = Placement(name, config, self.clock, self.worker, server, self._queued, self.stats)
         self.router: Router[Exchange] = self.placement.router
-        self.crashes = Crashes(name, log, lambda: self.release_id)
+        self.crashes = Crashes(name, log, lambda: self.release_id, self.stats)
         self.sockets = SocketHost(self, config)
         self.sessions: SessionPlacer = self.sockets.sessions
 
@@ -135,7 +144,7 @@ class ServiceRuntime:
     # is what ``start`` brings back.
 
     def new_release(self, release: str, directory: str, config: ServiceConfig, launch: Launch | None = None) -> ReleaseSupervisor:
-        return ReleaseSupervisor(self, release, directory, config, self.log, launch)
+        return ReleaseSupervisor(self, release, directory, config, self.log, launch, counts=self.counts)
 
     async def start(self) -> None:
         """Turn on the last live release again (raises ReleaseFailed)."""
@@ -197,6 +206,7 @@ class ServiceRuntime:
             self.draining.clear()
         for exchange in [p.item for p in self.router.queue]:
             self.router.cancel(exchange)
+            self.stats.reject(self.name, "stopped")
             exchange.fail(503, "service stopped", f"service {self.name} was stopped — `anycore start {self.name}`",
                           STOPPED_RETRY_AFTER)
         # Nothing of the stopped service runs on: a session move under way ends now (its
@@ -249,6 +259,7 @@ class ServiceRuntime:
     def _refuse_stopped(self, exchange: "Exchange") -> bool:
         if self.life.state is not ServiceState.STOPPED:
             return False
+        self.stats.reject(self.name, "stopped")
         exchange.fail(503, "service stopped", f"service {self.name} is stopped — `anycore start {self.name}`",
                       STOPPED_RETRY_AFTER)
         return True
@@ -260,6 +271,7 @@ class ServiceRuntime:
         if self._refuse_stopped(exchange):
             return
         if exchange.content_length is not None and exchange.content_length > self.config.max_body:
+            self.stats.reject(self.name, "too_large")
             exchange.fail(413, "payload too large",
                           f"request body of {exchange.content_length} bytes exceeds max_body={self.config.max_body}")
             return
@@ -360,4 +372,7 @@ class ServiceRuntime:
             "expired": self.router.expired, "quarantined": self.quarantined, "live": release,
             "websockets": sum(len(w.sockets) for w in self.all_workers()),
             "sessions_moved": self.sessions.moved, "sessions_recovered": self.sessions.recovered,
+            "worker_restarts": [{"release": release, "cause": cause, "count": n}
+                                for (release, cause), n in sorted(self.counts.restarts.items())],
+            "cold_starts": [{"release": release, "count": n} for release, n in sorted(self.counts.cold_starts.items())],
         }

@@ -24,6 +24,13 @@ config. The supervisor owns every process it starts and stops them with a bound:
 tasks too (a ``TaskGroup``) and its timers, cancelled on stop: nothing it started acts on
 a stopped release.
 
+Counts for ``/metrics`` are plain ints in a ``WorkerCounts`` the owner hands in (it outlives
+the release, so a retired release's restarts stay counted): a restart is counted by its
+cause once the exit status is known (``restart_cause``), and a *cold start* is one
+scale-up from zero workers while a request waited for one — the fork a scaled-to-zero
+service pays on demand, counted once however many workers that scale-up forks (forks of
+a deploy, a restart, or a scale-up of a release that still had a worker are not cold).
+
 It reports to its owner through ``ports.ReleaseOwner`` and never imports ``node/``; the
 router's counts (in flight, served) are asked of the owner, not kept here. The zygote
 factory, the clock and the kill function are injected (defaults: ``start_zygote``, the
@@ -37,6 +44,7 @@ import itertools
 import os
 import signal
 import socket
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine
 
 from anycore import wire
@@ -83,11 +91,35 @@ def scaler_limits(config: ServiceConfig, override: tuple[int, int] | None = None
                   stable_window=stable, panic_window=max(1.0, stable / 10))
 
 
+def restart_cause(worker: WorkerHandle) -> str:
+    """The ``cause`` label of a restart: hung, oom, signal (killed: kill -9, a segfault),
+    exit (the process exited by itself), or unknown (its exit status never came)."""
+    if worker.exit_reason is ExitReason.HUNG:
+        return "hung"
+    if "OOM" in worker.exit_cause:
+        return "oom"
+    status = worker.exit_status
+    if status is None:
+        return "unknown"
+    return "signal" if os.WIFSIGNALED(status) else "exit"
+
+
+@dataclass
+class WorkerCounts:
+    """Cumulative counts of one service's releases, kept by their owner (see the module doc)."""
+
+    restarts: dict[tuple[str, str], int] = field(default_factory=dict)  # (release, cause) -> restarts
+    cold_starts: dict[str, int] = field(default_factory=dict)  # release -> scale-ups from zero
+
+
 class ReleaseSupervisor:
     def __init__(self, owner: ReleaseOwner, release: str, directory: str, config: ServiceConfig, log: NodeLog,
                  launch: Launch | None = None, *, zygote_factory: ZygoteFactory = start_zygote,
-                 clock: Callable[[], float] | None = None, kill: Callable[[int, int], None] = os.kill) -> None:
+                 clock: Callable[[], float] | None = None, kill: Callable[[int, int], None] = os.kill,
+                 counts: WorkerCounts | None = None) -> None:
         self.owner = owner
+        self.counts = counts if counts is not None else WorkerCounts()
+        self._restarting: set[int] = set()  # workers whose exit was fed to the policy: counted once their cause is known
         self.launch = launch or Launch()
         self.release = release
         self.directory = directory
@@ -318,6 +350,7 @@ class ReleaseSupervisor:
             now = self.clock()
             decision = self.policy.on_crash(now, now - worker.started_at)
             self.restarts += 1
+            self._restarting.add(worker.id)
             if decision.crashlooping:
                 self.log.event("release.crashlooping", self.name, release=self.release, restarts=self.restarts,
                                next_restart_s=decision.delay)
@@ -355,6 +388,10 @@ class ReleaseSupervisor:
         if self.workers.pop(worker.id, None) is None:
             return
         cause = worker.exit_cause or "unknown (exit status not reported)"
+        if worker.id in self._restarting:
+            self._restarting.discard(worker.id)
+            key = (self.release, restart_cause(worker))
+            self.counts.restarts[key] = self.counts.restarts.get(key, 0) + 1
         if not worker.exit_reason.deliberate:
             self.last_exit = f"worker {worker.id} (pid {worker.pid}): {cause}"
         inflight, served = worker.lost_counts
@@ -385,6 +422,8 @@ class ReleaseSupervisor:
         decision = self.scaler.decide(now, current, draining, budget)
         self.target = decision.desired
         if decision.desired > current:
+            if current == 0 and queued:
+                self.counts.cold_starts[self.release] = self.counts.cold_starts.get(self.release, 0) + 1
             self.log.event("scale.up", self.name, release=self.release, workers=current, desired=decision.desired,
                            reason=decision.reason.value, demand=decision.demand)
             for _ in range(decision.desired - current):
