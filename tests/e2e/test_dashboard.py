@@ -111,3 +111,70 @@ def test_dashboard_page_draws_a_deploy_in_a_cluster() -> None:
             load.cancel()
             board.close()
     asyncio.run(go())
+
+
+SHOP = '''
+VERSION = "@VERSION@"
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": VERSION.encode()})
+'''
+SHOP_CONFIG = 'name = "shop"\nworkers = 2\nslots = 4\ndrain_timeout = 5\n'
+
+
+def test_dashboard_and_top_show_a_real_node_and_its_deploy(nodes, tmp_path) -> None:
+    """A real node (its admin listener on a free port), the page in chromium: the service
+    and its workers appear, then a deploy's phases and shift, all within seconds and with
+    no JavaScript error; ``anycore top --once`` names the same service and workers."""
+    import httpx
+
+    from tests.conftest import make_service, wait_for
+
+    directory = make_service(tmp_path, "shop", SHOP.replace("@VERSION@", "v1"), SHOP_CONFIG)
+    node = nodes.start(directory, args=("--admin", "127.0.0.1:0"))
+    admin = node.record["admin"]
+    first = node.service("shop")["release"]
+    wait_for(lambda: len(node.ready_workers("shop")) == 2, 20, what="two ready workers")
+    with httpx.Client(base_url=node.url, timeout=10) as client:
+        for _ in range(40):
+            assert client.get("/").status_code == 200
+
+    async def go() -> None:
+        async with Browser() as browser:
+            page = await browser.open(admin + "/")
+            card = "document.querySelector('[data-service=shop]')"
+            await page.wait_for(f"{card} && {card}.querySelectorAll('table.workers tbody tr').length === 2 && "
+                                f"{card}.innerText.includes({first!r})", 15, "the shop service and its two workers")
+            await page.wait_for(f"{card}.querySelector('.chart b').textContent !== ''", 10, "the plots' figures")
+            (directory / "app.py").write_text(SHOP.replace("@VERSION@", "v2"))
+            deploy = await asyncio.to_thread(node.cli, "deploy", str(directory))
+            assert deploy.returncode == 0, deploy.stderr
+            second = node.service("shop")["release"]
+            assert second != first
+            shifted = f"[...document.querySelectorAll('#events li[data-event=\"service.shifted\"]')].some(li => li.innerText.includes({second!r}))"
+            await page.wait_for(shifted, 10, "the shift to the new release in the timeline")
+            await page.wait_for("[...document.querySelectorAll('#events li[data-event=\"deploy.phase\"]')]"
+                                ".some(li => li.innerText.includes('live ('))", 10, "the deploy's done phase")
+            await page.wait_for(f"{card}.querySelector('.release.live') && {card}.querySelector('.release.live').innerText.includes({second!r})",
+                                10, "the new release live in the service's card")
+            await page.wait_for(f"{card}.querySelectorAll('.step.done').length >= 5", 10, "the deploy's phase steps")
+            async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+                for _ in range(20):
+                    assert (await client.get("/")).text == "v2"
+            await page.wait_for(f"{card}.querySelector('.legend').innerText.includes({second!r})", 10,
+                                "the new release's requests in the plots")
+            await page.screenshot("dashboard-node.png")
+            page.assert_no_errors()
+    asyncio.run(go())
+
+    result = node.cli("top", "--once")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    workers = node.ready_workers("shop")
+    assert "shop" in out and node.service("shop")["release"] in out and "service.shifted" in out
+    assert all(f"#{w['id']}" in out for w in workers), out
+    other = node.cli("top", "--admin", admin, "--iterations", "2", "--interval", "0.2")
+    assert other.returncode == 0 and other.stdout.count("anycore top") == 2, other.stderr

@@ -32,12 +32,13 @@ MAX_STREAMS = 16
 FRAME_EVENTS = 200  # events in one frame at most (a storm of events is cut to its newest)
 RECENT_EVENTS = 100  # events in /api/state
 
+# Every answer of the admin listener is ``cache-control: no-store`` (admin.server): a page
+# reloaded after an upgrade of anycore gets the new script.
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 # The page loads only itself: a browser refuses anything from another origin.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-NO_STORE = [("cache-control", "no-store")]
 
 
 def _static() -> dict[str, bytes]:
@@ -47,8 +48,7 @@ def _static() -> dict[str, bytes]:
 
 
 def _json(value: Any, status: int = 200) -> AdminResponse:
-    return AdminResponse(status, "application/json", json.dumps(value, separators=(",", ":")).encode() + b"\n",
-                         list(NO_STORE))
+    return AdminResponse(status, "application/json", json.dumps(value, separators=(",", ":")).encode() + b"\n")
 
 
 def _type(name: str) -> str:
@@ -81,14 +81,14 @@ class Dashboard:
     async def page(self, request: AdminRequest) -> AdminResponse:
         self._started()
         return AdminResponse(200, TYPES[".html"], self.files["index.html"],
-                             [("content-security-policy", CSP), *NO_STORE])
+                             [("content-security-policy", CSP)])
 
     async def static(self, request: AdminRequest) -> AdminResponse:
         name = request.path.removeprefix("/static/")
         body = self.files.get(name)
         if body is None:
             return AdminResponse(404, body=f"no file {name!r} in the dashboard's static files\n".encode())
-        return AdminResponse(200, _type(name), body, [("cache-control", "no-cache")])
+        return AdminResponse(200, _type(name), body)
 
     async def api_state(self, request: AdminRequest) -> AdminResponse:
         self._started()
@@ -107,7 +107,7 @@ class Dashboard:
                                  headers=[("retry-after", "5")])
         self.streams += 1
         return AdminResponse(200, "text/event-stream", self._stream(since),
-                             [("cache-control", "no-store"), ("x-accel-buffering", "no")])
+                             [("x-accel-buffering", "no")])
 
     async def _stream(self, since: int) -> AsyncIterator[bytes]:
         try:

@@ -155,17 +155,25 @@
     document.title = `anycore · ${snap.node}`;
     $("node").replaceChildren(
       "node ", h("b", {}, snap.node), `  ·  gateway ${snap.gateway}  ·  ${num(snap.connections)} connections`,
-      snap.gateway_errors ? `  ·  ${snap.gateway_errors} gateway errors` : "");
+      gatewayErrors(snap.gateway_errors));
     setLive("on", "live");
     renderCluster(snap);
     renderServices(snap);
     if (S.eventsDirty) renderEvents();
   }
 
+  function gatewayErrors(errors) {
+    const counts = typeof errors === "number" ? { errors } : errors || {};
+    const total = Object.values(counts).reduce((a, n) => a + num(n), 0);
+    if (!total) return "";
+    return h("span", { title: Object.entries(counts).map(([k, n]) => `${k}: ${n}`).join("\n") }, `  ·  ${total} gateway errors`);
+  }
+
   function renderCluster(snap) {
     const box = $("cluster");
     const cluster = snap.cluster;
-    if (!cluster) { box.hidden = true; return; }
+    // A single node is a cluster of one: the strip appears with the first peer.
+    if (!cluster || !Object.keys(cluster.peers || {}).length) { box.hidden = true; return; }
     box.hidden = false;
     const cards = [];
     const mine = {};
@@ -229,7 +237,7 @@
       return h("div", { class: "chart" }, h("div", { class: "label" }, h("span", {}, title), value), canvas);
     };
     card.el = h("article", { class: "service", "data-service": name }, card.head, card.deploy, card.releases,
-      (card.chartsBox = h("div", { class: "charts" }, chart("rps", "requests / s"), chart("lat", "latency  p99 — p50 - -"),
+      (card.chartsBox = h("div", { class: "charts" }, chart("rps", "requests / s"), chart("lat", "latency p99 ─ p50 ┄"),
         chart("load", h("span", {}, h("span", { class: "c-inflight" }, "in flight"), " · ", h("span", { class: "c-queued" }, "queued"))))),
       card.legend, card.workers);
     return card;
@@ -327,9 +335,10 @@
     const steps = PHASES.filter((p) => p !== "env" || seen.has("env")).map((p) => {
       let cls = "";
       if (seen.has(p)) cls = (p === end && !finished) ? "now" : "done";
+      else if (PHASES.indexOf(p) < PHASES.indexOf(lastReached(mine) || "fetch")) cls = "skip";
       if (end === "failed" && p === lastReached(mine)) cls = "fail";
       const info = seen.get(p);
-      const took = info && info.took !== null && p !== "done" ? `${info.took.toFixed(info.took < 10 ? 2 : 0)}s` : "";
+      const took = cls === "skip" ? "skipped" : info && info.took !== null && p !== "done" ? `${info.took.toFixed(info.took < 10 ? 2 : 0)}s` : "";
       return h("div", { class: `step ${cls}`, style: { "--c": colour(release) } }, p, h("span", { class: "t" }, took || "\u00a0"));
     });
     const status = end === "done" ? `live after ${num(lastEv.fields.elapsed_s).toFixed(2)}s` : end === "failed" ? "failed" : end === "noop" ? "no change" : `${end}…`;
