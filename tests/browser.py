@@ -229,10 +229,13 @@ class Page:
 
     async def type(self, selector: str, text: str) -> None:
         """Replace an input's text as a person typing would (the browser's own input events)."""
+        await self.send("Page.bringToFront")
         await self.evaluate(f"(() => {{ const el = document.querySelector({json.dumps(selector)}); el.focus(); el.select(); }})()")
         await self.send("Input.insertText", {"text": text})
 
     async def press_enter(self, selector: str) -> None:
+        """Enter in ``selector``, as a key press (input goes to the page in front)."""
+        await self.send("Page.bringToFront")
         await self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
         for kind in ("keyDown", "keyUp"):
             await self.send("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
