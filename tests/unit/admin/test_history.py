@@ -87,3 +87,16 @@ def test_event_kinds() -> None:
     assert kind_of("scale.down") == "scale"
     assert kind_of("something.publish_failed") == "crash"
     assert kind_of("worker.ready") == "info"
+
+
+def test_load_per_service_is_kept_per_tick_and_dropped_with_the_service() -> None:
+    stats, history, clock = RequestStats(), History(), FakeClock(0.0)
+    history.sample(stats.snapshot(), 1.7e9, clock(), {"shop": (0, 0)})
+    clock.advance(1.0)
+    history.sample(stats.snapshot(), 1.7e9 + 1, clock(), {"shop": (3, 8), "auth": (0, 1)})
+    first = history.since(0)
+    assert {l["service"]: l["points"] for l in first["load"]} == {"shop": [[1.7e9 + 1, 3, 8]], "auth": [[1.7e9 + 1, 0, 1]]}
+    clock.advance(1.0)
+    history.sample(stats.snapshot(), 1.7e9 + 2, clock(), {"shop": (0, 2)})
+    later = history.since(first["seq"])
+    assert later["load"] == [{"service": "shop", "points": [[1.7e9 + 2, 0, 2]]}]  # auth is gone from the node
