@@ -45,7 +45,9 @@ class MadeUpNode:
                              {"name": "auth", "state": "stopped", "release": "", "draining": [], "failed": [], "rolled_back": None,
                               "routes": ["/auth"], "slots": 8, "queued": 0, "inflight": 0, "served": 10, "rejected": 0,
                               "quarantined": 0, "live": None, "websockets": 0}],
-                "cluster": {"peers": {"n-91c2": {"gateway": "http://10.0.0.2:8000", "seen_s_ago": 0.4, "free": {"shop": 5}}},
+                "cluster": {"peers": {"n-91c2": {"gateway": "http://10.0.0.2:8000", "seen_s_ago": 0.4, "free": {"shop": 5},
+                                                 "services": {"shop": {"release": "shop@b2c4e6f8", "workers": 2, "slots": 8,
+                                                                       "free": 5, "inflight": 3, "queued": 0}}}},
                             "spilled": 12, "accepted": 3, "remote_inflight": 1, "running_for_peers": 0}}
 
 
@@ -101,7 +103,7 @@ def test_dashboard_page_draws_a_deploy_in_a_cluster() -> None:
                 page = await browser.open(server.url + "/")
                 await page.wait_for("!!document.querySelector('[data-service=shop] table.workers')", what="the shop card")
                 text = await page.evaluate("document.body.innerText")
-                for expected in ("shop@b2c4e6f8", "shop@a1b3c5d7", "draining", "n-91c2", "traffic shifted to",
+                for expected in ("shop@b2c4e6f8", "shop@a1b3c5d7", "draining", "n-91c2", "3/8", "traffic shifted to",
                                  "killed by signal 9", "auth", "stopped"):
                     assert expected in text, expected
                 await page.wait_for("document.querySelectorAll('.step.done').length >= 5", what="the deploy's phases")

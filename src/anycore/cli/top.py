@@ -155,10 +155,12 @@ def render(picture: Picture) -> "Group":
     parts: list[Any] = [header, services, workers]
     cluster = snap.get("cluster")
     if cluster and cluster.get("peers"):
-        peers = Table("peer", "gateway", "heartbeat", "free slots", title="cluster", title_justify="left")
+        peers = Table("peer", "gateway", "heartbeat", "load (in flight/slots, queued)", title="cluster", title_justify="left")
         for peer, info in sorted(cluster["peers"].items()):
-            free = ", ".join(f"{s} {n}" for s, n in sorted((info.get("free") or {}).items()))
-            peers.add_row(peer, info.get("gateway", ""), f"{info.get('seen_s_ago', 0):.1f}s ago", free)
+            loads = info.get("services") or {s: {"free": n} for s, n in (info.get("free") or {}).items()}
+            load = ", ".join(f"{s} {l['inflight']}/{l['slots']}" + (f" +{l['queued']} queued" if l.get("queued") else "")
+                             if "slots" in l else f"{s} {l.get('free', 0)} free" for s, l in sorted(loads.items()))
+            peers.add_row(peer, info.get("gateway", ""), f"{info.get('seen_s_ago', 0):.1f}s ago", load)
         parts.append(peers)
     events = Table("time", "service", "event", "", title="events", title_justify="left", show_header=False)
     for event in reversed(picture.events):

@@ -40,6 +40,10 @@ def test_picture_accumulates_rates_and_events_and_renders_services_workers_event
     out = text(picture)
     assert "shop@b" in out and "#4" in out and "#1" in out and "draining" in out
     assert "service.shifted" in out and "20.0" in out and "10.0 ms" in out  # p99 of the live release
+    picture.state["snapshot"]["cluster"] = {"peers": {"n2": {"gateway": "http://h:1", "seen_s_ago": 0.5, "free": {"shop": 1},
+                                                             "services": {"shop": {"release": "shop@b", "workers": 1, "slots": 4,
+                                                                                   "free": 1, "inflight": 3, "queued": 2}}}}}
+    assert "shop 3/4 +2 queued" in text(picture) and "n2" in text(picture)
     picture.update(state(1, True, 1.0, []))  # the node restarted: all again
     assert list(picture.rps[("shop", "shop@b")]) == [1.0] and not picture.events
 

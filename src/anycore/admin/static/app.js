@@ -200,7 +200,8 @@
       const frac = slots ? Math.min(1, used / slots) : 0;
       rows.push(h("span", {}, name),
         h("span", { class: `bar ${frac >= 1 ? "full" : ""}`, style: { "--c": colour(load.release) } }, h("i", { style: { width: `${frac * 100}%` } })),
-        h("span", { class: "muted" }, slots ? `${used}/${slots}` : `${num(load.free)} free`, num(load.queued) ? ` · ${load.queued} queued` : ""));
+        h("span", { class: "muted" }, load.release === "" ? "stopped" : slots ? `${used}/${slots}` : `${num(load.free)} free`,
+          num(load.queued) ? ` · ${load.queued} queued` : ""));
     }
     return h("div", { class: `nodecard ${self ? "self" : ""}` }, h("div", { class: "name" }, id),
       h("div", { class: "sub" }, `${sub} · ${gateway || ""}`), h("div", { class: "load" }, rows));
