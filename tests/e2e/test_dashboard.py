@@ -107,6 +107,7 @@ def test_dashboard_page_draws_a_deploy_in_a_cluster() -> None:
                                  "killed by signal 9", "auth", "stopped"):
                     assert expected in text, expected
                 await page.wait_for("document.querySelectorAll('.step.done').length >= 5", what="the deploy's phases")
+                await page.wait_for("Number(document.body.dataset.frames) >= 3", 10, "two updates after the first frame")
                 await page.screenshot("dashboard-made-up.png")
                 page.assert_no_errors()
         finally:
@@ -151,6 +152,7 @@ def test_dashboard_and_top_show_a_real_node_and_its_deploy(nodes, tmp_path) -> N
             await page.wait_for(f"{card} && {card}.querySelectorAll('table.workers tbody tr').length === 2 && "
                                 f"{card}.innerText.includes({first!r})", 15, "the shop service and its two workers")
             await page.wait_for(f"{card}.querySelector('.chart b').textContent !== ''", 10, "the plots' figures")
+            await page.wait_for("Number(document.body.dataset.frames) >= 3", 10, "updates every second")
             (directory / "app.py").write_text(SHOP.replace("@VERSION@", "v2"))
             deploy = await asyncio.to_thread(node.cli, "deploy", str(directory))
             assert deploy.returncode == 0, deploy.stderr

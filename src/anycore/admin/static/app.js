@@ -117,7 +117,9 @@
       while (load.length && load[0][0] < cut) load.shift();
     }
     S.seq = data.seq;
+    S.frames = (S.frames || 0) + 1;
     render();
+    document.body.dataset.frames = String(S.frames); // how many updates arrived (tests wait on it)
   }
 
   function connect() {
