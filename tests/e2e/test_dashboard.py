@@ -81,7 +81,12 @@ def made_up_history(board: dashboard.Dashboard, loop: asyncio.AbstractEventLoop)
                                                       "cause": "killed by signal 9 (SIGKILL)", "inflight": 1, "served": 300})
     history.record(now - 39.9, "worker.restarting", "shop", {"release": "shop@b2c4e6f8", "replaces": 5, "delay_s": 0.0})
     history.record(now - 30, "cluster.peer_joined", "", {"peer": "n-91c2", "gateway": "http://10.0.0.2:8000"})
+    history.record(now - 12, "release.rollback", "auth", {"release": "auth@9e8d", "to": "auth@77aa",
+                                                          "reason": "crashlooping after shift", "seconds_after_shift": 4.2})
     history.record(now - 5, "service.stopped", "auth", {})
+    for k, phase in enumerate(["fetch", "import", "failed"]):
+        history.record(now - 4 + k * 0.3, "deploy.phase", "auth", {"deploy": "d-2", "release": "auth@5c5c", "phase": phase,
+                                                                 "error": "ModuleNotFoundError: No module named 'jwt'" if phase == "failed" else None})
 
 
 async def traffic(stats: RequestStats) -> None:
@@ -104,10 +109,11 @@ def test_dashboard_page_draws_a_deploy_in_a_cluster() -> None:
                 await page.wait_for("!!document.querySelector('[data-service=shop] table.workers')", what="the shop card")
                 text = await page.evaluate("document.body.innerText")
                 for expected in ("shop@b2c4e6f8", "shop@a1b3c5d7", "draining", "n-91c2", "3/8", "traffic shifted to",
-                                 "killed by signal 9", "auth", "stopped"):
+                                 "killed by signal 9", "auth", "stopped", "rolled back", "No module named 'jwt'"):
                     assert expected in text, expected
                 await page.wait_for("document.querySelectorAll('.step.done').length >= 5", what="the deploy's phases")
                 await page.wait_for("Number(document.body.dataset.frames) >= 3", 10, "two updates after the first frame")
+                assert await page.evaluate("document.querySelectorAll('[data-service=auth] .step.fail').length") == 1
                 await page.screenshot("dashboard-made-up.png")
                 page.assert_no_errors()
         finally:

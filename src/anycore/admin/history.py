@@ -53,6 +53,8 @@ DELIBERATE = ("(stopped", "(drained", "(recycled")  # how worker.exited's cause 
 def kind_of(event: str, fields: dict[str, object] | None = None) -> str:
     if event == "worker.exited" and any(d in str((fields or {}).get("cause", "")) for d in DELIBERATE):
         return "info"  # drained, retired or recycled: the node ended it, nothing crashed
+    if event == "deploy.phase" and (fields or {}).get("phase") == "failed":
+        return "crash"  # a deploy that failed is read with the failures, not the progress
     if event in KINDS:
         return KINDS[event]
     if event.endswith(("_failed", "_error")):

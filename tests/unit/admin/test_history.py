@@ -83,6 +83,8 @@ def test_since_returns_only_what_is_new_and_events_are_bounded() -> None:
 def test_event_kinds() -> None:
     assert kind_of("worker.exited", {"cause": "killed by signal 9 (SIGKILL)"}) == "crash"
     assert kind_of("worker.exited", {"cause": "exited with code 0 (stopped: release retired)"}) == "info"
+    assert kind_of("deploy.phase", {"phase": "warm"}) == "deploy"
+    assert kind_of("deploy.phase", {"phase": "failed", "error": "ImportError"}) == "crash"
     assert kind_of("release.rollback") == "rollback"
     assert kind_of("scale.down") == "scale"
     assert kind_of("something.publish_failed") == "crash"
