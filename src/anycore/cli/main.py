@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import click
 
 from anycore.cli.follow import Interrupt, Interrupted, follow, interrupted_before_sending
+from anycore.cli.top import top as top_command
 from anycore.cluster.control import ControlClient, home_dir, local_node, logs_subject
 from anycore.config import load_service
 from anycore.node.lock import held as lock_held
@@ -492,6 +493,9 @@ def main() -> None:
             raise
         click.echo(f"anycore: internal error: {exc!r} — please report it (ANYCORE_DEBUG=1 shows the traceback)", err=True)
         sys.exit(EXIT_BUG)
+
+
+cli.add_command(top_command)  # anycore top (cli/top.py)
 
 
 if __name__ == "__main__":

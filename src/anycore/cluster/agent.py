@@ -350,7 +350,8 @@ class ClusterAgent:
     def info(self) -> dict[str, Any]:
         now = self.loop.time()
         return {"peers": {p.node: {"gateway": p.heartbeat.gateway, "seen_s_ago": round(now - p.last_seen, 2),
-                                   "free": p.free} for p in self.table.peers.values()},
+                                   "free": p.free, "services": msgspec.to_builtins(p.heartbeat.services)}  # its load, as it said
+                          for p in self.table.peers.values()},
                 "spilled": self.spilled, "accepted": self.accepted,
                 "remote_inflight": len(self.sent), "running_for_peers": len(self.running),
                 "spilled_to": [{"service": s, "peer": p, "count": n} for (s, p), n in sorted(self.spilled_to.items())]}
