@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import itertools
 import json
 import math
@@ -214,7 +215,7 @@ class Calls:
         runtime = self.services.get(call.service)
         path, root = call.path, ""
         if runtime is not None:
-            prefix = next((p for h, p in map(parse_route, runtime.config.routes) if h is None), "/")
+            prefix = _mount(tuple(runtime.config.routes))
             if prefix != "/":  # the service's own paths: its mount is the root path, as through the gateway
                 path, root = prefix + path, prefix
         headers = [(k, v) for k, v in call.headers if k != CHAIN and k != b"host"]
@@ -324,6 +325,12 @@ class CliCaller:
     def _finish(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
+
+
+@functools.lru_cache(maxsize=256)
+def _mount(routes: tuple[str, ...]) -> str:
+    """The path prefix a call's path goes under: the service's first host-less route's."""
+    return next((p for h, p in map(parse_route, routes) if h is None), "/")
 
 
 def _chain_of(headers: list[tuple[bytes, bytes]]) -> list[str]:

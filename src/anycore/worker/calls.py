@@ -121,6 +121,8 @@ class Response:
                 yield chunk
 
     async def aread(self) -> bytes:
+        if self._content is None and self._state is not None:
+            self._content = self._state.take_all()  # the common case: the answer came whole
         if self._content is None:
             self._content = b"".join([chunk async for chunk in self.aiter_bytes()])
         return self._content
@@ -145,7 +147,7 @@ class _Call:
     """One call in flight, on the worker's loop: the frames of its ``id`` land here."""
 
     __slots__ = ("id", "client", "head", "chunks", "waiter", "done", "error", "credit", "credit_waiter",
-                 "deadline", "what", "sender")
+                 "deadline", "what", "sender", "timer", "expired")
 
     def __init__(self, client: "CallClient", call_id: int, deadline: float, what: str) -> None:
         self.id = call_id
@@ -160,6 +162,25 @@ class _Call:
         self.deadline = deadline  # time.monotonic(), 0.0: none here (the node keeps the target's)
         self.what = what
         self.sender: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # one per call, at its deadline (no wait_for per await)
+        self.expired = False
+
+    def arm(self, left: float) -> None:
+        self.timer = self.client.loop.call_later(left, self._expire)
+
+    def _expire(self) -> None:
+        """The budget ran out: whatever the caller awaits wakes up and sees ``expired``."""
+        self.timer = None
+        self.expired = True
+        if not self.head.done():
+            self.head.set_exception(_Expired())
+            self.head.exception()  # retrieved here: open_call turns it into a 504
+        _wake(self.waiter)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     # -- frames from the node -------------------------------------------------------------
     def on_frame(self, frame: wire.Frame) -> None:
@@ -183,6 +204,7 @@ class _Call:
             return
         if self.done:
             self.client.calls.pop(self.id, None)
+            self._disarm()
             self._stop_sender()
         _wake(self.waiter)
 
@@ -190,6 +212,7 @@ class _Call:
         """The call ended without its whole answer (cut, or the node went away)."""
         self.error, self.done = error, True
         self.client.calls.pop(self.id, None)
+        self._disarm()
         if not self.head.done():
             self.head.set_exception(CallFailed(f"{self.what}: {error}"))
             self.head.exception()  # retrieved: whoever awaits it sees it, nobody else warns
@@ -205,14 +228,6 @@ class _Call:
     def left(self) -> float | None:
         return None if not self.deadline else self.deadline - time.monotonic()
 
-    async def _wait(self, future: "asyncio.Future[Any]") -> Any:
-        left = self.left()
-        if left is None:
-            return await asyncio.shield(future) if future is self.head else await future
-        if left <= 0:
-            raise asyncio.TimeoutError
-        return await asyncio.wait_for(asyncio.shield(future) if future is self.head else future, left)
-
     async def next_chunk(self) -> bytes | None:
         """The next response body chunk (credited back to the node); None at the end."""
         while not self.chunks:
@@ -220,12 +235,12 @@ class _Call:
                 if self.error:
                     raise CallFailed(f"{self.what}: the response was cut: {self.error}")
                 return None
+            if self.expired:
+                self.close()
+                raise CallFailed(f"{self.what}: the deadline passed while the response body was being read")
             self.waiter = self.client.loop.create_future()
             try:
-                await self._wait(self.waiter)
-            except asyncio.TimeoutError:
-                self.close()
-                raise CallFailed(f"{self.what}: the deadline passed while the response body was being read") from None
+                await self.waiter
             finally:
                 self.waiter = None
         chunk = self.chunks.popleft()
@@ -249,13 +264,26 @@ class _Call:
         if not self.done:
             self.client.send(wire.CallBody(self.id, b"", False))
 
+    def take_all(self) -> bytes | None:
+        """The whole body if it is all here already (most answers: one ``CallResp``), else None."""
+        if not self.done or self.error:
+            return None
+        body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks.clear()
+        return body
+
     def close(self) -> None:
         """The caller is done with the call: if it is not finished, the node cancels it."""
+        self._disarm()
         if not self.done:
             self.done = True
             self.client.calls.pop(self.id, None)
             self.client.send(wire.CallCancel(self.id))
         self._stop_sender()
+
+
+class _Expired(Exception):
+    """A call's budget ran out before its response head came."""
 
 
 def _wake(future: "asyncio.Future[None] | None") -> None:
@@ -374,11 +402,13 @@ async def open_call(service: str, method: str, path: str, *, json: Any = None, c
     client.calls[call.id] = call
     client.send(wire.CallReq(call.id, service, method.upper(), path, query.encode("latin-1"), raw, first,
                              rest is not None, max(left, 0.001) if left is not None else 0.0))
+    if left is not None:
+        call.arm(left)
     if rest is not None:
         call.sender = client.loop.create_task(call.send_body(rest))
     try:
-        head: wire.CallResp = await call._wait(call.head)
-    except asyncio.TimeoutError:
+        head: wire.CallResp = await call.head
+    except _Expired:
         call.close()
         return _deadline_timeout(what)
     except BaseException:
