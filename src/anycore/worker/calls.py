@@ -251,13 +251,13 @@ class _Call:
     async def send_body(self, chunks: AsyncIterator[bytes]) -> None:
         """The rest of the request body, as the node's credit allows."""
         async for chunk in chunks:
-            while self.credit <= 0 and not self.done:
-                self.credit_waiter = self.client.loop.create_future()
-                await self.credit_waiter
-                self.credit_waiter = None
-            if self.done:
-                return
             for i in range(0, len(chunk), wire.CHUNK):
+                while self.credit <= 0 and not self.done:
+                    self.credit_waiter = self.client.loop.create_future()
+                    await self.credit_waiter
+                    self.credit_waiter = None
+                if self.done:
+                    return
                 piece = chunk[i:i + wire.CHUNK]
                 self.credit -= len(piece)
                 self.client.send(wire.CallBody(self.id, piece, True))
