@@ -47,6 +47,7 @@ from anycore.gateway.states import STARTED
 
 if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
+    from anycore.stats import RequestStats
 
 MAX_DEPTH = 8
 CHAIN = b"anycore-call-chain"
@@ -185,8 +186,10 @@ class CallExchange(Exchange):
 class Calls:
     """The node's call router: frames from calling workers to their calls' exchanges."""
 
-    def __init__(self, node_id: str, services: Mapping[str, "ServiceRuntime"], clock: Callable[[], float]) -> None:
+    def __init__(self, node_id: str, services: Mapping[str, "ServiceRuntime"], clock: Callable[[], float],
+                 stats: "RequestStats | None" = None) -> None:
         self.node_id = node_id
+        self.stats = stats  # calls are counted with their service's requests (/metrics, top)
         self.services = services
         self.clock = clock
         self.calls: dict[tuple[int, int], CallExchange] = {}  # (calling worker id, call id) -> its exchange
@@ -226,6 +229,10 @@ class Calls:
         def finished(exchange: CallExchange) -> None:
             if self.calls.get(key) is exchange:
                 del self.calls[key]
+            if self.stats is not None and exchange.response_complete:
+                created = exchange.created
+                self.stats.record(exchange.service_name, exchange.release, exchange.status, self.clock() - created,
+                                  exchange.dispatched_at - created if exchange.dispatched_at else None)
 
         exchange = CallExchange(worker, call, path, root, headers, self.clock(), self.node_id, finished)
         self.calls[key] = exchange

@@ -87,7 +87,7 @@ class Node:
         self.auth = NatsAuth(nats_url or "", token, creds)
         self.nc: nats.NATS | None = None
         self.services: dict[str, ServiceRuntime] = {}
-        self.calls = Calls(self.node_id, self.services, lambda: asyncio.get_running_loop().time())  # anycore.call
+        self.calls = Calls(self.node_id, self.services, lambda: asyncio.get_running_loop().time(), self.stats)  # anycore.call
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
         self.deployer: Deployer | None = None
         self.cluster: ClusterAgent | None = None

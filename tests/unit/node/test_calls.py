@@ -8,6 +8,7 @@ import json
 
 from anycore import wire
 from anycore.node.calls import MAX_DEPTH, Calls
+from anycore.stats import RequestStats
 from tests.unit.node.fakes import FakeClock, run, service
 
 
@@ -34,7 +35,7 @@ def call(call_id: int = 1, service: str = "svc", *, timeout: float = 0.0, body: 
 
 def setup(clock: FakeClock, **config: object):
     runtime, release = service(clock, **config)
-    calls = Calls("node-1", {"svc": runtime}, clock)
+    calls = Calls("node-1", {"svc": runtime}, clock, RequestStats())
     return runtime, release, calls
 
 
@@ -55,6 +56,7 @@ async def test_a_call_is_placed_on_a_free_slot_and_its_answer_goes_back_to_the_c
     assert type(head) is wire.CallResp and (head.id, head.status, head.body, head.more) == (1, 201, b"made", False)
     assert (b"anycore-release", b"r1") in head.headers and (b"anycore-node", b"node-1") in head.headers
     assert not calls.calls  # finished: forgotten
+    assert calls.stats.releases[("svc", "r1")].statuses == {201: 1}  # counted with the service's requests
 
 
 @run
