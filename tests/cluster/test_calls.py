@@ -7,6 +7,7 @@ import hashlib
 import os
 import socket
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -15,7 +16,7 @@ from tests.conftest import make_service, wait_for
 from tests.e2e.calls_app import APP
 
 
-def test_a_call_runs_on_the_peer_with_the_free_slot_and_streams_1_5_mib_both_ways(cluster, tmp_path):
+def test_a_call_runs_on_the_peer_with_the_free_slot_streams_1_5_mib_and_is_retried_when_that_node_dies(cluster, tmp_path):
     a = make_service(tmp_path, "a", APP, 'name = "a"\nroutes = ["/a"]\nworkers = 1\nslots = 4\n')
     b = make_service(tmp_path, "b", APP, 'name = "b"\nroutes = ["/b"]\nworkers = 1\nslots = 1\n')
     one = cluster.join(a, b)
@@ -44,6 +45,17 @@ def test_a_call_runs_on_the_peer_with_the_free_slot_and_streams_1_5_mib_both_way
         assert hashlib.sha256(posted.content).digest() == hashlib.sha256(upload).digest()
         big = relay(f"/big?size={len(upload)}")
         assert big.headers["x-call-node"] == there and big.content == bytes(range(256)) * (len(upload) // 256)
+        assert one.ps()["cluster"]["spilled"] >= 3
+        # The node running a safe call is lost (kill -9): the call is retried here once a slot is free.
+        marker = tmp_path / "once"
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(relay, "/once?" + urllib.parse.urlencode({"file": str(marker)}))
+            wait_for(lambda: marker.exists(), 15, what="the call to start on the second node")
+            two.proc.kill()
+            wait_for(lambda: there not in one.ps()["cluster"]["peers"], 15, what="the second node to be lost")
+            busy.close()  # b's slot here frees: the retried call takes it
+            retried = pending.result(timeout=30)
+        assert retried.headers["x-call-status"] == "200" and retried.headers["x-call-node"] == here
+        assert retried.content == b"retried and answered"
     finally:
         busy.close()  # the client leaves: its request is cancelled
-    assert one.ps()["cluster"]["spilled"] >= 3
