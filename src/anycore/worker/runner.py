@@ -49,6 +49,7 @@ EXIT_STARTUP_FAILED = 3
 class WorkerServer:
     loop: asyncio.AbstractEventLoop  # set when main() runs
     send_frame: Callable[[wire.Frame], None]  # likewise
+    calls: calls.CallClient  # likewise: the worker's end of anycore.call
     def __init__(self, app: ASGIApp, lifespan: bool, tick: float, readiness: str = "",
                  handlers: dict[str, type[Session]] | None = None, release: str = "",
                  wsgi_app: WSGIApp | None = None, slots: int = 1) -> None:
