@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.cluster.conftest import wait_peers
+from tests.cluster.conftest import cluster_view, wait_peers
 from tests.conftest import make_service, wait_for
 from tests.e2e.calls_app import APP
 
@@ -59,3 +59,29 @@ def test_a_call_runs_on_the_peer_with_the_free_slot_streams_1_5_mib_and_is_retri
         assert retried.content == b"retried and answered"
     finally:
         busy.close()  # the client leaves: its request is cancelled
+
+
+def test_a_call_to_a_service_that_runs_only_on_another_node_is_claimed_there(cluster, tmp_path):
+    a = make_service(tmp_path, "a", APP, 'name = "a"\nroutes = ["/a"]\nworkers = 1\nslots = 4\n')
+    # b cannot import on the first node (its environment says so): it runs only on the second.
+    guard = 'import os\nif os.environ.get("CALLS_NO_B"):\n    raise ImportError("b does not run on this node (test)")\n'
+    b = make_service(tmp_path, "b", guard + APP, 'name = "b"\nroutes = ["/b"]\nworkers = 1\nslots = 2\n')
+    one = cluster.start(a, args=("--nats", cluster.url), env={"ANYCORE_TOKEN": cluster.token, "CALLS_NO_B": "1"})
+    two = cluster.join(a, b)
+    wait_peers([one, two])
+    there = two.record["node_id"]
+    # The first node follows b from KV, fails to import it, and keeps not running it.
+    one.wait_output(r"release\.failed service=b", timeout=30)
+    wait_for(lambda: "b" not in {s["name"] for s in one.ps()["services"]}, 15, what="b to be absent from the first node")
+    wait_for(lambda: "b" in cluster_view(one).get(there, {}).get("services", {}), 15, what="b in the second node's heartbeat")
+    query = urllib.parse.urlencode({"service": "b", "path": "/echo?x=3"})
+    seen = httpx.get(f"{one.url}/a/relay?{query}", timeout=30)
+    assert seen.headers["x-call-status"] == "200" and seen.headers["x-call-node"] == there
+    echo = seen.json()
+    assert echo["path"] == "/b/echo" and echo["root_path"] == "/b" and echo["query"] == {"x": "3"}
+    upload = os.urandom(3 * 512 * 1024)
+    query = urllib.parse.urlencode({"service": "b", "method": "POST", "path": "/upload"})
+    posted = httpx.post(f"{one.url}/a/relay?{query}", content=upload, timeout=30)
+    assert posted.headers["x-call-node"] == there and posted.content == upload
+    missing = httpx.get(f"{one.url}/a/relay?" + urllib.parse.urlencode({"service": "nope", "path": "/"}), timeout=30)
+    assert missing.headers["x-call-status"] == "404"  # not here, nor on any peer

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from anycore.stats import RequestStats
 
 MAX_DEPTH = 8
+ELSEWHERE_TIMEOUT = 30.0  # a call with no budget to a service only peers run (its own timeout is theirs)
 CHAIN = b"anycore-call-chain"
 CYCLE_RETRY_AFTER = 1
 
@@ -137,6 +138,8 @@ class CallExchange(Exchange):
         self.on_finished(self)
         if self.service is not None:
             self.service.client_gone(self)
+        elif self.worker is not None and not self.response_complete:  # on a peer, for a service not run here
+            self.worker.send(wire.Cancel(self.id))
 
     # -- the response, from the callee's worker (or the peer that runs it) ------------------
     def on_frame(self, frame: wire.Frame) -> None:
@@ -193,6 +196,7 @@ class Calls:
         self.services = services
         self.clock = clock
         self.calls: dict[tuple[int, int], CallExchange] = {}  # (calling worker id, call id) -> its exchange
+        self.cluster: Any = None  # the cluster agent (set by the node): calls to services only peers run
         self.started = 0
 
     def port(self, runtime: "ServiceRuntime") -> Callable[[Any, wire.Frame | None], None]:
@@ -217,8 +221,10 @@ class Calls:
         chain.append(caller_service)
         runtime = self.services.get(call.service)
         path, root = call.path, ""
-        if runtime is not None:
-            prefix = _mount(tuple(runtime.config.routes))
+        routes = runtime.config.routes if runtime is not None else \
+            self.cluster.routes_elsewhere(call.service) if self.cluster is not None else None
+        if routes is not None:
+            prefix = _mount(tuple(routes))
             if prefix != "/":  # the service's own paths: its mount is the root path, as through the gateway
                 path, root = prefix + path, prefix
         headers = [(k, v) for k, v in call.headers if k != CHAIN and k != b"host"]
@@ -237,7 +243,9 @@ class Calls:
         exchange = CallExchange(worker, call, path, root, headers, self.clock(), self.node_id, finished)
         self.calls[key] = exchange
         self.started += 1
-        if runtime is None:
+        if runtime is None and routes is not None and len(chain) <= MAX_DEPTH:
+            self._elsewhere(exchange, call)
+        elif runtime is None:
             known = ", ".join(sorted(self.services)) or "none"
             exchange.fail(404, "unknown service", f"no service named {call.service!r} on node {self.node_id} "
                           f"(running here: {known}) — check the name, or deploy it")
@@ -251,6 +259,18 @@ class Calls:
         else:
             runtime.submit(exchange, exchange.path)
         return exchange
+
+    def _elsewhere(self, exchange: CallExchange, call: wire.CallReq) -> None:
+        """The service runs only on peers: claim one's free slot (no queue here to wait in)."""
+        exchange.admit()
+        exchange.deadline = exchange.created + (call.timeout if call.timeout > 0 else ELSEWHERE_TIMEOUT)
+
+        def refused() -> None:
+            if not exchange.conn.closed:
+                exchange.fail(503, "no free slot", f"service {call.service} does not run on node {self.node_id} "
+                              "and no node running it has a free slot now; retry", CYCLE_RETRY_AFTER)
+
+        self.cluster.call_elsewhere(call.service, exchange, refused)
 
     def info(self) -> dict[str, int]:
         return {"inflight": len(self.calls), "started": self.started}

@@ -205,6 +205,7 @@ class Node:
         await self.nc.subscribe(control_subject(self.node_id, "call"), cb=self._on_call)
         self.log.subscribers.append(self._publish_log)
         self.cluster = ClusterAgent(self, self.deployer, follow=self.embedded is None)
+        self.calls.cluster = self.cluster
         self.rollout = Rollout(self, self.deployer, peers=self.cluster.live_peers)
         await self.rollout.start()
 
