@@ -13,6 +13,7 @@ be shown to the user as it is (the CLI prints ``anycore: <message>`` and exits n
     ├── NodeRunning            `anycore up` on a home whose node is already running
     ├── StorageError           a disk or file system refused a write (full, read-only, ...)
     ├── UnknownService         a command named a service the node does not run
+    ├── CallFailed             a call to another service could not be made, or its answer was cut
     └── IllegalTransition      a lifecycle moved along an edge its table lacks (a bug)
 """
 
@@ -111,6 +112,11 @@ class UnknownService(AnycoreError):
     def __init__(self, name: str, known: list[str]) -> None:
         listed = ", ".join(sorted(known)) or "none"
         super().__init__(f"no service named {name!r} on this node (running: {listed}) — see `anycore ps`")
+
+
+class CallFailed(AnycoreError):
+    """``anycore.call`` could not be made (outside a worker, wrong thread) or its response
+    was cut mid-body. Answers the node makes (404, 503, 504, 502, 508) are responses, not this."""
 
 
 class IllegalTransition(AnycoreError):

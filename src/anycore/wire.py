@@ -39,6 +39,9 @@ class Req(msgspec.Struct, array_like=True, tag=1):
     root_path: str
     body: bytes
     more: bool
+    # Seconds left before the request's deadline when the node sent it (0.0: not said). The
+    # worker keeps it for the request's calls to other services (``worker/calls.py``).
+    remaining: float = 0.0
 
 
 class Body(msgspec.Struct, array_like=True, tag=2):
@@ -209,8 +212,70 @@ class Notice(msgspec.Struct, array_like=True, tag=20):
     error: str | None
 
 
+# -- calls between services (``worker/calls.py`` <-> ``node/calls.py``) --------------------
+# A worker's call to another service, keyed by a call id of the calling worker's own (not
+# a request id: the two never mix, so a call's frames have their own tags). The request
+# body and the response body travel under the same ``WINDOW`` as a request's, each side
+# returning ``CallCredit`` as it consumes. The response is complete with the first frame
+# that says ``more=False``; ``CallEnd`` cuts it (the callee failed mid-response).
+
+
+class CallReq(msgspec.Struct, array_like=True, tag=21):
+    """Worker -> node: call ``method path`` of ``service``; ``timeout`` is the call's budget
+    in seconds (0.0: the target service's own request timeout)."""
+
+    id: int
+    service: str
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    more: bool
+    timeout: float
+
+
+class CallBody(msgspec.Struct, array_like=True, tag=22):
+    """A body chunk of call ``id``: the request's (worker -> node) or the response's (node -> worker)."""
+
+    id: int
+    data: bytes
+    more: bool
+
+
+class CallCredit(msgspec.Struct, array_like=True, tag=23):
+    """``n`` body bytes of call ``id`` were consumed by the other side: send that many more."""
+
+    id: int
+    n: int
+
+
+class CallResp(msgspec.Struct, array_like=True, tag=24):
+    """Node -> worker: the response head of call ``id`` and its first body chunk."""
+
+    id: int
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    more: bool
+
+
+class CallCancel(msgspec.Struct, array_like=True, tag=25):
+    """Worker -> node: the caller gave up on call ``id`` (its budget ran out, or it was cancelled)."""
+
+    id: int
+
+
+class CallEnd(msgspec.Struct, array_like=True, tag=26):
+    """Node -> worker: call ``id``'s response was cut after it began (``error`` says why)."""
+
+    id: int
+    error: str
+
+
 Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
-              SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice]
+              SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice,
+              CallReq, CallBody, CallCredit, CallResp, CallCancel, CallEnd]
 
 _encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(Frame)

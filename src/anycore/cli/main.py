@@ -465,6 +465,10 @@ def dev(path: str, listen: str, access_log: str | None, log_format: str, admin: 
     sys.exit(_run(node.run([service])))
 
 
+from anycore.cli.call import register as _register_call  # noqa: E402
+_register_call(cli, with_nats, _run)
+
+
 def main() -> None:
     """Run the CLI; every error ends here as one line and an exit code (see the module doc)."""
     import os

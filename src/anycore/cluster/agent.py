@@ -49,7 +49,16 @@ def service_load(runtime: ServiceView) -> ServiceLoad:
     running = runtime.life.state is ServiceState.RUNNING and runtime.release is not None
     return ServiceLoad(release=runtime.release_id if running else "", workers=len(accepting),
                        slots=sum(w.slots for w in accepting), free=router.free if running else 0,
-                       inflight=router.inflight, queued=len(router.queue))
+                       inflight=router.inflight, queued=len(router.queue), routes=list(getattr(runtime, "routes", ())))
+
+
+class _Elsewhere:
+    """What ``_claim`` needs of a service that does not run on this node."""
+
+    server = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 class ClusterAgent:
@@ -224,6 +233,27 @@ class ClusterAgent:
         return sorted(p.node for p in self.table.peers.values() if not p.heartbeat.leaving)
 
     # -- origin side ---------------------------------------------------------------------------
+    def routes_elsewhere(self, service: str) -> list[str] | None:
+        """The routes of ``service`` as a live peer serving it advertises them; None if no peer
+        serves it (a call from here to a service this node does not run: node/calls.py)."""
+        for peer in self.table.peers.values():
+            load = peer.heartbeat.services.get(service)
+            if load is not None and load.release and not peer.heartbeat.leaving:
+                return load.routes or ["/"]
+        return None
+
+    def call_elsewhere(self, service: str, exchange: Any, refused: Any) -> None:
+        """Claim a peer's free slot for ``exchange`` directly (its service does not run here,
+        so it has no queue here); ``refused()`` if none takes it."""
+        async def go() -> None:
+            placed = False
+            if self.nc is not None and self.nc.is_connected and self.table.any_free(service):
+                placed = await self._claim(_Elsewhere(service), exchange)
+            if not placed:
+                refused()
+
+        self._spawn(go(), f"call {service} on a peer")
+
     def spill_soon(self, runtime: ServiceView) -> None:
         """A request queued here: if a peer advertises a free slot, claim it (never blocks)."""
         if runtime.name not in self.spilling and self.table.any_free(runtime.name) and self.nc.is_connected:

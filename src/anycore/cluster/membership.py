@@ -43,6 +43,7 @@ class ServiceLoad(msgspec.Struct, kw_only=True):
     free: int = 0  # slots free right now (0 while anything is queued)
     inflight: int = 0
     queued: int = 0
+    routes: list[str] = msgspec.field(default_factory=list)  # its routes: where a call from a node without it goes
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):

@@ -51,6 +51,7 @@ from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.log import NodeLog
 from anycore.stats import RequestStats
+from anycore.node.calls import Calls
 from anycore.node.deployer import Deployer
 from anycore.node.lock import NodeLock
 from anycore.node.storage import StorageHealer
@@ -98,6 +99,7 @@ class Node:
         self.auth = NatsAuth(nats_url or "", token, creds)
         self.nc: nats.NATS | None = None
         self.services: dict[str, ServiceRuntime] = {}
+        self.calls = Calls(self.node_id, self.services, lambda: asyncio.get_running_loop().time(), self.stats)  # anycore.call
         self.commands: asyncio.Queue[Command] = asyncio.Queue()
         self.deployer: Deployer | None = None
         self.cluster: ClusterAgent | None = None
@@ -256,8 +258,11 @@ class Node:
         self.deployer.listeners.append(self._on_deploy_event)
         for command in COMMANDS:
             await self.nc.subscribe(control_subject(self.node_id, command), cb=self._on_control)
+        # `anycore call`: not a command on the queue (a call may take its whole deadline).
+        await self.nc.subscribe(control_subject(self.node_id, "call"), cb=self._on_call)
         self.log.subscribers.append(self._publish_log)
         self.cluster = ClusterAgent(self, self.deployer, follow=self.embedded is None)
+        self.calls.cluster = self.cluster
         self.rollout = Rollout(self, self.deployer, peers=self.cluster.live_peers)
         await self.rollout.start()
 
@@ -376,6 +381,7 @@ class Node:
         runtime = ServiceRuntime(name, "", config, "", self.log, server=(self.gateway.host, self.gateway.port),
                                  stats=self.stats)
         runtime.on_crashloop = self._auto_rollback
+        runtime.on_call = self.calls.port(runtime)
         if self.cluster is not None:
             runtime.on_queued = self.cluster.spill_soon
         self.services[name] = runtime
@@ -410,6 +416,18 @@ class Node:
         self.command(Command(command, args, reply))
         result = await reply
         await msg.respond(json.dumps(result, default=str).encode())
+
+    async def _on_call(self, msg: Any) -> None:
+        self._spawn(self._answer_call(msg), "anycore call")  # NATS runs one callback at a time per subscription
+
+    async def _answer_call(self, msg: Any) -> None:
+        try:
+            args = json.loads(msg.data or b"{}")
+        except ValueError:
+            args = None
+        result = await self.calls.from_cli(args) if isinstance(args, dict) else \
+            {"ok": False, "error": "the request body must be a JSON object"}
+        await msg.respond(json.dumps(result).encode())
 
     async def _command_loop(self) -> int:
         while True:

@@ -116,6 +116,7 @@ class Placement:
             self.place(exchange, now, front=True)
             return
         frame = exchange.request_frame(exchange.path, self.server)
+        frame.remaining = exchange.deadline - now  # the worker's calls inherit what is left (worker/calls.py)
         worker.start_request(exchange, frame)
         exchange.on_dispatched(worker, now)
 

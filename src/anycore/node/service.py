@@ -78,6 +78,8 @@ class ServiceRuntime:
         self._rejected_seen = 0
         self.failed: list[dict[str, Any]] = []
         self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
+        # Calls made by this service's workers to other services (node/calls.py; the node sets it).
+        self.on_call: Callable[[Any, wire.Frame | None], None] | None = None
         self.placement = Placement(name, config, self.clock, self.worker, server, self._queued, log, self.stats)
         self.router: Router[Exchange] = self.placement.router
         self.crashes = Crashes(name, log, lambda: self.release_id, self.stats)

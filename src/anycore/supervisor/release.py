@@ -288,6 +288,7 @@ class ReleaseSupervisor:
             self._on_ready, self._on_failed_start, self.owner.on_done, self._on_lost, clock=self.clock, kill=self._kill,
         )
         worker.zygote = self.zygote
+        worker.on_call = getattr(self.owner, "on_call", None)  # calls from its code (node/calls.py)
         self.workers[worker.id] = worker
         data, logs = self.zygote.fork(worker.id)
         self._spawn(worker.connect(data), f"worker {worker.id} frames")

@@ -47,6 +47,9 @@ class WorkerHandle:
         self.sockets: dict[int, FrameTarget] = {}  # WebSocket sessions by id: no slot, not in the router
         self.checks: dict[int, asyncio.Future[str | None]] = {}  # MigrateCheck answers by session id
         self.notices: list[asyncio.Future[wire.Notice]] = []
+        # Frames of the calls this worker's code makes to other services (wire tags 21-29),
+        # and None once when the worker is lost: the node's call router (node/calls.py).
+        self.on_call: Callable[["WorkerHandle", wire.Frame | None], None] | None = None
         self.proto: FrameProtocol | None = None
         self.exit_status: int | None = None
         self.exit_cause = ""
@@ -134,6 +137,9 @@ class WorkerHandle:
                 check.set_result(frame.error)  # type: ignore[union-attr]
         elif kind is wire.Notice and self.notices:
             self.notices.pop(0).set_result(frame)  # type: ignore[arg-type]
+        elif (kind is wire.CallReq or kind is wire.CallBody or kind is wire.CallCredit or kind is wire.CallCancel) \
+                and self.on_call is not None:
+            self.on_call(self, frame)
 
     def check_migrate(self, frame: wire.MigrateCheck) -> "asyncio.Future[str | None]":
         """Dry-run a Session's migrate() here; resolves to None or the error with its traceback."""
@@ -160,6 +166,8 @@ class WorkerHandle:
         self.notices.clear()
         if not self.lost:
             self.lost = True
+            if self.on_call is not None:
+                self.on_call(self, None)  # its calls in flight are cancelled
             self._on_lost(self)
 
     def signal(self, signum: int) -> None:

@@ -34,6 +34,7 @@ import uvloop
 
 from anycore import wire
 from anycore.framing import FrameProtocol
+from anycore.worker import calls
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
 from anycore.worker.entry import import_app
 from anycore.worker.session import Session, SessionCycle, check_migrate
@@ -48,6 +49,7 @@ EXIT_STARTUP_FAILED = 3
 class WorkerServer:
     loop: asyncio.AbstractEventLoop  # set when main() runs
     send_frame: Callable[[wire.Frame], None]  # likewise
+    calls: calls.CallClient  # likewise: the worker's end of anycore.call
     def __init__(self, app: ASGIApp, lifespan: bool, tick: float, readiness: str = "",
                  handlers: dict[str, type[Session]] | None = None, release: str = "",
                  wsgi_app: WSGIApp | None = None, slots: int = 1) -> None:
@@ -76,6 +78,7 @@ class WorkerServer:
         _, proto = await loop.connect_accepted_socket(lambda: factory(self.on_frame, self.on_lost), sock=sock)
         self.proto = proto
         self.send_frame = proto.send
+        self.calls = calls.install(proto.send, loop)  # anycore.call from this worker's code
         if self.wsgi_app is not None:
             writer = ChannelWriter(sock.fileno())
             proto.writer = writer  # type: ignore[attr-defined]
@@ -156,6 +159,7 @@ class WorkerServer:
     def on_lost(self, exc: Exception | None) -> None:
         # The node is gone (or closed us): nobody can receive our answers any more.
         self.lost = True
+        self.calls.lost()
         if self.wsgi is not None:
             self.wsgi.disconnect_all()
         for cycle in self.cycles.values():
@@ -181,7 +185,7 @@ class WorkerServer:
         if type(frame) is wire.Req:
             cycle = Cycle(frame, self.proto.send)  # type: ignore[union-attr]
             self.cycles[frame.id] = cycle
-            cycle.task = self.loop.create_task(self._run(cycle, build_scope(frame, self.state)))
+            cycle.task = self.loop.create_task(self._run(cycle, build_scope(frame, self.state), frame))
         elif type(frame) is wire.Body:
             cycle = self.cycles.get(frame.id)
             if cycle is not None:
@@ -199,6 +203,8 @@ class WorkerServer:
                 task = cycle.task
                 if task is not None:
                     asyncio.get_running_loop().call_later(DISCONNECT_GRACE, task.cancel)
+        elif kind is wire.CallResp or kind is wire.CallBody or kind is wire.CallCredit or kind is wire.CallEnd:
+            self.calls.on_frame(frame)
         elif type(frame) is wire.WsOpen:
             if frame.handler not in self.handlers and frame.handler:
                 self.send_frame(wire.WsClose(frame.id, 1011, f"no session handler {frame.handler} in this release"))
@@ -279,7 +285,8 @@ class WorkerServer:
             notice = wire.Notice(None, None, f"{type(exc).__name__}: {exc}")
         self.send_frame(notice)
 
-    async def _run(self, cycle: Cycle, scope: dict[str, Any]) -> None:
+    async def _run(self, cycle: Cycle, scope: dict[str, Any], req: wire.Req) -> None:
+        calls.enter_request(req)  # in this request's own task: its calls inherit its deadline and ids
         error: str | None = None
         try:
             await self.app(scope, cycle.receive, cycle.send)

@@ -42,6 +42,7 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 from anycore import wire
+from anycore.worker.calls import enter_request
 from anycore.worker.wsgi_io import BodyInput, ClientDisconnected, FileWrapper
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -158,6 +159,7 @@ def run_cycle(app: WSGIApp, cycle: WsgiCycle, base: dict[str, Any], write: Calla
     logged and answered."""
     req = cycle.req
     cycle.active_since = time.monotonic()
+    enter_request(req, cycle)  # anycore.call_sync from this thread inherits the request's deadline and ids
     body: Any = io.BytesIO(req.body) if not req.more else BodyInput(cycle, write, req.body)
     environ = build_environ(req, base, body)
     status = 0
