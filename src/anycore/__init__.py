@@ -10,9 +10,10 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from anycore.worker.jobs import enqueue, enqueue_sync
     from anycore.worker.session import Session
 
-__all__ = ["Session", "__version__"]
+__all__ = ["Session", "__version__", "enqueue", "enqueue_sync"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from anycore.worker.session import Session
 
         return Session
+    if name in ("enqueue", "enqueue_sync"):  # durable jobs (anycore.worker.jobs)
+        from anycore.worker import jobs
+
+        return getattr(jobs, name)
     raise AttributeError(f"module 'anycore' has no attribute {name!r}")

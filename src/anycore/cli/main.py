@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
+from anycore.cli.jobs import jobs_command
 from anycore.cli.follow import Interrupt, Interrupted, follow, interrupted_before_sending
 from anycore.cluster.control import ControlClient, home_dir, local_node, logs_subject
 from anycore.config import load_service
@@ -412,6 +413,9 @@ def dev(path: str, listen: str, access_log: bool, service_user: str, index_url: 
     node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path,
                 index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
     sys.exit(_run(node.run([service])))
+
+
+cli.add_command(jobs_command(with_nats, _query))  # `anycore jobs` (cli/jobs.py)
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ class WorkerHandle:
                  on_done: Callable[["WorkerHandle", Any, str | None], None],
                  on_lost: Callable[["WorkerHandle"], None],
                  clock: Callable[[], float] | None = None,
-                 kill: Callable[[int, int], None] = os.kill) -> None:
+                 kill: Callable[[int, int], None] = os.kill,
+                 on_enqueue: Callable[["WorkerHandle", wire.Enqueue], None] | None = None) -> None:
         self.id = worker_id
         self.release = release
         self.slots = slots
@@ -67,6 +68,7 @@ class WorkerHandle:
         self._on_lost = on_lost
         self._clock = clock or asyncio.get_running_loop().time
         self._kill = kill
+        self._on_enqueue = on_enqueue  # the app's anycore.enqueue (node.jobs answers with Enqueued)
 
     @property
     def state(self) -> WorkerState:
@@ -134,6 +136,11 @@ class WorkerHandle:
                 check.set_result(frame.error)  # type: ignore[union-attr]
         elif kind is wire.Notice and self.notices:
             self.notices.pop(0).set_result(frame)  # type: ignore[arg-type]
+        elif kind is wire.Enqueue:
+            if self._on_enqueue is not None:
+                self._on_enqueue(self, frame)  # type: ignore[arg-type]
+            else:
+                self.send(wire.Enqueued(frame.id, "", "this node runs no job queue"))  # type: ignore[union-attr]
 
     def check_migrate(self, frame: wire.MigrateCheck) -> "asyncio.Future[str | None]":
         """Dry-run a Session's migrate() here; resolves to None or the error with its traceback."""

@@ -35,6 +35,7 @@ import uvloop
 from anycore import wire
 from anycore.framing import FrameProtocol
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
+from anycore.worker import jobs
 from anycore.worker.entry import import_app
 from anycore.worker.session import Session, SessionCycle, check_migrate
 from anycore.worker.wsgi import WSGIApp, WsgiCycle, run_cycle, strict_validator
@@ -67,6 +68,7 @@ class WorkerServer:
         self.sockets: dict[int, WsCycle | SessionCycle] = {}
         self.stopping: asyncio.Future[None] | None = None
         self.proto: FrameProtocol | None = None
+        self.jobs: jobs.JobChannel | None = None
         self.state: dict[str, Any] = {}
 
     async def main(self, sock: socket.socket) -> int:
@@ -76,6 +78,7 @@ class WorkerServer:
         _, proto = await loop.connect_accepted_socket(lambda: factory(self.on_frame, self.on_lost), sock=sock)
         self.proto = proto
         self.send_frame = proto.send
+        self.jobs = jobs.bind(proto.send, loop)  # anycore.enqueue
         if self.wsgi_app is not None:
             writer = ChannelWriter(sock.fileno())
             proto.writer = writer  # type: ignore[attr-defined]
@@ -156,6 +159,8 @@ class WorkerServer:
     def on_lost(self, exc: Exception | None) -> None:
         # The node is gone (or closed us): nobody can receive our answers any more.
         self.lost = True
+        if self.jobs is not None:
+            self.jobs.lost()
         if self.wsgi is not None:
             self.wsgi.disconnect_all()
         for cycle in self.cycles.values():
@@ -223,6 +228,9 @@ class WorkerServer:
                                                 f"no session handler {frame.handler} in this release"))
         elif type(frame) is wire.Notify:
             asyncio.ensure_future(self._notify(frame))
+        elif type(frame) is wire.Enqueued:
+            if self.jobs is not None:
+                self.jobs.answered(frame)
         elif type(frame) is wire.Stop:
             if self.stopping is not None and not self.stopping.done():
                 self.stopping.set_result(None)
