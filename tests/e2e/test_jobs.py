@@ -88,6 +88,17 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": out})
 """
 
+# A WSGI service enqueues with the sync form, from its request thread.
+WSGI_APP = r"""
+import anycore
+
+
+def app(environ, start_response):
+    job = anycore.enqueue_sync("jobs", "POST", "/job?i=wsgi", json={"from": "wsgi"})
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [job.encode()]
+"""
+
 CONFIG = """
 name = "jobs"
 workers = 1
@@ -126,8 +137,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
     root = tmp_path_factory.mktemp("jobs")
     factory = NodeFactory(root)
     app = make_service(root, "jobs", JOBS_APP, CONFIG)
+    wsgi = make_service(root, "wsgi", WSGI_APP, 'name = "wsgi"\nroutes = ["/w"]\nworkers = 1\n')
     try:
-        yield factory.start(app)
+        yield factory.start(app, wsgi)
     finally:
         factory.stop_all()
 
@@ -179,3 +191,10 @@ def test_bad_jobs_are_refused_with_a_clear_error(node: RunningNode) -> None:
     assert relative.status_code == 400 and "must start with '/'" in relative.text, relative.text
     bad = node.cli("jobs", "Not A Name")
     assert bad.returncode == 2 and "is not a service name" in bad.stderr, (bad.stdout, bad.stderr)
+
+
+def test_a_wsgi_app_enqueues_with_the_sync_form(node: RunningNode) -> None:
+    reply = httpx.get(node.url + "/w/", timeout=30)
+    assert reply.status_code == 200, reply.text
+    job = reply.text
+    wait_for(lambda: ["start", job, "wsgi"] in runs(node), 20, what="the job enqueued by the WSGI app to run")
