@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -48,6 +49,8 @@ DUPLICATE_WINDOW = 120.0  # seconds during which a key (Nats-Msg-Id) seen before
 ACK_WAIT = 6.0  # an unacknowledged delivery is redelivered (anywhere) after this long
 PROGRESS_EVERY = 2.0  # a running job's in-progress ack period (well inside ACK_WAIT)
 PUBLISH_TIMEOUT = 5.0
+PULL_EXPIRES = 5.0  # a pull request lingers this long on the server
+PULL_GRACE = 2.0
 DEAD_KEEP = 100  # dead letters kept per service
 DEAD_MAX_AGE = 7 * 24 * 3600.0
 LIST_DEAD = 20  # dead letters a report lists per service (the newest)
@@ -119,13 +122,72 @@ async def publish_dead(js: Any, dead: DeadJob) -> None:
                      stream=DEAD_STREAM)
 
 
-async def open_consumer(js: Any, service: str) -> Any:
-    """The service's shared durable pull consumer (created if missing) and a subscription to pull from."""
+async def open_consumer(js: Any, service: str) -> None:
+    """Create the service's shared durable pull consumer, or update it to this config."""
     config = ConsumerConfig(durable_name=consumer_name(service), filter_subject=job_subject(service),
                             ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_deliver=-1,
                             max_ack_pending=-1, description=f"anycore jobs of service {service}")
     await js.add_consumer(STREAM, config)
-    return await js.pull_subscribe_bind(durable=consumer_name(service), stream=STREAM)
+
+
+class Puller:
+    """Pull requests to the service's consumer, each message handled the moment it arrives.
+
+    ``request(n)`` asks JetStream for up to ``n`` more messages (one pull request, lingering
+    up to ``PULL_EXPIRES``); ``outstanding`` counts what was asked and not yet delivered, so
+    the caller asks only for ``free slots - outstanding`` and never holds more jobs than it
+    has slots. nats-py's ``fetch(n)`` is not used: it returns only once the whole batch is
+    in (or its timeout passed), holding the first job while the batch fills. A request
+    ends with a 408 status carrying how many of its messages were not delivered
+    (``Nats-Pending-Messages``); a request whose end was never heard (NATS restarted) is
+    written off once every request must have expired."""
+
+    def __init__(self, nc: Any, service: str, on_message: Callable[[Any], None], on_change: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.nc = nc
+        self.service = service
+        self.on_message = on_message
+        self.on_change = on_change
+        self.clock = clock
+        self.outstanding = 0
+        self.expires_at = 0.0  # when the newest request expires on the server
+        self.inbox = ""
+        self.sub: Any = None
+
+    async def open(self) -> None:
+        await open_consumer(self.nc.jetstream(), self.service)
+        self.inbox = self.nc.new_inbox()
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._received)
+
+    async def request(self, n: int) -> None:
+        now = self.clock()
+        if self.outstanding and now > self.expires_at + PULL_GRACE:
+            self.outstanding = 0  # every request has expired by now: their 408s were lost
+        self.outstanding += n
+        self.expires_at = now + PULL_EXPIRES
+        body = json.dumps({"batch": n, "expires": int(PULL_EXPIRES * 1e9)}).encode()
+        await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{consumer_name(self.service)}", body,
+                              reply=self.inbox)
+
+    async def _received(self, msg: Any) -> None:
+        status = (msg.headers or {}).get("Status") if not msg.data else None
+        if status is None:
+            self.outstanding = max(0, self.outstanding - 1)
+            self.on_message(msg)
+            return
+        if status == "100":  # an idle heartbeat
+            return
+        pending = (msg.headers or {}).get("Nats-Pending-Messages")
+        self.outstanding = max(0, self.outstanding - int(pending)) if pending and pending.isdigit() else 0
+        self.on_change()
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            try:
+                await self.sub.unsubscribe()
+            except Exception:
+                pass
+            self.sub = None
 
 
 async def report(js: Any, service: str | None) -> list[dict[str, Any]]:

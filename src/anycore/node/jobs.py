@@ -50,8 +50,7 @@ from anycore.tasks import TaskGroup
 if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
 
-FETCH_WAIT = 2.0  # a pull waits this long for jobs before it asks again
-IDLE_RECHECK = 1.0  # no free slot: look again after this even without a wake-up
+IDLE_RECHECK = 1.0  # look at the free slots again after this even without a wake-up
 PROGRESS_TICK = 0.5
 RETRY_OPEN = 1.0  # JetStream refused (NATS away): try the consumer again after this
 ERROR_BYTES = 1024  # how much of a failed job's answer is kept for its error
@@ -157,7 +156,7 @@ class _ServiceJobs:
     def __init__(self, runtime: "ServiceRuntime") -> None:
         self.runtime = runtime
         self.wake = asyncio.Event()
-        self.sub: Any = None
+        self.puller: Any = None  # cluster.jobs.Puller, once the consumer is open
         self.task: asyncio.Task[None] | None = None
         self.running: dict[int, _Delivery] = {}  # by exchange id
 
@@ -167,6 +166,7 @@ class JobRunner:
         self.node_id = node_id
         self.log = log
         self.clock = clock or time.monotonic  # paces the in-progress acks only
+        self.nc: Any = None
         self.js: Any = None
         self.services: dict[str, _ServiceJobs] = {}
         self.counts: dict[str, JobCounts] = {}  # what metrics read: plain ints per service
@@ -181,10 +181,11 @@ class JobRunner:
             counts = self.counts[service] = JobCounts()
         return counts
 
-    async def start(self, js: Any) -> None:
+    async def start(self, nc: Any) -> None:
         """Open the streams (creating them on the first node) and start the progress acks."""
+        js = nc.jetstream()
         await store.open_streams(js)
-        self.js = js
+        self.nc, self.js = nc, js
         self._progress = self.tasks.spawn(self._progress_loop(), "job progress")
         for jobs in self.services.values():
             self._start_pulling(jobs)
@@ -232,31 +233,44 @@ class JobRunner:
         return runtime.router.free
 
     async def _pull(self, jobs: _ServiceJobs) -> None:
+        """Keep ``free slots`` jobs asked for: requested and not yet delivered (``outstanding``)
+        plus the free slots they will take never exceed the free slots."""
         runtime = jobs.runtime
-        while True:
-            free = self._free(runtime)
-            if free <= 0:
+        try:
+            while True:
+                if jobs.puller is None:
+                    try:
+                        puller = self.open_puller(runtime.name, lambda msg: self._run(jobs, msg), jobs.wake.set)
+                        await puller.open()
+                        jobs.puller = puller
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # NATS away, JetStream not ready: say it, try again later
+                        self.log.event("jobs.pull_failed", runtime.name, error=repr(exc)[:300])
+                        await asyncio.sleep(RETRY_OPEN)
+                        continue
+                want = self._free(runtime) - jobs.puller.outstanding
+                if want > 0:
+                    try:
+                        await jobs.puller.request(want)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        self.log.event("jobs.pull_failed", runtime.name, error=repr(exc)[:300])
+                        await asyncio.sleep(RETRY_OPEN)
+                        continue
                 jobs.wake.clear()
                 try:
                     await asyncio.wait_for(jobs.wake.wait(), IDLE_RECHECK)
                 except asyncio.TimeoutError:
                     pass
-                continue
-            try:
-                if jobs.sub is None:
-                    jobs.sub = await store.open_consumer(self.js, runtime.name)
-                msgs = await jobs.sub.fetch(free, timeout=FETCH_WAIT)
-            except asyncio.TimeoutError:  # nothing to do (nats' TimeoutError is one too)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS away, JetStream not ready: say it, try again later
-                self.log.event("jobs.pull_failed", runtime.name, error=repr(exc)[:300])
-                jobs.sub = None
-                await asyncio.sleep(RETRY_OPEN)
-                continue
-            for msg in msgs:
-                self._run(jobs, msg)
+        finally:
+            if jobs.puller is not None:
+                await jobs.puller.close()
+
+    def open_puller(self, service: str, on_message: Callable[[Any], None], on_change: Callable[[], None]) -> Any:
+        """The service's ``cluster.jobs.Puller`` (a seam: the unit tests hand in a fake)."""
+        return store.Puller(self.nc, service, on_message, on_change)
 
     def _run(self, jobs: _ServiceJobs, msg: Any) -> None:
         runtime = jobs.runtime

@@ -195,7 +195,7 @@ class Node:
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                 disconnected_cb=self._nats_disconnected, reconnected_cb=self._nats_reconnected)
         store = await CodeStore(self.nc.jetstream(), self.home / "releases").open()
-        await self.jobs.start(self.nc.jetstream())
+        await self.jobs.start(self.nc)
         self.envs = Environments(self.home / "envs", self.index, KvLocks(self.nc.jetstream()))
         secure_home(self.home)
         self.deployer = Deployer(self, store, on_storage_error=self.storage.failed)

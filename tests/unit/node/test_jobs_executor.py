@@ -43,26 +43,35 @@ class FakeMsg:
 
 
 class FakeJetStream:
-    """The consumer's messages in order; every fetch's batch size is recorded."""
+    """The consumer's messages in order, delivered as pull requests ask for them (a
+    ``cluster.jobs.Puller`` stand-in); every request's batch size is recorded."""
 
     def __init__(self) -> None:
         self.queue: list[FakeMsg] = []
         self.batches: list[int] = []
         self.published: list[tuple[str, bytes]] = []
+        self.outstanding = 0
+        self.on_message: Any = None
 
-    async def add_consumer(self, stream: str, config: Any) -> None:
-        pass
-
-    async def pull_subscribe_bind(self, **kwargs: Any) -> "FakeJetStream":
+    def puller(self, service: str, on_message: Any, on_change: Any) -> "FakeJetStream":
+        self.on_message = on_message
         return self
 
-    async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
-        self.batches.append(batch)
-        if not self.queue:
-            await asyncio.sleep(0.005)
-            raise asyncio.TimeoutError
-        taken, self.queue = self.queue[:batch], self.queue[batch:]
-        return taken
+    async def open(self) -> None:
+        pass
+
+    async def request(self, n: int) -> None:
+        self.batches.append(n)
+        self.outstanding += n
+        self.deliver()
+
+    def deliver(self) -> None:
+        while self.outstanding and self.queue:
+            self.outstanding -= 1
+            self.on_message(self.queue.pop(0))
+
+    async def close(self) -> None:
+        pass
 
     async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> None:
         self.published.append((subject, payload))
@@ -78,6 +87,7 @@ def setup(clock: FakeClock, slots: int, **config: Any) -> tuple[Any, Any, Any, J
     js = FakeJetStream()
     runner = JobRunner("n1", NodeLog(io.StringIO()))
     runner.js = js
+    runner.open_puller = js.puller  # type: ignore[method-assign]
     runner.watch(runtime)
     return runtime, worker, release, runner, js
 
@@ -160,3 +170,48 @@ async def test_a_running_job_sends_in_progress_acks(monkeypatch: pytest.MonkeyPa
     await asyncio.sleep(0.03)
     assert msg.progress == 1  # once per period
     await runner.close(1.0)
+
+
+@run
+async def test_jobs_asked_for_and_not_yet_delivered_count_as_taken_slots():
+    clock = FakeClock()
+    runtime, worker, _, runner, js = setup(clock, slots=3)
+    await until(lambda: js.batches == [3], "one request for the three free slots")
+    runtime.on_slot_free(runtime)  # wake-ups while the request is outstanding ask for nothing more
+    await asyncio.sleep(0.02)
+    assert js.batches == [3]
+    js.queue = [FakeMsg(job(i)) for i in range(5)]
+    js.deliver()  # three arrive for the outstanding request; two stay in the stream
+    assert len(running(worker)) == 3 and len(js.queue) == 2
+    await asyncio.sleep(0.02)
+    assert js.batches == [3]
+    await runner.close(1.0)
+
+
+class FakeNats:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, str]] = []
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        self.published.append((subject, payload, reply))
+
+
+@run
+async def test_the_puller_counts_outstanding_jobs_from_deliveries_and_408s():
+    clock = FakeClock()
+    got: list[Any] = []
+    changes: list[int] = []
+    puller = store.Puller(FakeNats(), "svc", got.append, lambda: changes.append(1), clock=clock)
+    await puller.request(4)
+    [(subject, body, _)] = puller.nc.published
+    assert subject == "$JS.API.CONSUMER.MSG.NEXT.ANYCORE_JOBS.jobs-svc" and b'"batch": 4' in body
+    await puller._received(SimpleNamespace(data=b"job", headers={"Nats-Msg-Id": "j1"}))
+    assert puller.outstanding == 3 and len(got) == 1
+    await puller._received(SimpleNamespace(data=b"", headers={"Status": "100"}))  # heartbeat
+    assert puller.outstanding == 3 and not changes
+    await puller._received(SimpleNamespace(data=b"", headers={"Status": "408", "Nats-Pending-Messages": "3"}))
+    assert puller.outstanding == 0 and changes == [1]
+    await puller.request(2)  # its 408 is lost (NATS restarted): written off once it must have expired
+    clock.advance(store.PULL_EXPIRES + store.PULL_GRACE + 0.1)
+    await puller.request(1)
+    assert puller.outstanding == 1
