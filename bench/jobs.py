@@ -1,9 +1,9 @@
 """Durable jobs through JetStream: jobs/s on one node and on two, against plain requests.
 
 A nats-server (token, JetStream, a temporary directory) and anycore nodes joined to it, each
-serving one ASGI service (one worker of 8 slots) whose ``/enqueue`` calls
-``anycore.enqueue`` N times (50 at a time) and whose ``/job`` handler appends one line to
-a file in its data dir. Measured, in one run and in this order:
+serving one ASGI service (one worker of ``--slots`` slots, default 1) whose ``/enqueue``
+calls ``anycore.enqueue`` N times (50 at a time) and whose ``/job`` handler burns
+``--cpu-ms`` of CPU (default 5) and appends one line to a file in its data dir. Measured, in one run and in this order:
 
 1. peer: the same N ``POST /job`` sent as HTTP requests by 8 client threads to node A;
 2. one node: N jobs enqueued on A, until every one has run (A alone);
@@ -12,7 +12,7 @@ a file in its data dir. Measured, in one run and in this order:
 Reported: enqueue/s (until the last ``Enqueued``: every job stored), end-to-end jobs/s
 (first enqueue to last run) and the ratio to the peer's requests/s, and each node's share.
 
-    .venv/bin/python bench/jobs.py [--jobs 2000]
+    .venv/bin/python bench/jobs.py [--jobs 1000] [--cpu-ms 5] [--slots 1]
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import asyncio
 import json
 import os
 
+import time
+
 import anycore
 
 LOG = os.path.join(os.environ["ANYCORE_DATA_DIR"], "runs.log")
@@ -56,10 +58,15 @@ async def app(scope, receive, send):
     out = b"ok"
     if scope["path"] == "/enqueue":
         n = json.loads(body)["n"]
+        path = "/job?" + scope["query_string"].decode()
         for start in range(0, n, 50):
-            await asyncio.gather(*(anycore.enqueue("work", "POST", "/job", json={"i": i})
+            await asyncio.gather(*(anycore.enqueue("work", "POST", path, json={"i": i})
                                    for i in range(start, min(n, start + 50))))
     elif scope["path"] == "/job":
+        cpu = float(scope["query_string"].decode().partition("cpu=")[2] or 0) / 1000
+        end = time.process_time() + cpu
+        while time.process_time() < end:  # the job's work: CPU, so a second node's core counts
+            pass
         fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(fd, b"run\n")
         os.close(fd)
@@ -83,7 +90,9 @@ def count(home: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--cpu-ms", type=float, default=5.0, help="CPU each job burns (0: a bare job)")
+    parser.add_argument("--slots", type=int, default=1, help="slots of the service's one worker per node")
     args = parser.parse_args()
     n = args.jobs
     root = Path(tempfile.mkdtemp(prefix="anycore-bench-jobs-"))
@@ -94,7 +103,8 @@ def main() -> None:
     service = root / "work"
     service.mkdir()
     (service / "app.py").write_text(textwrap.dedent(APP))
-    (service / "anycore.toml").write_text('name = "work"\nworkers = 1\nslots = 8\n')
+    (service / "anycore.toml").write_text(f'name = "work"\nworkers = 1\nslots = {args.slots}\n')
+    query = f"?cpu={args.cpu_ms}"
     procs: list[subprocess.Popen[bytes]] = []
     nats_bin = Path(sys.executable).parent / "nats-server"
     procs.append(subprocess.Popen([str(nats_bin), "-c", str(root / "nats.conf")], stdout=subprocess.DEVNULL,
@@ -119,7 +129,7 @@ def main() -> None:
     def jobs_run(gateway: str, label: str, peer: float) -> None:
         before = [count(h) for h in homes]
         start = time.perf_counter()
-        reply = httpx.post(gateway + "/enqueue", json={"n": n}, timeout=300)
+        reply = httpx.post(gateway + "/enqueue" + query, json={"n": n}, timeout=300)
         stored = time.perf_counter() - start
         assert reply.status_code == 200, reply.text
         wait(lambda: total() - sum(before) >= n, 300, f"{label}: every job to run")
@@ -134,9 +144,10 @@ def main() -> None:
         before = total()
         start = time.perf_counter()
         with ThreadPoolExecutor(8) as pool, httpx.Client(timeout=30, limits=httpx.Limits(max_connections=8)) as client:
-            statuses = list(pool.map(lambda i: client.post(a["gateway"] + "/job", json={"i": i}).status_code, range(n)))
+            statuses = list(pool.map(lambda i: client.post(a["gateway"] + "/job" + query, json={"i": i}).status_code, range(n)))
         peer = n / (time.perf_counter() - start)
         assert statuses.count(200) == n and total() - before == n
+        print(f"jobs of {args.cpu_ms} ms CPU, one worker of {args.slots} slot(s) per node")
         print(f"peer: {n} POST /job over HTTP, 8 client threads, node A: {peer:.0f} req/s")
         jobs_run(a["gateway"], "one node", peer)
         start_node(1)
