@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import NodeFactory, RunningNode, make_service, wait_for
 
-# The job handler records every run in a file in its ANYCORE_DATA_DIR: "start <job> <i>"
+# The job handler records every run in a file in its ANYCORE_DATA_DIR: "start <job> <i> <body bytes>"
 # when it begins, "end <job>" when it answered 2xx, "fail <job> <attempt>" for /fail.
 JOBS_APP = r"""
 import asyncio
@@ -78,7 +78,7 @@ async def app(scope, receive, send):
         except JobRefused as exc:
             status, out = 400, str(exc).encode()
     elif scope["path"] == "/job":
-        record(f"start {job} {query.get('i', '')}")
+        record(f"start {job} {query.get('i', '')} {len(body)}")
         await asyncio.sleep(float(query.get("sleep", 0)))
         record(f"end {job}")
     elif scope["path"] == "/fail":
@@ -184,6 +184,11 @@ def test_a_job_running_past_the_ack_wait_runs_once(node: RunningNode) -> None:
     assert Counter(r[1] for r in runs(node) if r[0] == "start")[job] == 1
 
 
+def test_a_job_body_of_several_chunks_arrives_whole(node: RunningNode) -> None:
+    [job] = enqueue(node, path="/job", size=400 * 1024).json()["ids"]  # > wire.CHUNK: streamed under credit
+    wait_for(lambda: ["start", job, "0", str(400 * 1024)] in runs(node), 20, what="the big job to run with its body")
+
+
 def test_bad_jobs_are_refused_with_a_clear_error(node: RunningNode) -> None:
     big = enqueue(node, path="/job", size=600 * 1024)
     assert big.status_code == 400 and "exceeds 524288 bytes" in big.text, big.text
@@ -197,4 +202,4 @@ def test_a_wsgi_app_enqueues_with_the_sync_form(node: RunningNode) -> None:
     reply = httpx.get(node.url + "/w/", timeout=30)
     assert reply.status_code == 200, reply.text
     job = reply.text
-    wait_for(lambda: ["start", job, "wsgi"] in runs(node), 20, what="the job enqueued by the WSGI app to run")
+    wait_for(lambda: ["start", job, "wsgi", "16"] in runs(node), 20, what="the job enqueued by the WSGI app to run")
