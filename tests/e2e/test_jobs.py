@@ -11,7 +11,6 @@ import json
 import re
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx

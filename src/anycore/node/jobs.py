@@ -34,7 +34,6 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import unquote
 
 import msgspec
 
@@ -42,7 +41,7 @@ from anycore import wire
 from anycore.cluster import jobs as store
 from anycore.cluster.jobpolicy import Ack, Action, DeadLetter, JobRun, Retry, RetryPolicy, decide, describe
 from anycore.config import _NAME
-from anycore.gateway.exchange import Exchange
+from anycore.node.jobexchange import JobExchange
 from anycore.lifecycle import ServiceState
 from anycore.log import NodeLog
 from anycore.tasks import TaskGroup
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 IDLE_RECHECK = 1.0  # look at the free slots again after this even without a wake-up
 PROGRESS_TICK = 0.5
 RETRY_OPEN = 1.0  # JetStream refused (NATS away): try the consumer again after this
-ERROR_BYTES = 1024  # how much of a failed job's answer is kept for its error
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 
 
@@ -65,84 +63,6 @@ class JobCounts:
     retried: int = 0
     dead: int = 0
     running: int = 0
-
-
-class _NoClient:
-    """The client socket a job does not have (cf. ``cluster.dispatch._NoClient``)."""
-
-    client = None
-    closing = False
-    writing_paused = False
-    node_header = b""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-    def body_flow(self, ok: bool) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def response_done(self, exchange: Exchange) -> None:
-        pass
-
-    def abort(self) -> None:
-        self.closed = True
-
-
-class JobExchange(Exchange):
-    """A job run as a request: the answer is kept (status, the start of the body), not written."""
-
-    def __init__(self, job: store.Job, delivered: int, now: float, on_finished: Callable[["JobExchange"], None]) -> None:
-        path, _, query = job.path.partition("?")
-        headers = [*job.headers, (b"anycore-job", job.id.encode()), (b"anycore-job-attempt", str(delivered).encode())]
-        super().__init__(_NoClient(), job.method, path.encode(), query.encode(), headers,  # type: ignore[arg-type]
-                         "1.1", True, None, False, now)
-        self.job = job
-        self.path = unquote(path)
-        self.header_bytes = len(job.path) + sum(len(k) + len(v) for k, v in headers)
-        self.answer = b""
-        self.error = ""
-        self.on_finished = on_finished
-        if job.body:
-            self.feed_body(job.body)
-
-    def on_frame(self, frame: wire.Frame) -> None:
-        if type(frame) is wire.Credit:
-            self.credit += frame.n
-            self._pump()
-        elif type(frame) is wire.Resp:
-            if self.response_started:
-                return
-            self.response_started = True
-            self.status = frame.status
-            self._take(frame.body, frame.more)
-        elif type(frame) is wire.Body:
-            self._take(frame.data, frame.more)
-
-    def _take(self, data: bytes, more: bool) -> None:
-        if self.response_complete:
-            return
-        if len(self.answer) < ERROR_BYTES:
-            self.answer += data[:ERROR_BYTES - len(self.answer)]
-        if more:
-            self._credit_back(len(data))  # nobody reads slower than the node: credit at once
-            return
-        self.response_complete = True
-        self.on_finished(self)
-
-    def fail(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
-        if self.response_complete:
-            return
-        if not self.response_started:
-            self.response_started = True
-            self.status = status
-        elif 200 <= self.status < 300:
-            self.status = 500  # a 2xx cut short is not a success
-        self.error = f"{status} {error}: {detail}"
-        self.response_complete = True
-        self.on_finished(self)
 
 
 @dataclass
