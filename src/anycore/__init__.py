@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anycore.worker.calls import Response, call, call_sync, stream, time_left
+    from anycore.worker.jobs import enqueue, enqueue_sync
     from anycore.worker.session import Session
     from anycore.worker.transport import sync_transport, transport
 
-__all__ = ["Response", "Session", "__version__", "call", "call_sync", "stream", "sync_transport", "time_left",
-           "transport"]
+__all__ = ["Response", "Session", "__version__", "call", "call_sync", "enqueue", "enqueue_sync", "stream",
+           "sync_transport", "time_left", "transport"]
 
 _CALLS = ("Response", "call", "call_sync", "stream", "time_left")
 
@@ -38,4 +39,8 @@ def __getattr__(name: str) -> Any:
         from anycore.worker import transport
 
         return getattr(transport, name)
+    if name in ("enqueue", "enqueue_sync"):  # durable jobs (anycore.worker.jobs)
+        from anycore.worker import jobs
+
+        return getattr(jobs, name)
     raise AttributeError(f"module 'anycore' has no attribute {name!r}")

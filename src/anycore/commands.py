@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # The commands the control plane accepts, one NATS subject each (anycore.node.<id>.<command>).
-COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale", "abort", "recover", "env")
+COMMANDS = ("ps", "stop", "start", "logs", "down", "deploy", "releases", "rollback", "scale", "abort", "recover", "env", "jobs")
 
 
 class Reply(Protocol):

@@ -80,6 +80,11 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     sessions: dict[str, str | SessionRoute] = msgspec.field(default_factory=dict)
     client_notify: str = ""  # "module:function" of the new release; its message goes to old connections at shift
     user: str = ""  # the user a root node runs the service as ("": the node's --user, default nobody)
+    # Durable jobs (anycore.enqueue): deliveries before a failing job is dead-lettered, the
+    # delay before each retry (the last repeats), and a job's deadline (queue time included).
+    job_attempts: int = 3
+    job_backoff: list[float] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0])
+    job_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -127,6 +132,12 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
             raise ConfigError(f"client_notify {self.client_notify!r} must be 'module:function', e.g. 'app:notify'")
         if self.user and not re.match(r"^[a-z_][a-z0-9_.-]*\$?$", self.user, re.IGNORECASE):
             raise ConfigError(f"user {self.user!r} is not a valid user name")
+        if self.job_attempts < 1:
+            raise ConfigError(f"job_attempts must be at least 1 (got {self.job_attempts}): how many times a failing job runs")
+        if any(d < 0 for d in self.job_backoff):
+            raise ConfigError(f"job_backoff must list seconds >= 0 (got {self.job_backoff}), e.g. [1, 5, 30]")
+        if self.job_timeout <= 0:
+            raise ConfigError(f"job_timeout must be a positive number of seconds (got {self.job_timeout})")
         if not self.entry and not self.sessions:
             raise ConfigError("entry is empty and there are no [sessions]: the service would serve nothing")
 

@@ -124,3 +124,7 @@ class IllegalTransition(AnycoreError):
 
     def __init__(self, what: str, state: object, target: object) -> None:
         super().__init__(f"{what}: illegal transition {state} -> {target} (a bug in anycore; please report it)")
+
+
+class JobRefused(AnycoreError):
+    """``anycore.enqueue`` could not store the job (bad input, body too large, JetStream unreachable)."""

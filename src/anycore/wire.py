@@ -273,9 +273,35 @@ class CallEnd(msgspec.Struct, array_like=True, tag=26):
     error: str
 
 
+
+# -- durable jobs (tags 30-34; anycore.worker.jobs, anycore.node.jobs) --------------------
+
+class Enqueue(msgspec.Struct, array_like=True, tag=30):
+    """Worker -> node: put a job for ``service`` in its JetStream work queue. ``key`` (or
+    "" for a generated id) is the job's id and its JetStream message id (deduplication)."""
+
+    id: int  # the worker's own counter: the ``Enqueued`` answer carries it back
+    service: str
+    method: str
+    path: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    key: str
+
+
+class Enqueued(msgspec.Struct, array_like=True, tag=31):
+    """Node -> worker: the job is stored (JetStream acknowledged it), or why not."""
+
+    id: int
+    job: str
+    error: str | None
+    duplicate: bool = False  # a job with this key was already enqueued within the duplicate window
+
+
+
 Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
               SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice,
-              CallReq, CallBody, CallCredit, CallResp, CallCancel, CallEnd]
+              CallReq, CallBody, CallCredit, CallResp, CallCancel, CallEnd, Enqueue, Enqueued]
 
 _encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(Frame)

@@ -21,7 +21,7 @@ L0 = {
     "anycore.commands", "anycore.router.core", "anycore.router.crash", "anycore.scaler.core",
     "anycore.supervisor.policy", "anycore.release.deploy", "anycore.release.envspec",
     "anycore.cluster.membership", "anycore.gateway.chunked", "anycore.gateway.states",
-    "anycore.stats", "anycore.dataplane", "anycore.admin.routes",
+    "anycore.stats", "anycore.dataplane", "anycore.admin.routes", "anycore.cluster.jobpolicy",
 }
 L1_PACKAGES = ("anycore.admin", "anycore.gateway", "anycore.supervisor", "anycore.release", "anycore.cluster", "anycore.worker",
                "anycore.router", "anycore.scaler")

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
+from anycore.cli.jobs import jobs_command
 from anycore.cli.follow import Interrupt, Interrupted, follow, interrupted_before_sending
 from anycore.cli.top import top as top_command
 from anycore.cluster.control import ControlClient, home_dir, local_node, logs_subject
@@ -467,6 +468,7 @@ def dev(path: str, listen: str, access_log: str | None, log_format: str, admin: 
 
 from anycore.cli.call import register as _register_call  # noqa: E402
 _register_call(cli, with_nats, _run)
+cli.add_command(jobs_command(with_nats, _query))  # `anycore jobs` (cli/jobs.py)
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from anycore.log import NodeLog
 from anycore.stats import RequestStats
 from anycore.node.calls import Calls
 from anycore.node.deployer import Deployer
+from anycore.node.jobs import JobRunner
 from anycore.node.lock import NodeLock
 from anycore.node.storage import StorageHealer
 from anycore.node.service import ServiceRuntime
@@ -107,6 +108,7 @@ class Node:
         self.watch = watch
         self.nats_reconnects = 0
         self.storage = StorageHealer(self)
+        self.jobs = JobRunner(self.node_id, self.log)  # durable jobs; job counts for metrics: self.jobs.counts
         self.tasks = TaskGroup("node", on_error=lambda name, exc: self.log.event(
             "node.task_failed", task=name, error=repr(exc)[:300]))
         self.gateway.set_node(self.node_id)
@@ -252,6 +254,7 @@ class Node:
                                 max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                 disconnected_cb=self._nats_disconnected, reconnected_cb=self._nats_reconnected)
         store = await CodeStore(self.nc.jetstream(), self.home / "releases").open()
+        await self.jobs.start(self.nc)
         self.envs = Environments(self.home / "envs", self.index, KvLocks(self.nc.jetstream()))
         secure_home(self.home)
         self.deployer = Deployer(self, store, on_storage_error=self.storage.failed)
@@ -384,12 +387,14 @@ class Node:
         runtime.on_call = self.calls.port(runtime)
         if self.cluster is not None:
             runtime.on_queued = self.cluster.spill_soon
+        self.jobs.watch(runtime)
         self.services[name] = runtime
         return runtime
 
     def forget_service(self, runtime: ServiceRuntime) -> None:
         if self.services.get(runtime.name) is runtime and runtime.release is None:
             del self.services[runtime.name]
+            self.jobs.forget(runtime)
             self.gateway.remove_service(runtime.name)
 
     def _auto_rollback(self, runtime: ServiceRuntime, to: str) -> None:
@@ -505,6 +510,11 @@ class Node:
             return await self._releases(args.get("service"))
         if kind == "env":
             return self._env(self._service(args.get("service")))
+        if kind == "jobs":
+            name = args.get("service") or None
+            if name is not None and not (isinstance(name, str) and _SERVICE_NAME.match(name)):
+                raise AnycoreError(f"{name!r} is not a service name (lowercase letters, digits, '-', '_')")
+            return await self.jobs.report(name)
         if kind == "down":
             self.log.event("node.stopping", node=self.node_id, reason=f"signal {args['signal']}" if "signal" in args else "anycore down")
             return {"ok": True, "message": f"node {self.node_id} is shutting down"}
@@ -548,10 +558,12 @@ class Node:
         a start that failed half-way (whatever was not started is skipped)."""
         if self.cluster is not None:
             self.cluster.leave()
+        self.jobs.stop_pulling()  # jobs running finish with their service and are acknowledged below
         await self.gateway.stop(timeout=SHUTDOWN_GRACE)
         await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
         if self.admin is not None:
             await self.admin.stop(TASKS_BOUND)  # scrapes and dashboards saw the drain; now they go
+        await self.jobs.close(TASKS_BOUND)
         if self.rollout is not None:
             await self.rollout.close()
         if self.deployer is not None:

@@ -80,6 +80,8 @@ class ServiceRuntime:
         self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
         # Calls made by this service's workers to other services (node/calls.py; the node sets it).
         self.on_call: Callable[[Any, wire.Frame | None], None] | None = None
+        self.on_enqueue_job: Callable[[Any, wire.Enqueue], None] | None = None  # node.jobs: a worker's anycore.enqueue
+        self.on_slot_free: Callable[[ServiceRuntime], None] | None = None  # node.jobs: pull a job for a freed slot
         self.placement = Placement(name, config, self.clock, self.worker, server, self._queued, log, self.stats)
         self.router: Router[Exchange] = self.placement.router
         self.crashes = Crashes(name, log, lambda: self.release_id, self.stats)
@@ -305,6 +307,15 @@ class ServiceRuntime:
         self.placement.place(exchange, self.clock(), front=False)
         return True
 
+    def submit_job(self, exchange: "Exchange", deadline: float) -> None:
+        """A job pulled from the work queue (``node.jobs``): placed like a request on the live
+        release, with the job's own deadline (``job_timeout``)."""
+        exchange.service = self
+        if self._refuse_stopped(exchange):
+            return
+        exchange.deadline = deadline
+        self.placement.place(exchange, self.clock(), front=False)
+
     def requeue(self, exchange: "Exchange") -> None:
         """A request back from a peer (refused claim, or the peer was lost before it started)."""
         exchange.worker, exchange.release, exchange.node = None, "", ""
@@ -320,6 +331,14 @@ class ServiceRuntime:
     # -- events from workers --------------------------------------------------------------------
     def on_done(self, worker: "WorkerHandle", exchange: "Exchange", error: str | None) -> None:
         self.placement.done(worker, exchange, error)
+        if self.on_slot_free is not None:
+            self.on_slot_free(self)
+
+    def on_enqueue(self, worker: "WorkerHandle", frame: wire.Enqueue) -> None:
+        if self.on_enqueue_job is not None:
+            self.on_enqueue_job(worker, frame)
+        else:
+            worker.send(wire.Enqueued(frame.id, "", "this node runs no job queue"))
 
     def worker_ready(self, worker: "WorkerHandle") -> None:
         """A worker finished its startup; it takes traffic only if its release is live."""
@@ -327,6 +346,8 @@ class ServiceRuntime:
         self.router.add_worker(worker.id, worker.slots, accepting=live and self.life.state is ServiceState.RUNNING)
         self.placement.drain_queue()
         self.sessions.worker_ready()
+        if self.on_slot_free is not None:
+            self.on_slot_free(self)
 
     def _serving(self) -> bool:
         return self.release is not None and self.life.state is ServiceState.RUNNING

@@ -286,6 +286,7 @@ class ReleaseSupervisor:
         worker = WorkerHandle(
             next(_worker_ids), self.release, self.config.slots, self.clock(),
             self._on_ready, self._on_failed_start, self.owner.on_done, self._on_lost, clock=self.clock, kill=self._kill,
+            on_enqueue=self.owner.on_enqueue,
         )
         worker.zygote = self.zygote
         worker.on_call = getattr(self.owner, "on_call", None)  # calls from its code (node/calls.py)

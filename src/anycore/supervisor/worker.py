@@ -35,7 +35,8 @@ class WorkerHandle:
                  on_done: Callable[["WorkerHandle", Any, str | None], None],
                  on_lost: Callable[["WorkerHandle"], None],
                  clock: Callable[[], float] | None = None,
-                 kill: Callable[[int, int], None] = os.kill) -> None:
+                 kill: Callable[[int, int], None] = os.kill,
+                 on_enqueue: Callable[["WorkerHandle", wire.Enqueue], None] | None = None) -> None:
         self.id = worker_id
         self.release = release
         self.slots = slots
@@ -70,6 +71,7 @@ class WorkerHandle:
         self._on_lost = on_lost
         self._clock = clock or asyncio.get_running_loop().time
         self._kill = kill
+        self._on_enqueue = on_enqueue  # the app's anycore.enqueue (node.jobs answers with Enqueued)
 
     @property
     def state(self) -> WorkerState:
@@ -140,6 +142,11 @@ class WorkerHandle:
         elif (kind is wire.CallReq or kind is wire.CallBody or kind is wire.CallCredit or kind is wire.CallCancel) \
                 and self.on_call is not None:
             self.on_call(self, frame)
+        elif kind is wire.Enqueue:
+            if self._on_enqueue is not None:
+                self._on_enqueue(self, frame)  # type: ignore[arg-type]
+            else:
+                self.send(wire.Enqueued(frame.id, "", "this node runs no job queue"))  # type: ignore[union-attr]
 
     def check_migrate(self, frame: wire.MigrateCheck) -> "asyncio.Future[str | None]":
         """Dry-run a Session's migrate() here; resolves to None or the error with its traceback."""

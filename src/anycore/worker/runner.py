@@ -36,6 +36,7 @@ from anycore import wire
 from anycore.framing import FrameProtocol
 from anycore.worker import calls
 from anycore.worker.asgi import ASGIApp, Cycle, Lifespan, WsCycle, build_scope, build_ws_scope
+from anycore.worker import jobs
 from anycore.worker.entry import import_app
 from anycore.worker.session import Session, SessionCycle, check_migrate
 from anycore.worker.wsgi import WSGIApp, WsgiCycle, run_cycle, strict_validator
@@ -69,6 +70,7 @@ class WorkerServer:
         self.sockets: dict[int, WsCycle | SessionCycle] = {}
         self.stopping: asyncio.Future[None] | None = None
         self.proto: FrameProtocol | None = None
+        self.jobs: jobs.JobChannel | None = None
         self.state: dict[str, Any] = {}
 
     async def main(self, sock: socket.socket) -> int:
@@ -79,6 +81,7 @@ class WorkerServer:
         self.proto = proto
         self.send_frame = proto.send
         self.calls = calls.install(proto.send, loop)  # anycore.call from this worker's code
+        self.jobs = jobs.bind(proto.send, loop)  # anycore.enqueue
         if self.wsgi_app is not None:
             writer = ChannelWriter(sock.fileno())
             proto.writer = writer  # type: ignore[attr-defined]
@@ -160,6 +163,8 @@ class WorkerServer:
         # The node is gone (or closed us): nobody can receive our answers any more.
         self.lost = True
         self.calls.lost()
+        if self.jobs is not None:
+            self.jobs.lost()
         if self.wsgi is not None:
             self.wsgi.disconnect_all()
         for cycle in self.cycles.values():
@@ -229,6 +234,9 @@ class WorkerServer:
                                                 f"no session handler {frame.handler} in this release"))
         elif type(frame) is wire.Notify:
             asyncio.ensure_future(self._notify(frame))
+        elif type(frame) is wire.Enqueued:
+            if self.jobs is not None:
+                self.jobs.answered(frame)
         elif type(frame) is wire.Stop:
             if self.stopping is not None and not self.stopping.done():
                 self.stopping.set_result(None)

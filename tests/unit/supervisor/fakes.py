@@ -158,6 +158,9 @@ class FakeOwner:
     def on_done(self, worker: Any, exchange: Any, error: str | None) -> None:
         pass
 
+    def on_enqueue(self, worker: Any, frame: Any) -> None:
+        pass
+
     def worker_ready(self, worker: Any) -> None:
         self.ready.append(worker)
 
