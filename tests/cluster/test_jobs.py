@@ -2,16 +2,21 @@
 (which runs them alone at first), node B joins and takes its share, then A — the node that
 enqueued them and ran most of them — is killed with ``kill -9``. Every job must end (an
 "end" line in some node's run log), none lost; a job may run twice only if it was on A when
-A died, and A never held more jobs than its slots (a node pulls only for free slots)."""
+A died, and A never held more jobs than its slots (a node pulls only for free slots). On
+three NATS servers joined by routes, the job streams have three replicas."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections import Counter
 
 import httpx
+import nats
 
+from anycore.cluster import jobs as store
+from tests.cluster.conftest import ClusterNodes
 from tests.conftest import make_service, wait_for
 from tests.e2e.test_jobs import JOBS_APP, runs
 
@@ -59,3 +64,24 @@ def test_thousand_jobs_survive_kill_9_of_the_node_running_most_of_them(cluster, 
     wait_for(lambda: next(r for r in b.probe.call("jobs", service="jobs")["services"])["stored"] == 0, 15,
              interval=0.2, what="the work queue to be empty")
     assert row["dead"] == 0
+
+
+def test_the_job_streams_are_replicated_on_a_three_server_nats_cluster(nats_cluster, tmp_path):
+    factory = ClusterNodes(tmp_path, nats_cluster[0].url, nats_cluster[0].token)
+    try:
+        node = factory.join(make_service(tmp_path, "jobs", JOBS_APP, CONFIG))
+        reply = httpx.post(node.url + "/enqueue", json={"key": "replicated", "path": "/job"}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        wait_for(lambda: ["end", "replicated"] in runs(node), 20, what="the job to run")
+
+        async def replicas() -> list[int]:
+            nc = await nats.connect(nats_cluster[1].url, token=nats_cluster[1].token)
+            try:
+                js = nc.jetstream()
+                return [(await js.stream_info(name)).config.num_replicas for name in (store.STREAM, store.DEAD_STREAM)]
+            finally:
+                await nc.close()
+
+        assert asyncio.run(replicas()) == [3, 3]
+    finally:
+        factory.stop_all()
