@@ -160,6 +160,17 @@ def test_dashboard_and_top_show_a_real_node_and_its_deploy(nodes, tmp_path) -> N
             await page.wait_for(f"{card}.querySelector('.chart b').textContent !== ''", 10, "the plots' figures")
             await page.wait_for("Number(document.body.dataset.frames) >= 3", 10, "updates every second")
             (directory / "app.py").write_text(SHOP.replace("@VERSION@", "v2"))
+            done = asyncio.Event()
+
+            async def load() -> list[int]:  # requests during the deploy, for the plots (bounded)
+                statuses = []
+                async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+                    while not done.is_set() and len(statuses) < 1000:
+                        statuses.append((await client.get("/")).status_code)
+                        await asyncio.sleep(0.05)
+                return statuses
+
+            traffic = asyncio.create_task(load())
             deploy = await asyncio.to_thread(node.cli, "deploy", str(directory))
             assert deploy.returncode == 0, deploy.stderr
             second = node.service("shop")["release"]
@@ -174,6 +185,10 @@ def test_dashboard_and_top_show_a_real_node_and_its_deploy(nodes, tmp_path) -> N
             async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
                 for _ in range(20):
                     assert (await client.get("/")).text == "v2"
+            await page.wait_for(f"{card}.querySelector('.legend').innerText.includes({second!r})", 10,
+                                "the new release's requests in the plots")
+            done.set()
+            assert set(await traffic) == {200}
             await page.wait_for(f"{card}.querySelector('.legend').innerText.includes({second!r})", 10,
                                 "the new release's requests in the plots")
             await page.screenshot("dashboard-node.png")
