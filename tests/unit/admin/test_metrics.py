@@ -137,3 +137,17 @@ def test_cumulative_buckets_end_with_inf_and_the_count() -> None:
     assert len(buckets) == len(BUCKETS) and buckets[-1] == ("+Inf", 4.0)
     assert [n for _, n in buckets] == sorted(n for _, n in buckets)
     assert dict(buckets)["0.0001"] == 1 and dict(buckets)["0.0025"] == 3 and dict(buckets)["60.0"] == 3
+
+
+def test_record_counts_exactly_as_histogram_observe() -> None:
+    """``RequestStats.record`` inlines ``Histogram.observe`` (it runs per request): same counts."""
+    stats, duration, queued = RequestStats(), Histogram(), Histogram()
+    values = [0.0, 0.0001, 0.00011, 0.003, 0.5, 59.9, 60.0, 61.0, 1e9]
+    for v in values:
+        stats.record("s", "r", 200, v, v / 2)
+        duration.observe(v)
+        queued.observe(v / 2)
+    stats.record("s", "r", 503, 0.001, None)
+    duration.observe(0.001)
+    got = stats.releases[("s", "r")]
+    assert got.duration == duration and got.queue_wait == queued and got.statuses == {200: len(values), 503: 1}
