@@ -1,22 +1,25 @@
 """A real browser for the tests: Debian's chromium, headless, driven over the DevTools
 protocol (CDP) with the ``websockets`` client — no npm, no driver binary.
 
-``Browser`` starts chromium with its own temporary profile and ``--remote-debugging-port=0``;
+``Chromium`` starts chromium with its own temporary profile and ``--remote-debugging-port=0``;
 chromium writes the port it took (and the browser target's path) into the profile's
-``DevToolsActivePort`` file, which we wait for with a deadline. One WebSocket to the
+``DevToolsActivePort`` file, which we wait for with a deadline. One process serves the
+test session; each test's ``Browser`` has its own DevTools connection and its own browser
+contexts (disposed at its end), so no state leaks from one test to the next. One WebSocket to the
 browser target carries everything: pages are targets attached with ``flatten`` sessions,
 so each command names its ``sessionId`` and each event comes back with it. A page records
 what would make a test fail — ``Runtime.exceptionThrown``, ``console.error``, a ``Log``
 entry of level error — and ``Page.errors`` lists them.
 
 Waiting is always for a condition in the page (``wait_for(js)``) with a deadline, never a
-fixed sleep. Shutdown is bounded: ``Browser.close`` over CDP, then SIGTERM, then SIGKILL.
+fixed sleep. Shutdown is bounded: at exit SIGTERM, then SIGKILL, 5 s each.
 Screenshots go to ``artefacts()``: ``$ANYCORE_TEST_ARTEFACTS`` or ``tests/artefacts/``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import contextlib
 import itertools
@@ -26,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,34 +66,83 @@ class BrowserError(AssertionError):
     pass
 
 
-class Browser:
-    def __init__(self, width: int = 1440, height: int = 1000) -> None:
-        self.width, self.height = width, height
+class Chromium:
+    """The chromium process: one for the whole test session (``chromium()``), each test
+    talking to it through its own ``Browser`` (its own DevTools connection and browser
+    contexts), so a test pays for a context, not for a browser start."""
+
+    def __init__(self) -> None:
         self.profile = tempfile.mkdtemp(prefix="anycore-chromium-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> "Chromium":
+        binary = need_chromium()
+        log = Path(self.profile) / "chromium.log"
+        self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}", "--window-size=1440,1000",
+                                      "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(log, "wb"))
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + START_BOUND
+        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BrowserError(f"chromium did not open its DevTools port within {START_BOUND}s:\n"
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        port, path = port_file.read_text().split()[:2]
+        self.url = f"ws://127.0.0.1:{port}{path}"
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL, each bounded; then the profile goes."""
+        if self.proc is not None and self.proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(5.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+_shared: Chromium | None = None
+
+
+def chromium() -> Chromium:
+    """The session's chromium, started on first use (again if it died), stopped at exit."""
+    global _shared
+    if _shared is None or not _shared.alive:
+        if _shared is None:
+            atexit.register(lambda: _shared.stop() if _shared is not None else None)
+        else:
+            _shared.stop()
+        _shared = None
+        _shared = Chromium().start()
+    return _shared
+
+
+class Browser:
+    """One test's view of chromium: a DevTools connection, and browser contexts of its own
+    (disposed with their pages on close), so tests share no cookies, storage or tabs."""
+
+    def __init__(self, width: int = 1440, height: int = 1000) -> None:
+        self.width, self.height = width, height
         self.ws: Any = None
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.pages: dict[str, Page] = {}  # session id -> page
+        self.contexts: list[str] = []
         self.reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> "Browser":
-        binary = need_chromium()
-        self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}",
-                                      f"--window-size={self.width},{self.height}", "about:blank"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(Path(self.profile) / "chromium.log", "wb"))
-        port_file = Path(self.profile) / "DevToolsActivePort"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_BOUND
-        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
-            if self.proc.poll() is not None or loop.time() > deadline:
-                log = (Path(self.profile) / "chromium.log").read_text(errors="replace")[-2000:]
-                await self.close()
-                raise BrowserError(f"chromium did not open its DevTools port within {START_BOUND}s:\n{log}")
-            await asyncio.sleep(0.05)
-        port, path = port_file.read_text().split()[:2]
-        self.ws = await websockets.connect(f"ws://127.0.0.1:{port}{path}", max_size=None, ping_interval=None)
+        process = await asyncio.to_thread(chromium)
+        self.ws = await websockets.connect(process.url, max_size=None, ping_interval=None)
         self.reader = asyncio.create_task(self._read())
         return self
 
@@ -131,12 +184,14 @@ class Browser:
 
     async def new_context(self) -> str:
         """A fresh browser context: its own cookies and storage, as another person's browser."""
-        return str((await self.send("Target.createBrowserContext", {"disposeOnDetach": True}))["browserContextId"])
+        context = str((await self.send("Target.createBrowserContext", {"disposeOnDetach": True}))["browserContextId"])
+        self.contexts.append(context)
+        return context
 
     async def open(self, url: str, context: str | None = None) -> "Page":
-        params: dict[str, Any] = {"url": "about:blank"}
-        if context:
-            params["browserContextId"] = context
+        """A new page in ``context`` (default: this browser's first context, made on demand)."""
+        params: dict[str, Any] = {"url": "about:blank",
+                                  "browserContextId": context or (self.contexts[0] if self.contexts else await self.new_context())}
         target = (await self.send("Target.createTarget", params))["targetId"]
         session = (await self.send("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
         page = self.pages[session] = Page(self, session)
@@ -148,24 +203,18 @@ class Browser:
         return page
 
     async def close(self) -> None:
+        """Dispose of this browser's contexts (their pages close with them) and disconnect;
+        the chromium process stays for the next test."""
         if self.ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.send("Browser.close"), 3.0)
+            for context in self.contexts:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.send("Target.disposeBrowserContext", {"browserContextId": context}), 5.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 2.0)
         if self.reader is not None:
             self.reader.cancel()
             with contextlib.suppress(BaseException):
                 await self.reader
-        if self.proc is not None and self.proc.poll() is None:
-            for sig, bound in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                self.proc.send_signal(sig)
-                try:
-                    await asyncio.to_thread(self.proc.wait, bound)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        shutil.rmtree(self.profile, ignore_errors=True)
 
 
 class Page:

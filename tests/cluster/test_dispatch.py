@@ -52,6 +52,24 @@ def test_spill_over_two_slow_requests_to_a_full_node_run_on_both_nodes(cluster, 
         ("spill-0", "spill-0"), ("spill-1", "spill-1")]
     assert all(r.headers["anycore-release"] == a.service("slow")["release"] for r in responses)
     assert a.ps()["cluster"]["spilled"] == 1 and b.ps()["cluster"]["accepted"] == 1
+    # /metrics: the spill counted per peer at the origin, and both answers counted once, there
+    # (the runner's copy of a peer's request is not a request of its own gateway).
+    release = a.service("slow")["release"]
+    on_a, on_b = metrics(a), metrics(b)
+    assert on_a[("anycore_spilled_total", (("node", a.record["node_id"]), ("peer", b.record["node_id"]),
+                                          ("service", "slow")))] == 1
+    assert on_a[("anycore_requests_total", (("node", a.record["node_id"]), ("release", release), ("service", "slow"),
+                                            ("status", "200")))] == 2
+    assert not [k for k in on_b if k[0] == "anycore_requests_total"]
+
+
+def metrics(node) -> dict:
+    """The node's /metrics (its admin listener is on loopback: no token), parsed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(node.record["admin"] + "/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_spilled_requests_stream_big_bodies_both_ways_and_local_slots_win(cluster, tmp_path):

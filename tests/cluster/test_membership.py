@@ -51,6 +51,12 @@ def test_nodes_join_over_nats_and_ps_cluster_shows_each_with_its_load(cluster, n
     for node in (a, b):
         response = httpx.get(node.url + "/")
         assert response.status_code == 200 and response.headers["anycore-node"] == node.record["node_id"]
+    # The dashboard's state (what the page and `anycore top` draw) carries each peer's load.
+    state = httpx.get(a.record["admin"] + "/api/state").json()
+    peer = state["snapshot"]["cluster"]["peers"][b.record["node_id"]]["services"]["hello"]
+    assert peer["workers"] == 2 and peer["slots"] == 6 and peer["release"] == a.service("hello")["release"]
+    top = _cli("top", "--once", "--admin", a.record["admin"], home=empty)
+    assert top.returncode == 0 and b.record["node_id"] in top.stdout and "hello 0/6" in top.stdout, top.stdout + top.stderr
     # A node that leaves disappears from the peers' tables and from `ps --cluster`.
     b.stop()
     wait_for(lambda: set(cluster_view(a)) == {a.record["node_id"]}, 20, interval=0.2, what="b to leave the cluster view")

@@ -23,7 +23,7 @@ def test_chat_page_two_people_see_each_other_and_a_deploy(nodes, tmp_path) -> No
         page = await browser.open(node.url + "/", context=await browser.new_context())
         await page.type("#name-input", name)
         await page.click("#join-button")
-        await page.wait_for("!document.getElementById('room').hidden", 10, f"{name} in the room")
+        await page.wait_for("!document.getElementById('room').hidden", 20, f"{name} in the room")
         return page
 
     def members(page) -> str:  # type: ignore[no-untyped-def]
@@ -34,15 +34,15 @@ def test_chat_page_two_people_see_each_other_and_a_deploy(nodes, tmp_path) -> No
             ann = await join(browser, "ann")
             bob = await join(browser, "bob")
             for page in (ann, bob):
-                await page.wait_for(f"JSON.stringify({members(page)}) === {json.dumps(json.dumps(['ann', 'bob'], separators=(',', ':')))}", 10,
+                await page.wait_for(f"JSON.stringify({members(page)}) === {json.dumps(json.dumps(['ann', 'bob'], separators=(',', ':')))}", 20,
                                     "both names in the room")
             await ann.type("#text", "hello bob")
             await ann.press_enter("#text")
             await bob.wait_for("document.getElementById('log').innerText.includes('ann')"
-                               " && document.getElementById('log').innerText.includes('hello bob')", 10, "ann's message")
+                               " && document.getElementById('log').innerText.includes('hello bob')", 20, "ann's message")
             await bob.type("#text", "hi ann")
             await bob.press_enter("#text")
-            await ann.wait_for("document.getElementById('log').innerText.includes('hi ann')", 10, "bob's answer")
+            await ann.wait_for("document.getElementById('log').innerText.includes('hi ann')", 20, "bob's answer")
             said = await ann.evaluate("[...document.querySelectorAll('#log li .who')].map(s => s.textContent)")
             assert said == ["ann", "bob"], said
             (directory / "app.py").write_text((directory / "app.py").read_text().replace("Say something", "Say something nice"))
@@ -51,14 +51,14 @@ def test_chat_page_two_people_see_each_other_and_a_deploy(nodes, tmp_path) -> No
             release = node.service("chat")["release"]
             for page in (ann, bob):
                 await page.wait_for(f"!document.getElementById('banner').hidden && "
-                                    f"document.getElementById('banner').textContent.includes({release!r})", 10,
+                                    f"document.getElementById('banner').textContent.includes({release!r})", 20,
                                     "the deploy notice")
                 text = await page.evaluate("document.body.innerText")
                 assert "undefined" not in text, text
                 assert await page.evaluate("document.getElementById('status').textContent") == "connected"
             await bob.type("#text", "still here")
             await bob.press_enter("#text")
-            await ann.wait_for("document.getElementById('log').innerText.includes('still here')", 10, "a message after the deploy")
+            await ann.wait_for("document.getElementById('log').innerText.includes('still here')", 20, "a message after the deploy")
             await ann.screenshot("chat-ann.png", full_page=False)
             await bob.screenshot("chat-bob.png", full_page=False)
             for page in (ann, bob):

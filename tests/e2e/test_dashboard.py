@@ -112,7 +112,7 @@ def test_dashboard_page_draws_a_deploy_in_a_cluster() -> None:
                                  "killed by signal 9", "auth", "stopped", "rolled back", "No module named 'jwt'"):
                     assert expected in text, expected
                 await page.wait_for("document.querySelectorAll('.step.done').length >= 5", what="the deploy's phases")
-                await page.wait_for("Number(document.body.dataset.frames) >= 3", 10, "two updates after the first frame")
+                await page.wait_for("Number(document.body.dataset.frames) >= 3", 20, "two updates after the first frame")
                 assert await page.evaluate("document.querySelectorAll('[data-service=auth] .step.fail').length") == 1
                 await page.screenshot("dashboard-made-up.png")
                 page.assert_no_errors()
@@ -157,25 +157,38 @@ def test_dashboard_and_top_show_a_real_node_and_its_deploy(nodes, tmp_path) -> N
             card = "document.querySelector('[data-service=shop]')"
             await page.wait_for(f"{card} && {card}.querySelectorAll('table.workers tbody tr').length === 2 && "
                                 f"{card}.innerText.includes({first!r})", 15, "the shop service and its two workers")
-            await page.wait_for(f"{card}.querySelector('.chart b').textContent !== ''", 10, "the plots' figures")
-            await page.wait_for("Number(document.body.dataset.frames) >= 3", 10, "updates every second")
+            await page.wait_for(f"{card}.querySelector('.chart b').textContent !== ''", 20, "the plots' figures")
+            await page.wait_for("Number(document.body.dataset.frames) >= 3", 20, "updates every second")
             (directory / "app.py").write_text(SHOP.replace("@VERSION@", "v2"))
+            done = asyncio.Event()
+
+            async def load() -> list[int]:  # requests during the deploy, for the plots (bounded)
+                statuses = []
+                async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+                    while not done.is_set() and len(statuses) < 1000:
+                        statuses.append((await client.get("/")).status_code)
+                        await asyncio.sleep(0.05)
+                return statuses
+
+            traffic = asyncio.create_task(load())
             deploy = await asyncio.to_thread(node.cli, "deploy", str(directory))
             assert deploy.returncode == 0, deploy.stderr
             second = node.service("shop")["release"]
             assert second != first
             shifted = f"[...document.querySelectorAll('#events li[data-event=\"service.shifted\"]')].some(li => li.innerText.includes({second!r}))"
-            await page.wait_for(shifted, 10, "the shift to the new release in the timeline")
+            await page.wait_for(shifted, 20, "the shift to the new release in the timeline")
             await page.wait_for("[...document.querySelectorAll('#events li[data-event=\"deploy.phase\"]')]"
-                                ".some(li => li.innerText.includes('live ('))", 10, "the deploy's done phase")
+                                ".some(li => li.innerText.includes('live ('))", 20, "the deploy's done phase")
             await page.wait_for(f"{card}.querySelector('.release.live') && {card}.querySelector('.release.live').innerText.includes({second!r})",
-                                10, "the new release live in the service's card")
-            await page.wait_for(f"{card}.querySelectorAll('.step.done').length >= 5", 10, "the deploy's phase steps")
+                                20, "the new release live in the service's card")
+            await page.wait_for(f"{card}.querySelectorAll('.step.done').length >= 5", 20, "the deploy's phase steps")
             async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
                 for _ in range(20):
                     assert (await client.get("/")).text == "v2"
-            await page.wait_for(f"{card}.querySelector('.legend').innerText.includes({second!r})", 10,
+            await page.wait_for(f"{card}.querySelector('.legend').innerText.includes({second!r})", 20,
                                 "the new release's requests in the plots")
+            done.set()
+            assert set(await traffic) == {200}
             await page.screenshot("dashboard-node.png")
             page.assert_no_errors()
     asyncio.run(go())

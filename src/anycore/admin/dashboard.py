@@ -106,21 +106,17 @@ class Dashboard:
             return AdminResponse(503, body=f"{MAX_STREAMS} dashboard streams are open already; close one\n".encode(),
                                  headers=[("retry-after", "5")])
         self.streams += 1
-        return AdminResponse(200, "text/event-stream", self._stream(since),
-                             [("x-accel-buffering", "no")])
+        return AdminResponse(200, "text/event-stream", Stream(self, self._frames(since)), [("x-accel-buffering", "no")])
 
-    async def _stream(self, since: int) -> AsyncIterator[bytes]:
-        try:
-            yield b"retry: 2000\n\n"
-            fresh = True
-            while True:
-                state = self.state(since, FRAME_EVENTS, fresh)
-                fresh = False
-                since = state["seq"]
-                yield frame(state)
-                await self.sampler.next_tick(2 * INTERVAL)
-        finally:
-            self.streams -= 1
+    async def _frames(self, since: int) -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        fresh = True
+        while True:
+            state = self.state(since, FRAME_EVENTS, fresh)
+            fresh = False
+            since = state["seq"]
+            yield frame(state)
+            await self.sampler.next_tick(2 * INTERVAL)
 
     def table(self) -> Routes:
         table: Routes = {"/": self.page, "/index.html": self.page, "/api/state": self.api_state,
@@ -133,6 +129,39 @@ class Dashboard:
         self.sampler.close()
         if self.history.record in self.view.log.watchers:
             self.view.log.watchers.remove(self.history.record)
+
+
+class Stream:
+    """One open ``/api/events``: the frames, and its place among ``MAX_STREAMS``, given back
+    exactly once — when the listener closes it, or when it ends or fails — also if it was
+    never started (a HEAD, a client gone before the first chunk), which a generator's own
+    ``finally`` would miss."""
+
+    def __init__(self, board: Dashboard, frames: AsyncIterator[bytes]) -> None:
+        self.board = board
+        self.frames = frames
+        self.open = True
+
+    def __aiter__(self) -> "Stream":
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.frames.__anext__()
+        except BaseException:
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self.frames.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.open:
+            self.open = False
+            self.board.streams -= 1
 
 
 def frame(state: dict[str, Any]) -> bytes:
@@ -157,4 +186,4 @@ def routes(view: AdminView) -> Routes:
     return board.table()
 
 
-__all__ = ["routes", "Dashboard", "frame", "EVENTS"]
+__all__ = ["routes", "Dashboard", "Stream", "frame", "EVENTS"]

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from anycore.stats import ReleaseStats
+
+T = TypeVar("T")
 
 KEEP = 900.0  # seconds of history: 15 minutes
 EVENTS = 400  # events kept for the timeline
@@ -168,14 +170,16 @@ class History:
     # -- readers ------------------------------------------------------------------------
     def since(self, seq: int, max_events: int = EVENTS) -> dict[str, Any]:
         """What is newer than ``seq`` (0: everything): the points of each series, the last
-        ``max_events`` events, and the sequence to ask from next time."""
+        ``max_events`` events, and the sequence to ask from next time. Each deque is read
+        from its new end back to ``seq``: a stream's frame costs what is new, not the window."""
         series = []
         for (service, release), s in sorted(self.series.items()):
-            points = [p.json() for p in s.points if p.seq > seq]
+            points = [p.json() for p in _newer(s.points, seq, lambda p: p.seq)]
             if points:
                 series.append({"service": service, "release": release, "points": points})
-        events = [e.json() for e in self.events if e.seq > seq][-max_events:]
-        load = [{"service": service, "points": [[t, queued, inflight] for q, t, queued, inflight in lo.points if q > seq]}
+        events = [e.json() for e in _newer(self.events, seq, lambda e: e.seq)][-max_events:]
+        load = [{"service": service, "points": [[t, queued, inflight] for _, t, queued, inflight in
+                                                _newer(lo.points, seq, lambda p: p[0])]}
                 for service, lo in sorted(self.load.items())]
         return {"seq": self.seq, "series": series, "events": events, "load": load}
 
@@ -188,6 +192,17 @@ class History:
                 out.append({"service": service, "release": release, "t": p.t, "rps": p.rps, "eps": p.eps,
                             "p50": p.p50, "p99": p.p99})
         return out
+
+
+def _newer(items: deque[T], seq: int, key: Callable[[T], int]) -> list[T]:
+    """The items of ``items`` (in sequence order) whose sequence is above ``seq``, oldest first."""
+    newer: list[T] = []
+    for item in reversed(items):
+        if key(item) <= seq:
+            break
+        newer.append(item)
+    newer.reverse()
+    return newer
 
 
 class Sampler:

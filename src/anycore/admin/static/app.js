@@ -156,7 +156,7 @@
     if (!snap) return;
     document.title = `anycore · ${snap.node}`;
     $("node").replaceChildren(
-      "node ", h("b", {}, snap.node), `  ·  gateway ${snap.gateway}  ·  ${num(snap.connections)} connections`,
+      "node ", h("b", {}, snap.node), `  ·  gateway ${snap.gateway}  ·  ${num(snap.connections)} connection${num(snap.connections) === 1 ? "" : "s"}`,
       gatewayErrors(snap.gateway_errors));
     setLive("on", "live");
     renderCluster(snap);
@@ -362,8 +362,18 @@
       .sort((a, b) => (a.release === "") - (b.release === "") || a.release.localeCompare(b.release));
   }
 
+  // The plots span the chosen range, or less while the history is younger (at least a
+  // minute): a node started a few seconds ago is not a sliver at the right edge.
+  function span() {
+    let oldest = S.t;
+    for (const s of S.series.values()) if (s.points.length) oldest = Math.min(oldest, s.points[0][1]);
+    for (const l of S.load.values()) if (l.length) oldest = Math.min(oldest, l[0][0]);
+    return Math.min(S.range, Math.max(60, Math.ceil((S.t - oldest) / 60) * 60));
+  }
+
   function drawCharts(card, svc, rates) {
-    const t1 = S.t, t0 = t1 - S.range;
+    const range = span();
+    const t1 = S.t, t0 = t1 - range;
     const marks = S.events.filter((e) => e.service === svc.name && e.t >= t0 &&
       (e.event === "service.shifted" || e.event === "release.rollback" || (e.event === "worker.exited" && e.kind === "crash")))
       .map((e) => ({ t: e.t, colour: e.event === "service.shifted" ? colour(e.fields.release) : e.event === "release.rollback" ? "#ff9f5a" : "#ff5d5d",
@@ -375,7 +385,7 @@
     const errLine = { colour: "#ff5d5d", points: [...errors].sort((a, b) => a[0] - b[0]), width: 1.5, fill: "rgba(255,93,93,.18)" };
     const total = rates.reduce((a, s) => a + num((s.points[s.points.length - 1] || [])[2]), 0);
     card.charts.rps.value.textContent = `${rate(total)} req/s`;
-    plot(card.charts.rps.canvas, { t0, t1, lines: [...rps, errLine], marks, fmt: rate });
+    plot(card.charts.rps.canvas, { t0, t1, range, lines: [...rps, errLine], marks, fmt: rate });
 
     const lat = [];
     for (const s of rates) {
@@ -386,11 +396,11 @@
     const live = rates.find((s) => s.release === svc.release);
     const p99 = lastValue(live, 5), p50 = lastValue(live, 4);
     card.charts.lat.value.textContent = p99 !== null ? `p99 ${ms(p99)} · p50 ${ms(p50)}` : "–";
-    plot(card.charts.lat.canvas, { t0, t1, lines: lat, marks, fmt: ms });
+    plot(card.charts.lat.canvas, { t0, t1, range, lines: lat, marks, fmt: ms });
 
     const load = (S.load.get(svc.name) || []).filter((p) => p[0] >= t0 - 2);
     card.charts.load.value.textContent = `${num(svc.inflight)} · ${num(svc.queued)}`;
-    plot(card.charts.load.canvas, { t0, t1, marks, fmt: (v) => v.toFixed(0), integer: true, lines: [
+    plot(card.charts.load.canvas, { t0, t1, range, marks, fmt: (v) => v.toFixed(0), integer: true, lines: [
       { colour: "#cfd8e3", points: load.map((p) => [p[0], p[2]]), width: 1.6, fill: "rgba(207,216,227,.08)" },
       { colour: "#f2b84b", points: load.map((p) => [p[0], p[1]]), width: 2, fill: "rgba(242,184,75,.15)" }] });
   }
@@ -414,7 +424,7 @@
     return integer ? Math.max(4, Math.ceil(m)) : m;
   }
 
-  function plot(canvas, { t0, t1, lines, marks, fmt, integer }) {
+  function plot(canvas, { t0, t1, range, lines, marks, fmt, integer }) {
     const dpr = window.devicePixelRatio || 1;
     const w = canvas.clientWidth, hgt = canvas.clientHeight;
     if (!w || !hgt) return;
@@ -445,8 +455,8 @@
     }
     g.textAlign = "center";
     g.textBaseline = "top";
-    const step = S.range <= 60 ? 15 : S.range <= 300 ? 60 : 300;
-    for (let s = 0; s <= S.range; s += step) {
+    const step = range <= 60 ? 15 : range <= 300 ? 60 : range <= 600 ? 120 : 300;
+    for (let s = 0; s <= range; s += step) {
       const xx = x(t1 - s);
       g.fillText(s === 0 ? "now" : `−${s >= 60 ? `${s / 60}m` : `${s}s`}`, Math.min(Math.max(xx, left + 10), w - right - 12), top + ph + 4);
     }
