@@ -91,6 +91,7 @@ class ReleaseOwner(Protocol):
 
     name: str
     scale_override: tuple[int, int] | None
+    data_sockets: bool  # give each worker a data socket (the native gateway's, see node/native.py)
 
     def on_done(self, worker: Any, exchange: Any, error: str | None) -> None: ...
 

@@ -100,11 +100,13 @@ def cli() -> None:
 @click.option("--max-header-bytes", type=int, default=65536, show_default=True)
 @click.option("--ws-ping-interval", type=float, default=20.0, show_default=True,
               help="Ping a WebSocket silent this many seconds; close it (1011) if the pong takes as long again.")
+@click.option("--gateway", type=click.Choice(["python", "native"]), default="python", show_default=True,
+              help="Data plane: the in-process Python gateway, or anycore-gateway (Rust; see README, Native gateway).")
 @with_nats
 @with_env_options
 def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: float, keepalive_timeout: float,
-       max_connections: int, max_header_bytes: int, ws_ping_interval: float, nats_url: str | None, token: str | None,
-       creds: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
+       max_connections: int, max_header_bytes: int, ws_ping_interval: float, gateway: str, nats_url: str | None,
+       token: str | None, creds: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
        find_links: tuple[str, ...], no_index: bool) -> None:
     """Start a node in the foreground, serving each PATH (a directory, or module:attr)."""
     from anycore.gateway.http import Limits
@@ -117,7 +119,8 @@ def up(paths: tuple[str, ...], listen: str, access_log: bool, header_timeout: fl
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
                     keepalive_timeout=keepalive_timeout, max_connections=max_connections, ws_ping_interval=ws_ping_interval)
     node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits,
-                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
+                gateway=gateway)
     sys.exit(_run(node.run(services)))
 
 
@@ -402,15 +405,17 @@ def env_command(service: str, as_json: bool, nats_url: str | None, token: str | 
 @click.argument("path")
 @click.option("--listen", default="127.0.0.1:8000", show_default=True)
 @click.option("--access-log", is_flag=True)
+@click.option("--gateway", type=click.Choice(["python", "native"]), default="python", show_default=True,
+              help="Data plane: the in-process Python gateway, or anycore-gateway (Rust; see README, Native gateway).")
 @with_env_options
-def dev(path: str, listen: str, access_log: bool, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
-        find_links: tuple[str, ...], no_index: bool) -> None:
+def dev(path: str, listen: str, access_log: bool, gateway: str, service_user: str, index_url: str,
+        extra_index_urls: tuple[str, ...], find_links: tuple[str, ...], no_index: bool) -> None:
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
     from anycore.node.node import Node
 
     service = load_service(path)  # a ConfigError becomes one line and exit 2 in main()
     node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path,
-                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user)
+                index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user, gateway=gateway)
     sys.exit(_run(node.run([service])))
 
 

@@ -39,7 +39,6 @@ import signal
 import socket
 from typing import Any, Awaitable, Callable, Coroutine
 
-from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.errors import ReleaseFailed
 from anycore.lifecycle import ExitReason, Lifecycle, ReleaseState, WorkerState
@@ -257,8 +256,12 @@ class ReleaseSupervisor:
         )
         worker.zygote = self.zygote
         self.workers[worker.id] = worker
-        data, logs = self.zygote.fork(worker.id)
-        self._spawn(worker.connect(data), f"worker {worker.id} frames")
+        if self.owner.data_sockets:  # the native gateway's: the worker's end reaches it through the zygote
+            worker.data, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            frames, logs = self.zygote.fork(worker.id, data=far)
+        else:
+            frames, logs = self.zygote.fork(worker.id)
+        self._spawn(worker.connect(frames), f"worker {worker.id} frames")
         self._spawn(pump_output(logs, self.log, self.name, f"{self.release} worker {worker.id}"), f"worker {worker.id} output")
         return worker
 
@@ -473,7 +476,7 @@ class ReleaseSupervisor:
         worker.life.to(WorkerState.DRAINING)
         worker.end(reason, detail)
         self.owner.worker_draining(worker)
-        worker.send(wire.Stop())
+        worker.stop()
         try:
             await asyncio.wait_for(asyncio.shield(worker.exited), self.config.drain_timeout + 5)
         except asyncio.TimeoutError:
@@ -500,7 +503,7 @@ class ReleaseSupervisor:
                 if worker.exit_reason is ExitReason.CRASH:
                     worker.end(ExitReason.STOPPED)
                 self.owner.worker_draining(worker)
-                worker.send(wire.Stop())
+                worker.stop()
             elif worker.state is WorkerState.FORKING:
                 worker.end(ExitReason.STOPPED)
         pending = [w.exited for w in workers if not w.exited.done() and w.pid]
