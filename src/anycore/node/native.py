@@ -100,6 +100,7 @@ class NativeGateway:
         self.routes: dict[str, list[tuple[str | None, str]]] = {}
         self.workers: dict[int, "WorkerHandle"] = {}  # told to the gateway (AddWorker), not yet removed
         self.idle: set[int] = set()  # not accepting, nothing in flight (WorkerIdle)
+        self.refusing: set[int] = set()  # told Accepting(false)
         self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
         self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
         self._started: asyncio.Future[dataplane.Started] | None = None
@@ -324,7 +325,8 @@ class NativeGateway:
             self.stop_accepting(worker)
 
     def stop_accepting(self, worker: "WorkerHandle") -> None:
-        if worker.id in self.workers and worker.id not in self.idle:
+        if worker.id in self.workers and worker.id not in self.refusing:
+            self.refusing.add(worker.id)
             self.send(dataplane.Accepting(worker.id, False))
 
     def draining(self, worker: "WorkerHandle") -> None:
@@ -338,6 +340,7 @@ class NativeGateway:
 
     def remove_worker(self, worker: "WorkerHandle") -> None:
         self.idle.discard(worker.id)
+        self.refusing.discard(worker.id)
         if self.workers.pop(worker.id, None) is not None:
             self.send(dataplane.RemoveWorker(worker.id))
         if worker.stop_gate is not None and not worker.stop_gate.done():

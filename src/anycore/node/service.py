@@ -36,6 +36,7 @@ from anycore.node.crashes import QUARANTINE_TTL, Crashes
 from anycore.node.placement import Placement
 from anycore.node.sessions import SessionPlacer
 from anycore.node.sockets import SocketHost
+from anycore.ports import DataPlane
 from anycore.router.core import Router
 from anycore.supervisor.launch import Launch
 from anycore.supervisor.release import ReleaseSupervisor
@@ -43,7 +44,6 @@ from anycore.supervisor.release import ReleaseSupervisor
 if TYPE_CHECKING:
     from anycore.gateway.exchange import Exchange
     from anycore.gateway.websocket import WebSocketSession
-    from anycore.node.native import NativeGateway
     from anycore.supervisor.worker import WorkerHandle
 
 __all__ = ["QUARANTINE_TTL", "STOPPED_RETRY_AFTER", "ServiceRuntime"]
@@ -73,7 +73,7 @@ class ServiceRuntime:
         self._rejected_seen = 0
         self.failed: list[dict[str, Any]] = []
         self.on_queued: Callable[[ServiceRuntime], None] | None = None  # the cluster: try a peer's free slot
-        self.dataplane: "NativeGateway | None" = None  # the native gateway (set before the first release)
+        self.dataplane: DataPlane | None = None  # the native gateway (set before the first release)
         self.external_queued = 0  # requests queued in the native gateway, from its Stats
         self.placement = Placement(name, config, self.clock, self.worker, server, self._queued)
         self.router: Router[Exchange] = self.placement.router
