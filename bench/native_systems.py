@@ -68,6 +68,7 @@ class GranianAsgi(System):
 NGINX_CONF = """
 daemon off;
 master_process on;
+user root;  # its workers reach the Unix socket in the 0700 scratch dir (the suite runs as root)
 worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/nginx-error.log warn;
@@ -108,8 +109,8 @@ class NginxUvicorn(Uvicorn):
         uvicorn = [str(VENVS / "uvicorn" / "bin" / "uvicorn"), "app:app", "--uds", str(scratch / "uvicorn.sock"),
                    "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log",
                    "--workers", str(workers)]
-        script = (f"{' '.join(uvicorn)} & {nginx} -c {scratch / 'nginx.conf'} -e {scratch / 'nginx-error.log'} & "
-                  "trap 'kill -TERM $(jobs -p); wait' TERM; wait")
+        script = (f"{' '.join(uvicorn)} & U=$!; {nginx} -c {scratch / 'nginx.conf'} -e {scratch / 'nginx-error.log'} & "
+                  "N=$!; trap 'kill -TERM $U $N; wait' TERM; wait")
         return ["/bin/sh", "-c", script], {}
 
     def worker_pids(self) -> list[int]:
