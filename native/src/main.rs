@@ -1,0 +1,5 @@
+mod model;
+mod router;
+fn main() {
+    std::process::exit(model::run());
+}
