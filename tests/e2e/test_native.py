@@ -178,7 +178,7 @@ async def app(scope, receive, send):
 def test_native_streams_both_ways_and_answers_a_full_queue_503_and_a_deadline_504(nodes, tmp_path):
     binary = native_binary()
     svc = make_service(tmp_path, "stream", STREAMING,
-                       'name = "stream"\nworkers = 1\nmin = 1\nmax = 1\nslots = 1\nmax_queue = 1\ntimeout = 2\n')
+                       'name = "stream"\nmin_workers = 1\nmax_workers = 1\nslots = 1\nmax_queue = 1\ntimeout = 2\n')
     node = nodes.start(svc, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": binary})
     size = 3 * 512 * 1024  # 1.5 MiB each way: past the credit window (1 MiB)
     with httpx.Client(base_url=node.url, timeout=20) as client:
