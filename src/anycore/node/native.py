@@ -40,7 +40,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import msgspec
 
@@ -78,8 +78,6 @@ class NativeGateway:
     """The node's handle on ``anycore-gateway``: the face of ``gateway.server.Gateway`` the
     node and the deployer use (start, stop, routes, url), plus the hooks a
     ``ServiceRuntime`` calls as its workers come and go (``ServiceRuntime.dataplane``)."""
-
-    kind = "native"
 
     def __init__(self, log: NodeLog, limits: Limits, binary: str, threads: int = 0,
                  on_gone: Callable[[str], None] | None = None) -> None:
@@ -141,9 +139,11 @@ class NativeGateway:
         try:
             started = await asyncio.wait_for(asyncio.shield(self._started), START_TIMEOUT)  # type: ignore[arg-type]
         except (asyncio.TimeoutError, AnycoreError):
+            code = self.process.poll()
             await self.stop(1.0)
-            raise AnycoreError(f"the native gateway {self.binary} did not start within {START_TIMEOUT:.0f}s "
-                               "(see its output above) — or run with --gateway python") from None
+            what = f"exited with status {code}" if code is not None else f"did not start within {START_TIMEOUT:.0f}s"
+            raise AnycoreError(f"the native gateway {self.binary} {what} (see its output above) — "
+                               "or run with --gateway python") from None
         self.version, self.gateway_threads = started.version, started.threads
         self.log.event("gateway.started", kind="native", version=started.version, threads=started.threads,
                        pid=self.process.pid, listen=f"{self.host}:{self.port}")
@@ -369,7 +369,3 @@ class NativeGateway:
         for per_service in self._errors.values():
             for status, count in per_service.items():
                 self.errors[status] = self.errors.get(status, 0) + count
-
-    def info(self) -> dict[str, Any]:
-        return {"kind": "native", "binary": self.binary, "version": self.version, "threads": self.gateway_threads,
-                "pid": self.process.pid if self.process is not None else None}
