@@ -55,6 +55,14 @@ async def item(item: int, q: str = ""):
 """
 
 
+WSGI = """
+def app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [b"wsgi " + str(len(body)).encode()]
+"""
+
+
 def native_binary() -> str:
     binary = find_binary()
     if binary is None:
@@ -90,13 +98,15 @@ def gateway_pid(node_pid: int) -> int:
 def test_native_serves_hello_and_fastapi_swaps_without_errors_and_stops_when_the_gateway_dies(nodes, tmp_path, gateway):
     hello = make_service(tmp_path / "a", "hello", VERSIONED % "a", 'name = "hello"\nworkers = 2\nslots = 8\n')
     api = make_service(tmp_path, "api", FASTAPI, 'name = "api"\nroutes = ["/api"]\nworkers = 1\n')
-    node = nodes.start(hello, api, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": gateway})
+    wsgi = make_service(tmp_path, "wsgi", WSGI, 'name = "wsgi"\nroutes = ["/w"]\nworkers = 1\n')
+    node = nodes.start(hello, api, wsgi, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": gateway})
     assert f"(gateway: native ({gateway}" in node.output
     with httpx.Client(base_url=node.url, timeout=10) as client:
         assert client.get("/").text == "a 0"
         assert client.post("/", content=b"x" * 1000).text == "a 1000"
         answer = client.get("/api/items/7", params={"q": "z"})
         assert answer.status_code == 200 and answer.json() == {"item": 7, "q": "z"}
+        assert client.post("/w/x", content=b"y" * 300).text == "wsgi 300"  # WSGI threads answer on the data socket
     old_workers = {w["pid"] for w in node.ready_workers("hello")}
     assert len(old_workers) == 2
 
