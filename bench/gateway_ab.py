@@ -2,7 +2,8 @@
 
     python bench/gateway_ab.py A_SRC B_SRC [--rounds 4] [--seconds 4] [--c 32] [--gateway python]
 
-Starts `anycore up bench/apps/hello` (2 workers) with PYTHONPATH=<src> for each tree in
+Starts `anycore up bench/apps/hello` (2 workers; `--gateway` is passed only when not python,
+so a tree from before the option exists works) with PYTHONPATH=<src> for each tree in
 turn (ABAB...), runs `wrk -t1 -cC` after a 1 s warm-up, and prints per run req/s and CPU
 core-µs per request of the node process alone and of all its processes (utime+stime from
 /proc, as the suite counts them), then the medians per tree. Uses this interpreter (its
@@ -38,7 +39,7 @@ def one(src: str, seconds: float, c: int, gateway: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": src, "ANYCORE_HOME": str(work / "home"), "ANYCORE_USER": "root"}
     log = open(work / "node.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "anycore.cli.main", "up", str(work / "app"), "--listen",
-                             f"127.0.0.1:{port}", "--gateway", gateway], env=env, stdout=log, stderr=subprocess.STDOUT,
+                             f"127.0.0.1:{port}", *(["--gateway", gateway] if gateway != "python" else [])], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
