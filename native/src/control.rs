@@ -222,7 +222,9 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
 }
 
 /// Receives one datagram and its fds. `Ok(None)`: the node closed its end.
-pub fn receive(fd: RawFd) -> Result<Option<(Vec<u8>, Vec<RawFd>)>, String> {
+pub type Datagram = (Vec<u8>, Vec<RawFd>);
+
+pub fn receive(fd: RawFd) -> Result<Option<Datagram>, String> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg = nix::cmsg_space!([RawFd; 8]);
     loop {

@@ -53,7 +53,7 @@ pub struct Routes {
 }
 
 thread_local! {
-    static ROUTES: std::cell::RefCell<(u64, Option<Arc<Routes>>)> = std::cell::RefCell::new((u64::MAX, None));
+    static ROUTES: std::cell::RefCell<(u64, Option<Arc<Routes>>)> = const { std::cell::RefCell::new((u64::MAX, None)) };
 }
 
 /// A header value that lives as long as the process: cloning it costs no atomic. Made
@@ -110,7 +110,7 @@ impl Gateway {
                 entries.push((host, prefix, service.clone()));
             }
         }
-        entries.sort_by(|a, b| (b.0.is_some(), b.1.len()).cmp(&(a.0.is_some(), a.1.len())));
+        entries.sort_by_key(|e| std::cmp::Reverse((e.0.is_some(), e.1.len())));
         *self.routes.write() = Arc::new(Routes { entries });
         self.routes_gen.fetch_add(1, Ordering::Release);
     }
@@ -353,6 +353,10 @@ impl Service {
     }
 }
 
+/// Admit and place a request: `Ok(id)` once placed or queued (the answer comes on
+/// `reply`), `Err(answer)` when the gateway answers at once (a rare path: the size of
+/// the Err does not matter).
+#[allow(clippy::result_large_err)]
 pub fn place(
     gw: &Gateway,
     svc: &Arc<Service>,

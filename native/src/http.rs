@@ -112,6 +112,19 @@ fn percent_decode(raw: &str) -> String {
 async fn handle(info: Arc<ConnInfo>, req: Request<hyper::Body>) -> Result<Resp, Infallible> {
     let gw = info.gw;
     let (parts, body) = req.into_parts();
+    // hyper enforces its buffer size only while a head is incomplete: count exactly here
+    // (request line + "name: value\r\n" per header), as the Python gateway's 431.
+    let limit = gw.settings.header_limit;
+    if limit > 0 {
+        let mut size = parts.method.as_str().len() + parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+        for (name, value) in parts.headers.iter() {
+            size += name.as_str().len() + value.len() + 4;
+        }
+        if size > limit {
+            let detail = format!("request line and headers exceed {limit} bytes");
+            return Ok(gateway::made(&gw.node_hv, None, 431, "request header fields too large", &detail, None));
+        }
+    }
     let host = parts
         .headers
         .get(http::header::HOST)

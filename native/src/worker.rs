@@ -31,6 +31,11 @@ pub async fn writer(svc: Arc<Service>, w: u64, mut wr: OwnedWriteHalf, wake: Arc
         }
         if buf.is_empty() {
             wake.notified().await;
+            // Woken by the first frame of this loop turn: let the other ready tasks (the
+            // connections whose requests arrived in the same turn) append theirs first, so
+            // they leave in one write. Without it tokio's LIFO slot runs this writer right
+            // after the first request, one frame per write, each waking the worker.
+            tokio::task::yield_now().await;
             continue;
         }
         if wr.write_all(&buf).await.is_err() {

@@ -80,6 +80,21 @@ class FakeNode:
                     raise AssertionError(f"the gateway sent no matching message within {timeout}s: {self.messages[-5:]}")
                 self.cond.wait(left)
 
+    def stats(self, service: str, match: Any, timeout: float = 10.0, since: int = 0) -> Any:
+        """Wait until the latest Stats of ``service`` (after message number ``since``)
+        matches. Stats come only on change."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                latest = next((m for m in reversed(self.messages[since:])
+                               if isinstance(m, dataplane.Stats) and m.service == service), None)
+                if latest is not None and match(latest):
+                    return latest
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"the latest Stats of {service} never matched within {timeout}s: {latest}")
+                self.cond.wait(left)
+
     def send(self, message: Any, fds: list[int] | None = None) -> None:
         socket.send_fds(self.ctrl, [dataplane.encode(message)], fds or [])
 
@@ -110,12 +125,21 @@ class FakeNode:
         self.workers[worker] = proc
         return proc
 
+    def hang_up(self) -> None:
+        """Close the node's end of the control socket (shutdown first: the reader thread's
+        recv would keep the socket open under a bare close)."""
+        try:
+            self.ctrl.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.ctrl.close()
+
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
-        self.ctrl.close()  # the gateway exits when its control socket closes
+        self.hang_up()
         for proc in [self.proc, *self.workers.values()]:
             try:
                 proc.wait(timeout=5)
@@ -202,6 +226,7 @@ class Worker(asyncio.Protocol):
             self.send(wire.Resp(f.id, 200, [(b"content-type", b"text/plain")], b"hello", False))
             self.send(wire.Done(f.id, None))
             return
+        path = f.path[len(f.root_path):] or "/"  # the app's own route under its mount
         q = urllib.parse.parse_qs(f.query.decode())
         r: dict[str, Any] = {"body": [f.body] if f.body else [], "credit": wire.WINDOW}
         self.requests[f.id] = r
@@ -211,24 +236,24 @@ class Worker(asyncio.Protocol):
                 "headers": [[k.decode(), v.decode()] for k, v in f.headers], "http_version": f.http_version,
                 "scheme": f.scheme, "client": f.client, "server": f.server, "root_path": f.root_path, "more": f.more,
             }).encode())
-        elif f.path == "/echo":
+        elif path == "/echo":
             if "stream" in q:
                 r["stream"] = True
                 self.send(wire.Resp(f.id, 200, [(b"content-type", b"application/octet-stream")], b"", True))
             if not f.more:
                 self.on_frame(wire.Body(f.id, b"", False))
-        elif f.path == "/stream":
+        elif path == "/stream":
             r["left"] = int(q.get("n", ["4"])[0])
             self.send(wire.Resp(f.id, 200, [(b"content-type", b"application/octet-stream")], b"", True))
             self.pump(f.id)
-        elif f.path == "/sleep":
+        elif path == "/sleep":
             r["timer"] = self.loop.call_later(float(q.get("s", ["1"])[0]), self.respond, f.id, b"slept")
-        elif f.path == "/noresp":
+        elif path == "/noresp":
             self.done(f.id)
-        elif f.path == "/die":
+        elif path == "/die":
             self.flush()
             os._exit(0)
-        elif f.path == "/cancels":
+        elif path == "/cancels":
             self.respond(f.id, json.dumps({"cancels": self.cancels}).encode())
         else:
             self.respond(f.id, b"not here", 404, b"text/plain")
