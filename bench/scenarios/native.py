@@ -6,10 +6,12 @@ every process of the system, and the gateway's own CPU per request (the processe
 native_systems.gateway_procs names: anycore's node, anycore-gateway, nginx). Stage-1 gate:
 anycore-gateway ≤ 10 core-µs per hello request, and anycore-native ≥ 1.0× uvicorn on hello
 at c=32 and c=256. Systems take turns (ABAB), each started fresh per app and round.
+``BENCH_NATIVE_APPS=hello`` runs one app only.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from common import APPS, Ctx, load1
@@ -19,7 +21,7 @@ from procs import cpu_seconds
 from systems import http_get
 
 SYSTEMS = ["anycore", "anycore-native", "uvicorn", "granian-asgi", "nginx-uvicorn"]
-APP_NAMES = ["hello", "fastapi"]
+APP_NAMES = os.environ.get("BENCH_NATIVE_APPS", "hello,fastapi").split(",")  # e.g. BENCH_NATIVE_APPS=hello
 CONNECTIONS = (32, 256)
 EXPECTED = {"hello": b"Hello, world!", "fastapi": b'{"hello":"world"}'}
 
