@@ -59,7 +59,7 @@ def render(data: dict[str, Any], stem: str, pngs: list[str]) -> str:
     out += header(meta, sc)
     out += headline(sc)
     sections = [("throughput", throughput), ("swap", swap), ("crash", crash), ("cold", cold), ("memory", memory),
-                ("websocket", websocket), ("wsswap", wsswap), ("wsgi", wsgi)]
+                ("websocket", websocket), ("wsswap", wsswap), ("wsgi", wsgi), ("native", native)]
     for name, fn in sections:
         if name in sc:
             out += fn(sc[name])
@@ -393,6 +393,33 @@ def wsgi(s: dict[str, Any]) -> list[str]:
     if loads:
         out += ["", f"1-minute load average before the measured runs: {min(loads):.1f}–{max(loads):.1f} "
                 "(2 cores: ~2 is this system and wrk alone; more is other work on the machine)."]
+    return out + [""]
+
+
+def native(s: dict[str, Any]) -> list[str]:
+    """Scenario 9: the native gateway (issue 15) against the Python one, uvicorn, granian and nginx + uvicorn."""
+    rows = s.get("rows", [])
+    out = ["## 9. Native gateway (issue 15)", "",
+           "hello and FastAPI, 2 workers per system, `wrk -t1 -cN --latency`. CPU µs/req counts every process of the "
+           "system; *gateway* µs/req the processes doing its HTTP gateway's work (anycore: the node; anycore-native: "
+           "anycore-gateway; nginx-uvicorn: nginx). Stage-1 gate: anycore-gateway ≤ 10 core-µs per hello request and "
+           "anycore-native ≥ 1.0× uvicorn on hello at c=32 and c=256.", "",
+           "| app | c | system | req/s | vs uvicorn | vs granian | p99 ms | p99 vs uvicorn | CPU µs/req | gateway µs/req | non-2xx |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for app in s.get("apps", []):
+        for c in s.get("connections", []):
+            sel = [r for r in rows if r["app"] == app and r["c"] == c]
+            uvicorn, granian = med(sel, "rps", system="uvicorn"), med(sel, "rps", system="granian-asgi")
+            uvicorn_p99 = med(sel, "p99", system="uvicorn")
+            for name in [n for n in s.get("systems", []) if any(r["system"] == n for r in sel)]:
+                rps, p99 = med(sel, "rps", system=name), med(sel, "p99", system=name)
+                out.append(f"| {app} | {c} | {name} | {f(rps, 0)}{rng(sel, 'rps', digits=0, system=name)} | "
+                           f"{ratio(rps, uvicorn)} | {ratio(rps, granian)} | {f(p99)} | {ratio(p99, uvicorn_p99)} | "
+                           f"{f(med(sel, 'cpu_us_per_req', system=name), 1)} | "
+                           f"{f(med(sel, 'gateway_us_per_req', system=name), 1)} | {f(med(sel, 'non2xx', system=name), 0)} |")
+    loads = [r["load_before"] for r in rows]
+    if loads:
+        out += ["", f"1-minute load average before the measured runs: {min(loads):.1f}–{max(loads):.1f}."]
     return out + [""]
 
 

@@ -1,7 +1,7 @@
 """The benchmark suite: anycore against uvicorn, gunicorn and Ray Serve, in one run, one report.
 
-    python3 bench/run.py [--quick] [--render NAME] [--only throughput,swap,crash,cold,memory,websocket,wsswap,wsgi]
-                         [--systems anycore,uvicorn,gunicorn,ray,granian]
+    python3 bench/run.py [--quick] [--render NAME] [--only throughput,swap,crash,cold,memory,websocket,wsswap,wsgi,native]
+                         [--systems anycore,uvicorn,gunicorn,ray,granian,anycore-native,granian-asgi,nginx-uvicorn]
 
 Run as root on a fresh machine with Python >= 3.11 (see bench/README.md): it installs wrk
 (apt-get) and one virtualenv per system under bench/.venvs (setup_env.py), re-executes
@@ -25,8 +25,9 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ["throughput", "swap", "crash", "cold", "memory", "websocket", "wsswap", "wsgi"]
-SYSTEM_NAMES = ["anycore", "uvicorn", "gunicorn", "ray", "granian"]  # granian: the wsgi scenario only
+SCENARIOS = ["throughput", "swap", "crash", "cold", "memory", "websocket", "wsswap", "wsgi", "native"]
+# granian: the wsgi scenario only; anycore-native, granian-asgi, nginx-uvicorn: the native scenario only
+SYSTEM_NAMES = ["anycore", "uvicorn", "gunicorn", "ray", "granian", "anycore-native", "granian-asgi", "nginx-uvicorn"]
 
 
 def parse() -> argparse.Namespace:
@@ -71,12 +72,14 @@ def main() -> None:
     from common import FULL, QUICK, Ctx, calibrate_cpu_iters
     from setup_env import versions
     from ray_serve import RayHost, RayServe
+    from native_systems import AnycoreNative, GranianAsgi, NginxUvicorn
     from systems import Anycore, Gunicorn, Uvicorn
 
     mode = QUICK if args.quick else FULL
     stem = args.name or time.strftime("%Y-%m-%d", time.gmtime()) + ("-quick" if args.quick else "")
     ray_host = RayHost()
-    every = {"anycore": Anycore(), "uvicorn": Uvicorn(), "gunicorn": Gunicorn(), "ray": RayServe(ray_host)}
+    every = {"anycore": Anycore(), "uvicorn": Uvicorn(), "gunicorn": Gunicorn(), "ray": RayServe(ray_host),
+             "anycore-native": AnycoreNative(), "granian-asgi": GranianAsgi(), "nginx-uvicorn": NginxUvicorn()}
     chosen = args.systems.split(",")
     ctx = Ctx(mode=mode, systems={n: s for n, s in every.items() if n in chosen}, env=dict(os.environ))
     for name, why in json.loads(os.environ.get("BENCH_SETUP_FAILED", "{}")).items():

@@ -30,7 +30,8 @@ REQUIREMENTS = {
     "anycore": ["-e", str(ROOT), "fastapi", "flask", "django"],
     "uvicorn": ["uvicorn[standard]", "fastapi"],
     "gunicorn": ["gunicorn", "uvicorn[standard]", "fastapi", "flask", "django"],  # also sync and gthread (wsgi)
-    "granian": ["granian", "flask", "django"],  # `granian --interface wsgi` (the wsgi scenario)
+    # `granian --interface wsgi` (the wsgi scenario), `--interface asgi` (the native scenario)
+    "granian": ["granian", "flask", "django", "fastapi"],
     "ray": ["ray[serve]>=2,<3"],
     "plot": ["matplotlib"],
 }
@@ -86,11 +87,15 @@ def versions(name: str) -> dict[str, str]:
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
+VENV_OF = {"anycore-native": "anycore", "granian-asgi": "granian", "nginx-uvicorn": "uvicorn"}  # systems sharing a venv
+
+
 def setup(names: list[str]) -> dict[str, str]:
     """Make sure wrk and the venvs are there; returns {venv: why it is unusable} for the failed ones."""
     ensure_wrk()
     VENVS.mkdir(exist_ok=True)
     failed = {}
+    names = list(dict.fromkeys(VENV_OF.get(n, n) for n in names))
     for name in ["anycore", "plot", *[n for n in names if n not in ("anycore", "plot")]]:
         why = ensure_venv(name)
         if why:

@@ -84,6 +84,22 @@ class RequestSink(Protocol):
     def websocket_gone(self, session: Any) -> None: ...
 
 
+class DataPlane(Protocol):
+    """An HTTP data plane in another process (``node.native.NativeGateway``: anycore-gateway),
+    as a service (``node.service.ServiceRuntime``) tells it of its workers and its shifts.
+    It places the requests itself; the service's router only mirrors its counts."""
+
+    def service_changed(self, runtime: Any) -> None: ...  # routes, live release, limits, running
+
+    def add_worker(self, runtime: Any, worker: Any) -> None: ...  # ready: hand over its data socket
+
+    def shifted(self, runtime: Any, old: list[Any]) -> None: ...  # the deploy's one atomic step
+
+    def draining(self, worker: Any) -> None: ...  # no new requests; its Stop waits until idle there
+
+    def remove_worker(self, worker: Any) -> None: ...
+
+
 class ReleaseOwner(Protocol):
     """What a release supervisor reports to (``node.service.ServiceRuntime``). The worker
     table is the supervisor's; request accounting (in flight, served) is the router's,
@@ -91,6 +107,7 @@ class ReleaseOwner(Protocol):
 
     name: str
     scale_override: tuple[int, int] | None
+    data_sockets: bool  # give each worker a data socket (the native gateway's, see node/native.py)
 
     def on_done(self, worker: Any, exchange: Any, error: str | None) -> None: ...
 

@@ -55,6 +55,7 @@ from anycore.node.calls import Calls
 from anycore.node.deployer import Deployer
 from anycore.node.jobs import JobRunner
 from anycore.node.lock import NodeLock
+from anycore.node.native import INSTALL, NativeGateway, find_binary
 from anycore.node.storage import StorageHealer
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
@@ -80,7 +81,7 @@ class Node:
                  creds: str | None = None, access_log: bool | str | None = None, limits: Limits | None = None,
                  watch: str | None = None, index: IndexSettings | None = None, service_user: str = "",
                  log_format: str = "logfmt", admin: tuple[str, int] | None = ADMIN_DEFAULT,
-                 admin_fallback: bool = False) -> None:
+                 admin_fallback: bool = False, gateway: str = "python") -> None:
         self.home = home
         # The admin listener's address (None: off). ``admin_fallback``: it is the default, not
         # asked for, so a taken port (another node on this machine) moves to a free one.
@@ -94,7 +95,12 @@ class Node:
         self.node_id = make_node_id()
         self.log = NodeLog(format=log_format)  # "logfmt" or "json"; the access log's own: Gateway
         self.stats = RequestStats()  # what /metrics, the dashboard and `anycore top` read (anycore.stats)
-        self.gateway = Gateway(self.log, limits or Limits(), access_log, self.stats)
+        # The data plane: the in-process Python gateway, or anycore-gateway (node/native.py).
+        self.gateway: Gateway | NativeGateway = Gateway(self.log, limits or Limits(), access_log, self.stats)
+        self.gateway_binary = find_binary()
+        if gateway == "native":
+            self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", on_gone=self._gateway_gone)
+        self.exit_code = 0  # set when the node stops for a failure of its own (the native gateway died)
         self.lock = NodeLock(home)
         self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None
         self.auth = NatsAuth(nats_url or "", token, creds)
@@ -127,12 +133,25 @@ class Node:
 
     def snapshot(self) -> dict[str, Any]:
         """This node now, as ``anycore ps --json`` shows it (ports.AdminView)."""
-        return {"node": self.node_id, "gateway": self.gateway.url, "pid": os.getpid(),
+        return {"node": self.node_id, "gateway": self.gateway.url, "pid": os.getpid(), "data_plane": self._data_plane(),
                 "connections": len(self.gateway.connections), "gateway_errors": self.gateway.errors,
                 "services": [s.info() for s in self.services.values()],
                 "cluster": self.cluster.info() if self.cluster is not None else None,
                 "admin": self.admin.url if self.admin is not None else None,
                 "deploys": self.deployer.counts.info() if self.deployer is not None else None}
+
+    def _data_plane(self) -> str:
+        gateway = self.gateway
+        if isinstance(gateway, NativeGateway):
+            return f"native ({gateway.binary}, {gateway.gateway_threads} threads)"
+        return "python" + ("" if self.gateway_binary else " (the native gateway is not built)")
+
+    def _gateway_gone(self, detail: str) -> None:
+        """Stage 1: nothing serves without the native gateway, so the node stops (exit 3)."""
+        print(f"anycore: the native gateway died ({detail}); the node stops — see its output above, "
+              "then run `anycore up` again (or with --gateway python)", file=sys.stderr, flush=True)
+        self.exit_code = 3
+        self.command(Command("down", {"reason": "the native gateway died"}))
 
     # -- run ---------------------------------------------------------------------------
     async def run(self, services: list[Service]) -> int:
@@ -154,6 +173,8 @@ class Node:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.command, Command("down", {"signal": signum}))
         try:
+            if isinstance(self.gateway, NativeGateway) and not self.gateway.binary:
+                raise AnycoreError(f"--gateway native: no anycore-gateway binary found — {INSTALL}")
             Template.get()  # imports the worker runtime while NATS starts: the first zygote forks from it
             await self._start_control()
             try:
@@ -167,7 +188,7 @@ class Node:
             await self.cluster.start()  # type: ignore[union-attr]  # heartbeats name the gateway's URL
             self._write_record()
             self.log.event("node.started", node=self.node_id, gateway=self.gateway.url, nats=self.auth.url, pid=os.getpid())
-            print(f"anycore node {self.node_id} serving on {self.gateway.url}", flush=True)
+            print(f"anycore node {self.node_id} serving on {self.gateway.url} (gateway: {self._data_plane()})", flush=True)
             if services:
                 for service in services:
                     await self._add_service(service)
@@ -188,7 +209,7 @@ class Node:
             return 2
         watcher = self.tasks.spawn(self._watch(self.watch), "dev watch") if self.watch else None
         scaler = self.tasks.spawn(self._scale_loop(), "scaler")
-        code = await self._command_loop()
+        code = await self._command_loop() or self.exit_code
         scaler.cancel()
         if watcher is not None:
             watcher.cancel()
@@ -385,6 +406,8 @@ class Node:
                                  stats=self.stats)
         runtime.on_crashloop = self._auto_rollback
         runtime.on_call = self.calls.port(runtime)
+        if isinstance(self.gateway, NativeGateway):
+            runtime.dataplane = self.gateway  # before its first release: its workers get data sockets
         if self.cluster is not None:
             runtime.on_queued = self.cluster.spill_soon
         self.jobs.watch(runtime)
@@ -516,7 +539,8 @@ class Node:
                 raise AnycoreError(f"{name!r} is not a service name (lowercase letters, digits, '-', '_')")
             return await self.jobs.report(name)
         if kind == "down":
-            self.log.event("node.stopping", node=self.node_id, reason=f"signal {args['signal']}" if "signal" in args else "anycore down")
+            self.log.event("node.stopping", node=self.node_id, reason=f"signal {args['signal']}" if "signal" in args else
+                           args.get("reason", "anycore down"))
             return {"ok": True, "message": f"node {self.node_id} is shutting down"}
         return {"ok": False, "error": f"unknown command {kind!r}"}
 

@@ -9,7 +9,10 @@ one job, and keeps the service's lifecycle (releases shifted in, drained, stoppe
 - ``node.crashes.Crashes``: a dead worker's requests judged by ``router.crash`` — retried
   once, quarantined, or answered 502 — and the quarantine table;
 - ``node.sockets.SocketHost``: WebSockets and Sessions, placed, moved on a drain,
-  recovered on a death.
+  recovered on a death;
+- ``dataplane`` (``node.native.NativeGateway``, None under the Python gateway): the native
+  gateway, told of each worker ready, draining or lost and of each shift; it places the
+  requests itself, and its Stats set the router's counts (``external_queued``: its queue).
 
 One owner per fact: the worker table is the release supervisors' (``workers`` of the live,
 draining and stopping releases; looked up by id, never copied here), request accounting
@@ -38,6 +41,7 @@ from anycore.node.crashes import QUARANTINE_TTL, Crashes
 from anycore.node.placement import Placement
 from anycore.node.sessions import SessionPlacer
 from anycore.node.sockets import SocketHost
+from anycore.ports import DataPlane
 from anycore.router.core import Router
 from anycore.stats import RequestStats
 from anycore.supervisor.launch import Launch
@@ -82,6 +86,8 @@ class ServiceRuntime:
         self.on_call: Callable[[Any, wire.Frame | None], None] | None = None
         self.on_enqueue_job: Callable[[Any, wire.Enqueue], None] | None = None  # node.jobs: a worker's anycore.enqueue
         self.on_slot_free: Callable[[ServiceRuntime], None] | None = None  # node.jobs: pull a job for a freed slot
+        self.dataplane: DataPlane | None = None  # the native gateway (set before the first release)
+        self.external_queued = 0  # requests queued in the native gateway, from its Stats
         self.placement = Placement(name, config, self.clock, self.worker, server, self._queued, log, self.stats)
         self.router: Router[Exchange] = self.placement.router
         self.crashes = Crashes(name, log, lambda: self.release_id, self.stats)
@@ -96,6 +102,15 @@ class ServiceRuntime:
     @property
     def max_body(self) -> int:
         return self.config.max_body
+
+    @property
+    def data_sockets(self) -> bool:
+        """Whether workers get a data socket: under the native gateway."""
+        return self.dataplane is not None
+
+    @property
+    def queued(self) -> int:
+        return len(self.router.queue) + self.external_queued
 
     def inflight(self, worker_id: int) -> int:
         return self.router.inflight_of(worker_id)
@@ -177,6 +192,8 @@ class ServiceRuntime:
         self.log.event("service.shifted", self.name, release=new.release, previous=old.release if old else None,
                        workers=len(new.workers))
         self.placement.drain_queue()
+        if self.dataplane is not None:
+            self.dataplane.shifted(self, list(old.workers.values()) if old is not None else [])
         return old
 
     def notify_clients(self, new: ReleaseSupervisor, old: ReleaseSupervisor) -> None:
@@ -193,6 +210,8 @@ class ServiceRuntime:
         """Turn off: new requests get 503, queued and in-flight ones finish (bounded)."""
         if self.life.state is ServiceState.RUNNING:
             self.life.to(ServiceState.STOPPED)
+            if self.dataplane is not None:
+                self.dataplane.service_changed(self)  # 503 "stopped" from now on
         # Queued requests were accepted: they are served before the workers go.
         bound = self.clock() + (self.config.drain_timeout if timeout is None else timeout)
         while self.router.queue and self.router.capacity and self.clock() < bound:
@@ -227,7 +246,7 @@ class ServiceRuntime:
         rejected, self._rejected_seen = self.router.rejected - self._rejected_seen, self.router.rejected
         # Open WebSockets are demand too: never scale to zero under a connected client.
         sockets = any(w.sockets for w in self.all_workers())
-        self.release.autoscale(now, budget, max(self.router.inflight, int(sockets)), len(self.router.queue), rejected)
+        self.release.autoscale(now, budget, max(self.router.inflight, int(sockets)), self.queued, rejected)
 
     def set_limits(self, low: int | None, high: int | None) -> tuple[int, int]:
         """`anycore scale`: new worker limits for the live release and later ones; no restart."""
@@ -344,6 +363,8 @@ class ServiceRuntime:
         """A worker finished its startup; it takes traffic only if its release is live."""
         live = self.release is not None and worker.release == self.release.release and self.release.live_since > 0
         self.router.add_worker(worker.id, worker.slots, accepting=live and self.life.state is ServiceState.RUNNING)
+        if self.dataplane is not None:
+            self.dataplane.add_worker(self, worker)
         self.placement.drain_queue()
         self.sessions.worker_ready()
         if self.on_slot_free is not None:
@@ -356,12 +377,16 @@ class ServiceRuntime:
         """Stop routing to it; its Sessions move to a live worker, its ASGI WebSockets close
         with 1012 at the end of the drain timeout."""
         self.router.stop_accepting(worker.id)
+        if self.dataplane is not None:
+            self.dataplane.draining(worker)
         self.sockets.worker_draining(worker, self._serving(), self.config.drain_timeout)
 
     def worker_lost(self, worker: "WorkerHandle") -> None:
         """One pass per concern: its sockets, its router entry, then its requests' verdicts."""
         self.sockets.worker_lost(worker, self._serving())
         self.router.remove_worker(worker.id)
+        if self.dataplane is not None:
+            self.dataplane.remove_worker(worker)
         lost = list(worker.exchanges.values())
         worker.exchanges.clear()
         now = self.clock()
@@ -389,7 +414,7 @@ class ServiceRuntime:
             "name": self.name, "state": self.life.state.value, "release": self.release_id,
             "draining": [r.info() for r in self.draining], "failed": self.failed, "rolled_back": self.rolled_back,
             "directory": self.directory, "routes": self.config.routes, "slots": self.config.slots,
-            "queued": len(self.router.queue), "queued_bytes": self.router.queued_bytes,
+            "queued": self.queued, "queued_bytes": self.router.queued_bytes,
             "buffering_bytes": self.buffering,
             "inflight": self.router.inflight, "served": self.served, "rejected": self.router.rejected,
             "expired": self.router.expired, "quarantined": self.quarantined, "live": release,

@@ -47,7 +47,6 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine
 
-from anycore import wire
 from anycore.config import ServiceConfig
 from anycore.errors import ReleaseFailed
 from anycore.lifecycle import ExitReason, Lifecycle, ReleaseState, WorkerState
@@ -291,8 +290,12 @@ class ReleaseSupervisor:
         worker.zygote = self.zygote
         worker.on_call = getattr(self.owner, "on_call", None)  # calls from its code (node/calls.py)
         self.workers[worker.id] = worker
-        data, logs = self.zygote.fork(worker.id)
-        self._spawn(worker.connect(data), f"worker {worker.id} frames")
+        if self.owner.data_sockets:  # the native gateway's: the worker's end reaches it through the zygote
+            worker.data, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            frames, logs = self.zygote.fork(worker.id, data=far)
+        else:
+            frames, logs = self.zygote.fork(worker.id)
+        self._spawn(worker.connect(frames), f"worker {worker.id} frames")
         self._spawn(pump_output(logs, self.log, self.name, f"{self.release} worker {worker.id}"), f"worker {worker.id} output")
         return worker
 
@@ -514,7 +517,7 @@ class ReleaseSupervisor:
         worker.life.to(WorkerState.DRAINING)
         worker.end(reason, detail)
         self.owner.worker_draining(worker)
-        worker.send(wire.Stop())
+        worker.stop()
         try:
             await asyncio.wait_for(asyncio.shield(worker.exited), self.config.drain_timeout + 5)
         except asyncio.TimeoutError:
@@ -541,7 +544,7 @@ class ReleaseSupervisor:
                 if worker.exit_reason is ExitReason.CRASH:
                     worker.end(ExitReason.STOPPED)
                 self.owner.worker_draining(worker)
-                worker.send(wire.Stop())
+                worker.stop()
             elif worker.state is WorkerState.FORKING:
                 worker.end(ExitReason.STOPPED)
         pending = [w.exited for w in workers if not w.exited.done() and w.pid]

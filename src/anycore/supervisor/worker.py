@@ -10,6 +10,11 @@ It counts nothing: requests in flight and served are the router's (one owner per
 asked through ``ports.ReleaseOwner``. ``exchanges`` is the id -> target routing map, not a
 count. Why the node ended it is ``exit_reason`` (``lifecycle.ExitReason``: whether it was
 deliberate is decided there, in one place) plus ``exit_detail``, the human text.
+
+Under the native gateway the handle also holds ``data``, the node's end of the worker's
+data socket, until the node hands it to the gateway, and ``stop_gate``: a drained
+worker's ``Stop`` waits until the gateway said it has nothing in flight there (a request
+the gateway already wrote to the data socket must not meet a worker that has stopped).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class WorkerHandle:
         # and None once when the worker is lost: the node's call router (node/calls.py).
         self.on_call: Callable[["WorkerHandle", wire.Frame | None], None] | None = None
         self.proto: FrameProtocol | None = None
+        self.data: socket.socket | None = None  # native gateway: the data socket's node end, until handed over
+        self.stop_gate: asyncio.Future[None] | None = None  # native gateway: Stop waits for its WorkerIdle
         self.exit_status: int | None = None
         self.exit_cause = ""
         self.exit_reason = ExitReason.CRASH  # why the node ended it (hang, recycle, drain, stop), if it did
@@ -103,6 +110,14 @@ class WorkerHandle:
     def send(self, frame: wire.Frame) -> None:
         if self.proto is not None:
             self.proto.send(frame)
+
+    def stop(self) -> None:
+        """Send ``Stop`` (drain and exit) now, or once ``stop_gate`` resolves."""
+        gate = self.stop_gate
+        if gate is None or gate.done():
+            self.send(wire.Stop())
+        else:
+            gate.add_done_callback(lambda _: self.send(wire.Stop()))
 
     def start_request(self, exchange: FrameTarget, frame: wire.Req) -> None:
         self.exchanges[frame.id] = exchange
@@ -163,6 +178,9 @@ class WorkerHandle:
 
     def _lost(self, exc: Exception | None) -> None:
         self.proto = None
+        if self.data is not None:
+            self.data.close()
+            self.data = None
         for check in self.checks.values():
             if not check.done():
                 check.set_result("the worker running the check died")

@@ -5,7 +5,8 @@ and the service's env, and returns a handle whose ``ready`` future resolves once
 is imported (or fails with ReleaseFailed carrying the import traceback). ``fork`` asks for
 one worker: the node makes the worker's two socketpairs (frames, log) and passes the
 worker's ends over SCM_RIGHTS, so no listening socket exists and no other process can
-pose as a worker.
+pose as a worker. Under the native gateway the worker gets a third socket, its data
+socket (made by the caller, see anycore.node.native), passed along the same way.
 
 Zygotes are forked from the node's ``Template`` (see anycore.worker.template), an
 interpreter with the runtime already imported, so a deploy pays only for importing the
@@ -240,17 +241,18 @@ class ZygoteHandle:
         except OSError:
             return True
 
-    def fork(self, worker_id: int) -> tuple[socket.socket, socket.socket]:
-        """Ask for a worker; returns the node's ends of its frame and log sockets."""
-        data_node, data_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def fork(self, worker_id: int, data: socket.socket | None = None) -> tuple[socket.socket, socket.socket]:
+        """Ask for a worker; returns the node's ends of its frame and log sockets. ``data``:
+        the worker's end of its data socket (native gateway), passed along and closed here."""
+        frames_node, frames_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log_node, log_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        passed = [frames_worker, log_worker] + ([data] if data is not None else [])
         try:
-            socket.send_fds(self.control, [msgspec.msgpack.encode(["fork", worker_id])],
-                            [data_worker.fileno(), log_worker.fileno()])
+            socket.send_fds(self.control, [msgspec.msgpack.encode(["fork", worker_id])], [s.fileno() for s in passed])
         finally:
-            data_worker.close()
-            log_worker.close()
-        return data_node, log_node
+            for sock in passed:
+                sock.close()
+        return frames_node, log_node
 
     async def run_hook(self, entry: str, context: dict[str, object], timeout: float,
                        on_output: Callable[[socket.socket], None]) -> None:

@@ -1,7 +1,15 @@
 """A worker's main: forked from the zygote, it builds its own uvloop loop and serves frames.
 
 Order of life: run ASGI lifespan startup, say ``Ready`` (or ``StartFailed`` and exit 3),
-then run one task per ``Req`` until ``Stop`` or until the node's socket closes. A ``Tick``
+then run one task per ``Req`` until ``Stop`` or until the node's socket closes.
+
+Two sockets. Under the Python gateway every frame travels on the worker's one frame
+socket. Under the native gateway (``anycore up --gateway native``) the worker also has a
+*data socket*, whose other end the node hands to ``anycore-gateway``: HTTP requests
+(``Req``/``Body``/``Credit``/``Cancel``) arrive there and their answers leave there, while
+``Ready``, ``Tick``, ``Stop``, WebSockets and Sessions stay on the frame socket with the
+node. There is one code path: a request's frames go back on the socket its ``Req`` came
+from (the cycle keeps that socket's sender), whichever socket that is. A ``Tick``
 frame leaves from the event loop itself every ``tick`` seconds: it is the liveness signal,
 so a loop blocked by a handler (``time.sleep(60)``) stops ticking and the node notices.
 ``SIGUSR1`` makes faulthandler dump every thread's stack to stderr (the node's log)
@@ -73,7 +81,7 @@ class WorkerServer:
         self.jobs: jobs.JobChannel | None = None
         self.state: dict[str, Any] = {}
 
-    async def main(self, sock: socket.socket) -> int:
+    async def main(self, sock: socket.socket, data: socket.socket | None = None) -> int:
         loop = self.loop = asyncio.get_running_loop()
         self.stopping = loop.create_future()
         factory = LockedFrameProtocol if self.wsgi_app is not None else FrameProtocol
@@ -87,6 +95,8 @@ class WorkerServer:
             proto.writer = writer  # type: ignore[attr-defined]
             self.wsgi = WsgiThreads(self.wsgi_app, self.slots, writer.write)
             self.wsgi.start()
+        if data is not None:
+            await self._connect_data(data, factory)
         lifespan = Lifespan(self.app) if self.use_lifespan else None
         if lifespan is not None:
             failure = await lifespan.startup()
@@ -123,6 +133,21 @@ class WorkerServer:
         ticker.cancel()
         proto.close()
         return 0
+
+    async def _connect_data(self, data: socket.socket, factory: type[FrameProtocol]) -> None:
+        """The native gateway's socket: requests read from it are answered on it. Its loss
+        is the worker's (the gateway closes it only when the worker is removed). Connected
+        before ``Ready``: the node hands it to the gateway only after that."""
+        writer = ChannelWriter(data.fileno()) if self.wsgi is not None else None
+        write = writer.write if writer is not None else None
+
+        def protocol() -> FrameProtocol:
+            proto = factory(lambda frame: self.on_frame(frame, proto.send, write), self.on_lost)
+            if writer is not None:
+                proto.writer = writer  # type: ignore[attr-defined]
+            return proto
+
+        await self.loop.connect_accepted_socket(protocol, sock=data)
 
     async def _probe(self, path: str) -> str | None:
         """Call the app with ``GET path`` in-process; None if it answered 2xx or 3xx."""
@@ -179,16 +204,19 @@ class WorkerServer:
         if self.stopping is not None and not self.stopping.done():
             self.stopping.set_result(None)
 
-    def on_frame(self, frame: wire.Frame) -> None:
+    def on_frame(self, frame: wire.Frame, reply: Callable[[wire.Frame], None] | None = None,
+                 write: Callable[[bytes], None] | None = None) -> None:
+        """A frame from the node (``reply`` None) or from the native gateway's data socket
+        (``reply``/``write``: that socket's frame sender and, in a WSGI worker, its writer)."""
         kind = type(frame)
         if self.wsgi is not None and (kind is wire.Req or kind is wire.Body or kind is wire.Credit or kind is wire.Cancel):
             if kind is wire.Req:
-                self.wsgi.submit(frame)  # type: ignore[arg-type]
+                self.wsgi.submit(frame, write)  # type: ignore[arg-type]
             else:
                 self.wsgi.on_frame(frame)
             return
         if type(frame) is wire.Req:
-            cycle = Cycle(frame, self.proto.send)  # type: ignore[union-attr]
+            cycle = Cycle(frame, reply or self.proto.send)  # type: ignore[union-attr]
             self.cycles[frame.id] = cycle
             cycle.task = self.loop.create_task(self._run(cycle, build_scope(frame, self.state), frame))
         elif type(frame) is wire.Body:
@@ -307,12 +335,12 @@ class WorkerServer:
             print(f"error in {scope['method']} {scope['path']}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         if error is not None and not cycle.started and not cycle.disconnected:
             body = b'{"error": "internal server error", "detail": "the service raised an exception; see `anycore logs`"}'
-            self.proto.send(wire.Resp(cycle.id, 500, [(b"content-type", b"application/json")], body, False))  # type: ignore[union-attr]
+            cycle.send_frame(wire.Resp(cycle.id, 500, [(b"content-type", b"application/json")], body, False))
             cycle.started = cycle.complete = True
         elif cycle.started and not cycle.complete and error is None:
             error = "the app returned before finishing its response body"
         del self.cycles[cycle.id]
-        self.proto.send(wire.Done(cycle.id, error))  # type: ignore[union-attr]
+        cycle.send_frame(wire.Done(cycle.id, error))  # on the socket the Req came from
 
 
 def redirect_output(log_fd: int) -> None:
@@ -345,14 +373,16 @@ def _decode_frames(data: bytes) -> Any:
 
 def run_worker(app: Any, lifespan: bool, data_fd: int, log_fd: int, tick: float, readiness: str = "",
                handlers: dict[str, type[Session]] | None = None, release: str = "", wsgi: bool = False,
-               slots: int = 1) -> None:
+               slots: int = 1, gateway_fd: int = -1) -> None:
     """Entry point in the forked child; never returns. With ``wsgi`` the app is a WSGI
     callable, run on ``slots`` threads (wrapped in ``wsgiref.validate.validator`` when the
-    service's env sets ``ANYCORE_WSGI_VALIDATE=1``, for tests)."""
+    service's env sets ``ANYCORE_WSGI_VALIDATE=1``, for tests). ``data_fd`` is the frame
+    socket to the node; ``gateway_fd`` (>= 0 under the native gateway) the data socket."""
     code = 1
     try:
         redirect_output(log_fd)
         sock = socket.socket(fileno=data_fd)
+        data = socket.socket(fileno=gateway_fd) if gateway_fd >= 0 else None
         wsgi_app = None
         if wsgi:
             wsgi_app = app
@@ -360,7 +390,7 @@ def run_worker(app: Any, lifespan: bool, data_fd: int, log_fd: int, tick: float,
                 wsgi_app = strict_validator(app)
             app = no_websocket
         server = WorkerServer(app, lifespan, tick, readiness, handlers, release, wsgi_app, slots)
-        code = uvloop.run(server.main(sock))
+        code = uvloop.run(server.main(sock, data))
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
     finally:

@@ -98,7 +98,9 @@ class WsgiThreads:
         self.write = write
         self.base = base_environ(multithread=slots > 1)
         self.cycles: dict[int, WsgiCycle] = {}
-        self.inbox: SimpleQueue[WsgiCycle | None] = SimpleQueue()
+        # (cycle, its socket's writer): a request's frames leave on the socket its Req came
+        # from (the frame socket, or the native gateway's data socket)
+        self.inbox: SimpleQueue[tuple[WsgiCycle, Callable[[bytes], None]] | None] = SimpleQueue()
         # One condition for every cycle's waits (body chunks, credit): a Condition costs ~4 µs
         # to make, a third of a hello request's runner overhead; only streaming requests wait.
         self.cond = threading.Condition(threading.Lock())
@@ -111,11 +113,12 @@ class WsgiThreads:
             thread.start()
 
     def _serve(self) -> None:
-        inbox, cycles, write = self.inbox, self.cycles, self.write
+        inbox, cycles = self.inbox, self.cycles
         while True:
-            cycle = inbox.get()
-            if cycle is None:
+            item = inbox.get()
+            if item is None:
                 return
+            cycle, write = item
             tail = run_cycle(self.app, cycle, self.base, write)
             cycles.pop(cycle.id, None)  # before Done: the node may reuse nothing, but frames for it stop here
             try:
@@ -126,10 +129,11 @@ class WsgiThreads:
                 self.notify_drained()
 
     # -- from the loop -------------------------------------------------------------------------
-    def submit(self, req: wire.Req) -> None:
+    def submit(self, req: wire.Req, write: Callable[[bytes], None] | None = None) -> None:
+        """Run ``req`` on a free thread; its frames go to ``write`` (default: the frame socket)."""
         cycle = WsgiCycle(req, self.cond)
         self.cycles[req.id] = cycle
-        self.inbox.put(cycle)
+        self.inbox.put((cycle, write or self.write))
 
     def on_frame(self, frame: Any) -> bool:
         """Route a Body, Credit or Cancel frame to its cycle; False if the id is not ours."""

@@ -8,7 +8,8 @@ is unsafe"). It preloads everything a worker imports lazily and calls ``gc.freez
 the pages stay shared copy-on-write.
 
 Control messages (msgpack arrays, one per datagram):
-  node -> zygote   ["fork", worker_id]  with two fds: the worker's frame socket and log socket
+  node -> zygote   ["fork", worker_id]  with two fds: the worker's frame socket and log socket,
+                                        or three: then the native gateway's data socket too
   zygote -> node   ["ready", pid, kind]       code imported; kind is "asgi" or "wsgi"
                    ["failed", reason, traceback]  import failed; the zygote exits 1
                    ["forked", worker_id, pid]
@@ -83,7 +84,7 @@ def main() -> None:
             reap(send)
         if control in readable:
             try:
-                data, fds, _, _ = socket.recv_fds(control, 4096, 2)
+                data, fds, _, _ = socket.recv_fds(control, 4096, 3)
             except OSError:
                 data, fds = b"", []
             if not data:
@@ -157,7 +158,7 @@ def _hook(entry: str, context: dict[str, Any], fds: list[int], control: socket.s
 
 def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: str, handlers: dict[str, Any],
           control: socket.socket, wake_r: int, wake_w: int, send: Any) -> None:
-    data_fd, log_fd = fds
+    data_fd, log_fd, *gateway = fds  # a third fd: the data socket (native gateway)
     zygote = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -171,9 +172,9 @@ def _fork(worker_id: int, fds: list[int], spec: dict[str, Any], app: Any, kind: 
         os.close(wake_w)
         run_worker(app, lifespan=kind == "asgi", data_fd=data_fd, log_fd=log_fd, tick=spec["tick"],
                    readiness=spec.get("readiness", ""), handlers=handlers, release=spec["release"],
-                   wsgi=kind == "wsgi", slots=spec["slots"])
-    os.close(data_fd)
-    os.close(log_fd)
+                   wsgi=kind == "wsgi", slots=spec["slots"], gateway_fd=gateway[0] if gateway else -1)
+    for fd in fds:
+        os.close(fd)
     send("forked", worker_id, pid)
 
 

@@ -16,11 +16,24 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from anycore.router.core import Placed, Queued, Rejected, Router
 
+from . import rust_router
+
 BIG = 1 << 30
 
+# Every test runs against both implementations: the Python core and its Rust port
+# (native/src/router.rs, driven through `anycore-gateway --router-model`). The Rust side
+# is skipped only when the binary is not built (`cargo build --release` in native/).
+RUST = pytest.mark.skipif(not rust_router.built(), reason="anycore-gateway not built: cargo build --release in native/")
+IMPLS = [pytest.param(Router, id="python"), pytest.param(rust_router.RustRouter, id="rust", marks=RUST)]
 
-def router(max_queue: int = 100, max_queue_bytes: int = BIG) -> Router[str]:
-    return Router(max_queue=max_queue, max_queue_bytes=max_queue_bytes)
+
+@pytest.fixture(params=IMPLS, scope="module")
+def impl(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+def router(impl: Any, max_queue: int = 100, max_queue_bytes: int = BIG) -> Router[str]:
+    return impl(max_queue=max_queue, max_queue_bytes=max_queue_bytes)
 
 
 def fill(r: Router[str], worker: int, n: int, now: float = 0.0) -> list[str]:
@@ -35,8 +48,8 @@ def fill(r: Router[str], worker: int, n: int, now: float = 0.0) -> list[str]:
 
 # -- placement -----------------------------------------------------------------------------------
 
-def test_placement_goes_to_least_loaded_accepting_worker_with_a_free_slot() -> None:
-    r = router()
+def test_placement_goes_to_least_loaded_accepting_worker_with_a_free_slot(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=4)
     r.add_worker(2, slots=4)
     r.workers[1].inflight = 3
@@ -53,8 +66,8 @@ def test_placement_goes_to_least_loaded_accepting_worker_with_a_free_slot() -> N
     assert r.submit("e", 10, 100.0, 0.0) == Queued(0)
 
 
-def test_placement_compares_load_relative_to_slots() -> None:
-    r = router()
+def test_placement_compares_load_relative_to_slots(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=2)
     r.add_worker(2, slots=8)
     r.workers[1].inflight = 1  # 50 % busy
@@ -62,8 +75,8 @@ def test_placement_compares_load_relative_to_slots() -> None:
     assert r.submit("a", 1, 100.0, 0.0) == Placed(2)
 
 
-def test_equally_loaded_workers_take_turns() -> None:
-    r = router()
+def test_equally_loaded_workers_take_turns(impl: Any) -> None:
+    r = router(impl)
     for w in (1, 2, 3):
         r.add_worker(w, slots=100)
     placed = []
@@ -74,8 +87,8 @@ def test_equally_loaded_workers_take_turns() -> None:
     assert sorted(placed) == [1, 2, 3]
 
 
-def test_never_placed_on_a_draining_worker() -> None:
-    r = router()
+def test_never_placed_on_a_draining_worker(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=8)
     r.add_worker(2, slots=8)
     r.workers[1].inflight = 7
@@ -87,8 +100,8 @@ def test_never_placed_on_a_draining_worker() -> None:
     assert r.workers[2].inflight == 0
 
 
-def test_a_worker_added_not_accepting_takes_nothing_until_set_accepting() -> None:
-    r = router()
+def test_a_worker_added_not_accepting_takes_nothing_until_set_accepting(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1, accepting=False)
     assert r.capacity == 0
     assert r.submit("a", 1, 100.0, 0.0) == Queued(0)
@@ -97,8 +110,8 @@ def test_a_worker_added_not_accepting_takes_nothing_until_set_accepting() -> Non
     assert r.drain_queue() == [("a", 1)]
 
 
-def test_draining_worker_keeps_its_running_requests_until_released() -> None:
-    r = router()
+def test_draining_worker_keeps_its_running_requests_until_released(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=2)
     fill(r, 1, 2)
     r.stop_accepting(1)
@@ -109,8 +122,8 @@ def test_draining_worker_keeps_its_running_requests_until_released() -> None:
     assert list(p.item for p in r.queue) == ["x"]
 
 
-def test_the_router_counts_in_flight_and_served_and_the_total_outlives_its_workers() -> None:
-    r = router()
+def test_the_router_counts_in_flight_and_served_and_the_total_outlives_its_workers(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=2)
     fill(r, 1, 2)
     r.add_worker(2, slots=2)
@@ -126,8 +139,8 @@ def test_the_router_counts_in_flight_and_served_and_the_total_outlives_its_worke
 
 # -- queue ---------------------------------------------------------------------------------------
 
-def test_queue_is_fifo_when_slots_free() -> None:
-    r = router()
+def test_queue_is_fifo_when_slots_free(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=2)
     fill(r, 1, 2)
     for i in range(5):
@@ -142,8 +155,8 @@ def test_queue_is_fifo_when_slots_free() -> None:
     assert not r.queue and r.queued_bytes == 0
 
 
-def test_new_request_waits_behind_the_queue_even_if_a_slot_just_freed() -> None:
-    r = router()
+def test_new_request_waits_behind_the_queue_even_if_a_slot_just_freed(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.submit("first", 1, 100.0, 0.0)
@@ -152,8 +165,8 @@ def test_new_request_waits_behind_the_queue_even_if_a_slot_just_freed() -> None:
     assert r.drain_queue() == [("first", 1)]
 
 
-def test_queue_full_by_count_is_rejected_with_retry_after() -> None:
-    r = router(max_queue=3)
+def test_queue_full_by_count_is_rejected_with_retry_after(impl: Any) -> None:
+    r = router(impl, max_queue=3)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     for i in range(3):
@@ -166,8 +179,8 @@ def test_queue_full_by_count_is_rejected_with_retry_after() -> None:
     assert len(r.queue) == 3
 
 
-def test_queue_full_by_bytes_is_rejected_with_retry_after() -> None:
-    r = router(max_queue=100, max_queue_bytes=1000)
+def test_queue_full_by_bytes_is_rejected_with_retry_after(impl: Any) -> None:
+    r = router(impl, max_queue=100, max_queue_bytes=1000)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     assert r.submit("a", 600, 100.0, 0.0) == Queued(0)
@@ -179,8 +192,8 @@ def test_queue_full_by_bytes_is_rejected_with_retry_after() -> None:
     assert r.submit("c", 600, 100.0, 0.0) == Queued(1)
 
 
-def test_retry_after_grows_with_the_estimated_wait() -> None:
-    r = router(max_queue=10)
+def test_retry_after_grows_with_the_estimated_wait(impl: Any) -> None:
+    r = router(impl, max_queue=10)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.release(1, service_time=2.0)
@@ -194,8 +207,8 @@ def test_retry_after_grows_with_the_estimated_wait() -> None:
     assert decision.retry_after >= 20
 
 
-def test_deadline_that_cannot_be_met_is_rejected_at_once() -> None:
-    r = router()
+def test_deadline_that_cannot_be_met_is_rejected_at_once(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=2)
     fill(r, 1, 2)
     r.release(1, service_time=1.0)
@@ -212,15 +225,15 @@ def test_deadline_that_cannot_be_met_is_rejected_at_once() -> None:
     assert r.submit("fits", 1, 1.6, 0.0) == Queued(2)
 
 
-def test_without_a_service_time_estimate_nothing_is_rejected_for_its_deadline() -> None:
-    r = router()
+def test_without_a_service_time_estimate_nothing_is_rejected_for_its_deadline(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     assert r.submit("q", 1, 0.001, 0.0) == Queued(0)
 
 
-def test_expire_returns_expired_items_in_order_and_they_are_never_placed() -> None:
-    r = router()
+def test_expire_returns_expired_items_in_order_and_they_are_never_placed(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.submit("a", 5, 10.0, 0.0)
@@ -239,8 +252,8 @@ def test_expire_returns_expired_items_in_order_and_they_are_never_placed() -> No
     assert r.expire(1000.0) == []
 
 
-def test_cancel_removes_a_queued_item() -> None:
-    r = router()
+def test_cancel_removes_a_queued_item(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.submit("a", 3, 100.0, 0.0)
@@ -258,8 +271,8 @@ def test_cancel_removes_a_queued_item() -> None:
 
 # -- retries -------------------------------------------------------------------------------------
 
-def test_retried_request_goes_to_the_head_of_the_queue() -> None:
-    r = router()
+def test_retried_request_goes_to_the_head_of_the_queue(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.submit("q0", 1, 110.0, 10.0)
@@ -270,8 +283,8 @@ def test_retried_request_goes_to_the_head_of_the_queue() -> None:
     assert r.drain_queue() == [("retry", 1)]
 
 
-def test_retried_request_is_placed_at_once_when_a_slot_is_free() -> None:
-    r = router()
+def test_retried_request_is_placed_at_once_when_a_slot_is_free(impl: Any) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1)
     r.add_worker(2, slots=1, accepting=False)
     fill(r, 1, 1)
@@ -280,8 +293,8 @@ def test_retried_request_is_placed_at_once_when_a_slot_is_free() -> None:
     assert r.submit("retry", 1, 90.0, 1.0, front=True) == Placed(1)
 
 
-def test_retried_request_is_never_rejected() -> None:
-    r = router(max_queue=2, max_queue_bytes=10)
+def test_retried_request_is_never_rejected(impl: Any) -> None:
+    r = router(impl, max_queue=2, max_queue_bytes=10)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.release(1, service_time=100.0)
@@ -297,11 +310,11 @@ def test_retried_request_is_never_rejected() -> None:
     assert r.rejected == 1
 
 
-def test_several_retries_keep_their_arrival_order_ahead_of_the_queue() -> None:
+def test_several_retries_keep_their_arrival_order_ahead_of_the_queue(impl: Any) -> None:
     # A dead worker's requests are retried one after the other, oldest first (that is the
     # order they were dispatched in). They must leave the queue in that order, and the head
     # must stay the earliest deadline (next_deadline() arms the expiry timer from it).
-    r = router()
+    r = router(impl)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.submit("q0", 1, 120.0, 20.0)
@@ -327,9 +340,11 @@ class RouterMachine(RuleBasedStateMachine):
     ServiceRuntime.worker_lost.
     """
 
+    impl: Any = Router
+
     @initialize(max_queue=st.integers(1, 6), max_queue_bytes=st.integers(1, 300))
     def setup(self, max_queue: int, max_queue_bytes: int) -> None:
-        self.router: Router[int] = Router(max_queue=max_queue, max_queue_bytes=max_queue_bytes)
+        self.router: Router[int] = self.impl(max_queue=max_queue, max_queue_bytes=max_queue_bytes)
         self.now = 0.0
         self.next_item = 0
         self.next_worker = 0
@@ -531,6 +546,14 @@ RouterMachine.TestCase.settings = settings(
 test_router_invariants_hold_under_random_operations = RouterMachine.TestCase
 
 
+class RustRouterMachine(RouterMachine):
+    impl = rust_router.RustRouter
+
+
+RustRouterMachine.TestCase.settings = RouterMachine.TestCase.settings
+test_rust_router_invariants_hold_under_random_operations = RUST(RustRouterMachine.TestCase)
+
+
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(1, 3), st.booleans()),
@@ -549,9 +572,9 @@ OPS = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(max_queue=st.integers(1, 5), max_queue_bytes=st.integers(1, 250), ops=OPS)
 def test_without_retries_the_queue_never_exceeds_its_count_and_byte_bounds(
-    max_queue: int, max_queue_bytes: int, ops: list[tuple[Any, ...]]
+    impl: Any, max_queue: int, max_queue_bytes: int, ops: list[tuple[Any, ...]]
 ) -> None:
-    r: Router[int] = Router(max_queue=max_queue, max_queue_bytes=max_queue_bytes)
+    r: Router[int] = impl(max_queue=max_queue, max_queue_bytes=max_queue_bytes)
     now = 0.0
     n = 0
     next_worker = 0
@@ -586,8 +609,8 @@ def test_without_retries_the_queue_never_exceeds_its_count_and_byte_bounds(
 
 
 @pytest.mark.parametrize("front", [False, True])
-def test_submit_position_counts_from_the_head(front: bool) -> None:
-    r = router()
+def test_submit_position_counts_from_the_head(impl: Any, front: bool) -> None:
+    r = router(impl)
     r.add_worker(1, slots=1)
     fill(r, 1, 1)
     r.submit("a", 1, 100.0, 0.0)
@@ -596,8 +619,8 @@ def test_submit_position_counts_from_the_head(front: bool) -> None:
     assert [p.item for p in r.queue][decision.position] == "b"  # type: ignore[union-attr]
 
 
-def test_can_place_and_free_follow_slots_and_the_queue():
-    router: Router[str] = Router(max_queue=10, max_queue_bytes=1000)
+def test_can_place_and_free_follow_slots_and_the_queue(impl: Any) -> None:
+    router: Router[str] = impl(max_queue=10, max_queue_bytes=1000)
     assert not router.can_place() and router.free == 0
     router.add_worker(1, 2)
     assert router.can_place() and router.free == 2

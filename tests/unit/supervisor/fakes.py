@@ -146,6 +146,7 @@ class FakeOwner:
 
     name = "svc"
     scale_override: tuple[int, int] | None = None
+    data_sockets = False
 
     def __init__(self) -> None:
         self.ready: list[Any] = []

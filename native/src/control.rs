@@ -1,0 +1,332 @@
+//! The control socket (`src/anycore/dataplane.py`): one SOCK_SEQPACKET datagram per
+//! message, a msgpack array `[tag, fields...]`, file descriptors as SCM_RIGHTS on the same
+//! datagram. This module decodes the node's messages into `ToGateway` and encodes ours;
+//! `main.rs` applies them. Unknown tags are ignored (either side may be newer).
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessageOwned, MsgFlags};
+use std::io::IoSliceMut;
+use std::os::unix::io::RawFd;
+
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bin(Vec<u8>),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    fn as_str(&self) -> Result<String, String> {
+        match self {
+            Value::Str(s) => Ok(s.clone()),
+            Value::Bin(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+            v => Err(format!("expected a string, got {v:?}")),
+        }
+    }
+    fn as_int(&self) -> Result<i64, String> {
+        match self {
+            Value::Int(n) => Ok(*n),
+            Value::Float(f) => Ok(*f as i64),
+            v => Err(format!("expected an integer, got {v:?}")),
+        }
+    }
+    fn as_float(&self) -> Result<f64, String> {
+        match self {
+            Value::Int(n) => Ok(*n as f64),
+            Value::Float(f) => Ok(*f),
+            v => Err(format!("expected a number, got {v:?}")),
+        }
+    }
+    fn as_bool(&self) -> Result<bool, String> {
+        match self {
+            Value::Bool(b) => Ok(*b),
+            v => Err(format!("expected a boolean, got {v:?}")),
+        }
+    }
+}
+
+pub fn read_value(rd: &mut &[u8], depth: u32) -> Result<Value, String> {
+    use rmp::Marker::*;
+    if depth > 16 {
+        return Err("message nested too deep".into());
+    }
+    let marker = rmp::decode::read_marker(rd).map_err(|_| "truncated message")?;
+    let mut be = |k: usize| -> Result<u64, String> {
+        if rd.len() < k {
+            return Err("truncated message".into());
+        }
+        let mut n = 0u64;
+        for b in &rd[..k] {
+            n = (n << 8) | *b as u64;
+        }
+        *rd = &rd[k..];
+        Ok(n)
+    };
+    let (kind, n) = match marker {
+        Null => return Ok(Value::Nil),
+        True => return Ok(Value::Bool(true)),
+        False => return Ok(Value::Bool(false)),
+        FixPos(n) => return Ok(Value::Int(n as i64)),
+        FixNeg(n) => return Ok(Value::Int(n as i64)),
+        U8 => return Ok(Value::Int(be(1)? as i64)),
+        U16 => return Ok(Value::Int(be(2)? as i64)),
+        U32 => return Ok(Value::Int(be(4)? as i64)),
+        U64 => return Ok(Value::Int(be(8)? as i64)),
+        I8 => return Ok(Value::Int(be(1)? as u8 as i8 as i64)),
+        I16 => return Ok(Value::Int(be(2)? as u16 as i16 as i64)),
+        I32 => return Ok(Value::Int(be(4)? as u32 as i32 as i64)),
+        I64 => return Ok(Value::Int(be(8)? as i64)),
+        F32 => return Ok(Value::Float(f32::from_bits(be(4)? as u32) as f64)),
+        F64 => return Ok(Value::Float(f64::from_bits(be(8)?))),
+        FixStr(n) => ('s', n as u64),
+        Str8 => ('s', be(1)?),
+        Str16 => ('s', be(2)?),
+        Str32 => ('s', be(4)?),
+        Bin8 => ('b', be(1)?),
+        Bin16 => ('b', be(2)?),
+        Bin32 => ('b', be(4)?),
+        FixArray(n) => ('a', n as u64),
+        Array16 => ('a', be(2)?),
+        Array32 => ('a', be(4)?),
+        m => return Err(format!("unsupported msgpack marker {m:?}")),
+    };
+    if kind == 'a' {
+        let mut items = Vec::with_capacity(n.min(1024) as usize);
+        for _ in 0..n {
+            items.push(read_value(rd, depth + 1)?);
+        }
+        return Ok(Value::Array(items));
+    }
+    let n = n as usize;
+    if rd.len() < n {
+        return Err("truncated message".into());
+    }
+    let (bytes, rest) = rd.split_at(n);
+    *rd = rest;
+    Ok(if kind == 's' { Value::Str(String::from_utf8_lossy(bytes).into_owned()) } else { Value::Bin(bytes.to_vec()) })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub routes: Vec<String>,
+    pub release: String,
+    pub running: bool,
+    pub max_body: u64,
+    pub max_queue: usize,
+    pub max_queue_bytes: u64,
+    pub deadline: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub node: String,
+    pub max_connections: usize,
+    pub header_limit: usize,
+    pub header_timeout: f64,
+    pub keepalive_timeout: f64,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToGateway {
+    Listen { address: String },
+    Settings(Settings),
+    Service(ServiceSpec),
+    RemoveService { name: String },
+    AddWorker { service: String, release: String, worker: u64, slots: u32 },
+    Accepting { worker: u64, accepting: bool },
+    RemoveWorker { worker: u64 },
+    Shift { service: String, release: String },
+    Shutdown { grace: f64 },
+    Unknown(i64),
+}
+
+pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
+    let Value::Array(v) = read_value(&mut data, 0)? else { return Err("a message is a msgpack array".into()) };
+    let tag = v.first().ok_or("empty message")?.as_int()?;
+    let need = |n: usize| -> Result<(), String> {
+        if v.len() < n + 1 {
+            Err(format!("message tag {tag}: {} fields, expected {n}", v.len() - 1))
+        } else {
+            Ok(())
+        }
+    };
+    let f = |i: usize| &v[i + 1];
+    Ok(match tag {
+        1 => {
+            need(1)?;
+            ToGateway::Listen { address: f(0).as_str()? }
+        }
+        2 => {
+            need(5)?;
+            ToGateway::Settings(Settings {
+                node: f(0).as_str()?,
+                max_connections: f(1).as_int()?.max(1) as usize,
+                header_limit: f(2).as_int()?.max(0) as usize,
+                header_timeout: f(3).as_float()?,
+                keepalive_timeout: f(4).as_float()?,
+                threads: if v.len() > 6 { f(5).as_int()?.max(0) as usize } else { 0 },
+            })
+        }
+        3 => {
+            need(8)?;
+            let Value::Array(routes) = f(1) else { return Err("Service.routes is a list".into()) };
+            ToGateway::Service(ServiceSpec {
+                name: f(0).as_str()?,
+                routes: routes.iter().map(Value::as_str).collect::<Result<_, _>>()?,
+                release: f(2).as_str()?,
+                running: f(3).as_bool()?,
+                max_body: f(4).as_int()?.max(0) as u64,
+                max_queue: f(5).as_int()?.max(0) as usize,
+                max_queue_bytes: f(6).as_int()?.max(0) as u64,
+                deadline: f(7).as_float()?,
+            })
+        }
+        4 => {
+            need(1)?;
+            ToGateway::RemoveService { name: f(0).as_str()? }
+        }
+        5 => {
+            need(4)?;
+            ToGateway::AddWorker {
+                service: f(0).as_str()?,
+                release: f(1).as_str()?,
+                worker: f(2).as_int()? as u64,
+                slots: f(3).as_int()?.max(0) as u32,
+            }
+        }
+        6 => {
+            need(2)?;
+            ToGateway::Accepting { worker: f(0).as_int()? as u64, accepting: f(1).as_bool()? }
+        }
+        7 => {
+            need(1)?;
+            ToGateway::RemoveWorker { worker: f(0).as_int()? as u64 }
+        }
+        8 => {
+            need(2)?;
+            ToGateway::Shift { service: f(0).as_str()?, release: f(1).as_str()? }
+        }
+        9 => {
+            need(1)?;
+            ToGateway::Shutdown { grace: f(0).as_float()? }
+        }
+        n => ToGateway::Unknown(n),
+    })
+}
+
+/// Receives one datagram and its fds. `Ok(None)`: the node closed its end.
+pub type Datagram = (Vec<u8>, Vec<RawFd>);
+
+pub fn receive(fd: RawFd) -> Result<Option<Datagram>, String> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs() {
+                    if let ControlMessageOwned::ScmRights(r) = c {
+                        fds.extend(r);
+                    }
+                }
+                let n = msg.bytes;
+                if n == 0 && fds.is_empty() {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                return Ok(Some((buf, fds)));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("control socket: {e}")),
+        }
+    }
+}
+
+/// Sends one message (a whole datagram; safe from any thread).
+pub fn send(fd: RawFd, data: &[u8]) {
+    let iov = [std::io::IoSlice::new(data)];
+    loop {
+        match sendmsg::<()>(fd, &iov, &[], MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return, // a closed control socket ends the gateway through the reader
+        }
+    }
+}
+
+pub mod out {
+    //! gateway -> node messages (tags 50..).
+    use crate::frames::{w_array, w_str, w_uint};
+
+    pub fn started(version: &str, threads: usize) -> Vec<u8> {
+        let mut o = Vec::new();
+        w_array(&mut o, 3);
+        w_uint(&mut o, 50);
+        w_str(&mut o, version);
+        w_uint(&mut o, threads as u64);
+        o
+    }
+
+    pub struct StatsMsg<'a> {
+        pub service: &'a str,
+        pub queued: usize,
+        pub inflight: Vec<(u64, u64)>,
+        pub served: Vec<(u64, u64)>,
+        pub statuses: Vec<(String, u16, u64)>,
+        pub rejected: Vec<(&'static str, u64)>,
+    }
+
+    pub fn stats(s: &StatsMsg) -> Vec<u8> {
+        let mut o = Vec::new();
+        w_array(&mut o, 7);
+        w_uint(&mut o, 51);
+        w_str(&mut o, s.service);
+        w_uint(&mut o, s.queued as u64);
+        for list in [&s.inflight, &s.served] {
+            w_array(&mut o, list.len() as u32);
+            for (a, b) in list.iter() {
+                w_array(&mut o, 2);
+                w_uint(&mut o, *a);
+                w_uint(&mut o, *b);
+            }
+        }
+        w_array(&mut o, s.statuses.len() as u32);
+        for (release, status, n) in &s.statuses {
+            w_array(&mut o, 3);
+            w_str(&mut o, release);
+            w_uint(&mut o, *status as u64);
+            w_uint(&mut o, *n);
+        }
+        w_array(&mut o, s.rejected.len() as u32);
+        for (reason, n) in &s.rejected {
+            w_array(&mut o, 2);
+            w_str(&mut o, reason);
+            w_uint(&mut o, *n);
+        }
+        o
+    }
+
+    pub fn worker_idle(worker: u64) -> Vec<u8> {
+        let mut o = Vec::new();
+        w_array(&mut o, 2);
+        w_uint(&mut o, 52);
+        w_uint(&mut o, worker);
+        o
+    }
+
+    pub fn worker_lost(worker: u64, inflight: u64) -> Vec<u8> {
+        let mut o = Vec::new();
+        w_array(&mut o, 3);
+        w_uint(&mut o, 53);
+        w_uint(&mut o, worker);
+        w_uint(&mut o, inflight);
+        o
+    }
+}

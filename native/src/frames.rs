@@ -1,0 +1,223 @@
+//! The worker frames of `src/anycore/wire.py`, encoded and decoded by hand with `rmp`'s
+//! primitives (no serde on the hot path, no allocation per frame: encoders append to
+//! the worker's pending write buffer, the decoder slices the read buffer).
+//!
+//! Each frame: 4-byte big-endian length, then a msgpack array `[tag, fields...]`
+//! (msgspec `array_like=True` structs with `tag=N`). Gateway -> worker: Req (1), Body (2),
+//! Credit (3), Cancel (4). Worker -> gateway: Resp (6), Body (2), Credit (3), Done (7).
+//! WINDOW and CHUNK are wire.py's credit window and chunk size.
+
+use bytes::Bytes;
+use rmp::encode;
+
+pub const WINDOW: i64 = 1024 * 1024;
+pub const CHUNK: usize = 64 * 1024;
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+pub const REQ: u8 = 1;
+pub const BODY: u8 = 2;
+pub const CREDIT: u8 = 3;
+pub const CANCEL: u8 = 4;
+pub const RESP: u8 = 6;
+pub const DONE: u8 = 7;
+
+/// Appends a frame to `out`: reserve the length prefix, write, patch it.
+pub fn frame(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    write(out);
+    let n = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&n.to_be_bytes());
+}
+
+// Writes to a Vec<u8> cannot fail: the results are ignored on purpose.
+pub fn w_uint(out: &mut Vec<u8>, n: u64) {
+    let _ = encode::write_uint(out, n);
+}
+pub fn w_str(out: &mut Vec<u8>, s: &str) {
+    let _ = encode::write_str(out, s);
+}
+pub fn w_bin(out: &mut Vec<u8>, b: &[u8]) {
+    let _ = encode::write_bin(out, b);
+}
+pub fn w_array(out: &mut Vec<u8>, n: u32) {
+    let _ = encode::write_array_len(out, n);
+}
+pub fn w_bool(out: &mut Vec<u8>, b: bool) {
+    let _ = encode::write_bool(out, b);
+}
+pub fn w_nil(out: &mut Vec<u8>) {
+    let _ = encode::write_nil(out);
+}
+
+pub fn body(out: &mut Vec<u8>, id: u64, data: &[u8], more: bool) {
+    frame(out, |o| {
+        w_array(o, 4);
+        w_uint(o, BODY as u64);
+        w_uint(o, id);
+        w_bin(o, data);
+        w_bool(o, more);
+    });
+}
+
+pub fn credit(out: &mut Vec<u8>, id: u64, n: u64) {
+    frame(out, |o| {
+        w_array(o, 3);
+        w_uint(o, CREDIT as u64);
+        w_uint(o, id);
+        w_uint(o, n);
+    });
+}
+
+pub fn cancel(out: &mut Vec<u8>, id: u64) {
+    frame(out, |o| {
+        w_array(o, 2);
+        w_uint(o, CANCEL as u64);
+        w_uint(o, id);
+    });
+}
+
+/// A frame from a worker, its byte fields sliced out of the read buffer.
+#[derive(Debug)]
+pub enum FromWorker {
+    Resp { id: u64, status: u16, headers: Vec<(Bytes, Bytes)>, body: Bytes, more: bool },
+    Body { id: u64, data: Bytes, more: bool },
+    Credit { id: u64, n: u64 },
+    Done { id: u64, error: Option<String> },
+    Other,
+}
+
+#[derive(Debug)]
+pub struct Malformed;
+
+struct Reader<'a> {
+    whole: &'a Bytes,
+    rd: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn pos(&self) -> usize {
+        self.whole.len() - self.rd.len()
+    }
+    fn array(&mut self) -> Result<u32, Malformed> {
+        rmp::decode::read_array_len(&mut self.rd).map_err(|_| Malformed)
+    }
+    fn uint(&mut self) -> Result<u64, Malformed> {
+        rmp::decode::read_int(&mut self.rd).map_err(|_| Malformed)
+    }
+    fn boolean(&mut self) -> Result<bool, Malformed> {
+        rmp::decode::read_bool(&mut self.rd).map_err(|_| Malformed)
+    }
+    fn take(&mut self, n: usize) -> Result<Bytes, Malformed> {
+        if self.rd.len() < n {
+            return Err(Malformed);
+        }
+        let at = self.pos();
+        self.rd = &self.rd[n..];
+        Ok(self.whole.slice(at..at + n))
+    }
+    fn bin(&mut self) -> Result<Bytes, Malformed> {
+        // msgspec writes bytes as bin; accept str too (same bytes).
+        let marker = rmp::decode::read_marker(&mut self.rd).map_err(|_| Malformed)?;
+        let n = self.len_of(marker)?;
+        self.take(n)
+    }
+    fn len_of(&mut self, marker: rmp::Marker) -> Result<usize, Malformed> {
+        use rmp::Marker::*;
+        let mut be = |k: usize| -> Result<usize, Malformed> {
+            if self.rd.len() < k {
+                return Err(Malformed);
+            }
+            let mut n = 0usize;
+            for b in &self.rd[..k] {
+                n = (n << 8) | *b as usize;
+            }
+            self.rd = &self.rd[k..];
+            Ok(n)
+        };
+        match marker {
+            FixStr(n) => Ok(n as usize),
+            Str8 | Bin8 => be(1),
+            Str16 | Bin16 => be(2),
+            Str32 | Bin32 => be(4),
+            _ => Err(Malformed),
+        }
+    }
+    fn opt_str(&mut self) -> Result<Option<String>, Malformed> {
+        let marker = rmp::decode::read_marker(&mut self.rd).map_err(|_| Malformed)?;
+        if marker == rmp::Marker::Null {
+            return Ok(None);
+        }
+        let n = self.len_of(marker)?;
+        let b = self.take(n)?;
+        Ok(Some(String::from_utf8_lossy(&b).into_owned()))
+    }
+}
+
+/// Decodes one frame payload (without its length prefix).
+pub fn decode(payload: &Bytes) -> Result<FromWorker, Malformed> {
+    let mut r = Reader { whole: payload, rd: &payload[..] };
+    let n = r.array()?;
+    let tag = r.uint()?;
+    Ok(match tag as u8 {
+        RESP if n >= 5 => {
+            let id = r.uint()?;
+            let status = r.uint()? as u16;
+            let count = r.array()?;
+            let mut headers = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                if r.array()? != 2 {
+                    return Err(Malformed);
+                }
+                let name = r.bin()?;
+                let value = r.bin()?;
+                headers.push((name, value));
+            }
+            let body = r.bin()?;
+            let more = r.boolean()?;
+            FromWorker::Resp { id, status, headers, body, more }
+        }
+        BODY if n >= 4 => {
+            let id = r.uint()?;
+            let data = r.bin()?;
+            let more = r.boolean()?;
+            FromWorker::Body { id, data, more }
+        }
+        CREDIT if n >= 3 => FromWorker::Credit { id: r.uint()?, n: r.uint()? },
+        DONE if n >= 3 => FromWorker::Done { id: r.uint()?, error: r.opt_str()? },
+        _ => FromWorker::Other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_the_decoder() {
+        let mut out = Vec::new();
+        body(&mut out, 7, b"abc", true);
+        let payload = Bytes::copy_from_slice(&out[4..]);
+        assert_eq!(u32::from_be_bytes(out[..4].try_into().unwrap()) as usize, payload.len());
+        match decode(&payload).unwrap() {
+            FromWorker::Body { id, data, more } => assert_eq!((id, &data[..], more), (7, &b"abc"[..], true)),
+            f => panic!("{f:?}"),
+        }
+    }
+
+    #[test]
+    fn a_resp_frame_as_msgspec_writes_it_decodes() {
+        // msgspec: Resp(id=3, status=200, headers=[(b"a", b"b")], body=b"hi", more=False)
+        let payload = Bytes::from_static(b"\x96\x06\x03\xcc\xc8\x91\x92\xc4\x01a\xc4\x01b\xc4\x02hi\xc2");
+        match decode(&payload).unwrap() {
+            FromWorker::Resp { id, status, headers, body, more } => {
+                assert_eq!((id, status, more, &body[..]), (3, 200, false, &b"hi"[..]));
+                assert_eq!(headers, vec![(Bytes::from_static(b"a"), Bytes::from_static(b"b"))]);
+            }
+            f => panic!("{f:?}"),
+        }
+        let done = Bytes::from_static(b"\x93\x07\x03\xc0");
+        assert!(matches!(decode(&done).unwrap(), FromWorker::Done { id: 3, error: None }));
+        assert!(decode(&Bytes::from_static(b"\x93\x07")).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! One worker's data socket: a writer task that sends the frames queued in the worker's
+//! buffer (everything requests appended since its last write leaves in one `write`), and
+//! a reader task that decodes the worker's frames and routes them by request id: Resp
+//! answers the request's oneshot (the whole response when it fits one frame), Body feeds
+//! a streaming response, Credit opens the request body's window, Done frees the slot and
+//! gives it to the head of the queue at once.
+//!
+//! EOF or an error without RemoveWorker: the worker is lost — its in-flight requests get
+//! 502 JSON (stage 1: no retry of safe requests yet), queued ones stay for the others,
+//! and the node hears WorkerLost.
+
+use crate::body::{Chunk, GwBody, StreamBody};
+use crate::control::out;
+use crate::frames::{self, FromWorker};
+use crate::gateway::{made, Core, Gateway, Reply, Resp, Service};
+use bytes::{Buf, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Notify};
+
+pub async fn writer(svc: Arc<Service>, w: u64, mut wr: OwnedWriteHalf, wake: Arc<Notify>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        {
+            let mut core = svc.core.lock();
+            let Some(wc) = core.workers.get_mut(&w) else { return };
+            std::mem::swap(&mut wc.out, &mut buf);
+        }
+        if buf.is_empty() {
+            wake.notified().await;
+            // Woken by the first frame of this loop turn: let the other ready tasks (the
+            // connections whose requests arrived in the same turn) append theirs first, so
+            // they leave in one write. Without it tokio's LIFO slot runs this writer right
+            // after the first request, one frame per write, each waking the worker.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return; // the reader sees the socket close and handles the loss
+        }
+        buf.clear();
+        if buf.capacity() > 4 * 1024 * 1024 {
+            buf = Vec::with_capacity(64 * 1024);
+        }
+    }
+}
+
+pub async fn reader(gw: &'static Gateway, svc: Arc<Service>, w: u64, mut rd: OwnedReadHalf) {
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut batch: Vec<FromWorker> = Vec::with_capacity(64);
+    loop {
+        if buf.capacity() - buf.len() < 32 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let mut broken = false;
+        while buf.len() >= 4 {
+            let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if n > frames::MAX_FRAME {
+                broken = true;
+                break;
+            }
+            if buf.len() < 4 + n {
+                buf.reserve(4 + n - buf.len());
+                break;
+            }
+            buf.advance(4);
+            let payload = buf.split_to(n).freeze();
+            match frames::decode(&payload) {
+                Ok(frame) => batch.push(frame),
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        let mut idle = false;
+        {
+            let mut core = svc.core.lock();
+            for frame in batch.drain(..) {
+                on_frame(gw, &svc, &mut core, w, frame);
+            }
+            if let Some(wc) = core.workers.get(&w) {
+                idle = !wc.node_accepting && wc.inflight.is_empty();
+            }
+            core.drain(&svc, gw);
+        }
+        if idle {
+            gw.send(&out::worker_idle(w));
+        }
+        if broken {
+            break; // a malformed frame: the stream's framing is lost, as for EOF
+        }
+    }
+    lost(gw, &svc, w, true);
+}
+
+fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: FromWorker) {
+    let now = gw.now();
+    let Some(wc) = core.workers.get_mut(&w) else { return };
+    match frame {
+        FromWorker::Resp { id, status, headers, body, more } => {
+            let Some(inflight) = wc.inflight.get_mut(&id) else { return };
+            let Reply::Waiting(_) = inflight.reply else { return };
+            let Reply::Waiting(tx) = std::mem::replace(&mut inflight.reply, Reply::Finished) else { return };
+            let body = if more {
+                let (stx, rx) = mpsc::unbounded_channel();
+                inflight.reply = Reply::Streaming(stx);
+                GwBody::Stream(StreamBody { rx, first: Some(body), svc: svc.clone(), worker: w, id, done: false })
+            } else {
+                GwBody::full(body)
+            };
+            let resp = response(status, headers, body, &wc.release_hv, &gw.node_hv);
+            wc.count(status);
+            core.dirty = true;
+            let _ = tx.send(resp);
+        }
+        FromWorker::Body { id, data, more } => {
+            let Some(inflight) = wc.inflight.get_mut(&id) else { return };
+            if let Reply::Streaming(tx) = &inflight.reply {
+                let _ = tx.send(Chunk::Data(data, more));
+                if !more {
+                    inflight.reply = Reply::Finished;
+                }
+            }
+        }
+        FromWorker::Credit { id, n } => {
+            if let Some(gate) = wc.inflight.get(&id).and_then(|i| i.credit.as_ref()) {
+                gate.add(n as i64);
+            }
+        }
+        FromWorker::Done { id, error } => {
+            let Some(inflight) = wc.inflight.remove(&id) else { return };
+            let service_time = now - inflight.dispatched;
+            match inflight.reply {
+                Reply::Waiting(tx) if error.as_deref() != Some("cancelled") => {
+                    let detail = error.unwrap_or_else(|| "the app returned without a response".into());
+                    wc.count(500);
+                    let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 500, "no response", &detail, None));
+                }
+                Reply::Streaming(tx) => {
+                    let _ = tx.send(Chunk::Abort); // stopped mid-response: the client sees the cut
+                }
+                _ => {}
+            }
+            core.router.release(w, Some(service_time));
+            core.dirty = true;
+        }
+        FromWorker::Other => {}
+    }
+}
+
+/// The response head from a worker's Resp: its headers (the gateway frames the body
+/// itself, so transfer-encoding goes), then the release and the node.
+fn response(
+    status: u16,
+    headers: Vec<(bytes::Bytes, bytes::Bytes)>,
+    body: GwBody,
+    release: &HeaderValue,
+    node: &HeaderValue,
+) -> Resp {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let map = resp.headers_mut();
+    map.reserve(headers.len() + 2);
+    for (name, value) in headers {
+        let Ok(name) = HeaderName::from_bytes(&name) else { continue };
+        if name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        let Ok(value) = HeaderValue::from_maybe_shared(value) else { continue };
+        map.append(name, value);
+    }
+    map.insert(HeaderName::from_static("anycore-release"), release.clone());
+    map.insert(HeaderName::from_static("anycore-node"), node.clone());
+    resp
+}
+
+/// Worker `w` is gone: `unexpected` (EOF under us) tells the node WorkerLost; a
+/// RemoveWorker from the node does not.
+pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
+    let inflight;
+    {
+        let mut core = svc.core.lock();
+        let Some(wc) = core.workers.remove(&w) else { return };
+        core.router.remove_worker(w);
+        inflight = wc.inflight.len() as u64;
+        for (status, n) in &wc.statuses {
+            *core.made.entry((wc.release.clone(), *status)).or_insert(0) += n;
+        }
+        let mut failed = 0;
+        for (_, i) in wc.inflight {
+            match i.reply {
+                Reply::Waiting(tx) => {
+                    failed += 1;
+                    let detail = "the worker running this request died (stage 1 of the native gateway retries nothing); \
+                                  the request may or may not have taken effect";
+                    let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 502, "worker died", detail, None));
+                }
+                Reply::Streaming(tx) => {
+                    let _ = tx.send(Chunk::Abort);
+                }
+                Reply::Finished => {}
+            }
+        }
+        for _ in 0..failed {
+            *core.made.entry((wc.release.clone(), 502)).or_insert(0) += 1;
+        }
+        wc.wake.notify_one(); // the writer finds no entry and ends
+        let _ = nix::sys::socket::shutdown(wc.fd, nix::sys::socket::Shutdown::Both);
+        core.dirty = true;
+        core.drain(svc, gw);
+    }
+    gw.workers.lock().remove(&w);
+    if unexpected {
+        gw.send(&out::worker_lost(w, inflight));
+    }
+}

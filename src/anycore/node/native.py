@@ -1,0 +1,371 @@
+"""L2 — the node's side of the native data plane: ``anycore up --gateway native``.
+
+With the native gateway the node serves no HTTP itself: ``anycore-gateway`` (the Rust
+program in ``native/``) owns the listening socket and every client connection, places
+each request on a worker slot (its port of ``router/core.py``) and talks to the workers
+over their *data sockets*. The node stays the control plane, and this module is the one
+place that speaks ``anycore.dataplane`` to the gateway:
+
+- ``start`` spawns ``anycore-gateway --control-fd 3`` in its own session (a terminal's
+  Ctrl-C reaches the node, which shuts the gateway down in order), sends ``Settings``,
+  then the bound listening socket in ``Listen`` (SCM_RIGHTS), and waits for ``Started``.
+- The services and workers are mirrored as they change, in the order they change in the
+  node's loop: ``Service`` (routes, live release, limits, running) on every deploy, stop
+  and start; ``AddWorker`` with the node's end of the worker's data socket once the worker
+  said ``Ready``; ``Shift`` as the deploy's one atomic step; ``Accepting(false)`` when a
+  worker drains; ``RemoveWorker`` when it is gone.
+- A draining worker gets its ``Stop`` (on its control socket, from the node) only once the
+  gateway reported it ``WorkerIdle``: a request already written to the data socket must
+  find a worker still serving. The worker's ``stop_gate`` is that wait; the supervisor's
+  drain timeout still bounds it.
+- ``Stats`` feed the Python router's per-worker counts (in flight, served), which the
+  scaler, recycling (``max_requests``) and ``ps`` already read, plus the queue length.
+- ``WorkerLost`` (the data socket broke under the gateway): the worker is of no use any
+  more; it is killed, and its control socket's EOF removes it the usual way.
+
+If the gateway process dies, ``on_gone`` is called once: in stage 1 the node logs it and
+exits (nothing serves without it; restarting it is stage 2).
+
+Sends never block the loop: a message the socket cannot take now waits in order (with its
+file descriptors held open) until the socket is writable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import msgspec
+
+from anycore import dataplane
+from anycore.config import parse_route
+from anycore.errors import AnycoreError, ConfigError
+from anycore.gateway.http import Limits
+from anycore.lifecycle import ServiceState
+from anycore.log import NodeLog
+
+if TYPE_CHECKING:
+    from anycore.node.service import ServiceRuntime
+    from anycore.supervisor.worker import WorkerHandle
+
+BINARY = "anycore-gateway"
+START_TIMEOUT = 10.0  # seconds from exec to Started
+CONTROL_FD = 3
+INSTALL = ("install a Rust toolchain and the crates it builds from (Debian: `apt-get install cargo librust-hyper-dev "
+           "librust-tokio-dev librust-rmp-serde-dev librust-serde-dev librust-socket2-dev librust-nix-dev`), "
+           "then `pip install -e .` again; or set ANYCORE_GATEWAY_BIN")
+
+
+def find_binary() -> str | None:
+    """``$ANYCORE_GATEWAY_BIN``, else ``anycore/bin/anycore-gateway`` in the package, else PATH."""
+    explicit = os.environ.get("ANYCORE_GATEWAY_BIN")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    packaged = Path(__file__).resolve().parent.parent / "bin" / BINARY
+    if os.access(packaged, os.X_OK):
+        return str(packaged)
+    return shutil.which(BINARY)
+
+
+class NativeGateway:
+    """The node's handle on ``anycore-gateway``: the face of ``gateway.server.Gateway`` the
+    node and the deployer use (start, stop, routes, url), plus the hooks a
+    ``ServiceRuntime`` calls as its workers come and go (``ServiceRuntime.dataplane``)."""
+
+    def __init__(self, log: NodeLog, limits: Limits, binary: str, threads: int = 0,
+                 on_gone: Callable[[str], None] | None = None) -> None:
+        self.log = log
+        self.limits = limits
+        self.binary = binary
+        self.threads = threads
+        self.on_gone = on_gone
+        self.node_id = ""
+        self.host, self.port = "", 0
+        self.starting = True  # the Python gateway's flag; the native one routes what it is told
+        self.connections: tuple[()] = ()  # held by the gateway; not counted here in stage 1
+        self.errors: dict[int, int] = {}  # answers >= 400 by status, from Stats
+        self.version, self.gateway_threads = "", 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.control: socket.socket | None = None
+        self.services: dict[str, "ServiceRuntime"] = {}
+        self.routes: dict[str, list[tuple[str | None, str]]] = {}
+        self.workers: dict[int, "WorkerHandle"] = {}  # told to the gateway (AddWorker), not yet removed
+        self.idle: set[int] = set()  # not accepting, nothing in flight (WorkerIdle)
+        self.refusing: set[int] = set()  # told Accepting(false)
+        self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
+        self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
+        self._started: asyncio.Future[dataplane.Started] | None = None
+        self._closing = False
+        self._gone = False
+
+    # -- the process and its control socket ------------------------------------------------
+    async def start(self, host: str, port: int) -> None:
+        """Bind the listening socket, spawn the gateway, hand it the socket; raises
+        AnycoreError if it does not come up (OSError if the port cannot be bound)."""
+        listener = socket.create_server((host, port), backlog=2048, reuse_port=False,
+                                        family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.host, self.port = listener.getsockname()[:2]
+        node_end, gateway_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fd = gateway_end.fileno()
+
+        def onto_fd3() -> None:  # in the child, before exec: the control socket on fd 3, and only it
+            if fd == CONTROL_FD:
+                os.set_inheritable(fd, True)
+            else:
+                os.dup2(fd, CONTROL_FD)
+
+        try:
+            # close_fds=False: every fd of the node is non-inheritable, so exec closes them
+            # all but the one dup'ed onto fd 3 (pass_fds would keep the original number).
+            self.process = subprocess.Popen([self.binary, "--control-fd", str(CONTROL_FD)], close_fds=False,
+                                            preexec_fn=onto_fd3, start_new_session=True, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            listener.close()
+            node_end.close()
+            raise AnycoreError(f"cannot run the native gateway {self.binary}: {exc.strerror or exc} — {INSTALL}") from None
+        finally:
+            gateway_end.close()
+        self.attach(node_end)
+        self.send(dataplane.Settings(self.node_id, self.limits.max_connections, self.limits.max_header_bytes,
+                                     self.limits.header_timeout, self.limits.keepalive_timeout, self.threads))
+        self.send(dataplane.Listen(f"{self.host}:{self.port}"), [listener])
+        try:
+            started = await asyncio.wait_for(asyncio.shield(self._started), START_TIMEOUT)  # type: ignore[arg-type]
+        except (asyncio.TimeoutError, AnycoreError):
+            code = self.process.poll()
+            await self.stop(1.0)
+            what = f"exited with status {code}" if code is not None else f"did not start within {START_TIMEOUT:.0f}s"
+            raise AnycoreError(f"the native gateway {self.binary} {what} (see its output above) — "
+                               "or run with --gateway python") from None
+        self.version, self.gateway_threads = started.version, started.threads
+        self.log.event("gateway.started", kind="native", version=started.version, threads=started.threads,
+                       pid=self.process.pid, listen=f"{self.host}:{self.port}")
+
+    def attach(self, control: socket.socket) -> None:
+        """Use ``control`` as the control socket (``start`` does; tests pass a socketpair end)."""
+        control.setblocking(False)
+        self.control = control
+        self._started = asyncio.get_running_loop().create_future()
+        self._started.add_done_callback(lambda f: f.cancelled() or f.exception())
+        asyncio.get_running_loop().add_reader(control.fileno(), self._readable)
+
+    def send(self, message: dataplane.ToGateway, fds: list[socket.socket] | None = None) -> None:
+        """Queue one message (its fds are closed here once sent) and send what the socket takes."""
+        if self.control is None or self._gone:
+            for sock in fds or []:
+                sock.close()
+            return
+        self._outbox.append((dataplane.encode(message), fds or []))
+        if len(self._outbox) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        control = self.control
+        assert control is not None
+        while self._outbox:
+            data, fds = self._outbox[0]
+            try:
+                if fds:
+                    socket.send_fds(control, [data], [s.fileno() for s in fds])
+                else:
+                    control.send(data)
+            except BlockingIOError:
+                asyncio.get_running_loop().add_writer(control.fileno(), self._writable)
+                return
+            except OSError:
+                self._lost()
+                return
+            self._outbox.popleft()
+            for sock in fds:
+                sock.close()  # the gateway has its own copy now
+
+    def _writable(self) -> None:
+        if self.control is not None:
+            asyncio.get_running_loop().remove_writer(self.control.fileno())
+            self._flush()
+
+    def _readable(self) -> None:
+        assert self.control is not None
+        while True:
+            try:
+                data = self.control.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._lost()
+                return
+            try:
+                message = dataplane.from_gateway.decode(data)
+            except msgspec.DecodeError:
+                continue  # a newer gateway's message (or a bad one): ignored, as the protocol says
+            self._on_message(message)
+
+    def _on_message(self, message: dataplane.FromGateway) -> None:
+        kind = type(message)
+        if kind is dataplane.Stats:
+            self._stats(message)  # type: ignore[arg-type]
+        elif kind is dataplane.WorkerIdle:
+            self.idle.add(message.worker)  # type: ignore[union-attr]
+            worker = self.workers.get(message.worker)  # type: ignore[union-attr]
+            if worker is not None and worker.stop_gate is not None and not worker.stop_gate.done():
+                worker.stop_gate.set_result(None)
+        elif kind is dataplane.WorkerLost:
+            worker = self.workers.get(message.worker)  # type: ignore[union-attr]
+            self.log.event("gateway.worker_lost", worker=message.worker, inflight=message.inflight)  # type: ignore[union-attr]
+            if worker is not None:
+                worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
+        elif kind is dataplane.Started and self._started is not None and not self._started.done():
+            self._started.set_result(message)  # type: ignore[arg-type]
+
+    def _lost(self) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        if self.control is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.control.fileno())
+            loop.remove_writer(self.control.fileno())
+        for _, fds in self._outbox:
+            for sock in fds:
+                sock.close()
+        self._outbox.clear()
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(AnycoreError("the native gateway exited"))
+        for worker in self.workers.values():  # nothing will report them idle now
+            if worker.stop_gate is not None and not worker.stop_gate.done():
+                worker.stop_gate.set_result(None)
+        if self._closing:
+            return
+        code = self.process.poll() if self.process is not None else None
+        detail = f"exit status {code}" if code is not None else "its control socket closed"
+        self.log.event("gateway.died", kind="native", detail=detail)
+        if self.on_gone is not None:
+            self.on_gone(detail)
+
+    async def stop(self, timeout: float) -> None:
+        """Shutdown: the gateway stops accepting and finishes current responses within
+        ``timeout``; killed if it takes longer."""
+        self._closing = True
+        self.send(dataplane.Shutdown(timeout))
+        process = self.process
+        if process is not None:
+            deadline = asyncio.get_running_loop().time() + timeout + 1.0
+            while process.poll() is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        if self.control is not None:
+            self._lost()
+            self.control.close()
+
+    # -- what the node and the deployer ask (as of gateway.server.Gateway) -----------------
+    def set_node(self, node_id: str) -> None:
+        self.node_id = node_id
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def check_routes(self, name: str, routes: list[str]) -> list[tuple[str | None, str]]:
+        mine = [parse_route(r) for r in routes]
+        for other, taken in self.routes.items():
+            for key in mine:
+                if other != name and key in taken:
+                    raise ConfigError(f"route {key[0] or ''}{key[1]} of service {name!r} is already taken by {other!r} — "
+                                      "set distinct `routes` in anycore.toml")
+        return mine
+
+    def add_service(self, runtime: "ServiceRuntime") -> None:
+        """Create or update the service in the gateway (routes, live release, limits)."""
+        self.routes[runtime.name] = self.check_routes(runtime.name, runtime.routes)
+        self.services[runtime.name] = runtime
+        self.service_changed(runtime)
+
+    def remove_service(self, name: str) -> None:
+        self.routes.pop(name, None)
+        if self.services.pop(name, None) is not None:
+            self.send(dataplane.RemoveService(name))
+
+    # -- hooks of a ServiceRuntime (its ``dataplane``) ----------------------------------------
+    def service_changed(self, runtime: "ServiceRuntime") -> None:
+        if runtime.name not in self.services:
+            return  # not routed yet: add_service sends it whole
+        config = runtime.config
+        running = runtime.life.state is ServiceState.RUNNING and runtime.release is not None
+        self.send(dataplane.Service(runtime.name, list(config.routes), runtime.release_id if running else "", running,
+                                    config.max_body, config.max_queue, config.max_queue_bytes, config.timeout))
+
+    def add_worker(self, runtime: "ServiceRuntime", worker: "WorkerHandle") -> None:
+        """The worker said Ready: the gateway gets its data socket (the node's copy closes)."""
+        data, worker.data = worker.data, None
+        if data is None:
+            return  # lost meanwhile
+        if runtime.name not in self.services:  # a first release warms up before its routes are added
+            self.services[runtime.name] = runtime
+            self.service_changed(runtime)
+        self.workers[worker.id] = worker
+        self.send(dataplane.AddWorker(runtime.name, worker.release, worker.id, worker.slots), [data])
+
+    def shifted(self, runtime: "ServiceRuntime", old: list["WorkerHandle"]) -> None:
+        """The deploy's shift, one message; then the old release's workers stop accepting."""
+        self.send(dataplane.Shift(runtime.name, runtime.release_id))
+        self.service_changed(runtime)
+        for worker in old:
+            self.stop_accepting(worker)
+
+    def stop_accepting(self, worker: "WorkerHandle") -> None:
+        if worker.id in self.workers and worker.id not in self.refusing:
+            self.refusing.add(worker.id)
+            self.send(dataplane.Accepting(worker.id, False))
+
+    def draining(self, worker: "WorkerHandle") -> None:
+        """The worker drains: no new request; its Stop waits until the gateway says it is idle."""
+        if worker.id not in self.workers or self._gone:
+            return  # the gateway never had it (still starting), or is gone: Stop may go now
+        self.stop_accepting(worker)
+        gate = worker.stop_gate = asyncio.get_running_loop().create_future()
+        if worker.id in self.idle:
+            gate.set_result(None)
+
+    def remove_worker(self, worker: "WorkerHandle") -> None:
+        self.idle.discard(worker.id)
+        self.refusing.discard(worker.id)
+        if self.workers.pop(worker.id, None) is not None:
+            self.send(dataplane.RemoveWorker(worker.id))
+        if worker.stop_gate is not None and not worker.stop_gate.done():
+            worker.stop_gate.set_result(None)
+
+    # -- Stats -------------------------------------------------------------------------------
+    def _stats(self, stats: dataplane.Stats) -> None:
+        runtime = self.services.get(stats.service)
+        if runtime is None:
+            return
+        router = runtime.router
+        inflight = dict(stats.inflight)  # every worker of the service: absent ones have none
+        for worker_id, slots in router.workers.items():
+            slots.inflight = inflight.get(worker_id, 0)
+        for worker_id, served in stats.served:
+            if (slots := router.workers.get(worker_id)) is not None:
+                router.served += max(0, served - slots.served)
+                slots.served = served
+        runtime.external_queued = stats.queued
+        router.rejected = sum(count for _, count in stats.rejected)
+        errors = self._errors[stats.service] = {}
+        for _, status, count in stats.statuses:
+            if status >= 400:
+                errors[status] = errors.get(status, 0) + count
+        self.errors = {}
+        for per_service in self._errors.values():
+            for status, count in per_service.items():
+                self.errors[status] = self.errors.get(status, 0) + count

@@ -1,0 +1,223 @@
+"""``anycore up --gateway native``: real nodes whose data plane is another process.
+
+Two gateways run these tests. The Rust ``anycore-gateway`` (built by ``pip install -e .``
+when cargo and the crates are there; .ci/run installs them): every test. And a stand-in
+in Python (tests/native_stand_in.py, the same control protocol, the simplest HTTP): the
+tests of the node's side — zygote-passed data sockets, AddWorker, the shift, drains that
+wait for WorkerIdle, the gateway's death — so they run even where Rust is not built.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from anycore.node.native import find_binary
+from tests.conftest import HELLO, make_service, wait_for
+
+pytestmark = pytest.mark.e2e
+
+STAND_IN = Path(__file__).resolve().parent.parent / "native_stand_in.py"
+
+VERSIONED = """
+import asyncio
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.3)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"%s " + str(len(body)).encode()})
+"""
+
+FASTAPI = """
+from fastapi import FastAPI
+
+app = FastAPI()
+
+@app.get("/items/{item}")
+async def item(item: int, q: str = ""):
+    return {"item": item, "q": q}
+"""
+
+
+WSGI = """
+def app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [b"wsgi " + str(len(body)).encode()]
+"""
+
+
+def native_binary() -> str:
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("anycore-gateway is not built (needs cargo and the Debian crates: see README, Native gateway)")
+    return binary
+
+
+def stand_in(tmp_path: Path) -> str:
+    script = tmp_path / "anycore-gateway"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {STAND_IN} \"$@\"\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture(params=["rust", "stand-in"])
+def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return native_binary() if request.param == "rust" else stand_in(tmp_path)
+
+
+def gateway_pid(node_pid: int) -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == node_pid and b"--control-fd" in cmdline:
+                return int(entry.name)
+    raise AssertionError("no gateway process under the node")
+
+
+def test_native_serves_hello_and_fastapi_swaps_without_errors_and_stops_when_the_gateway_dies(nodes, tmp_path, gateway):
+    hello = make_service(tmp_path / "a", "hello", VERSIONED % "a", 'name = "hello"\nworkers = 2\nslots = 8\n')
+    api = make_service(tmp_path, "api", FASTAPI, 'name = "api"\nroutes = ["/api"]\nworkers = 1\n')
+    wsgi = make_service(tmp_path, "wsgi", WSGI, 'name = "wsgi"\nroutes = ["/w"]\nworkers = 1\n')
+    node = nodes.start(hello, api, wsgi, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": gateway})
+    assert f"(gateway: native ({gateway}" in node.output
+    with httpx.Client(base_url=node.url, timeout=10) as client:
+        assert client.get("/").text == "a 0"
+        assert client.post("/", content=b"x" * 1000).text == "a 1000"
+        answer = client.get("/api/items/7", params={"q": "z"})
+        assert answer.status_code == 200 and answer.json() == {"item": 7, "q": "z"}
+        assert client.post("/w/x", content=b"y" * 300).text == "wsgi 300"  # WSGI threads answer on the data socket
+    old_workers = {w["pid"] for w in node.ready_workers("hello")}
+    assert len(old_workers) == 2
+
+    # A deploy under light load: the shift is one step, the old workers stop once idle.
+    stop, errors, seen = threading.Event(), [], []
+
+    def load(path: str) -> None:
+        with httpx.Client(base_url=node.url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.get(path)
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code} {response.text}")
+                seen.append(response.text)
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in ("/", "/slow")]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(seen) > 5, what="load before the deploy")
+        b = make_service(tmp_path / "b", "hello", VERSIONED % "b", 'name = "hello"\nworkers = 2\nslots = 8\n')
+        result = node.cli("deploy", str(b))
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_for(lambda: seen and seen[-1].startswith("b"), what="the new release's answers")
+        count = len(seen)
+        wait_for(lambda: len(seen) > count + 5, what="load after the deploy")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not errors, errors[:5]
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in old_workers), timeout=20,
+             what="the old release's workers to drain and exit")
+    assert not node.service("hello")["draining"]
+
+    # Stage 1: the gateway's death stops the node, with a message that says so.
+    os.kill(gateway_pid(node.proc.pid), signal.SIGKILL)
+    assert node.proc.wait(30) == 3
+    assert "the native gateway died" in node.output
+
+
+def test_native_without_a_binary_says_what_to_install(nodes, tmp_path):
+    hello = make_service(tmp_path, "hello", HELLO)
+    node = nodes.start(hello, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": str(tmp_path / "missing")},
+                       wait=False)
+    assert node.proc.wait(60) == 2
+    assert "no anycore-gateway binary found" in node.output and "apt-get install" in node.output
+
+
+STREAMING = """
+import asyncio
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/sleep":
+        await asyncio.sleep(float(scope["query_string"] or b"1"))
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/download":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        chunk = b"d" * 65536
+        for _ in range(24):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+"""
+
+
+def test_native_streams_both_ways_and_answers_a_full_queue_503_and_a_deadline_504(nodes, tmp_path):
+    binary = native_binary()
+    svc = make_service(tmp_path, "stream", STREAMING,
+                       'name = "stream"\nmin_workers = 1\nmax_workers = 1\nslots = 1\nmax_queue = 1\ntimeout = 2\n')
+    node = nodes.start(svc, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": binary})
+    size = 3 * 512 * 1024  # 1.5 MiB each way: past the credit window (1 MiB)
+    with httpx.Client(base_url=node.url, timeout=20) as client:
+        def chunks():
+            for _ in range(24):
+                yield b"u" * 65536
+        assert client.post("/upload", content=chunks()).text == str(size)
+        with client.stream("GET", "/download") as response:
+            received = sum(len(part) for part in response.iter_bytes())
+        assert response.status_code == 200 and received == size
+
+    # One slot, a queue of one: a third request is refused at once; the queued one expires.
+    answers: dict[str, httpx.Response] = {}
+
+    def call(name: str, path: str) -> None:
+        with httpx.Client(base_url=node.url, timeout=20) as client:
+            answers[name] = client.get(path)
+
+    running = threading.Thread(target=call, args=("running", "/sleep?3"))
+    running.start()
+    wait_for(lambda: node.service("stream")["inflight"] == 1, what="the running request")
+    queued = threading.Thread(target=call, args=("queued", "/"))
+    queued.start()
+    wait_for(lambda: node.service("stream")["queued"] == 1, what="the queued request")
+    started = time.monotonic()
+    call("refused", "/")
+    assert answers["refused"].status_code == 503 and time.monotonic() - started < 1.5
+    assert answers["refused"].headers.get("retry-after")
+    queued.join(10)
+    running.join(10)
+    assert answers["queued"].status_code == 504
+    assert answers["running"].status_code == 504  # 3 s of sleep past a 2 s deadline
