@@ -68,7 +68,10 @@ def get(samples: Samples, name: str, **labels: str) -> float:
 def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes, tmp_path: Path) -> None:
     release = tmp_path / "release-block"
     app = make_service(tmp_path, "shop", APP.format(version="one", release=str(release)), CONFIG)
-    node = nodes.start(app, args=("--admin", "0.0.0.0:0"))
+    # A second service that scales to zero while the rest runs: its first request later is a cold start.
+    lazy = make_service(tmp_path, "lazy", HELLO, 'routes = ["/lazy"]\nmin_workers = 0\nmax_workers = 1\n'
+                        "keep_warm = 0.5\nscale_down_delay = 0.5\n")
+    node = nodes.start(app, lazy, args=("--admin", "0.0.0.0:0"))
     port = int(node.record["admin"].rsplit(":", 1)[1])
     assert node.record["admin"] == f"http://0.0.0.0:{port}"
     assert f"admin listener on http://0.0.0.0:{port}" in node.output and "Authorization: Bearer" in node.output
@@ -162,6 +165,16 @@ def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes,
     assert get(after, "anycore_worker_restarts_total", cause="signal", **r1) == 1  # outlives its retired release
     wait_for(lambda: get(scrape.samples(), "anycore_workers", state="ready", **r2) == 1, what="the new release's worker")
     assert not [k for k in scrape.samples() if k[0] == "anycore_workers" and dict(k[1])["release"] == one]
+
+    # Cold start: `lazy` went to zero workers; a request forks one, counted once.
+    lazy_release = node.service("lazy")["release"]
+    wait_for(lambda: not node.workers("lazy"), timeout=30, what="lazy to scale to zero")
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="lazy", release=lazy_release) == 0
+    assert httpx.get(node.url + "/lazy", timeout=10).text == "hello"
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="lazy", release=lazy_release) == 1
+    assert httpx.get(node.url + "/lazy", timeout=10).text == "hello"  # its worker is warm now: not another
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="lazy", release=lazy_release) == 1
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="shop", release=one) == 0
 
 
 def test_a_taken_admin_port_is_one_line_and_the_default_moves_aside(nodes, tmp_path: Path) -> None:
