@@ -1,7 +1,8 @@
 """/metrics on a real node (issue 14, "Acceptance"): after a known mix of requests — 200s,
 a 503 from a full queue, 504s (one running past its deadline, one expired in the queue),
 a 413, a worker killed with ``kill -9``, a deploy — every counter and histogram moved by
-exactly the right amount, per release, as parsed by prometheus_client's own parser. The
+exactly the right amount, per release, as parsed by prometheus_client's own parser; and a
+second service scaled to zero meanwhile counts one cold start on its next request. The
 node's admin listener is bound to 0.0.0.0 here, so every scrape needs the node's token:
 without it, 401. One node for all of it."""
 
