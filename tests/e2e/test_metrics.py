@@ -1,7 +1,8 @@
 """/metrics on a real node (issue 14, "Acceptance"): after a known mix of requests — 200s,
 a 503 from a full queue, 504s (one running past its deadline, one expired in the queue),
 a 413, a worker killed with ``kill -9``, a deploy — every counter and histogram moved by
-exactly the right amount, per release, as parsed by prometheus_client's own parser. The
+exactly the right amount, per release, as parsed by prometheus_client's own parser; and a
+second service scaled to zero meanwhile counts one cold start on its next request. The
 node's admin listener is bound to 0.0.0.0 here, so every scrape needs the node's token:
 without it, 401. One node for all of it."""
 
@@ -25,17 +26,20 @@ APP = """
 import os, time
 
 VERSION = {version!r}
+RELEASE = {release!r}  # /block holds its worker's loop until this file exists (at most 20 s)
 
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     if scope["path"] == "/block":
-        time.sleep(2.5)  # blocks the worker's loop: its one slot stays taken past the 1 s deadline
+        end = time.monotonic() + 20
+        while not os.path.exists(RELEASE) and time.monotonic() < end:
+            time.sleep(0.01)  # blocks the worker's loop: its one slot stays taken past the deadline
     await send({{"type": "http.response.start", "status": 200, "headers": [(b"x-pid", str(os.getpid()).encode())]}})
     await send({{"type": "http.response.body", "body": VERSION.encode()}})
 """
-CONFIG = "workers = 1\nslots = 1\nmax_queue = 1\ntimeout = 1.0\nmax_body = 100\n"
+CONFIG = "workers = 1\nslots = 1\nmax_queue = 1\ntimeout = 3.0\nmax_body = 100\n"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -63,8 +67,12 @@ def get(samples: Samples, name: str, **labels: str) -> float:
 
 
 def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes, tmp_path: Path) -> None:
-    app = make_service(tmp_path, "shop", APP.format(version="one"), CONFIG)
-    node = nodes.start(app, args=("--admin", "0.0.0.0:0"))
+    release = tmp_path / "release-block"
+    app = make_service(tmp_path, "shop", APP.format(version="one", release=str(release)), CONFIG)
+    # A second service that scales to zero while the rest runs: its first request later is a cold start.
+    lazy = make_service(tmp_path, "lazy", HELLO, 'routes = ["/lazy"]\nmin_workers = 0\nmax_workers = 1\n'
+                        "keep_warm = 0.5\nscale_down_delay = 0.5\n")
+    node = nodes.start(app, lazy, args=("--admin", "0.0.0.0:0"))
     port = int(node.record["admin"].rsplit(":", 1)[1])
     assert node.record["admin"] == f"http://0.0.0.0:{port}"
     assert f"admin listener on http://0.0.0.0:{port}" in node.output and "Authorization: Bearer" in node.output
@@ -98,6 +106,7 @@ def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes,
         full = httpx.get(node.url + "/", timeout=10)
         assert full.status_code == 503
         assert waiting.result().status_code == 504 and blocked.result().status_code == 504
+        release.touch()  # the blocked handler ends; its late answer is not written
     wait_for(lambda: node.service("shop")["inflight"] == 0, what="the blocked worker to finish")
 
     # kill -9 of the worker: one restart, cause "signal"; its replacement serves.
@@ -119,17 +128,17 @@ def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes,
     assert d("anycore_request_duration_seconds_count", **r1) == 6
     assert d("anycore_request_duration_seconds_count", **none) == 3
     assert d("anycore_queue_wait_seconds_count", **r1) == 6 and d("anycore_queue_wait_seconds_count", **none) == 0
-    assert d("anycore_request_duration_seconds_bucket", le="0.5", **r1) == 5  # the five 200s; /block took > 1 s
+    assert d("anycore_request_duration_seconds_bucket", le="0.5", **r1) == 5  # the five 200s; /block took > 3 s
     assert d("anycore_request_duration_seconds_bucket", le="+Inf", **r1) == 6
-    assert 1.0 <= d("anycore_request_duration_seconds_sum", **r1) < 5.0
-    assert d("anycore_request_duration_seconds_bucket", le="0.5", **none) == 2  # 413, 503 at once; the queued 504 took 1 s
+    assert 3.0 <= d("anycore_request_duration_seconds_sum", **r1) < 10.0
+    assert d("anycore_request_duration_seconds_bucket", le="0.5", **none) == 2  # 413, 503 at once; the queued 504 took 3 s
     assert d("anycore_rejected_total", service="shop", reason="queue_full") == 1
     assert d("anycore_rejected_total", service="shop", reason="deadline") == 1
     assert d("anycore_rejected_total", service="shop", reason="too_large") == 1
     assert get(mid, "anycore_queue_depth", service="shop") == 0 and get(mid, "anycore_inflight", **r1) == 0
 
     # A deploy: deploys_total and one observation per phase for the new release; requests per release.
-    make_service(tmp_path, "shop", APP.format(version="two"), CONFIG)
+    make_service(tmp_path, "shop", APP.format(version="two", release=str(release)), CONFIG)
     result = node.cli("deploy", str(app))
     assert result.returncode == 0, result.stderr
     two = node.service("shop")["release"]
@@ -157,6 +166,16 @@ def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes,
     assert get(after, "anycore_worker_restarts_total", cause="signal", **r1) == 1  # outlives its retired release
     wait_for(lambda: get(scrape.samples(), "anycore_workers", state="ready", **r2) == 1, what="the new release's worker")
     assert not [k for k in scrape.samples() if k[0] == "anycore_workers" and dict(k[1])["release"] == one]
+
+    # Cold start: `lazy` went to zero workers; a request forks one, counted once.
+    lazy_release = node.service("lazy")["release"]
+    wait_for(lambda: not node.workers("lazy"), timeout=30, what="lazy to scale to zero")
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="lazy", release=lazy_release) == 0
+    assert httpx.get(node.url + "/lazy", timeout=10).text == "hello"
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="lazy", release=lazy_release) == 1
+    assert httpx.get(node.url + "/lazy", timeout=10).text == "hello"  # its worker is warm now: not another
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="lazy", release=lazy_release) == 1
+    assert get(scrape.samples(), "anycore_cold_starts_total", service="shop", release=one) == 0
 
 
 def test_a_taken_admin_port_is_one_line_and_the_default_moves_aside(nodes, tmp_path: Path) -> None:

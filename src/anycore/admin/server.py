@@ -163,7 +163,8 @@ class AdminServer:
 
     def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.tasks) >= MAX_CONNECTIONS or self.tasks.closed:
-            writer.write(encode_head(503, "text/plain; charset=utf-8", [], 0, False))
+            body = f"the admin listener has {MAX_CONNECTIONS} connections open; retry\n".encode()
+            writer.write(encode_head(503, "text/plain; charset=utf-8", [("retry-after", "1")], len(body), False) + body)
             writer.close()
             return
         self.tasks.spawn(self._connection(reader, writer), "connection")

@@ -11,8 +11,9 @@ from typing import AsyncIterator
 import pytest
 
 from anycore.admin.routes import AdminRequest, AdminResponse
-from anycore.admin.server import MAX_HEAD, AdminServer, Refused, check_access, is_loopback, parse_head
+from anycore.admin.server import MAX_CONNECTIONS, MAX_HEAD, AdminServer, Refused, check_access, is_loopback, parse_head
 from anycore.log import NodeLog
+from tests.unit.clock import until
 
 
 @pytest.mark.parametrize("head, method, path, query, keep", [
@@ -153,5 +154,22 @@ def test_a_taken_port_is_an_oserror_for_the_caller_to_word() -> None:
                 await second.start("127.0.0.1", first.port)
         finally:
             await first.stop()
+
+    run(scenario())
+
+
+def test_past_max_connections_the_next_one_gets_503_with_the_reason() -> None:
+    async def scenario() -> None:
+        server = AdminServer({}, NodeLog(io.StringIO()), None)
+        await server.start("127.0.0.1", 0)
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS)]
+        try:
+            await until(lambda: len(server.tasks) == MAX_CONNECTIONS, "every connection accepted")
+            extra = await _exchange(server.port, b"GET / HTTP/1.1\r\n\r\n", read_all=True)
+            assert extra.startswith(b"HTTP/1.1 503") and b"connections open; retry" in extra
+        finally:
+            for _, writer in held:
+                writer.close()
+            await server.stop()
 
     run(scenario())
