@@ -101,4 +101,4 @@ class RequestStats:
         return {key: stats.copy() for key, stats in self.releases.items()}
 
 
-REJECT_REASONS = ("queue_full", "deadline", "stopped", "quarantined", "too_large", "no_route")
+REJECT_REASONS = ("queue_full", "deadline", "stopped", "quarantined", "too_large", "no_route", "starting")

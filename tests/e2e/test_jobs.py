@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 
 from tests.conftest import NodeFactory, RunningNode, make_service, wait_for
@@ -172,6 +173,11 @@ def test_a_job_failing_every_attempt_is_dead_lettered_with_its_last_error(node: 
     assert re.search(r"jobs\s.*\s1\s", shown.stdout)  # the table row counts the dead letter
     everything = json.loads(node.cli("jobs", "--json").stdout)
     assert any(r["service"] == "jobs" and r["dead"] >= 1 for r in everything["services"])
+    # the admin listener's /metrics counts them too (this node ran all three attempts)
+    metrics = httpx.get(f"{node.record['admin']}/metrics", timeout=10).text
+    jobs = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(metrics) if f.name == "anycore_jobs"
+            for s in f.samples if s.labels.get("service") == "jobs" and s.name == "anycore_jobs_total"}
+    assert jobs["dead"] >= 1 and jobs["retried"] >= 2 and jobs["started"] >= 3 and jobs["enqueued"] >= 1, jobs
 
 
 def test_a_job_running_past_the_ack_wait_runs_once(node: RunningNode) -> None:

@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from anycore.admin.history import EVENTS, INTERVAL, History, Sampler
 from anycore.admin.routes import AdminRequest, AdminResponse, Routes
@@ -176,9 +176,13 @@ def _since(request: AdminRequest) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-def routes(view: AdminView) -> Routes:
-    """The dashboard's routes for ``view`` (one history per call: call it once per node)."""
+def routes(view: AdminView, closers: list[Callable[[], None]] | None = None) -> Routes:
+    """The dashboard's routes for ``view`` (one history per call: call it once per node).
+    ``closers`` gets the board's ``close`` (its sampler and log watcher): the node calls it
+    once the admin listener has stopped."""
     board = Dashboard(view)
+    if closers is not None:
+        closers.append(board.close)
     try:
         board._started()  # the listener mounts us on the node's loop: history starts now
     except RuntimeError:

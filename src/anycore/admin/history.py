@@ -163,7 +163,11 @@ class History:
             del self.series[key]  # idle for the whole window: nothing left to draw
 
     def record(self, t: float, event: str, service: str, fields: dict[str, object]) -> None:
-        """A ``NodeLog.watchers`` callback: one node event into the timeline."""
+        """A ``NodeLog.watchers`` callback: one node event into the timeline. Access records
+        (``request``, one per request with ``--access-log``) are not events: the plots count
+        them, and in the timeline they would push the deploys and crashes out of its window."""
+        if event == "request":
+            return
         self.seq += 1
         self.events.append(Event(self.seq, t, event, service, {k: _plain(v) for k, v in fields.items() if v is not None}))
 

@@ -38,7 +38,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "anycore_queue_wait_seconds": ("histogram", ("service", "release"),
                                    "request arrival to its placement on a slot (local or a peer's)"),
     "anycore_rejected_total": ("counter", ("service", "reason"),
-                               "requests refused without running: queue_full, deadline, stopped, quarantined, too_large, no_route"),
+                               "requests refused without running: queue_full, deadline, stopped, quarantined, too_large, no_route, starting"),
     "anycore_queue_depth": ("gauge", ("service",), "requests waiting for a slot now"),
     "anycore_inflight": ("gauge", ("service", "release"), "requests running on this node's workers now"),
     "anycore_workers": ("gauge", ("service", "release", "state"), "workers by lifecycle state"),
@@ -53,7 +53,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "anycore_sessions_recovered_total": ("counter", ("service",), "Sessions recovered after their worker died"),
     "anycore_spilled_total": ("counter", ("service", "peer"), "requests sent to a peer node's free slot"),
     "anycore_gateway_connections": ("gauge", (), "client connections open on the gateway now"),
+    "anycore_jobs_total": ("counter", ("service", "outcome"),
+                           "durable jobs on this node: enqueued (stored by JetStream), started, succeeded, retried, dead"),
+    "anycore_jobs_running": ("gauge", ("service",), "durable jobs running on this node's workers now"),
 }
+JOB_OUTCOMES = ("enqueued", "started", "succeeded", "retried", "dead")
 
 
 def _family(name: str) -> Metric:
@@ -94,6 +98,10 @@ class NodeCollector(Collector):
         for entry in cluster.get("spilled_to", []):
             families["anycore_spilled_total"].add_metric([entry["service"], entry["peer"], node], entry["count"])
         families["anycore_gateway_connections"].add_metric([node], snapshot.get("connections", 0))
+        for service, counts in sorted((snapshot.get("jobs") or {}).items()):
+            for outcome in JOB_OUTCOMES:
+                families["anycore_jobs_total"].add_metric([service, outcome, node], counts.get(outcome, 0))
+            families["anycore_jobs_running"].add_metric([service, node], counts.get("running", 0))
         return families.values()
 
     def _requests(self, families: dict[str, Metric], node: str) -> None:

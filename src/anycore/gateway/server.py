@@ -133,8 +133,8 @@ class Gateway:
     # -- hand-off -------------------------------------------------------------------------
     def submit(self, exchange: Exchange, host: str, path: str) -> None:
         found = self.route(host, path)
-        if found is None:
-            self.stats.reject("", "no_route")
+        if found is None:  # while the node starts, a miss is not a routing mistake
+            self.stats.reject("", "starting" if self.starting else "no_route")
         if found is None and self.starting:
             exchange.fail(503, "starting", "the node is starting its services; retry", 1)
             return

@@ -41,6 +41,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from anycore import wire
+from anycore.gateway import requestid
 from anycore.config import parse_route
 from anycore.gateway.exchange import Exchange
 from anycore.gateway.states import STARTED
@@ -89,6 +90,8 @@ class CallExchange(Exchange):
         super().__init__(_NoClient(), call.method, path.encode("utf-8") if not path.isascii() else path.encode(),
                          call.query, headers, "1.1", True, int(length) if length and length.isdigit() else None,
                          False, now)
+        self.unrouted = False  # no node runs the service: counted under service ""
+        self.rid = requestid.find(headers)  # the caller's x-request-id: the node's lines about this call name it
         self.caller = caller
         self.call_id = call.id
         self.service_name = call.service
@@ -237,7 +240,10 @@ class Calls:
                 del self.calls[key]
             if self.stats is not None and exchange.response_complete:
                 created = exchange.created
-                self.stats.record(exchange.service_name, exchange.release, exchange.status, self.clock() - created,
+                # A name no node runs is counted under service "" (as the gateway's no-route
+                # answers): a typo or a generated name must not add a metric series per name.
+                self.stats.record(exchange.service_name if not exchange.unrouted else "", exchange.release,
+                                  exchange.status, self.clock() - created,
                                   exchange.dispatched_at - created if exchange.dispatched_at else None)
 
         exchange = CallExchange(worker, call, path, root, headers, self.clock(), self.node_id, finished)
@@ -247,6 +253,9 @@ class Calls:
             self._elsewhere(exchange, call)
         elif runtime is None:
             known = ", ".join(sorted(self.services)) or "none"
+            exchange.unrouted = True
+            if self.stats is not None:
+                self.stats.reject("", "no_route")
             exchange.fail(404, "unknown service", f"no service named {call.service!r} on node {self.node_id} "
                           f"(running here: {known}) — check the name, or deploy it")
         elif len(chain) > MAX_DEPTH:
@@ -291,8 +300,12 @@ class Calls:
         if body:
             headers.append((b"content-length", str(len(body)).encode()))
         target, _, query = str(path).partition("?")
+        try:
+            raw_query = query.encode("ascii")
+        except UnicodeEncodeError:
+            return {"ok": False, "error": f"the query {query!r} is not ASCII: percent-encode it (e.g. %E2%82%AC for €)"}
         cli = CliCaller()
-        call = wire.CallReq(next(_cli_ids), str(service), str(method).upper(), target, query.encode("latin-1"),
+        call = wire.CallReq(next(_cli_ids), str(service), str(method).upper(), target, raw_query,
                             headers, b"", bool(body), timeout)
         self.start("", cli, call)
         exchange = cli.exchange = self.calls.get((cli.id, call.id))

@@ -16,6 +16,7 @@ from typing import Callable
 from urllib.parse import unquote
 
 from anycore import wire
+from anycore.gateway import requestid
 from anycore.cluster import jobs as store
 from anycore.gateway.exchange import Exchange
 
@@ -55,6 +56,7 @@ class JobExchange(Exchange):
         super().__init__(_NoClient(), job.method, path.encode(), query.encode(), headers,  # type: ignore[arg-type]
                          "1.1", True, None, False, now)
         self.job = job
+        self.rid = requestid.find(job.headers) or requestid.accept(job.id.encode()) or b""  # lines about it name it
         self.path = unquote(path)
         self.header_bytes = len(job.path) + sum(len(k) + len(v) for k, v in headers)
         self.answer = b""

@@ -23,6 +23,7 @@ to its ``TaskGroup``, closed at the end of the shutdown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -31,7 +32,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nats
 
@@ -88,6 +89,7 @@ class Node:
         self.admin_address = admin
         self.admin_fallback = admin_fallback
         self.admin: AdminServer | None = None
+        self._admin_closers: list[Callable[[], None]] = []  # the dashboard's sampler and watcher, after the listener
         self.index = index or IndexSettings()  # where uv finds the packages of release environments
         self.service_user = service_user  # whom services run as when the node is root ("": the default)
         self.envs: Environments | None = None
@@ -138,7 +140,8 @@ class Node:
                 "services": [s.info() for s in self.services.values()],
                 "cluster": self.cluster.info() if self.cluster is not None else None,
                 "admin": self.admin.url if self.admin is not None else None,
-                "deploys": self.deployer.counts.info() if self.deployer is not None else None}
+                "deploys": self.deployer.counts.info() if self.deployer is not None else None,
+                "jobs": {name: dataclasses.asdict(counts) for name, counts in self.jobs.counts.items()}}
 
     def _data_plane(self) -> str:
         gateway = self.gateway
@@ -256,7 +259,7 @@ class Node:
             if exc.name != "anycore.admin.dashboard":
                 raise
             return routes
-        return {**dashboard.routes(self), **routes}
+        return {**dashboard.routes(self, self._admin_closers), **routes}
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An error no task awaited (e.g. inside nats-py while NATS goes away): one log line,
@@ -453,8 +456,12 @@ class Node:
             args = json.loads(msg.data or b"{}")
         except ValueError:
             args = None
-        result = await self.calls.from_cli(args) if isinstance(args, dict) else \
-            {"ok": False, "error": "the request body must be a JSON object"}
+        try:
+            result = await self.calls.from_cli(args) if isinstance(args, dict) else \
+                {"ok": False, "error": "the request body must be a JSON object"}
+        except Exception as exc:  # a bug must not leave the CLI waiting for its timeout: say so at once
+            self.log.event("node.command_failed", command="call", error=repr(exc)[:300])
+            result = {"ok": False, "error": f"internal error running call: {exc!r}"}
         await msg.respond(json.dumps(result).encode())
 
     async def _command_loop(self) -> int:
@@ -587,6 +594,8 @@ class Node:
         await asyncio.gather(*(s.stop(timeout=SHUTDOWN_GRACE) for s in self.services.values() if s.release is not None or s.draining))
         if self.admin is not None:
             await self.admin.stop(TASKS_BOUND)  # scrapes and dashboards saw the drain; now they go
+        for close in self._admin_closers:
+            close()
         await self.jobs.close(TASKS_BOUND)
         if self.rollout is not None:
             await self.rollout.close()

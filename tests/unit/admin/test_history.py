@@ -102,3 +102,12 @@ def test_load_per_service_is_kept_per_tick_and_dropped_with_the_service() -> Non
     history.sample(stats.snapshot(), 1.7e9 + 2, clock(), {"shop": (0, 2)})
     later = history.since(first["seq"])
     assert later["load"] == [{"service": "shop", "points": [[1.7e9 + 2, 0, 2]]}]  # auth is gone from the node
+
+
+def test_access_records_never_reach_the_timeline() -> None:
+    history = History()
+    history.record(1.0, "deploy.phase", "shop", {"phase": "shift"})
+    for i in range(EVENTS + 10):
+        history.record(2.0 + i, "request", "shop", {"status": 200, "path": "/"})
+    events = history.since(0)["events"]
+    assert [e["event"] for e in events] == ["deploy.phase"]

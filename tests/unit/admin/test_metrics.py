@@ -59,6 +59,7 @@ SNAPSHOT: dict[str, Any] = {
                     "buckets": Histogram().counts[:12] + [1] + [0] * 6, "sum": 0.75, "count": 1}],
     },
     "cluster": {"spilled_to": [{"service": "shop", "peer": "n2", "count": 9}]},
+    "jobs": {"thumbs": {"enqueued": 10, "started": 8, "succeeded": 5, "retried": 2, "dead": 1, "running": 1}},
 }
 
 
@@ -110,6 +111,9 @@ def test_every_family_from_a_fake_view_with_the_right_values_and_labels() -> Non
     assert value(samples, "anycore_sessions_recovered_total", service="shop") == 1
     assert value(samples, "anycore_spilled_total", service="shop", peer="n2") == 9
     assert value(samples, "anycore_gateway_connections") == 7
+    for outcome, n in (("enqueued", 10), ("started", 8), ("succeeded", 5), ("retried", 2), ("dead", 1)):
+        assert value(samples, "anycore_jobs_total", service="thumbs", outcome=outcome) == n
+    assert value(samples, "anycore_jobs_running", service="thumbs") == 1
 
 
 def test_every_listed_family_is_exposed_with_its_type_and_help() -> None:
