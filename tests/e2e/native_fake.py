@@ -12,7 +12,8 @@ worker, as in a real node) answering by path:
   answers its length and sha256 — unless ``?stream=1``: then echoes each chunk back as
   it arrives (a streaming response);
 - ``/stream?n=N``: N chunks of 64 KiB, under the response credit window;
-- ``/sleep?s=X``: answers after X seconds; a Cancel makes it say Done("cancelled");
+- ``/sleep?s=X``: answers after X seconds; a Cancel makes it say Done("cancelled") (with
+  ``&stubborn=1`` it ignores the Cancel and keeps its slot until it answers);
 - ``/noresp``: Done without a response; ``/die``: the worker exits mid-request;
 - ``/cancels``: how many Cancel frames this worker received.
 """
@@ -207,6 +208,8 @@ class Worker(asyncio.Protocol):
                 self.pump(f.id)
         elif type(f) is wire.Cancel:
             self.cancels += 1
+            if self.requests.get(f.id, {}).get("stubborn"):
+                return  # an app that ignores the cancel: its slot stays taken until it returns
             r = self.requests.pop(f.id, None)
             if r is not None:
                 if r.get("timer"):
@@ -247,6 +250,7 @@ class Worker(asyncio.Protocol):
             self.send(wire.Resp(f.id, 200, [(b"content-type", b"application/octet-stream")], b"", True))
             self.pump(f.id)
         elif path == "/sleep":
+            r["stubborn"] = "stubborn" in q
             r["timer"] = self.loop.call_later(float(q.get("s", ["1"])[0]), self.respond, f.id, b"slept")
         elif path == "/noresp":
             self.done(f.id)

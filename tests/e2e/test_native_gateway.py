@@ -152,7 +152,7 @@ def test_queue_full_503_and_deadline_504(node: FakeNode) -> None:
     # api: one slot, max_queue 2, deadline 2 s (room for a loaded machine before they expire)
     conns = [http.client.HTTPConnection("127.0.0.1", node.port, timeout=10) for _ in range(4)]
     mark = len(node.messages)
-    conns[0].request("GET", "/api/sleep?s=8")
+    conns[0].request("GET", "/api/sleep?s=3&stubborn=1")  # keeps the slot past its 504
     wait_stats(node, "api", lambda s: s.inflight == [(3, 1)], since=mark)  # it holds the one slot
     for c in conns[1:3]:
         c.request("GET", "/api/sleep?s=0")
