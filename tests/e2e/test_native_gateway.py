@@ -215,7 +215,10 @@ def test_stopped_service_answers_503_and_shift_moves_new_requests() -> None:
         while get(n, "/hello")[1]["anycore-release"] != "r2":
             assert time.monotonic() < deadline
         n.service("app", ["/"], release="r2", running=False)
-        status, headers, body = get(n, "/hello")
+        deadline = time.monotonic() + 5
+        while (answer := get(n, "/hello"))[0] == 200:  # the control message is applied asynchronously
+            assert time.monotonic() < deadline
+        status, headers, body = answer
         assert status == 503 and json.loads(body)["error"] == "service stopped" and headers["retry-after"] == "5"
         n.send(dataplane.RemoveService("app"))
         deadline = time.monotonic() + 5
