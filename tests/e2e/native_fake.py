@@ -15,7 +15,8 @@ worker, as in a real node) answering by path:
 - ``/sleep?s=X``: answers after X seconds; a Cancel makes it say Done("cancelled") (with
   ``&stubborn=1`` it ignores the Cancel and keeps its slot until it answers);
 - ``/noresp``: Done without a response; ``/die``: the worker exits mid-request;
-- ``/cancels``: how many Cancel frames this worker received.
+- ``/cancels``: how many Cancel frames this worker received;
+- anything else: 200 with the request body, once whole.
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ class Worker(asyncio.Protocol):
                 self.send(wire.Body(f.id, f.data, f.more))
                 if not f.more:
                     self.done(f.id)
+            elif not f.more and r.get("plain"):
+                self.respond(f.id, b"".join(r["body"]), 200, b"text/plain")
             elif not f.more:
                 body = b"".join(r["body"])
                 self.respond(f.id, json.dumps({"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}).encode())
@@ -259,8 +262,10 @@ class Worker(asyncio.Protocol):
             os._exit(0)
         elif path == "/cancels":
             self.respond(f.id, json.dumps({"cancels": self.cancels}).encode())
-        else:
-            self.respond(f.id, b"not here", 404, b"text/plain")
+        else:  # anything else: the request body back, once whole (the HTTP corpus' app)
+            r["plain"] = True
+            if not f.more:
+                self.on_frame(wire.Body(f.id, b"", False))
 
     def pump(self, rid: int) -> None:
         r = self.requests.get(rid)
