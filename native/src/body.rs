@@ -126,7 +126,7 @@ impl HttpBody for GwBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GwBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            GwBody::Full(b) => b.as_ref().map_or(true, |b| b.is_empty()),
             GwBody::Stream(s) => s.done,
         }
     }

@@ -330,3 +330,41 @@ pub mod out {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Bytes from `anycore.dataplane.encode(...)` (msgspec), pasted.
+    #[test]
+    fn messages_as_the_node_encodes_them_decode() {
+        let settings = b"\x97\x02\xa2n1d\xce\x00\x01\x00\x00\xcb@$\x00\x00\x00\x00\x00\x00\xcb@\x14\x00\x00\x00\x00\x00\x00\x00";
+        assert_eq!(
+            decode(settings).unwrap(),
+            ToGateway::Settings(Settings {
+                node: "n1".into(),
+                max_connections: 100,
+                header_limit: 65536,
+                header_timeout: 10.0,
+                keepalive_timeout: 5.0,
+                threads: 0
+            })
+        );
+        let service = b"\x99\x03\xa3app\x92\xa1/\xach.example/v1\xa2r1\xc3\xce\x00\x10\x00\x00d\xce\x04\x00\x00\x00\xcb@>\x00\x00\x00\x00\x00\x00";
+        let ToGateway::Service(spec) = decode(service).unwrap() else { panic!("not a Service") };
+        assert_eq!((spec.routes, spec.max_body, spec.max_queue, spec.deadline), (vec!["/".to_string(), "h.example/v1".to_string()], 1 << 20, 100, 30.0));
+        assert_eq!(
+            decode(b"\x95\x05\xa3app\xa2r1\x07\x08").unwrap(),
+            ToGateway::AddWorker { service: "app".into(), release: "r1".into(), worker: 7, slots: 8 }
+        );
+        assert_eq!(decode(b"\x92\t\xcb@\x04\x00\x00\x00\x00\x00\x00").unwrap(), ToGateway::Shutdown { grace: 2.5 });
+    }
+
+    #[test]
+    fn unknown_tags_are_ignored_and_garbage_is_an_error() {
+        assert_eq!(decode(b"\x92\x28\xc0").unwrap(), ToGateway::Unknown(40));
+        assert!(decode(b"\x93\x05\xa3ap").is_err());
+        assert!(decode(b"\x05").is_err());
+        assert!(decode(b"\x92\x07").is_err()); // RemoveWorker without its field
+    }
+}

@@ -333,7 +333,7 @@ async fn ticker(gw: &'static Gateway) {
                     }
                     core.dirty = true;
                 }
-                if !round.is_multiple_of(5) {
+                if round % 5 != 0 {
                     continue;
                 }
                 expire_running(gw, &mut core, now);

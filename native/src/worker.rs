@@ -119,7 +119,13 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
             let resp = response(status, headers, body, &wc.release_hv, &gw.node_hv);
             wc.count(status);
             core.dirty = true;
-            let _ = tx.send(resp);
+            if let Err(mut resp) = tx.send(resp) {
+                // The client left meanwhile (its cancel waits for this lock). The body must
+                // not cancel on drop here: that would take the lock we hold.
+                if let GwBody::Stream(s) = resp.body_mut() {
+                    s.done = true;
+                }
+            }
         }
         FromWorker::Body { id, data, more } => {
             let Some(inflight) = wc.inflight.get_mut(&id) else { return };

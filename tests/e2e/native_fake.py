@@ -12,9 +12,11 @@ worker, as in a real node) answering by path:
   answers its length and sha256 — unless ``?stream=1``: then echoes each chunk back as
   it arrives (a streaming response);
 - ``/stream?n=N``: N chunks of 64 KiB, under the response credit window;
-- ``/sleep?s=X``: answers after X seconds; a Cancel makes it say Done("cancelled");
+- ``/sleep?s=X``: answers after X seconds; a Cancel makes it say Done("cancelled") (with
+  ``&stubborn=1`` it ignores the Cancel and keeps its slot until it answers);
 - ``/noresp``: Done without a response; ``/die``: the worker exits mid-request;
-- ``/cancels``: how many Cancel frames this worker received.
+- ``/cancels``: how many Cancel frames this worker received;
+- anything else: 200 with the request body, once whole.
 """
 
 from __future__ import annotations
@@ -197,6 +199,8 @@ class Worker(asyncio.Protocol):
                 self.send(wire.Body(f.id, f.data, f.more))
                 if not f.more:
                     self.done(f.id)
+            elif not f.more and r.get("plain"):
+                self.respond(f.id, b"".join(r["body"]), 200, b"text/plain")
             elif not f.more:
                 body = b"".join(r["body"])
                 self.respond(f.id, json.dumps({"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}).encode())
@@ -207,6 +211,8 @@ class Worker(asyncio.Protocol):
                 self.pump(f.id)
         elif type(f) is wire.Cancel:
             self.cancels += 1
+            if self.requests.get(f.id, {}).get("stubborn"):
+                return  # an app that ignores the cancel: its slot stays taken until it returns
             r = self.requests.pop(f.id, None)
             if r is not None:
                 if r.get("timer"):
@@ -247,6 +253,7 @@ class Worker(asyncio.Protocol):
             self.send(wire.Resp(f.id, 200, [(b"content-type", b"application/octet-stream")], b"", True))
             self.pump(f.id)
         elif path == "/sleep":
+            r["stubborn"] = "stubborn" in q
             r["timer"] = self.loop.call_later(float(q.get("s", ["1"])[0]), self.respond, f.id, b"slept")
         elif path == "/noresp":
             self.done(f.id)
@@ -255,8 +262,10 @@ class Worker(asyncio.Protocol):
             os._exit(0)
         elif path == "/cancels":
             self.respond(f.id, json.dumps({"cancels": self.cancels}).encode())
-        else:
-            self.respond(f.id, b"not here", 404, b"text/plain")
+        else:  # anything else: the request body back, once whole (the HTTP corpus' app)
+            r["plain"] = True
+            if not f.more:
+                self.on_frame(wire.Body(f.id, b"", False))
 
     def pump(self, rid: int) -> None:
         r = self.requests.get(rid)

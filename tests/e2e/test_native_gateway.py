@@ -29,7 +29,7 @@ def node() -> Iterator[FakeNode]:
     n = FakeNode(threads=2, header_limit=16384)
     n.listen()
     n.service("app", ["/"], max_body=4 << 20, deadline=30.0)
-    n.service("api", ["/api", "example.test/special"], release="a1", deadline=0.5, max_queue=2)
+    n.service("api", ["/api", "example.test/special"], release="a1", deadline=2.0, max_queue=2)
     n.add_worker(1, "app", slots=4)
     n.add_worker(2, "app", slots=4)
     n.add_worker(3, "api", release="a1", slots=1)
@@ -149,10 +149,13 @@ def test_gateway_made_answers_are_json_with_the_release(node: FakeNode) -> None:
 
 
 def test_queue_full_503_and_deadline_504(node: FakeNode) -> None:
-    # api: one slot, max_queue 2, deadline 0.5 s
+    # api: one slot, max_queue 2, deadline 2 s (room for a loaded machine before they expire)
     conns = [http.client.HTTPConnection("127.0.0.1", node.port, timeout=10) for _ in range(4)]
-    for i, c in enumerate(conns[:3]):
-        c.request("GET", "/api/sleep?s=2" if i == 0 else "/api/sleep?s=0")
+    mark = len(node.messages)
+    conns[0].request("GET", "/api/sleep?s=3&stubborn=1")  # keeps the slot past its 504
+    wait_stats(node, "api", lambda s: s.inflight == [(3, 1)], since=mark)  # it holds the one slot
+    for c in conns[1:3]:
+        c.request("GET", "/api/sleep?s=0")
     wait_stats(node, "api", lambda s: s.queued == 2)
     conns[3].request("GET", "/api/sleep?s=0")
     r = conns[3].getresponse()
@@ -212,7 +215,10 @@ def test_stopped_service_answers_503_and_shift_moves_new_requests() -> None:
         while get(n, "/hello")[1]["anycore-release"] != "r2":
             assert time.monotonic() < deadline
         n.service("app", ["/"], release="r2", running=False)
-        status, headers, body = get(n, "/hello")
+        deadline = time.monotonic() + 5
+        while (answer := get(n, "/hello"))[0] == 200:  # the control message is applied asynchronously
+            assert time.monotonic() < deadline
+        status, headers, body = answer
         assert status == 503 and json.loads(body)["error"] == "service stopped" and headers["retry-after"] == "5"
         n.send(dataplane.RemoveService("app"))
         deadline = time.monotonic() + 5
