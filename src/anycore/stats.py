@@ -2,7 +2,7 @@
 that ``/metrics``, the dashboard's history and ``anycore top`` all read.
 
 The per-request path pays for one ``record`` call when an answer is finished (a dict
-lookup and two bucket searches, no allocation once the release is known); everything
+lookup on a (service, release) tuple and two bucket searches); everything
 else — Prometheus exposition, quantiles, rates — is computed by the reader, from these
 cumulative counts, outside the request path. Counts only grow (Prometheus counters), so a
 reader that wants "the last second" keeps the previous ``snapshot`` and subtracts.
