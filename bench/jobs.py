@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from procs import free_port
+from procs import free_port, stop_all
 
 APP = r"""
 import asyncio
@@ -153,13 +152,7 @@ def main() -> None:
         start_node(1)
         jobs_run(a["gateway"], "two nodes", peer)
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -107,3 +108,23 @@ def wait_gone(procs: dict[int, Proc], timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until true; a bench script gives up with the reason past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def stop_all(procs: "list[subprocess.Popen[bytes]]") -> None:
+    """SIGTERM every process (newest first), then wait for each, killing what does not exit in 30 s."""
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    for proc in reversed(procs):
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
