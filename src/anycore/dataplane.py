@@ -25,7 +25,8 @@ tells it which workers exist and which accept; the gateway tells the node what t
 scaler and the metrics need (``Stats``) and when a draining worker is idle.
 
 Tags: node -> gateway 1..49, gateway -> node 50..99. New messages take new tags; a
-receiver ignores a tag it does not know (so either side can be newer).
+receiver ignores a tag it does not know (so either side can be newer). A struct may gain
+fields only at its end, with defaults (an older sender's shorter array still decodes).
 """
 
 from __future__ import annotations
@@ -141,8 +142,22 @@ class WorkerLost(msgspec.Struct, array_like=True, tag=53):
     inflight: int
 
 
+class Upgrade(msgspec.Struct, array_like=True, tag=54):
+    """fds: [the client's TCP connection]. The gateway read a request head asking for
+    ``Upgrade: websocket`` (routed to ``service``) and stopped reading: the node takes the
+    connection over (its Python HTTP code, as if it had accepted it) and feeds it
+    ``buffered`` first — every byte the gateway read from the client and did not consume,
+    starting at that request's head. The gateway forgets the connection once sent (a
+    connection under TLS is never handed off: the gateway answers it 501)."""
+
+    service: str
+    buffered: bytes
+    client: tuple[str, int]
+    server: tuple[str, int] | None
+
+
 ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown]
-FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost]
+FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade]
 
 _encoder = msgspec.msgpack.Encoder()
 from_gateway = msgspec.msgpack.Decoder(FromGateway)
