@@ -5,8 +5,11 @@ Shift, drain after WorkerIdle) on machines where the Rust binary is not built.
 It speaks exactly ``anycore.dataplane`` and ``anycore.wire``, and serves the simplest
 HTTP/1.1 there is: keep-alive, a Content-Length body read whole, the answer buffered whole,
 placement on the least-loaded accepting worker of the live release with a free slot, 503
-when none has one (no queue), no deadlines. Enough for the node's side, nothing more: the
-real gateway's behaviour is tested against the real binary (tests/e2e/test_native.py).
+when none has one (no queue), no deadlines. A head asking for ``Upgrade: websocket`` (with
+``Connection: upgrade``, the Python gateway's rule) is handed to the node as the real one
+does: ``Upgrade`` with the client's socket, the bytes read from the head on, and reading
+stops here. Enough for the node's side, nothing more: the real gateway's behaviour is
+tested against the real binary (tests/e2e/test_native.py).
 
 Run as ``python native_stand_in.py --control-fd 3`` (the node's ANYCORE_GATEWAY_BIN is a
 small shell script exec'ing this).
@@ -15,7 +18,9 @@ small shell script exec'ing this).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
+import os
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -47,9 +52,27 @@ class StandIn:
         self.done = asyncio.get_running_loop().create_future()
         self.server: asyncio.AbstractServer | None = None
         self.changed = True
+        self.outbox: collections.deque[tuple[bytes, int | None]] = collections.deque()
 
-    def say(self, message: dataplane.FromGateway) -> None:
-        self.control.send(dataplane.encode(message))
+    def say(self, message: dataplane.FromGateway, fd: int | None = None) -> None:
+        """Send in order; what the socket cannot take now waits (its fd held) until it can."""
+        self.outbox.append((dataplane.encode(message), fd))
+        if len(self.outbox) == 1:
+            self.flush()
+
+    def flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_writer(self.control.fileno())
+        while self.outbox:
+            data, fd = self.outbox[0]
+            try:
+                socket.send_fds(self.control, [data], [fd]) if fd is not None else self.control.send(data)
+            except BlockingIOError:
+                loop.add_writer(self.control.fileno(), self.flush)
+                return
+            self.outbox.popleft()
+            if fd is not None:
+                os.close(fd)
 
     def readable(self) -> None:
         try:
@@ -109,11 +132,9 @@ class StandIn:
 
     def pick(self, path: str) -> tuple[Worker | None, str]:
         """The least-loaded free worker of the service with the longest matching prefix."""
-        routes = [(r, s) for s in self.services.values() for r in s.routes
-                  if r == "/" or path == r or path.startswith(r + "/")]
-        if not routes:
+        prefix, service = self.route(path)
+        if service is None:
             return None, ""
-        prefix, service = max(routes, key=lambda route: len(route[0]))
         free = [w for w in self.workers.values() if w.service == service.name and w.release == service.release
                 and w.accepting and w.inflight < w.slots and w.proto is not None and service.running]
         return min(free, key=lambda w: w.inflight, default=None), "" if prefix == "/" else prefix
@@ -125,6 +146,8 @@ class StandIn:
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
                 headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
+                if self.upgrade(head, target, headers, reader, writer):
+                    return
                 length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
                 body = await reader.readexactly(length) if length else b""
                 status, out_headers, out = await self.serve(method, target, headers, body)
@@ -133,6 +156,28 @@ class StandIn:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+    def upgrade(self, head: bytes, target: str, headers: list, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter) -> bool:
+        """A WebSocket handshake: hand the connection to the node (``dataplane.Upgrade``)."""
+        values = {k.lower(): v.lower() for k, v in headers}
+        if values.get("upgrade") != "websocket" or "upgrade" not in values.get("connection", ""):
+            return False
+        _, service = self.route(target.partition("?")[0])
+        writer.transport.pause_reading()
+        buffered = head + bytes(reader._buffer)  # read from the socket, not consumed: the node's now
+        sock = writer.get_extra_info("socket")
+        client, server = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        self.say(dataplane.Upgrade(service.name if service else "", buffered, tuple(client[:2]), tuple(server[:2])),
+                 os.dup(sock.fileno()))
+        writer.transport.abort()  # our copy only: the node holds the connection
+        return True
+
+    def route(self, path: str) -> tuple[str, dataplane.Service | None]:
+        """The longest matching prefix and its service."""
+        routes = [(r, s) for s in self.services.values() for r in s.routes
+                  if r == "/" or path == r or path.startswith(r + "/")]
+        return max(routes, key=lambda route: len(route[0]), default=("", None))
 
     async def serve(self, method: str, target: str, headers: list, body: bytes) -> tuple[int, list, bytes]:
         path, _, query = target.partition("?")

@@ -15,6 +15,7 @@ from pathlib import Path
 import websockets
 
 from tests.conftest import make_service, wait_for
+from tests.e2e.data_planes import nodes  # noqa: F401 - every test here runs on both data planes
 
 # Two versions of one counter session that store the count under different field names:
 # each release's migrate() renames the other's field, so a reply from B proves that B's

@@ -11,6 +11,7 @@ import httpx
 import websockets
 
 from tests.conftest import make_service
+from tests.e2e.data_planes import nodes  # noqa: F401 - every test here runs on both data planes
 
 ECHO = """
 VERSION = "{version}"

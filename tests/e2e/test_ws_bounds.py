@@ -19,6 +19,7 @@ import httpx
 import websockets
 
 from tests.conftest import make_service, wait_for
+from tests.e2e.data_planes import nodes  # noqa: F401 - every test here runs on both data planes
 
 APP = """
 import asyncio

@@ -17,17 +17,21 @@ loop's clock, like the exchange's own times (1 ms resolution under uvloop).
 
 The gateway owns one background task, the sweeper (timeouts of every connection, the
 WebSockets' keepalive), in its ``TaskGroup``: started by ``start``, cancelled by ``stop``.
+Under the native gateway the node runs one with no listener (``start_unbound``): its
+connections are the ones ``anycore-gateway`` hands over (``adopt``, ``gateway.handoff``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.parse
 
 from anycore.config import parse_route
 from anycore.errors import ConfigError
 from anycore.gateway.exchange import Exchange
+from anycore.gateway.handoff import AdoptedConnection
 from anycore.gateway.http import HttpConnection, Limits
 from anycore.gateway.websocket import WebSocketSession
 from anycore.log import ACCESS_FORMATS, LogFormat, NodeLog, combined_line, parse_format
@@ -65,11 +69,22 @@ class Gateway:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._time = loop.time
         self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True)
         sockname = self.server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
+        self.start_unbound()
+
+    def start_unbound(self) -> None:
+        """Run without a listener (``start`` calls it after binding): the sweeper only."""
+        self._time = asyncio.get_running_loop().time
         self.tasks.spawn(self._sweep(), "sweeper")
+
+    async def adopt(self, sock: socket.socket, buffered: bytes, client: tuple[str, int] | None,
+                    server: tuple[str, int] | None) -> None:
+        """Serve a client connection another data plane accepted, as if ours had: ``buffered``
+        (its unconsumed bytes, from a request's head) first. The transport owns ``sock``."""
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: AdoptedConnection(self, buffered, client, server), sock=sock)
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         self.log.event("gateway.task_failed", task=name, error=f"{type(exc).__name__}: {exc}")

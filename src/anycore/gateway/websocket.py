@@ -119,9 +119,9 @@ class WebSocketSession(asyncio.Protocol):
         return wire.WsOpen(self.id, path, raw_path, query, headers, protocols, self.client, self.server, root_path)
 
     def reject(self, status: int, text: str) -> None:
-        response = self.protocol.reject(status, text)
-        self.protocol.send_response(response)
-        self._flush()
+        if self.protocol.state is State.CONNECTING:  # else the client already left
+            self.protocol.send_response(self.protocol.reject(status, text))
+            self._flush()
         self.closed = True
         self.transport.close()
 
@@ -145,6 +145,8 @@ class WebSocketSession(asyncio.Protocol):
             return
         if type(frame) is wire.WsAccept:
             assert self.request is not None
+            if self.protocol.state is not State.CONNECTING:
+                return  # the client left before the accept (its EOF is read, connection_lost not yet run)
             response = self.protocol.accept(self.request)
             if frame.subprotocol:
                 response.headers["Sec-WebSocket-Protocol"] = frame.subprotocol

@@ -22,6 +22,9 @@ place that speaks ``anycore.dataplane`` to the gateway:
   scaler, recycling (``max_requests``) and ``ps`` already read, plus the queue length.
 - ``WorkerLost`` (the data socket broke under the gateway): the worker is of no use any
   more; it is killed, and its control socket's EOF removes it the usual way.
+- ``Upgrade`` (a WebSocket handshake, with the client's socket): ``Handoffs`` adopts the
+  connection into the node's own Python HTTP code (a ``gateway.server.Gateway`` with no
+  listener), so WebSockets and Sessions run exactly as under the Python gateway.
 
 If the gateway process dies, ``on_gone`` is called once: in stage 1 the node logs it and
 exits (nothing serves without it; restarting it is stage 2).
@@ -48,6 +51,7 @@ from anycore import dataplane
 from anycore.config import parse_route
 from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.http import Limits
+from anycore.gateway.server import Gateway
 from anycore.lifecycle import ServiceState
 from anycore.log import NodeLog
 
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from anycore.supervisor.worker import WorkerHandle
 
 BINARY = "anycore-gateway"
+MAX_FDS = 4  # file descriptors taken from one control message (a message names at most one)
 START_TIMEOUT = 10.0  # seconds from exec to Started
 CONTROL_FD = 3
 INSTALL = ("install a Rust toolchain and the crates it builds from (Debian: `apt-get install cargo librust-hyper-dev "
@@ -80,7 +85,7 @@ class NativeGateway:
     ``ServiceRuntime`` calls as its workers come and go (``ServiceRuntime.dataplane``)."""
 
     def __init__(self, log: NodeLog, limits: Limits, binary: str, threads: int = 0,
-                 on_gone: Callable[[str], None] | None = None) -> None:
+                 on_gone: Callable[[str], None] | None = None, handoffs: "Handoffs | None" = None) -> None:
         self.log = log
         self.limits = limits
         self.binary = binary
@@ -104,6 +109,7 @@ class NativeGateway:
         self._started: asyncio.Future[dataplane.Started] | None = None
         self._closing = False
         self._gone = False
+        self.handoffs = handoffs if handoffs is not None else Handoffs(Gateway(log, limits))
 
     # -- the process and its control socket ------------------------------------------------
     async def start(self, host: str, port: int) -> None:
@@ -111,6 +117,7 @@ class NativeGateway:
         AnycoreError if it does not come up (OSError if the port cannot be bound)."""
         listener = socket.create_server((host, port), backlog=2048, reuse_port=False,
                                         family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.handoffs.start()
         self.host, self.port = listener.getsockname()[:2]
         node_end, gateway_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = gateway_end.fileno()
@@ -195,19 +202,27 @@ class NativeGateway:
         assert self.control is not None
         while True:
             try:
-                data = self.control.recv(65536)
+                data, fds, _, _ = socket.recv_fds(self.control, 65536, MAX_FDS)
             except BlockingIOError:
                 return
             except OSError:
-                data = b""
+                data, fds = b"", []
+            passed = [socket.socket(fileno=fd) for fd in fds]
             if not data:
+                for sock in passed:
+                    sock.close()
                 self._lost()
                 return
             try:
                 message = dataplane.from_gateway.decode(data)
             except msgspec.DecodeError:
-                continue  # a newer gateway's message (or a bad one): ignored, as the protocol says
-            self._on_message(message)
+                message = None  # a newer gateway's message (or a bad one): ignored, as the protocol says
+            if type(message) is dataplane.Upgrade and passed:
+                self.handoffs.adopt(message, passed.pop(0), self.starting)  # type: ignore[arg-type]
+            for sock in passed:
+                sock.close()  # fds of a message that takes none (or more than it takes)
+            if message is not None:
+                self._on_message(message)
 
     def _on_message(self, message: dataplane.FromGateway) -> None:
         kind = type(message)
@@ -267,10 +282,12 @@ class NativeGateway:
         if self.control is not None:
             self._lost()
             self.control.close()
+        await self.handoffs.stop(timeout)
 
     # -- what the node and the deployer ask (as of gateway.server.Gateway) -----------------
     def set_node(self, node_id: str) -> None:
         self.node_id = node_id
+        self.handoffs.gateway.set_node(node_id)
 
     @property
     def url(self) -> str:
@@ -290,10 +307,12 @@ class NativeGateway:
         """Create or update the service in the gateway (routes, live release, limits)."""
         self.routes[runtime.name] = self.check_routes(runtime.name, runtime.routes)
         self.services[runtime.name] = runtime
+        self.handoffs.gateway.add_service(runtime)
         self.service_changed(runtime)
 
     def remove_service(self, name: str) -> None:
         self.routes.pop(name, None)
+        self.handoffs.gateway.remove_service(name)
         if self.services.pop(name, None) is not None:
             self.send(dataplane.RemoveService(name))
 
@@ -369,3 +388,50 @@ class NativeGateway:
         for per_service in self._errors.values():
             for status, count in per_service.items():
                 self.errors[status] = self.errors.get(status, 0) + count
+
+
+class Handoffs:
+    """The node's side of ``dataplane.Upgrade``: a WebSocket handshake's connection, handed
+    over by the gateway with its socket, is served by the node's own Python HTTP code.
+
+    ``gateway`` is a ``gateway.server.Gateway`` that never listens (``start_unbound``: its
+    sweeper runs the header timeouts and the WebSockets' pings) and routes as the native
+    gateway does (``NativeGateway`` mirrors every service's routes into it). An adopted
+    connection is an ``AdoptedConnection`` (``gateway.handoff``): fed the gateway's
+    ``buffered`` bytes first, with the ``client`` and ``server`` it names; then the upgrade,
+    ``WebSocketSession``, ``SocketHost`` and Sessions are the Python gateway's code, untouched.
+
+    Slots: a WebSocket takes no request slot under either data plane (``node.sockets``);
+    it lives in its worker's ``sockets``, which the scaler counts as demand. The native
+    gateway places HTTP by its own counts and is told nothing of them. ``max_connections``
+    bounds each side: the gateway's HTTP connections there, the node's WebSockets here.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.adopted = 0  # connections taken over, since start (for tests and ps)
+
+    def start(self) -> None:
+        if not self.gateway.tasks.tasks:
+            self.gateway.start_unbound()
+
+    def adopt(self, message: dataplane.Upgrade, sock: socket.socket, starting: bool) -> None:
+        """Take over ``sock`` (closed here if it cannot be served)."""
+        if self.gateway.tasks.closed:
+            sock.close()  # the node is stopping
+            return
+        self.gateway.starting = starting
+        self.adopted += 1
+        self.gateway.tasks.spawn(self._adopt(message, sock), "adopt")
+
+    async def _adopt(self, message: dataplane.Upgrade, sock: socket.socket) -> None:
+        client = (message.client[0], message.client[1]) if message.client else None
+        server = (message.server[0], message.server[1]) if message.server else None
+        try:
+            await self.gateway.adopt(sock, message.buffered, client, server)
+        except (OSError, ValueError) as exc:  # not a stream socket, or already closed by the peer
+            sock.close()
+            self.gateway.log.event("gateway.handoff_failed", service=message.service, error=f"{type(exc).__name__}: {exc}")
+
+    async def stop(self, timeout: float) -> None:
+        await self.gateway.stop(timeout)

@@ -56,7 +56,7 @@ from anycore.node.calls import Calls
 from anycore.node.deployer import Deployer
 from anycore.node.jobs import JobRunner
 from anycore.node.lock import NodeLock
-from anycore.node.native import INSTALL, NativeGateway, find_binary
+from anycore.node.native import INSTALL, Handoffs, NativeGateway, find_binary
 from anycore.node.storage import StorageHealer
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase
@@ -98,10 +98,13 @@ class Node:
         self.log = NodeLog(format=log_format)  # "logfmt" or "json"; the access log's own: Gateway
         self.stats = RequestStats()  # what /metrics, the dashboard and `anycore top` read (anycore.stats)
         # The data plane: the in-process Python gateway, or anycore-gateway (node/native.py).
-        self.gateway: Gateway | NativeGateway = Gateway(self.log, limits or Limits(), access_log, self.stats)
+        # Under the native one, the Python gateway runs unbound: the WebSockets handed over.
+        python = Gateway(self.log, limits or Limits(), access_log, self.stats)
+        self.gateway: Gateway | NativeGateway = python
         self.gateway_binary = find_binary()
         if gateway == "native":
-            self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", on_gone=self._gateway_gone)
+            self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", on_gone=self._gateway_gone,
+                                         handoffs=Handoffs(python))
         self.exit_code = 0  # set when the node stops for a failure of its own (the native gateway died)
         self.lock = NodeLock(home)
         self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None

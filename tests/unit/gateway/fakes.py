@@ -62,6 +62,9 @@ class FakeTransport:
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
 
+    def get_protocol(self) -> Any:
+        return self.protocol
+
     # what tests read
     @property
     def data(self) -> bytes:
