@@ -79,6 +79,15 @@ def find_binary() -> str | None:
     return shutil.which(BINARY)
 
 
+def _socket(fd: int) -> socket.socket | None:
+    """A received fd as a socket; closed (None) if it is not one."""
+    try:
+        return socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return None
+
+
 class NativeGateway:
     """The node's handle on ``anycore-gateway``: the face of ``gateway.server.Gateway`` the
     node and the deployer use (start, stop, routes, url), plus the hooks a
@@ -117,8 +126,8 @@ class NativeGateway:
         AnycoreError if it does not come up (OSError if the port cannot be bound)."""
         listener = socket.create_server((host, port), backlog=2048, reuse_port=False,
                                         family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.handoffs.start()
         self.host, self.port = listener.getsockname()[:2]
+        self.handoffs.start()
         node_end, gateway_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = gateway_end.fileno()
 
@@ -207,7 +216,7 @@ class NativeGateway:
                 return
             except OSError:
                 data, fds = b"", []
-            passed = [socket.socket(fileno=fd) for fd in fds]
+            passed = [sock for fd in fds if (sock := _socket(fd)) is not None]
             if not data:
                 for sock in passed:
                     sock.close()
@@ -409,7 +418,7 @@ class Handoffs:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.adopted = 0  # connections taken over, since start (for tests and ps)
+        self.adopted = 0  # connections taken over, since start
 
     def start(self) -> None:
         if not self.gateway.tasks.tasks:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 
 from anycore import dataplane
@@ -73,4 +74,26 @@ async def test_fds_on_a_message_that_takes_none_are_closed():
     assert await asyncio.wait_for(asyncio.get_running_loop().sock_recv(client, 16), 5) == b""  # closed: EOF
     assert gateway.handoffs.adopted == 0 and 9 in gateway.idle
     client.close()
+    await gateway.handoffs.stop(1.0)
+
+
+@run
+async def test_an_upgrade_whose_fd_is_no_socket_is_dropped_and_the_control_socket_reads_on():
+    gateway, gateway_end = native()
+    read_end, write_end = os.pipe()
+    message = dataplane.Upgrade("", HANDSHAKE, ("127.0.0.1", 1), None)
+    socket.send_fds(gateway_end, [dataplane.encode(message)], [read_end])
+    gateway_end.send(dataplane.encode(dataplane.WorkerIdle(3)))
+    os.close(read_end)
+    deadline = asyncio.get_running_loop().time() + 5
+    while 3 not in gateway.idle:
+        assert asyncio.get_running_loop().time() < deadline, "the control socket stopped being read"
+        await asyncio.sleep(0.01)
+    assert gateway.handoffs.adopted == 0
+    try:  # the node's copy of the read end is closed too: nobody reads the pipe any more
+        os.write(write_end, b"x")
+        raise AssertionError("the fd passed with the Upgrade leaked in the node")
+    except BrokenPipeError:
+        pass
+    os.close(write_end)
     await gateway.handoffs.stop(1.0)
