@@ -42,6 +42,13 @@ impl Value {
             v => Err(format!("expected a number, got {v:?}")),
         }
     }
+    fn as_bytes(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Value::Bin(b) => Ok(b.clone()),
+            Value::Str(s) => Ok(s.clone().into_bytes()),
+            v => Err(format!("expected bytes, got {v:?}")),
+        }
+    }
     fn as_bool(&self) -> Result<bool, String> {
         match self {
             Value::Bool(b) => Ok(*b),
@@ -144,6 +151,10 @@ pub enum ToGateway {
     RemoveWorker { worker: u64 },
     Shift { service: String, release: String },
     Shutdown { grace: f64 },
+    /// PEM certificate chain and key: serve TLS on new connections (tls.rs).
+    Tls { cert: Vec<u8>, key: Vec<u8> },
+    /// Who may set X-Forwarded-For/-Proto (proxy.rs).
+    ProxyHeaders { trusted: Vec<String> },
     Unknown(i64),
 }
 
@@ -216,6 +227,15 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
         9 => {
             need(1)?;
             ToGateway::Shutdown { grace: f(0).as_float()? }
+        }
+        15 => {
+            need(2)?;
+            ToGateway::Tls { cert: f(0).as_bytes()?, key: f(1).as_bytes()? }
+        }
+        16 => {
+            need(1)?;
+            let Value::Array(trusted) = f(0) else { return Err("ProxyHeaders.trusted is a list".into()) };
+            ToGateway::ProxyHeaders { trusted: trusted.iter().map(Value::as_str).collect::<Result<_, _>>()? }
         }
         n => ToGateway::Unknown(n),
     })

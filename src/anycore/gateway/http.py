@@ -41,6 +41,8 @@ import httptools
 from anycore.gateway import requestid
 from anycore.gateway.chunked import ChunkError, ChunkedDecoder
 from anycore.gateway.exchange import Exchange, status_line
+from anycore.gateway.proxy import ProxyTrust
+from anycore.gateway.tls import TlsFiles
 from anycore.stats import RequestStats
 
 
@@ -53,6 +55,8 @@ class Limits:
     max_connections: int = 10000
     ws_ping_interval: float = 20.0  # WebSockets: idle this long -> ping; no answer as long again -> close 1011
     ws_stall_timeout: float = 20.0  # WebSockets: a client that reads nothing this long while the app sends -> 1008
+    proxy: ProxyTrust | None = None  # --proxy-headers: whose X-Forwarded-For/-Proto count (gateway/proxy.py)
+    tls: TlsFiles | None = None  # --tls-cert/--tls-key (the native gateway only, gateway/tls.py)
 
 
 class ConnectionOwner(Protocol):
@@ -436,6 +440,8 @@ class HttpConnection(asyncio.Protocol):
             self.clock(),
         )
         exchange.rid = rid
+        if self.limits.proxy is not None:
+            exchange.scheme, exchange.client = self.limits.proxy.resolve("http", self.client, self._headers)
         exchange.host = (self._host or b"").decode("latin-1")
         exchange.expect_continue = self._expect
         exchange.header_bytes = self._header_bytes

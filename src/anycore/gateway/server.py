@@ -156,7 +156,7 @@ class Gateway:
         target = exchange.raw_path + (b"?" + exchange.query if exchange.query else b"")
         handshake = b"".join([exchange.method.encode(), b" ", target, b" HTTP/1.1\r\n",
                               *(k + b": " + v + b"\r\n" for k, v in exchange.headers), b"\r\n"])
-        session = WebSocketSession(conn.transport, conn.client, conn.server, self.websockets)
+        session = WebSocketSession(conn.transport, exchange.client or conn.client, conn.server, self.websockets)
         if session.start(handshake) is None:
             return
         found = self.route(host, path)

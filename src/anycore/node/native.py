@@ -135,6 +135,7 @@ class NativeGateway:
         self.attach(node_end)
         self.send(dataplane.Settings(self.node_id, self.limits.max_connections, self.limits.max_header_bytes,
                                      self.limits.header_timeout, self.limits.keepalive_timeout, self.threads))
+        self._send_edge()
         self.send(dataplane.Listen(f"{self.host}:{self.port}"), [listener])
         try:
             started = await asyncio.wait_for(asyncio.shield(self._started), START_TIMEOUT)  # type: ignore[arg-type]
@@ -250,6 +251,29 @@ class NativeGateway:
         self.log.event("gateway.died", kind="native", detail=detail)
         if self.on_gone is not None:
             self.on_gone(detail)
+
+    # -- the edge: TLS and proxy headers (gateway/tls.py, gateway/proxy.py) ----------------
+    def _send_edge(self) -> None:
+        """Before the first Listen: proxy trust, then the TLS files (read by the CLI before)."""
+        if self.limits.proxy is not None:
+            self.send(dataplane.ProxyHeaders(list(self.limits.proxy.trusted)))
+        if self.limits.tls is not None:
+            cert, key = self.limits.tls.read()
+            self.send(dataplane.Tls(cert, key))
+
+    def reload_tls(self) -> str:
+        """SIGHUP: send the TLS files again; new connections get them, open ones keep theirs.
+        Files the gateway's TLS library refuses leave the previous certificate serving."""
+        if self.limits.tls is None:
+            return "no --tls-cert: nothing to reload"
+        try:
+            cert, key = self.limits.tls.read()
+        except AnycoreError as exc:
+            self.log.event("tls.reload_failed", error=str(exc))
+            return str(exc)
+        self.send(dataplane.Tls(cert, key))
+        self.log.event("tls.reloaded", cert=self.limits.tls.cert)
+        return "TLS certificate reloaded"
 
     async def stop(self, timeout: float) -> None:
         """Shutdown: the gateway stops accepting and finishes current responses within
