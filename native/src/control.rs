@@ -378,6 +378,11 @@ mod tests {
             ToGateway::AddWorker { service: "app".into(), release: "r1".into(), worker: 7, slots: 8 }
         );
         assert_eq!(decode(b"\x92\t\xcb@\x04\x00\x00\x00\x00\x00\x00").unwrap(), ToGateway::Shutdown { grace: 2.5 });
+        assert_eq!(decode(b"\x93\x0f\xc4\x01C\xc4\x01K").unwrap(), ToGateway::Tls { cert: b"C".to_vec(), key: b"K".to_vec() });
+        assert_eq!(
+            decode(b"\x92\x10\x92\xa9127.0.0.1\xa1*").unwrap(),
+            ToGateway::ProxyHeaders { trusted: vec!["127.0.0.1".into(), "*".into()] }
+        );
     }
 
     #[test]

@@ -299,7 +299,7 @@ class NativeGateway:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.limits.tls else 'http'}://{host}:{self.port}"
 
     def check_routes(self, name: str, routes: list[str]) -> list[tuple[str | None, str]]:
         mine = [parse_route(r) for r in routes]
