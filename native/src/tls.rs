@@ -47,14 +47,37 @@ pub fn load(cert: &[u8], key: &[u8]) -> Result<ServerConfig, String> {
             None => break,
         }
     }
-    let key_der = key_der.ok_or("the key file has no PRIVATE KEY block (PKCS#8, RSA or EC)")?;
+    let key = PrivateKey(key_der.ok_or("the key file has no PRIVATE KEY block (PKCS#8, RSA or EC)")?);
+    key_matches(&certs[0], &key)?;
     let mut config = ServerConfig::builder()
         .with_safe_defaults()
         .with_no_client_auth()
-        .with_single_cert(certs.into_iter().map(Certificate).collect(), PrivateKey(key_der))
-        .map_err(|e| format!("the key does not go with the certificate, or is of a kind rustls does not take: {e}"))?;
+        .with_single_cert(certs.into_iter().map(Certificate).collect(), key)
+        .map_err(|e| format!("rustls refuses the certificate and key: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// rustls takes any key it can parse, even another certificate's (every handshake would
+/// then fail): sign a message with the key and verify it with the certificate's public key.
+fn key_matches(cert: &[u8], key: &PrivateKey) -> Result<(), String> {
+    use rustls::SignatureScheme as S;
+    let schemes = [
+        (S::ECDSA_NISTP256_SHA256, &webpki::ECDSA_P256_SHA256),
+        (S::ECDSA_NISTP384_SHA384, &webpki::ECDSA_P384_SHA384),
+        (S::ED25519, &webpki::ED25519),
+        (S::RSA_PSS_SHA256, &webpki::RSA_PSS_2048_8192_SHA256_LEGACY_KEY),
+    ];
+    let signing = rustls::sign::any_supported_type(key)
+        .map_err(|_| "the key is of a kind rustls does not take (RSA of 2048 bits or more, ECDSA P-256 or P-384, Ed25519)")?;
+    let offered: Vec<S> = schemes.iter().map(|s| s.0).collect();
+    let signer = signing.choose_scheme(&offered).ok_or("the key cannot sign with any scheme TLS offers")?;
+    let Some(alg) = schemes.iter().find(|s| s.0 == signer.scheme()).map(|s| s.1) else { return Err("the key's signature scheme is unknown".into()) };
+    let message = b"anycore-gateway: does this key go with this certificate?";
+    let signature = signer.sign(message).map_err(|e| format!("the key cannot sign: {e}"))?;
+    let leaf = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("the first certificate cannot be read: {e:?}"))?;
+    leaf.verify_signature(alg, message, &signature)
+        .map_err(|_| "the key does not go with the certificate (the first CERTIFICATE block of the file)".to_string())
 }
 
 /// The handshake, within `timeout` seconds (the header timeout; 10 s if 0). `Some((stream,
@@ -83,13 +106,43 @@ pub fn check(cert: &str, key: &str) -> i32 {
 mod tests {
     use super::*;
 
+    // Test-only certificates and keys (openssl req -x509 ...; never used outside the tests).
+    const CERT: &[u8] = include_bytes!("testdata/cert.pem");
+    const KEY: &[u8] = include_bytes!("testdata/key.pem");
+    const SEC1_KEY: &[u8] = include_bytes!("testdata/sec1-key.pem");
+    const OTHER_KEY: &[u8] = include_bytes!("testdata/other-key.pem");
+    const RSA_CERT: &[u8] = include_bytes!("testdata/rsa-cert.pem");
+    const RSA_KEY: &[u8] = include_bytes!("testdata/rsa-key.pem");
+    const RSA_PKCS1_KEY: &[u8] = include_bytes!("testdata/rsa-pkcs1-key.pem");
+
     #[test]
-    fn garbage_is_refused_with_a_reason() {
-        assert!(load(b"", b"").unwrap_err().contains("no CERTIFICATE"));
-        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        assert!(load(cert, b"nothing").unwrap_err().contains("no PRIVATE KEY"));
+    fn a_certificate_loads_with_its_own_key_in_any_pem_form_and_offers_h2() {
+        let config = load(CERT, KEY).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        load(RSA_CERT, RSA_KEY).unwrap();
+        load(RSA_CERT, RSA_PKCS1_KEY).unwrap();
+        let both: Vec<u8> = [CERT, KEY].concat(); // one file with the chain and the key
+        load(&both, &both).unwrap();
+        assert!(load(CERT, SEC1_KEY).is_ok(), "{:?}", load(CERT, SEC1_KEY).err());
+    }
+
+    #[test]
+    fn another_certificates_key_or_garbage_is_refused_with_a_reason() {
+        assert!(load(CERT, OTHER_KEY).unwrap_err().contains("does not go with the certificate"));
+        assert!(load(CERT, RSA_KEY).unwrap_err().contains("does not go with the certificate"));
+        assert!(load(b"", KEY).unwrap_err().contains("no CERTIFICATE"));
+        assert!(load(CERT, b"nothing").unwrap_err().contains("no PRIVATE KEY"));
         let key = b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
-        assert!(load(cert, key).unwrap_err().contains("does not go with"));
-        assert!(current().is_none());
+        assert!(load(CERT, key).unwrap_err().contains("kind rustls does not take"));
+    }
+
+    #[test]
+    fn set_keeps_the_previous_config_when_the_new_one_is_refused() {
+        set(CERT, KEY).unwrap();
+        let first = current().unwrap();
+        assert!(set(CERT, OTHER_KEY).is_err());
+        assert!(Arc::ptr_eq(&first, &current().unwrap()));
+        set(RSA_CERT, RSA_KEY).unwrap();
+        assert!(!Arc::ptr_eq(&first, &current().unwrap()));
     }
 }

@@ -127,7 +127,13 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
         os.kill(node.proc.pid, signal.SIGHUP)
         wait_for(lambda: peer_name(port, context) == "second", 15, what="new connections served the new certificate")
 
-        after = h2.get("/x")  # the HTTP/2 connection opened before the reload still serves
+        (tmp_path / "garbage.pem").write_text("not a key\n")  # a reload the gateway refuses: the last one stays
+        shutil.copy(tmp_path / "garbage.pem", key)
+        os.kill(node.proc.pid, signal.SIGHUP)
+        node.wait_output("TLS certificate refused")
+        assert peer_name(port, context) == "second"
+
+        after = h2.get("/x")  # the HTTP/2 connection opened before the reloads still serves
         assert after.status_code == 200 and after.http_version == "HTTP/2"
         assert after.json()["client"] == before["client"]  # the same connection (same client port)
         assert node.proc.poll() is None
