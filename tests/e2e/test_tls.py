@@ -12,6 +12,7 @@ certificates made by the ``openssl`` CLI for each test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from anycore.node.native import find_binary
 from tests.conftest import make_service, wait_for
@@ -33,7 +35,11 @@ ECHO = """
 import json
 
 async def app(scope, receive, send):
-    if scope["type"] != "http":
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps({"scheme": scope["scheme"], "client": scope["client"]})})
+        await send({"type": "websocket.close"})
         return
     size = 0
     while True:
@@ -194,3 +200,10 @@ def test_proxy_headers_set_scheme_and_client_only_from_a_trusted_peer(nodes, tmp
     with httpx.Client(base_url=node.url, timeout=10, transport=untrusted_transport) as untrusted:
         seen = untrusted.get("/x", headers=forwarded).json()
         assert seen["scheme"] == "http" and seen["client"][0] == "127.0.0.2"
+    if gateway == "python":  # on native, WebSockets are handed to the same Python code (the node's)
+        ws_url = node.url.replace("http://", "ws://") + "/ws"
+        with connect(ws_url, additional_headers=forwarded, open_timeout=10) as ws:
+            seen = json.loads(ws.recv(timeout=10))
+        assert seen == {"scheme": "wss", "client": ["203.0.113.7", 0]}
+        with connect(ws_url, additional_headers={"x-forwarded-proto": "http"}, open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["scheme"] == "ws"

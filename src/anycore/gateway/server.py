@@ -157,6 +157,7 @@ class Gateway:
         handshake = b"".join([exchange.method.encode(), b" ", target, b" HTTP/1.1\r\n",
                               *(k + b": " + v + b"\r\n" for k, v in exchange.headers), b"\r\n"])
         session = WebSocketSession(conn.transport, exchange.client or conn.client, conn.server, self.websockets)
+        session.scheme = "wss" if exchange.scheme == "https" else "ws"
         if session.start(handshake) is None:
             return
         found = self.route(host, path)
