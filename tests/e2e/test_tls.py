@@ -3,7 +3,7 @@ certificates made by the ``openssl`` CLI for each test.
 
 - ``--tls-cert``/``--tls-key`` on the native gateway: a client that verifies the chain
   against the test's CA gets HTTP/2 by ALPN, and HTTP/1.1 when it offers only that; the
-  scope says https. A SIGHUP after the files change: new connections get the new
+  scope says https; a client that never starts the handshake is closed. A SIGHUP after the files change: new connections get the new
   certificate, and an HTTP/2 connection opened before goes on serving requests.
 - Bad TLS files, or TLS on the Python gateway: one line, exit 2, nothing started.
 - ``--proxy-headers``: X-Forwarded-For/-Proto set the scope's client and scheme from a
@@ -105,8 +105,8 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
     shutil.copy(first, cert)
     shutil.copy(first_key, key)
     echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
-    node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key)),
-                       env={"ANYCORE_GATEWAY_BIN": binary})
+    node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key),
+                                   "--header-timeout", "1"), env={"ANYCORE_GATEWAY_BIN": binary})
     assert node.url.startswith("https://127.0.0.1:")
     port = int(node.url.rsplit(":", 1)[1])
     context = pki.context()
@@ -126,6 +126,8 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
         assert answer.json()["http_version"] == "1.1"
         with pytest.raises(httpx.ConnectError):  # a client that does not know the CA refuses the chain
             httpx.get(node.url + "/x", timeout=10)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as silent:  # no ClientHello: closed, bounded
+            assert silent.recv(1) == b""  # by the header timeout (the handshake holds a connection slot)
 
         second, second_key = pki.server("second")
         shutil.copy(second, cert)
