@@ -32,6 +32,7 @@ from tests.conftest import make_service, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")]
 
 ECHO = """
+import asyncio
 import json
 
 async def app(scope, receive, send):
@@ -47,6 +48,8 @@ async def app(scope, receive, send):
         size += len(message.get("body", b""))
         if not message.get("more_body"):
             break
+    if scope["path"] == "/sleep":
+        await asyncio.sleep(float(scope["query_string"] or 0))
     headers = dict(scope["headers"])
     body = json.dumps({"scheme": scope["scheme"], "client": scope["client"], "http_version": scope["http_version"],
                        "host": headers.get(b"host", b"").decode(), "size": size})
@@ -146,6 +149,51 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
         assert after.json()["client"] == before["client"]  # the same connection (same client port)
         assert node.proc.poll() is None
     assert "tls.reloaded" in node.output
+
+
+def goaway_or_close(port: int, context: ssl.SSLContext) -> str:
+    """Open an HTTP/2 connection, make no request, and read until the server ends it."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            tls.sendall(conn.data_to_send())
+            while True:
+                data = tls.recv(65536)  # the socket's timeout bounds the wait
+                if not data:
+                    return "closed"
+                try:
+                    events = conn.receive_data(data)
+                except h2.exceptions.ProtocolError:  # GOAWAY then hyper's PING in one read: h2 is closed by the first
+                    if conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                        return "goaway"
+                    raise
+                if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                    return "goaway"
+                tls.sendall(conn.data_to_send())
+
+
+def test_an_idle_http2_connection_is_closed_after_the_keepalive_timeout_but_not_while_a_request_is_open(nodes, tmp_path):
+    binary = native_binary()
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.server("idle")
+    echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
+    node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key),
+                                   "--keepalive-timeout", "1"), env={"ANYCORE_GATEWAY_BIN": binary})
+    port = int(node.url.rsplit(":", 1)[1])
+    assert goaway_or_close(port, pki.context()) in ("goaway", "closed")
+    with httpx.Client(base_url=node.url, http2=True, verify=pki.context(), timeout=20) as h2:
+        slow = h2.get("/sleep?2.5")  # silent for longer than the keep-alive timeout, with a stream open
+        assert slow.status_code == 200 and slow.http_version == "HTTP/2"
+        again = h2.get("/x")
+        assert again.json()["client"] == slow.json()["client"]  # the same connection: it was not idle
 
 
 def up(tmp_path: Path, binary: str, *args: str) -> subprocess.CompletedProcess[str]:
