@@ -26,7 +26,8 @@ pub struct ConnInfo {
     pub client_port: u16,
     pub server_ip: String,
     pub server_port: u16,
-    pub tls: bool,
+    /// "http", or "https" under TLS (the Req frame's scheme, unless proxy headers say otherwise).
+    pub scheme: &'static str,
 }
 
 pub async fn accept_loop(gw: &'static Gateway, listener: std::net::TcpListener) {
@@ -54,7 +55,7 @@ pub async fn accept_loop(gw: &'static Gateway, listener: std::net::TcpListener) 
         };
         let _ = stream.set_nodelay(true);
         let tls = crate::tls::current();
-        let info = Arc::new(ConnInfo { tls: tls.is_some(), ..conn_info(gw, peer, local) });
+        let info = Arc::new(ConnInfo { scheme: if tls.is_some() { "https" } else { "http" }, ..conn_info(gw, peer, local) });
         let http = http.clone();
         let shutdown = gw.shutdown.subscribe();
         tokio::spawn(async move {
@@ -90,7 +91,7 @@ where
 
 fn conn_info(gw: &'static Gateway, peer: SocketAddr, local: Option<SocketAddr>) -> ConnInfo {
     let (server_ip, server_port) = local.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port()));
-    ConnInfo { gw, client_ip: peer.ip().to_string(), client_port: peer.port(), server_ip, server_port, tls: false }
+    ConnInfo { gw, client_ip: peer.ip().to_string(), client_port: peer.port(), server_ip, server_port, scheme: "http" }
 }
 
 /// Disarmed once the answer is in hand; dropped armed = the client left first.
@@ -181,7 +182,8 @@ pub async fn handle(info: Arc<ConnInfo>, req: Request<hyper::Body>) -> Result<Re
     };
     let root_path = &path[..prefix_len];
     let headers = &parts.headers;
-    let (scheme, client_ip, client_port) = crate::proxy::resolve(info.tls, &info.client_ip, info.client_port, headers);
+    let each = |f: &mut dyn FnMut(&[u8], &[u8])| headers.iter().for_each(|(n, v)| f(n.as_str().as_bytes(), v.as_bytes()));
+    let (scheme, client_ip, client_port) = crate::proxy::resolve(info.scheme, &info.client_ip, info.client_port, &each);
     let write = |out: &mut Vec<u8>, id: u64| {
         frames::frame(out, |o| {
             w_array(o, 14);

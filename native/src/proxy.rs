@@ -8,9 +8,9 @@
 //! read from the right: the client is the first address that is not itself a trusted
 //! proxy (all trusted, or `*`: the leftmost); its port is unknown, 0. Without a trusted
 //! peer the scheme is the connection's (`https` under TLS) and the client the peer.
-//! Pure: `main.rs` stores the trust once (`set`), `http.rs` calls `resolve` per request.
+//! Pure: `main.rs` stores the trust once (`set`), `http.rs` calls `resolve` per request
+//! with a visitor of the request's headers (whatever parsed them).
 
-use http::HeaderMap;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -87,27 +87,34 @@ pub fn set(trust: Trust) {
     let _ = TRUST.set(trust);
 }
 
-/// The scope's (scheme, client host, client port) for one request.
-pub fn resolve<'a>(tls: bool, peer_ip: &'a str, peer_port: u16, headers: &HeaderMap) -> (&'static str, Cow<'a, str>, u16) {
-    decide(TRUST.get(), tls, peer_ip, peer_port, headers)
+/// Calls its argument with each (name, value) of a request's headers, names lowercase.
+pub type Headers<'h> = &'h dyn Fn(&mut dyn FnMut(&[u8], &[u8]));
+
+/// The scope's (scheme, client host, client port) for one request on a connection whose
+/// own scheme is `scheme` ("http", or "https" under TLS).
+pub fn resolve<'a>(scheme: &'static str, peer_ip: &'a str, peer_port: u16, headers: Headers) -> (&'static str, Cow<'a, str>, u16) {
+    decide(TRUST.get(), scheme, peer_ip, peer_port, headers)
 }
 
-pub fn decide<'a>(trust: Option<&Trust>, tls: bool, peer_ip: &'a str, peer_port: u16, headers: &HeaderMap) -> (&'static str, Cow<'a, str>, u16) {
-    let mut scheme = if tls { "https" } else { "http" };
+pub fn decide<'a>(trust: Option<&Trust>, scheme: &'static str, peer_ip: &'a str, peer_port: u16, headers: Headers) -> (&'static str, Cow<'a, str>, u16) {
     let Some(trust) = trust.filter(|t| t.trusts(peer_ip)) else { return (scheme, Cow::Borrowed(peer_ip), peer_port) };
-    if let Some(proto) = headers.get_all("x-forwarded-proto").iter().next_back().and_then(|v| v.to_str().ok()) {
-        match proto.trim().to_ascii_lowercase().as_str() {
-            "http" | "ws" => scheme = "http",
-            "https" | "wss" => scheme = "https",
-            _ => {}
+    let mut scheme = scheme;
+    let mut forwarded = String::new(); // every X-Forwarded-For, joined as one list
+    headers(&mut |name, value| {
+        if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            match String::from_utf8_lossy(value).trim().to_ascii_lowercase().as_str() {
+                "http" | "ws" => scheme = "http",
+                "https" | "wss" => scheme = "https",
+                _ => {}
+            }
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            if !forwarded.is_empty() {
+                forwarded.push(',');
+            }
+            forwarded.push_str(&String::from_utf8_lossy(value));
         }
-    }
-    let mut forwarded: Vec<&str> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        if let Ok(v) = value.to_str() {
-            forwarded.extend(v.split(',').map(str::trim));
-        }
-    }
+    });
+    let forwarded: Vec<&str> = if forwarded.is_empty() { Vec::new() } else { forwarded.split(',').map(str::trim).collect() };
     let host = if trust.all {
         forwarded.first().copied()
     } else {
@@ -123,17 +130,14 @@ pub fn decide<'a>(trust: Option<&Trust>, tls: bool, peer_ip: &'a str, peer_port:
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, v.parse().unwrap());
-        }
-        h
-    }
-
     fn run(trust: Option<&[&str]>, tls: bool, peer: &str, pairs: &[(&'static str, &'static str)]) -> (&'static str, String, u16) {
         let t = trust.map(Trust::parse);
-        let (s, h, p) = decide(t.as_ref(), tls, peer, 5555, &headers(pairs));
+        let each = |f: &mut dyn FnMut(&[u8], &[u8])| {
+            for (k, v) in pairs {
+                f(k.as_bytes(), v.as_bytes());
+            }
+        };
+        let (s, h, p) = decide(t.as_ref(), if tls { "https" } else { "http" }, peer, 5555, &each);
         (s, h.into_owned(), p)
     }
 
