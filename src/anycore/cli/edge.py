@@ -39,7 +39,10 @@ class Edge:
 
         tls = TlsFiles(self.tls_cert, self.tls_key)
         binary = find_binary()
-        tls.check(binary) if binary else tls.read()  # no binary: `up` says what to install
+        if binary is None:
+            tls.read()  # no binary to load them with: `up` says what to install
+        else:
+            tls.check(binary)
         return {"proxy": proxy, "tls": tls}
 
 
