@@ -5,7 +5,8 @@ certificates made by the ``openssl`` CLI for each test.
   against the test's CA gets HTTP/2 by ALPN, and HTTP/1.1 when it offers only that; the
   scope says https; a client that never starts the handshake is closed. A SIGHUP after the files change: new connections get the new
   certificate, and an HTTP/2 connection opened before goes on serving requests.
-- Bad TLS files, or TLS on the Python gateway: one line, exit 2, nothing started.
+- The Python gateway: HTTP/1.1 over TLS (Python's ssl), wss, the same SIGHUP reload.
+- Bad TLS files: one line, exit 2, nothing started (on either gateway).
 - ``--proxy-headers``: X-Forwarded-For/-Proto set the scope's client and scheme from a
   trusted peer only (both gateways; 127.0.0.2 is an untrusted peer on the loopback).
 """
@@ -151,6 +152,33 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
     assert "tls.reloaded" in node.output
 
 
+def test_the_python_gateway_serves_http11_over_tls_and_reloads_on_sighup(nodes, tmp_path):
+    pki = Pki(tmp_path / "pki")
+    first, first_key = pki.server("first")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(first, cert)
+    shutil.copy(first_key, key)
+    echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
+    node = nodes.start(echo, args=("--gateway", "python", "--tls-cert", str(cert), "--tls-key", str(key)))
+    assert node.url.startswith("https://127.0.0.1:")
+    port = int(node.url.rsplit(":", 1)[1])
+    context = pki.context()
+    with httpx.Client(base_url=node.url, http2=True, verify=context, timeout=10) as client:
+        before = client.get("/x")  # offered h2, given HTTP/1.1 by ALPN
+        assert before.http_version == "HTTP/1.1" and before.json()["scheme"] == "https"
+        wss = pki.context()
+        with connect(node.url.replace("https://", "wss://") + "/ws", ssl=wss, open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["scheme"] == "wss"
+        second, second_key = pki.server("second")
+        shutil.copy(second, cert)
+        shutil.copy(second_key, key)
+        os.kill(node.proc.pid, signal.SIGHUP)
+        wait_for(lambda: peer_name(port, context) == "second", 15, what="new connections served the new certificate")
+        after = client.get("/x")  # the keep-alive connection opened before the reload
+        assert after.status_code == 200 and after.json()["client"] == before.json()["client"]
+    assert "tls.reloaded" in node.output
+
+
 def goaway_or_close(port: int, context: ssl.SSLContext) -> str:
     """Open an HTTP/2 connection, make no request, and read until the server ends it."""
     import h2.config
@@ -209,7 +237,7 @@ def up(tmp_path: Path, binary: str, *args: str) -> subprocess.CompletedProcess[s
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_bad_tls_files_or_tls_on_the_python_gateway_fail_in_one_line_before_anything_starts(tmp_path):
+def test_bad_tls_files_fail_in_one_line_before_anything_starts(tmp_path):
     binary = native_binary()
     pki = Pki(tmp_path / "pki")
     cert, key = pki.server("one")
@@ -228,9 +256,10 @@ def test_bad_tls_files_or_tls_on_the_python_gateway_fail_in_one_line_before_anyt
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], (args, result.stderr)
         assert lines[0].startswith("anycore: ")
-    result = up(tmp_path, binary, "--gateway", "python", "--tls-cert", str(cert), "--tls-key", str(key))
-    assert result.returncode == 2 and result.stderr.strip() == (
-        "anycore: --tls-cert needs --gateway native (the Python gateway serves plain HTTP; put a TLS proxy in front of it)")
+    for args, expected in cases[1:]:  # the Python gateway loads them with OpenSSL: one line too
+        result = up(tmp_path, binary, "--gateway", "python", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("anycore: --tls-"), (args, result.stderr)
     assert not (tmp_path / "home" / "node.json").exists()  # nothing started
 
 

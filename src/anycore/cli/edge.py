@@ -15,7 +15,7 @@ import click
 
 from anycore.errors import ConfigError
 from anycore.gateway.proxy import DEFAULT_ALLOW, ProxyTrust
-from anycore.gateway.tls import TlsFiles, python_refusal
+from anycore.gateway.tls import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,12 @@ class Edge:
             return {"proxy": proxy, "tls": None}
         if not (self.tls_cert and self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give the certificate chain and its key (PEM)")
+        tls = TlsFiles(self.tls_cert, self.tls_key)
         if gateway != "native":
-            raise ConfigError(python_refusal())
+            tls.server_context()  # the Python gateway's own loader
+            return {"proxy": proxy, "tls": tls}
         from anycore.node.native import find_binary
 
-        tls = TlsFiles(self.tls_cert, self.tls_key)
         binary = find_binary()
         if binary is None:
             tls.read()  # no binary to load them with: `up` says what to install
@@ -48,7 +49,7 @@ class Edge:
 
 _options = [
     click.option("--tls-cert", metavar="PEM", default=None,
-                 help="Serve HTTPS (and HTTP/2 by ALPN) with this certificate chain; needs --tls-key and --gateway native. "
+                 help="Serve HTTPS with this certificate chain (and its --tls-key); HTTP/2 by ALPN on --gateway native. "
                       "SIGHUP to the node reloads both files."),
     click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert."),
     click.option("--proxy-headers", is_flag=True, default=False,

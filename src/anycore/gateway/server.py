@@ -22,11 +22,12 @@ WebSockets' keepalive), in its ``TaskGroup``: started by ``start``, cancelled by
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import urllib.parse
 
 from anycore.config import parse_route
-from anycore.errors import ConfigError
+from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.exchange import Exchange
 from anycore.gateway.http import HttpConnection, Limits
 from anycore.gateway.websocket import WebSocketSession
@@ -54,6 +55,7 @@ class Gateway:
         self.websockets: set[WebSocketSession] = set()
         self.routes: list[tuple[str | None, str, RequestSink]] = []
         self.server: asyncio.AbstractServer | None = None
+        self.tls_context: ssl.SSLContext | None = None
         self.host = ""
         self.port = 0
         self.errors: dict[int, int] = {}
@@ -66,10 +68,26 @@ class Gateway:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._time = loop.time
-        self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True)
+        tls = self.limits.tls  # --tls-cert: Python's ssl, HTTP/1.1 (gateway/tls.py)
+        self.tls_context = tls.server_context() if tls is not None else None
+        self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True,
+                                               ssl=self.tls_context,
+                                               ssl_handshake_timeout=self.limits.header_timeout if tls is not None else None)
         sockname = self.server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         self.tasks.spawn(self._sweep(), "sweeper")
+
+    def reload_tls(self) -> str:
+        """SIGHUP: load the TLS files again; new connections get them, open ones keep theirs."""
+        if self.limits.tls is None or self.tls_context is None:
+            return "no --tls-cert: nothing to reload"
+        try:
+            self.limits.tls.reload(self.tls_context)
+        except AnycoreError as exc:
+            self.log.event("tls.reload_failed", error=str(exc))
+            return str(exc)
+        self.log.event("tls.reloaded", cert=self.limits.tls.cert)
+        return "TLS certificate reloaded"
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         self.log.event("gateway.task_failed", task=name, error=f"{type(exc).__name__}: {exc}")
@@ -96,7 +114,7 @@ class Gateway:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.limits.tls else 'http'}://{host}:{self.port}"
 
     # -- routes ------------------------------------------------------------------------
     def check_routes(self, name: str, routes: list[str]) -> list[tuple[str | None, str]]:

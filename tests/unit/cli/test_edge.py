@@ -21,12 +21,19 @@ def test_proxy_headers_trust_the_allowed_ips_on_either_gateway():
 @pytest.mark.parametrize("edge, gateway, message", [
     (Edge("c.pem", None, False, ""), "native", "--tls-cert and --tls-key go together"),
     (Edge(None, "k.pem", False, ""), "native", "--tls-cert and --tls-key go together"),
-    (Edge("c.pem", "k.pem", False, ""), "python", "--tls-cert needs --gateway native"),
+    (Edge("c.pem", "k.pem", False, ""), "python", "cannot read the TLS certificate c.pem"),
 ])
 def test_tls_options_that_cannot_work_are_refused_in_one_line(edge, gateway, message):
     with pytest.raises(ConfigError) as raised:
         edge.limits(gateway)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_python_gateway_loads_the_files_with_openssl(tmp_path):
+    (tmp_path / "c.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    (tmp_path / "k.pem").write_text("nothing\n")
+    with pytest.raises(ConfigError, match="OpenSSL cannot load them"):
+        Edge(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"), False, "").limits("python")
 
 
 def test_unreadable_tls_files_are_refused_before_the_gateway_is_asked(tmp_path, monkeypatch):
