@@ -42,6 +42,13 @@ impl Value {
             v => Err(format!("expected a number, got {v:?}")),
         }
     }
+    fn as_bytes(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Value::Bin(b) => Ok(b.clone()),
+            Value::Str(s) => Ok(s.clone().into_bytes()),
+            v => Err(format!("expected bytes, got {v:?}")),
+        }
+    }
     fn as_bool(&self) -> Result<bool, String> {
         match self {
             Value::Bool(b) => Ok(*b),
@@ -144,6 +151,10 @@ pub enum ToGateway {
     RemoveWorker { worker: u64 },
     Shift { service: String, release: String },
     Shutdown { grace: f64 },
+    /// PEM certificate chain and key: serve TLS on new connections (tls.rs).
+    Tls { cert: Vec<u8>, key: Vec<u8> },
+    /// Who may set X-Forwarded-For/-Proto (proxy.rs).
+    ProxyHeaders { trusted: Vec<String> },
     Unknown(i64),
 }
 
@@ -216,6 +227,15 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
         9 => {
             need(1)?;
             ToGateway::Shutdown { grace: f(0).as_float()? }
+        }
+        15 => {
+            need(2)?;
+            ToGateway::Tls { cert: f(0).as_bytes()?, key: f(1).as_bytes()? }
+        }
+        16 => {
+            need(1)?;
+            let Value::Array(trusted) = f(0) else { return Err("ProxyHeaders.trusted is a list".into()) };
+            ToGateway::ProxyHeaders { trusted: trusted.iter().map(Value::as_str).collect::<Result<_, _>>()? }
         }
         n => ToGateway::Unknown(n),
     })
@@ -358,6 +378,11 @@ mod tests {
             ToGateway::AddWorker { service: "app".into(), release: "r1".into(), worker: 7, slots: 8 }
         );
         assert_eq!(decode(b"\x92\t\xcb@\x04\x00\x00\x00\x00\x00\x00").unwrap(), ToGateway::Shutdown { grace: 2.5 });
+        assert_eq!(decode(b"\x93\x0f\xc4\x01C\xc4\x01K").unwrap(), ToGateway::Tls { cert: b"C".to_vec(), key: b"K".to_vec() });
+        assert_eq!(
+            decode(b"\x92\x10\x92\xa9127.0.0.1\xa1*").unwrap(),
+            ToGateway::ProxyHeaders { trusted: vec!["127.0.0.1".into(), "*".into()] }
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct ConnInfo {
     pub client_port: u16,
     pub server_ip: String,
     pub server_port: u16,
+    /// "http", or "https" under TLS (the Req frame's scheme, unless proxy headers say otherwise).
+    pub scheme: &'static str,
 }
 
 pub async fn accept_loop(gw: &'static Gateway, listener: std::net::TcpListener) {
@@ -52,28 +54,44 @@ pub async fn accept_loop(gw: &'static Gateway, listener: std::net::TcpListener) 
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(conn_info(gw, peer, local));
+        let tls = crate::tls::current();
+        let info = Arc::new(ConnInfo { scheme: if tls.is_some() { "https" } else { "http" }, ..conn_info(gw, peer, local) });
         let http = http.clone();
-        let mut shutdown = gw.shutdown.subscribe();
+        let shutdown = gw.shutdown.subscribe();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(info.clone(), req));
-            let conn = http.serve_connection(stream, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            // Under TLS: the handshake, then ALPN picks HTTP/2 (h2.rs) or HTTP/1.1.
+            match tls {
+                None => serve_h1(stream, info, http, shutdown).await,
+                Some(config) => match crate::tls::accept(config, stream, gw.settings.header_timeout).await {
+                    Some((stream, true)) => crate::h2::serve(stream, info, shutdown).await,
+                    Some((stream, false)) => serve_h1(stream, info, http, shutdown).await,
+                    None => {}
+                },
             }
             drop(permit);
         });
     }
 }
 
+async fn serve_h1<S>(stream: S, info: Arc<ConnInfo>, http: Arc<Http>, mut shutdown: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(info.clone(), req));
+    let conn = http.serve_connection(stream, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 fn conn_info(gw: &'static Gateway, peer: SocketAddr, local: Option<SocketAddr>) -> ConnInfo {
     let (server_ip, server_port) = local.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port()));
-    ConnInfo { gw, client_ip: peer.ip().to_string(), client_port: peer.port(), server_ip, server_port }
+    ConnInfo { gw, client_ip: peer.ip().to_string(), client_port: peer.port(), server_ip, server_port, scheme: "http" }
 }
 
 /// Disarmed once the answer is in hand; dropped armed = the client left first.
@@ -109,7 +127,7 @@ fn percent_decode(raw: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn handle(info: Arc<ConnInfo>, req: Request<hyper::Body>) -> Result<Resp, Infallible> {
+pub async fn handle(info: Arc<ConnInfo>, req: Request<hyper::Body>) -> Result<Resp, Infallible> {
     let gw = info.gw;
     let (parts, body) = req.into_parts();
     // hyper enforces its buffer size only while a head is incomplete: count exactly here
@@ -164,6 +182,8 @@ async fn handle(info: Arc<ConnInfo>, req: Request<hyper::Body>) -> Result<Resp, 
     };
     let root_path = &path[..prefix_len];
     let headers = &parts.headers;
+    let each = |f: &mut dyn FnMut(&[u8], &[u8])| headers.iter().for_each(|(n, v)| f(n.as_str().as_bytes(), v.as_bytes()));
+    let (scheme, client_ip, client_port) = crate::proxy::resolve(info.scheme, &info.client_ip, info.client_port, &each);
     let write = |out: &mut Vec<u8>, id: u64| {
         frames::frame(out, |o| {
             w_array(o, 14);
@@ -180,10 +200,10 @@ async fn handle(info: Arc<ConnInfo>, req: Request<hyper::Body>) -> Result<Resp, 
                 w_bin(o, value.as_bytes());
             }
             w_str(o, version);
-            w_str(o, "http");
+            w_str(o, scheme);
             w_array(o, 2);
-            w_str(o, &info.client_ip);
-            w_uint(o, info.client_port as u64);
+            w_str(o, &client_ip);
+            w_uint(o, client_port as u64);
             if info.server_ip.is_empty() {
                 w_nil(o);
             } else {

@@ -17,8 +17,11 @@ mod control;
 mod frames;
 mod gateway;
 mod http;
+mod h2;
 mod model;
+mod proxy;
 mod router;
+mod tls;
 mod worker;
 
 use control::{out, ToGateway};
@@ -34,7 +37,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const TICK: Duration = Duration::from_millis(20);
 
 fn usage() -> ! {
-    eprintln!("usage: anycore-gateway --control-fd N | --router-model | --version\n(the node starts it: `anycore up --gateway native`)");
+    eprintln!("usage: anycore-gateway --control-fd N | --router-model | --check-tls CERT KEY | --version\n(the node starts it: `anycore up --gateway native`)");
     std::process::exit(2);
 }
 
@@ -54,6 +57,7 @@ fn main() {
                 println!("anycore-gateway {VERSION}");
                 return;
             }
+            "--check-tls" if i + 2 < args.len() => std::process::exit(tls::check(&args[i + 1], &args[i + 2])),
             "--control-fd" => {
                 fd = args.get(i + 1).and_then(|s| s.parse().ok());
                 i += 1;
@@ -290,6 +294,16 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
                 }
                 std::process::exit(0);
             });
+        }
+        ToGateway::Tls { cert, key } => {
+            close_all(&fds);
+            if let Err(e) = tls::set(&cert, &key) {
+                eprintln!("anycore-gateway: TLS certificate refused ({e}); new connections keep the previous one");
+            }
+        }
+        ToGateway::ProxyHeaders { trusted } => {
+            close_all(&fds);
+            proxy::set(proxy::Trust::parse(&trusted));
         }
         ToGateway::Unknown(_) => close_all(&fds),
     }

@@ -111,6 +111,24 @@ class Shutdown(msgspec.Struct, array_like=True, tag=9):
     grace: float
 
 
+class Tls(msgspec.Struct, array_like=True, tag=15):
+    """Serve TLS (rustls; ALPN h2, http/1.1) on connections accepted from now on, with this
+    PEM certificate chain and key. Sent before the first Listen, and again on SIGHUP: a
+    new one replaces the config of *new* connections; open connections keep theirs. One the
+    gateway cannot load is refused on its stderr, and the previous one stays."""
+
+    cert: bytes
+    key: bytes
+
+
+class ProxyHeaders(msgspec.Struct, array_like=True, tag=16):
+    """``--proxy-headers``: X-Forwarded-For/-Proto from these peers set the Req's client and
+    scheme (entries as ``--forwarded-allow-ips``: addresses, networks, ``*``). Sent once,
+    before the first Listen; without it the headers are passed on and nothing else."""
+
+    trusted: list[str]
+
+
 # -- gateway -> node ------------------------------------------------------------------
 class Started(msgspec.Struct, array_like=True, tag=50):
     version: str
@@ -152,11 +170,12 @@ class Upgrade(msgspec.Struct, array_like=True, tag=54):
 
     service: str
     buffered: bytes
-    client: tuple[str, int]
-    server: tuple[str, int] | None
+    client: tuple[str, int]          # the socket's peer, as accepted (not from proxy headers)
+    server: tuple[str, int] | None   # the socket's local address
 
 
-ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown]
+ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown,
+                  Tls, ProxyHeaders]
 FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade]
 
 _encoder = msgspec.msgpack.Encoder()

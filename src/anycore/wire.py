@@ -120,6 +120,7 @@ class WsOpen(msgspec.Struct, array_like=True, tag=11):
     seq: int = 0
     group: str = ""  # a key's sessions opened together: none handles a message before all are open
     size: int = 1
+    scheme: str = "ws"  # "wss" behind a TLS proxy (proxy headers, gateway/proxy.py)
 
 
 class WsAccept(msgspec.Struct, array_like=True, tag=12):

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import click
 
+from anycore.cli.edge import Edge, edge_options
 from anycore.cli.jobs import jobs_command
 from anycore.cli.follow import Interrupt, Interrupted, follow, interrupted_before_sending
 from anycore.cli.top import top as top_command
@@ -151,10 +152,11 @@ def cli() -> None:
 @admin_option
 @with_nats
 @with_env_options
+@edge_options
 def up(paths: tuple[str, ...], listen: str, access_log: str | None, log_format: str, header_timeout: float, keepalive_timeout: float,
        max_connections: int, max_header_bytes: int, ws_ping_interval: float, gateway: str, admin: str | None, nats_url: str | None,
        token: str | None, creds: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
-       find_links: tuple[str, ...], no_index: bool) -> None:
+       find_links: tuple[str, ...], no_index: bool, edge: Edge) -> None:
     """Start a node in the foreground, serving each PATH (a directory, or module:attr)."""
     from anycore.gateway.http import Limits
     from anycore.node.node import Node
@@ -164,7 +166,8 @@ def up(paths: tuple[str, ...], listen: str, access_log: str | None, log_format: 
         click.echo("anycore: --nats needs --token or --creds: the control plane is always authenticated", err=True)
         sys.exit(2)
     limits = Limits(max_header_bytes=max_header_bytes, header_timeout=header_timeout,
-                    keepalive_timeout=keepalive_timeout, max_connections=max_connections, ws_ping_interval=ws_ping_interval)
+                    keepalive_timeout=keepalive_timeout, max_connections=max_connections, ws_ping_interval=ws_ping_interval,
+                    **edge.limits(gateway))
     admin_address, admin_fallback = _admin(admin)
     node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits,
                 index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
@@ -457,14 +460,17 @@ def env_command(service: str, as_json: bool, nats_url: str | None, token: str | 
               help="Data plane: the in-process Python gateway, or anycore-gateway (Rust; see README, Native gateway).")
 @admin_option
 @with_env_options
+@edge_options
 def dev(path: str, listen: str, access_log: str | None, log_format: str, gateway: str, admin: str | None, service_user: str,
-        index_url: str, extra_index_urls: tuple[str, ...], find_links: tuple[str, ...], no_index: bool) -> None:
+        index_url: str, extra_index_urls: tuple[str, ...], find_links: tuple[str, ...], no_index: bool, edge: Edge) -> None:
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
+    from anycore.gateway.http import Limits
     from anycore.node.node import Node
 
     service = load_service(path)  # a ConfigError becomes one line and exit 2 in main()
+    limits = Limits(**edge.limits(gateway))
     admin_address, admin_fallback = _admin(admin)
-    node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path,
+    node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path, limits=limits,
                 index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
                 log_format=log_format, admin=admin_address, admin_fallback=admin_fallback, gateway=gateway)
     sys.exit(_run(node.run([service])))

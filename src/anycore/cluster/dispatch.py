@@ -95,7 +95,7 @@ def claim_request(exchange: Exchange, server: tuple[str, int] | None) -> wire.Re
     """The request's first frame, built without consuming its body (the claim may be refused)."""
     whole = exchange.body_done and exchange.buffered <= wire.CHUNK
     return wire.Req(exchange.id, exchange.method, exchange.path, exchange.raw_path, exchange.query, exchange.headers,
-                    exchange.http_version, "http", exchange.conn.client, server, exchange.root_path,
+                    exchange.http_version, exchange.scheme, exchange.client or exchange.conn.client, server, exchange.root_path,
                     b"".join(exchange.body) if whole else b"", not whole)
 
 

@@ -76,6 +76,11 @@ class Connection(Protocol):
 
 
 class Exchange:
+    # The scope's scheme and client: the connection's, unless proxy headers from a trusted
+    # peer say otherwise (gateway/proxy.py; set by the connection when it parses the head).
+    scheme = "http"
+    client: tuple[str, int] | None = None
+
     def __init__(self, conn: Connection, method: str, raw_path: bytes, query: bytes,
                  headers: list[tuple[bytes, bytes]], http_version: str, keep_alive: bool,
                  content_length: int | None, chunked: bool, now: float) -> None:
@@ -284,7 +289,7 @@ class Exchange:
             self.buffered = 0
         return wire.Req(
             self.id, self.method, path, self.raw_path, self.query, self.headers, self.http_version,
-            "http", self.conn.client, server, self.root_path, body, not whole,
+            self.scheme, self.client or self.conn.client, server, self.root_path, body, not whole,
         )
 
     def on_dispatched(self, worker: Channel, now: float) -> None:

@@ -10,8 +10,9 @@ start differs:
 - the bytes the other gateway read and did not consume (the upgrade request's head, and
   whatever the client sent after it) are fed before anything is read from the socket —
   from ``connection_made``, which runs before the transport's first read;
-- ``client`` and ``server`` are the addresses the other gateway names (it may have taken
-  them from proxy headers), not the socket's own.
+- ``client`` and ``server`` are the addresses the other gateway names: the socket's own
+  peer and local address as it accepted them, never resolved from proxy headers — with
+  ``--proxy-headers`` this connection resolves them itself, as any other.
 
 The head alone goes to the HTTP code; the bytes after it go to whatever protocol owns the
 transport then (the WebSocket session, once upgraded), so a client that sent a frame

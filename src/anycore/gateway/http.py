@@ -41,6 +41,8 @@ import httptools
 from anycore.gateway import requestid
 from anycore.gateway.chunked import ChunkError, ChunkedDecoder
 from anycore.gateway.exchange import Exchange, status_line
+from anycore.gateway.proxy import ProxyTrust
+from anycore.gateway.tls import TlsFiles
 from anycore.stats import RequestStats
 
 
@@ -53,6 +55,8 @@ class Limits:
     max_connections: int = 10000
     ws_ping_interval: float = 20.0  # WebSockets: idle this long -> ping; no answer as long again -> close 1011
     ws_stall_timeout: float = 20.0  # WebSockets: a client that reads nothing this long while the app sends -> 1008
+    proxy: ProxyTrust | None = None  # --proxy-headers: whose X-Forwarded-For/-Proto count (gateway/proxy.py)
+    tls: TlsFiles | None = None  # --tls-cert/--tls-key (the native gateway only, gateway/tls.py)
 
 
 class ConnectionOwner(Protocol):
@@ -112,6 +116,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
+        self.scheme = "http"  # "https" on a TLS listener (--tls-cert)
         self.server: tuple[str, int] | None = None
         self.pipeline: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
@@ -151,6 +156,7 @@ class HttpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
         self.server = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
         if len(self.gateway.connections) + len(self.gateway.websockets) >= self.limits.max_connections:
             transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n")  # type: ignore[attr-defined]
@@ -176,6 +182,8 @@ class HttpConnection(asyncio.Protocol):
         byte) is read as a half-close: the requests it sent whole are answered, then the
         connection closes. A later FIN is a client that left: its request gets
         ``http.disconnect`` / is taken out of the queue, as before."""
+        if self.scheme == "https":
+            return None  # TLS has no half-close (asyncio's ssl transport closes whatever this returns)
         if self.parsing is None and self.pipeline and self.clock() - self.read_at <= HALF_CLOSE_WINDOW:
             self.read_eof = True
             return True
@@ -436,6 +444,10 @@ class HttpConnection(asyncio.Protocol):
             self.clock(),
         )
         exchange.rid = rid
+        if self.limits.proxy is not None:
+            exchange.scheme, exchange.client = self.limits.proxy.resolve(self.scheme, self.client, self._headers)
+        else:
+            exchange.scheme = self.scheme
         exchange.host = (self._host or b"").decode("latin-1")
         exchange.expect_continue = self._expect
         exchange.header_bytes = self._header_bytes

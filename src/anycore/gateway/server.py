@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 import urllib.parse
 
 from anycore.config import parse_route
-from anycore.errors import ConfigError
+from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.exchange import Exchange
 from anycore.gateway.handoff import AdoptedConnection
 from anycore.gateway.http import HttpConnection, Limits
@@ -58,6 +59,7 @@ class Gateway:
         self.websockets: set[WebSocketSession] = set()
         self.routes: list[tuple[str | None, str, RequestSink]] = []
         self.server: asyncio.AbstractServer | None = None
+        self.tls_context: ssl.SSLContext | None = None
         self.host = ""
         self.port = 0
         self.errors: dict[int, int] = {}
@@ -69,7 +71,12 @@ class Gateway:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True)
+        self._time = loop.time
+        tls = self.limits.tls  # --tls-cert: Python's ssl, HTTP/1.1 (gateway/tls.py)
+        self.tls_context = tls.server_context() if tls is not None else None
+        self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=2048, reuse_address=True,
+                                               ssl=self.tls_context,
+                                               ssl_handshake_timeout=self.limits.header_timeout if tls is not None else None)
         sockname = self.server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         self.start_unbound()
@@ -85,6 +92,18 @@ class Gateway:
         (its unconsumed bytes, from a request's head) first. The transport owns ``sock``."""
         await asyncio.get_running_loop().connect_accepted_socket(
             lambda: AdoptedConnection(self, buffered, client, server), sock=sock)
+
+    def reload_tls(self) -> str:
+        """SIGHUP: load the TLS files again; new connections get them, open ones keep theirs."""
+        if self.limits.tls is None or self.tls_context is None:
+            return "no --tls-cert: nothing to reload"
+        try:
+            self.limits.tls.reload(self.tls_context)
+        except AnycoreError as exc:
+            self.log.event("tls.reload_failed", error=str(exc))
+            return str(exc)
+        self.log.event("tls.reloaded", cert=self.limits.tls.cert)
+        return "TLS certificate reloaded"
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         self.log.event("gateway.task_failed", task=name, error=f"{type(exc).__name__}: {exc}")
@@ -111,7 +130,7 @@ class Gateway:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.limits.tls else 'http'}://{host}:{self.port}"
 
     # -- routes ------------------------------------------------------------------------
     def check_routes(self, name: str, routes: list[str]) -> list[tuple[str | None, str]]:
@@ -171,7 +190,8 @@ class Gateway:
         target = exchange.raw_path + (b"?" + exchange.query if exchange.query else b"")
         handshake = b"".join([exchange.method.encode(), b" ", target, b" HTTP/1.1\r\n",
                               *(k + b": " + v + b"\r\n" for k, v in exchange.headers), b"\r\n"])
-        session = WebSocketSession(conn.transport, conn.client, conn.server, self.websockets)
+        session = WebSocketSession(conn.transport, exchange.client or conn.client, conn.server, self.websockets)
+        session.scheme = "wss" if exchange.scheme == "https" else "ws"
         if session.start(handshake) is None:
             return
         found = self.route(host, path)

@@ -58,6 +58,8 @@ _ids = itertools.count(10**12)  # distinct from HTTP exchange ids
 
 
 class WebSocketSession(asyncio.Protocol):
+    scheme = "ws"  # the scope's: "wss" when proxy headers say the client came over TLS
+
     def __init__(self, transport: Any, client: tuple[str, int] | None, server: tuple[str, int] | None,
                  registry: set["WebSocketSession"] | None = None) -> None:
         self.id = next(_ids)
@@ -116,7 +118,8 @@ class WebSocketSession(asyncio.Protocol):
 
     def open_frame(self, path: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], root_path: str) -> wire.WsOpen:
         protocols = [p.strip() for k, v in headers if k == b"sec-websocket-protocol" for p in v.decode("latin-1").split(",")]
-        return wire.WsOpen(self.id, path, raw_path, query, headers, protocols, self.client, self.server, root_path)
+        return wire.WsOpen(self.id, path, raw_path, query, headers, protocols, self.client, self.server, root_path,
+                           scheme=self.scheme)
 
     def reject(self, status: int, text: str) -> None:
         if self.protocol.state is State.CONNECTING:  # else the client already left

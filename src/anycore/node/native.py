@@ -151,6 +151,7 @@ class NativeGateway:
         self.attach(node_end)
         self.send(dataplane.Settings(self.node_id, self.limits.max_connections, self.limits.max_header_bytes,
                                      self.limits.header_timeout, self.limits.keepalive_timeout, self.threads))
+        self._send_edge()
         self.send(dataplane.Listen(f"{self.host}:{self.port}"), [listener])
         try:
             started = await asyncio.wait_for(asyncio.shield(self._started), START_TIMEOUT)  # type: ignore[arg-type]
@@ -275,6 +276,29 @@ class NativeGateway:
         if self.on_gone is not None:
             self.on_gone(detail)
 
+    # -- the edge: TLS and proxy headers (gateway/tls.py, gateway/proxy.py) ----------------
+    def _send_edge(self) -> None:
+        """Before the first Listen: proxy trust, then the TLS files (read by the CLI before)."""
+        if self.limits.proxy is not None:
+            self.send(dataplane.ProxyHeaders(list(self.limits.proxy.trusted)))
+        if self.limits.tls is not None:
+            cert, key = self.limits.tls.read()
+            self.send(dataplane.Tls(cert, key))
+
+    def reload_tls(self) -> str:
+        """SIGHUP: send the TLS files again; new connections get them, open ones keep theirs.
+        Files the gateway's TLS library refuses leave the previous certificate serving."""
+        if self.limits.tls is None:
+            return "no --tls-cert: nothing to reload"
+        try:
+            cert, key = self.limits.tls.read()
+        except AnycoreError as exc:
+            self.log.event("tls.reload_failed", error=str(exc))
+            return str(exc)
+        self.send(dataplane.Tls(cert, key))
+        self.log.event("tls.reloaded", cert=self.limits.tls.cert)
+        return "TLS certificate reloaded"
+
     async def stop(self, timeout: float) -> None:
         """Shutdown: the gateway stops accepting and finishes current responses within
         ``timeout``; killed if it takes longer."""
@@ -301,7 +325,7 @@ class NativeGateway:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.limits.tls else 'http'}://{host}:{self.port}"
 
     def check_routes(self, name: str, routes: list[str]) -> list[tuple[str | None, str]]:
         mine = [parse_route(r) for r in routes]

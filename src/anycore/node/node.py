@@ -178,6 +178,8 @@ class Node:
         loop.set_exception_handler(self._loop_error)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.command, Command("down", {"signal": signum}))
+        if self.gateway.limits.tls is not None:  # SIGHUP: reload the certificate (either gateway)
+            loop.add_signal_handler(signal.SIGHUP, self.command, Command("reload_tls", {}))
         try:
             if isinstance(self.gateway, NativeGateway) and not self.gateway.binary:
                 raise AnycoreError(f"--gateway native: no anycore-gateway binary found — {INSTALL}")
@@ -489,6 +491,8 @@ class Node:
 
     async def _execute(self, command: Command) -> dict[str, Any]:
         kind, args = command.kind, command.args
+        if kind == "reload_tls":
+            return {"ok": True, "message": self.gateway.reload_tls()}
         if kind == "ps":
             return {"ok": True, **self.snapshot()}
         if kind == "stop":
