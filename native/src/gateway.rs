@@ -175,6 +175,17 @@ pub struct Inflight {
     pub credit: Option<Arc<CreditGate>>,
     pub dispatched: f64,
     pub deadline: f64,
+    pub arrival: f64,
+    pub attempt: Attempt,
+}
+
+/// What the crash rule (`crash.rs`) needs of a request across its attempts.
+#[derive(Default)]
+pub struct Attempt {
+    pub method: &'static str, // as crash::known_method: "" for one the rule does not name
+    pub attempts: u8,         // times started on a worker
+    pub blame: f64,           // its share of the workers that died under it
+    pub frame: Option<Vec<u8>>, // its Req frame, kept while it could be replayed (safe, no body)
 }
 
 pub struct WorkerConn {
@@ -208,7 +219,13 @@ pub struct QueuedReq {
     pub frame: Vec<u8>,
     pub body: Option<hyper::Body>,
     pub reply: oneshot::Sender<Resp>,
+    pub arrival: f64,
+    pub deadline: f64,
+    pub attempt: Attempt,
 }
+
+/// The quarantine's key: (method, raw path, query), as `node/crashes.py`.
+pub type QuarantineKey = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 pub struct Core {
     pub router: Router<u64>,
@@ -220,6 +237,8 @@ pub struct Core {
     pub rejected: HashMap<&'static str, u64>,
     pub dirty: bool,
     pub placed: Vec<(u64, u64)>,
+    pub quarantine: HashMap<QuarantineKey, f64>, // refused until (gateway time)
+    pub quarantined: u64,                        // requests that crashed two workers
 }
 
 impl Core {
@@ -235,6 +254,8 @@ impl Core {
             rejected: HashMap::new(),
             dirty: true,
             placed: Vec::new(),
+            quarantine: HashMap::new(),
+            quarantined: 0,
         }
     }
 
@@ -281,15 +302,16 @@ impl Core {
         let now = gw.now();
         for (id, w) in placed.drain(..) {
             let Some(q) = self.queued.remove(&id) else { continue };
-            let deadline = now + self.spec.deadline; // unused by the router once placed
-            self.start(svc, gw, w, id, |out| out.extend_from_slice(&q.frame), q.body, q.reply, now, deadline);
+            let at = Times { now, deadline: q.deadline, arrival: q.arrival };
+            self.start(svc, gw, w, id, |out| out.extend_from_slice(&q.frame), q.body, q.reply, at, q.attempt);
         }
         self.placed = placed;
         self.dirty = true;
     }
 
     /// Start request `id` on worker `w`: its Req frame into the write buffer, its reply
-    /// into the in-flight table, and its body pump when it has a body.
+    /// into the in-flight table, and its body pump when it has a body. A request the
+    /// crash rule could retry (safe method, no body) keeps a copy of its frame.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
@@ -300,8 +322,8 @@ impl Core {
         write: impl FnOnce(&mut Vec<u8>),
         body: Option<hyper::Body>,
         reply: oneshot::Sender<Resp>,
-        now: f64,
-        deadline: f64,
+        at: Times,
+        mut attempt: Attempt,
     ) {
         let max_body = self.spec.max_body;
         let Some(wc) = self.workers.get_mut(&w) else {
@@ -310,13 +332,60 @@ impl Core {
             let _ = reply.send(made(&gw.node_hv, None, 502, "worker died", "the worker was gone", None));
             return;
         };
+        let before = wc.out.len();
         wc.push(write);
+        let frame = &wc.out[before..];
+        if attempt.attempts == 0 {
+            attempt.method = frames::req_key(frame).map_or("", |(m, _, _)| crate::crash::known_method(m));
+        }
+        attempt.attempts += 1;
+        attempt.frame = (body.is_none() && crate::crash::safe(attempt.method)).then(|| frame.to_vec());
         let credit = body.map(|body| {
             let gate = CreditGate::new();
             gw.rt.spawn(crate::body::pump(svc.clone(), w, id, body, gate.clone(), max_body));
             gate
         });
-        wc.inflight.insert(id, Inflight { reply: Reply::Waiting(reply), credit, dispatched: now, deadline });
+        let (dispatched, deadline, arrival) = (at.now, at.deadline, at.arrival);
+        wc.inflight.insert(id, Inflight { reply: Reply::Waiting(reply), credit, dispatched, deadline, arrival, attempt });
+    }
+
+    /// Put a request whose worker died back at the head of the queue (the crash rule's
+    /// Retry): placed at once on a free slot, else first to get one. `frame` is its Req.
+    pub fn retry(&mut self, svc: &Arc<Service>, gw: &Gateway, id: u64, reply: oneshot::Sender<Resp>, i: Inflight) {
+        let mut attempt = i.attempt;
+        let Some(frame) = attempt.frame.take() else { return };
+        let now = gw.now();
+        match self.router.submit(id, 0, i.deadline, now, true) {
+            Decision::Placed(w) => {
+                let at = Times { now, deadline: i.deadline, arrival: i.arrival };
+                self.start(svc, gw, w, id, |out| out.extend_from_slice(&frame), None, reply, at, attempt);
+            }
+            Decision::Queued(_) => {
+                let q = QueuedReq { frame, body: None, reply, arrival: i.arrival, deadline: i.deadline, attempt };
+                self.queued.insert(id, q);
+            }
+            Decision::Rejected(..) => {} // never for a retry (front); the client sees the dropped reply as 502
+        }
+        self.dirty = true;
+    }
+
+    /// An identical request (method, raw path, query) crashed two workers within
+    /// QUARANTINE_TTL: its 502. Called only while the quarantine is not empty.
+    fn refuses(&mut self, gw: &Gateway, frame: &[u8], now: f64) -> Option<Resp> {
+        let (method, raw_path, query) = frames::req_key(frame)?;
+        let key = (method.to_vec(), raw_path.to_vec(), query.to_vec());
+        let until = *self.quarantine.get(&key)?;
+        if until <= now {
+            self.quarantine.remove(&key);
+            return None;
+        }
+        self.reject("quarantined");
+        let detail = format!(
+            "an identical request crashed two workers of {}; it is refused for {:.0}s — fix the handler and deploy",
+            self.spec.release,
+            crate::crash::QUARANTINE_TTL
+        );
+        Some(self.made(&gw.node_hv, 502, "quarantined", &detail, None))
     }
 }
 
@@ -379,16 +448,41 @@ pub fn place(
     let now = gw.now();
     let deadline = now + core.spec.deadline;
     let id = gw.next_id.fetch_add(1, Ordering::Relaxed);
+    // The quarantine is nearly always empty: only then is the frame encoded aside first.
+    let mut early: Option<Vec<u8>> = None;
+    let mut write = Some(write);
+    if !core.quarantine.is_empty() {
+        let mut frame = Vec::with_capacity(256);
+        if let Some(write) = write.take() {
+            write(&mut frame, id);
+        }
+        if let Some(refusal) = core.refuses(gw, &frame, now) {
+            return Err(refusal);
+        }
+        early = Some(frame);
+    }
+    let at = Times { now, deadline, arrival: now };
     match core.router.submit(id, size, deadline, now, false) {
         Decision::Placed(w) => {
-            core.start(svc, gw, w, id, |out| write(out, id), body, reply, now, deadline);
+            match (early, write) {
+                (Some(frame), _) => core.start(svc, gw, w, id, |out| out.extend_from_slice(&frame), body, reply, at, Attempt::default()),
+                (None, Some(write)) => core.start(svc, gw, w, id, |out| write(out, id), body, reply, at, Attempt::default()),
+                (None, None) => unreachable!("the frame is written once"),
+            }
             core.dirty = true;
             Ok(id)
         }
         Decision::Queued(_) => {
-            let mut frame = Vec::with_capacity(256);
-            write(&mut frame, id);
-            core.queued.insert(id, QueuedReq { frame, body, reply });
+            let frame = match (early, write) {
+                (Some(frame), _) => frame,
+                (None, Some(write)) => {
+                    let mut frame = Vec::with_capacity(256);
+                    write(&mut frame, id);
+                    frame
+                }
+                (None, None) => unreachable!("the frame is written once"),
+            };
+            core.queued.insert(id, QueuedReq { frame, body, reply, arrival: now, deadline, attempt: Attempt::default() });
             core.dirty = true;
             Ok(id)
         }
@@ -401,6 +495,14 @@ pub fn place(
 }
 
 pub const STOPPED_RETRY_AFTER: u64 = 5;
+
+/// When a request is started: now, its deadline (from arrival), its arrival.
+#[derive(Clone, Copy)]
+pub struct Times {
+    pub now: f64,
+    pub deadline: f64,
+    pub arrival: f64,
+}
 
 pub fn json_escape(out: &mut String, s: &str) {
     out.push('"');

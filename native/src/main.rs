@@ -14,6 +14,7 @@
 
 mod body;
 mod control;
+mod crash;
 mod frames;
 mod gateway;
 mod http;

@@ -6,11 +6,13 @@
 //! gives it to the head of the queue at once.
 //!
 //! EOF or an error without RemoveWorker: the worker is lost — its in-flight requests get
-//! 502 JSON (stage 1: no retry of safe requests yet), queued ones stay for the others,
-//! and the node hears WorkerLost.
+//! the crash rule (`crash.rs`: a safe request with nothing sent is retried once at the
+//! head of the queue, a request that crashed two workers is quarantined, the others get
+//! 502 JSON), queued ones stay for the others, and the node hears WorkerLost.
 
 use crate::body::{Chunk, GwBody, StreamBody};
 use crate::control::out;
+use crate::crash::{self, Crashed, Outcome};
 use crate::frames::{self, FromWorker};
 use crate::gateway::{made, Core, Gateway, Reply, Resp, Service};
 use bytes::{Buf, BytesMut};
@@ -189,9 +191,12 @@ fn response(
 }
 
 /// Worker `w` is gone: `unexpected` (EOF under us) tells the node WorkerLost; a
-/// RemoveWorker from the node does not.
+/// RemoveWorker from the node does not. Its in-flight requests get the crash rule
+/// (`crash.rs`): retried at the head of the queue, quarantined or answered 502; the node
+/// hears each verdict (`RequestCrashed`) to log it as the Python gateway does.
 pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
     let inflight;
+    let mut notes: Vec<Vec<u8>> = Vec::new();
     {
         let mut core = svc.core.lock();
         let Some(wc) = core.workers.remove(&w) else { return };
@@ -200,17 +205,53 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
         for (status, n) in &wc.statuses {
             *core.made.entry((wc.release.clone(), *status)).or_insert(0) += n;
         }
+        let share = if inflight > 0 { 1.0 / inflight as f64 } else { 0.0 };
+        let now = gw.now();
         let mut failed = 0;
-        for (_, i) in wc.inflight {
+        let mut retries = Vec::new();
+        for (id, mut i) in wc.inflight {
+            i.attempt.blame += share;
+            let a = &i.attempt;
+            let verdict = crash::outcome(&Crashed {
+                method: a.method,
+                answered: matches!(i.reply, Reply::Finished),
+                response_started: matches!(i.reply, Reply::Streaming(_)),
+                replayable: a.frame.is_some(),
+                attempts: a.attempts,
+                blame: a.blame,
+            });
+            let path = a.frame.as_deref().and_then(frames::req_key).map_or(&b""[..], |(_, p, _)| p);
+            if verdict != Outcome::Done {
+                notes.push(out::request_crashed(&svc.name, w, verdict.name(), a.method, path, a.blame));
+            }
+            let (error, detail) = match verdict {
+                Outcome::Done => continue,
+                Outcome::Retry => {
+                    if let Reply::Waiting(tx) = std::mem::replace(&mut i.reply, Reply::Finished) {
+                        retries.push((id, tx, i));
+                    }
+                    continue;
+                }
+                Outcome::Quarantine => {
+                    if let Some((m, p, q)) = a.frame.as_deref().and_then(frames::req_key) {
+                        core.quarantine.insert((m.to_vec(), p.to_vec(), q.to_vec()), now + crash::QUARANTINE_TTL);
+                    }
+                    core.quarantined += 1;
+                    ("quarantined", "this request crashed two workers; it will not be retried — see `anycore logs` for the crash".to_string())
+                }
+                Outcome::Fail => {
+                    let why = crash::why_not_retried(matches!(i.reply, Reply::Streaming(_)));
+                    let what = if a.method.is_empty() { String::new() } else { format!("{} ", a.method) };
+                    ("worker died", format!("the worker running this {what}request died ({why}); the request may or may not have taken effect"))
+                }
+            };
             match i.reply {
                 Reply::Waiting(tx) => {
                     failed += 1;
-                    let detail = "the worker running this request died (stage 1 of the native gateway retries nothing); \
-                                  the request may or may not have taken effect";
-                    let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 502, "worker died", detail, None));
+                    let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 502, error, &detail, None));
                 }
                 Reply::Streaming(tx) => {
-                    let _ = tx.send(Chunk::Abort);
+                    let _ = tx.send(Chunk::Abort); // the client sees the cut
                 }
                 Reply::Finished => {}
             }
@@ -218,12 +259,18 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
         for _ in 0..failed {
             *core.made.entry((wc.release.clone(), 502)).or_insert(0) += 1;
         }
+        for (id, tx, i) in retries {
+            core.retry(svc, gw, id, tx, i);
+        }
         wc.wake.notify_one(); // the writer finds no entry and ends
         let _ = nix::sys::socket::shutdown(wc.fd, nix::sys::socket::Shutdown::Both);
         core.dirty = true;
         core.drain(svc, gw);
     }
     gw.workers.lock().remove(&w);
+    for note in notes {
+        gw.send(&note);
+    }
     if unexpected {
         gw.send(&out::worker_lost(w, inflight));
     }

@@ -156,8 +156,22 @@ class Upgrade(msgspec.Struct, array_like=True, tag=54):
     server: tuple[str, int] | None
 
 
+class RequestCrashed(msgspec.Struct, array_like=True, tag=60):
+    """A request was running on a worker that died: the verdict of ``router/crash.py``'s
+    rule the gateway applied (``outcome``: "retry", "quarantine" or "fail"), for the node's
+    log. ``path`` is the raw path when the gateway kept the request (safe, bodiless), else "";
+    ``blame`` the workers' worth of crashes it was in (``crashed_workers``)."""
+
+    service: str
+    worker: int
+    outcome: str
+    method: str
+    path: str
+    blame: float
+
+
 ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown]
-FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade]
+FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, RequestCrashed]
 
 _encoder = msgspec.msgpack.Encoder()
 from_gateway = msgspec.msgpack.Decoder(FromGateway)

@@ -221,3 +221,56 @@ def test_native_streams_both_ways_and_answers_a_full_queue_503_and_a_deadline_50
     running.join(10)
     assert answers["queued"].status_code == 504
     assert answers["running"].status_code == 504  # 3 s of sleep past a 2 s deadline
+
+
+SLOW_PID = """
+import asyncio, os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await asyncio.sleep(0.2)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-pid", str(os.getpid()).encode())]})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_native_kill_9_of_a_worker_under_load_retries_its_gets_and_answers_its_posts_502(nodes, tmp_path):
+    binary = native_binary()
+    svc = make_service(tmp_path, "crashy", SLOW_PID, 'name = "crashy"\nworkers = 2\nslots = 4\n')
+    node = nodes.start(svc, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": binary})
+    stop = threading.Event()
+    gets: list[int] = []
+    posts: list[httpx.Response] = []
+
+    def load(method: str) -> None:
+        with httpx.Client(base_url=node.url, timeout=20) as client:
+            while not stop.is_set():
+                response = client.request(method, "/", content=b"x" * 10 if method == "POST" else None)
+                (gets.append(response.status_code) if method == "GET" else posts.append(response))
+
+    threads = [threading.Thread(target=load, args=(m,)) for m in ("GET", "GET", "GET", "GET", "POST", "POST")]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(ws := node.ready_workers("crashy")) == 2 and any(w["inflight"] >= 3 for w in ws),
+                 what="load on both workers")
+        victim = max(node.ready_workers("crashy"), key=lambda w: w["inflight"])
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(lambda: len([w for w in node.ready_workers("crashy") if w["pid"] != victim["pid"]]) == 2,
+                 what="the replacement worker")
+        count = len(gets)
+        wait_for(lambda: len(gets) > count + 8, what="load after the kill")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(20)
+    assert set(gets) == {200}, f"{len(gets) - gets.count(200)} of {len(gets)} GETs failed"
+    failed = [r for r in posts if r.status_code != 200]
+    assert all(r.status_code == 502 and r.json()["error"] == "worker died" and "POST" in r.json()["detail"]
+               and "may or may not have taken effect" in r.json()["detail"] for r in failed), [r.text for r in failed]
+    retried = [line for line in node.output.splitlines() if "event=request.retried " in line]
+    assert retried and all("method=GET" in line for line in retried)  # the victim had GETs in flight
+    assert node.service("crashy")["live"]["restarts"] == 1

@@ -223,6 +223,8 @@ class NativeGateway:
             self.log.event("gateway.worker_lost", worker=message.worker, inflight=message.inflight)  # type: ignore[union-attr]
             if worker is not None:
                 worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
+        elif kind is dataplane.RequestCrashed:
+            self._crashed(message)  # type: ignore[arg-type]
         elif kind is dataplane.Started and self._started is not None and not self._started.done():
             self._started.set_result(message)  # type: ignore[arg-type]
 
@@ -345,6 +347,24 @@ class NativeGateway:
             self.send(dataplane.RemoveWorker(worker.id))
         if worker.stop_gate is not None and not worker.stop_gate.done():
             worker.stop_gate.set_result(None)
+
+    # -- a dead worker's requests ---------------------------------------------------------------
+    def _crashed(self, crashed: dataplane.RequestCrashed) -> None:
+        """The gateway applied ``router/crash.py``'s rule to a request of a dead worker: the
+        node's log line, as ``node/crashes.py`` writes it under the Python gateway."""
+        path = crashed.path or None
+        if crashed.outcome == "retry":
+            self.log.event("request.retried", crashed.service, method=crashed.method, path=path,
+                           dead_worker=crashed.worker)
+        elif crashed.outcome == "quarantine":
+            runtime = self.services.get(crashed.service)
+            if runtime is not None:
+                runtime.crashes.quarantined += 1
+            self.log.event("request.quarantined", crashed.service, method=crashed.method, path=path,
+                           crashed_workers=round(crashed.blame))
+        elif crashed.outcome == "fail":
+            self.log.event("request.failed", crashed.service, method=crashed.method or None, path=path, status=502,
+                           dead_worker=crashed.worker)
 
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:

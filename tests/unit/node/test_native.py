@@ -207,3 +207,21 @@ async def test_an_unknown_message_is_ignored_a_lost_worker_is_killed_and_the_gat
     native.send(dataplane.RemoveWorker(1))  # nothing to send to: dropped, no error
     await asyncio.sleep(0.01)
     assert len(gone) == 1
+
+
+@run
+async def test_the_gateways_crash_verdicts_become_the_node_log_lines_of_the_python_gateway():
+    log = io.StringIO()
+    native, fake, runtime, _ = setup()
+    native.log = NodeLog(log)
+    native.add_service(runtime)
+    fake.say(dataplane.RequestCrashed("svc", 3, "retry", "GET", "/hold", 1.0))
+    fake.say(dataplane.RequestCrashed("svc", 4, "quarantine", "GET", "/poison", 2.0))
+    fake.say(dataplane.RequestCrashed("svc", 5, "fail", "POST", "", 1.0))
+    await until(lambda: log.getvalue().count("\n") >= 3, "three log lines")
+    retried, quarantined, failed = log.getvalue().splitlines()
+    assert "event=request.retried service=svc method=GET path=/hold dead_worker=3" in retried
+    assert "event=request.quarantined service=svc method=GET path=/poison crashed_workers=2" in quarantined
+    assert "event=request.failed" in failed and "method=POST" in failed and "status=502" in failed
+    assert "path=" not in failed  # the gateway keeps no copy of an unsafe request
+    assert runtime.quarantined == 1  # `anycore ps` shows it
