@@ -281,11 +281,14 @@ pub mod out {
         pub served: Vec<(u64, u64)>,
         pub statuses: Vec<(String, u16, u64)>,
         pub rejected: Vec<(&'static str, u64)>,
+        /// (release, duration, queue wait): per bucket of `gateway::BUCKETS`, cumulative.
+        pub histograms: Vec<(String, crate::gateway::Hist, crate::gateway::Hist)>,
+        pub connections: u64,
     }
 
     pub fn stats(s: &StatsMsg) -> Vec<u8> {
         let mut o = Vec::new();
-        w_array(&mut o, 7);
+        w_array(&mut o, 9);
         w_uint(&mut o, 51);
         w_str(&mut o, s.service);
         w_uint(&mut o, s.queued as u64);
@@ -310,6 +313,19 @@ pub mod out {
             w_str(&mut o, reason);
             w_uint(&mut o, *n);
         }
+        w_array(&mut o, s.histograms.len() as u32);
+        for (release, duration, queue_wait) in &s.histograms {
+            w_array(&mut o, 5);
+            w_str(&mut o, release);
+            for h in [duration, queue_wait] {
+                w_array(&mut o, h.counts.len() as u32);
+                for n in &h.counts {
+                    w_uint(&mut o, *n);
+                }
+                let _ = rmp::encode::write_f64(&mut o, h.sum);
+            }
+        }
+        w_uint(&mut o, s.connections);
         o
     }
 

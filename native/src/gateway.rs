@@ -73,6 +73,11 @@ impl Gateway {
         control::send(self.control_fd, message);
     }
 
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.settings.max_connections.saturating_sub(self.connections.available_permits()) as u64
+    }
+
     /// The service routed at `host` + `path` and the matched prefix (the ASGI root_path).
     pub fn route(&self, host: &str, path: &str) -> Option<(Arc<Service>, usize)> {
         ROUTES.with(|cache| {
@@ -177,6 +182,78 @@ pub struct Inflight {
     pub deadline: f64,
     pub arrival: f64,
     pub attempt: Attempt,
+    pub status: u16,    // the worker's Resp status, 0 before it
+    pub recorded: bool, // counted in the stats already (the gateway answered it)
+}
+
+impl Inflight {
+    /// Count its answer (once) in its worker's stats.
+    pub fn record(&mut self, stats: &mut RelStats, status: u16, now: f64) {
+        if !self.recorded && status != 0 {
+            self.recorded = true;
+            stats.record(status, now - self.arrival, Some(self.dispatched - self.arrival));
+        }
+    }
+}
+
+/// `anycore.stats.BUCKETS`: upper bounds, the last one infinite.
+pub const BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    f64::INFINITY,
+];
+
+/// `anycore.stats.Histogram`: counts per bucket (not Prometheus-cumulative) and the sum.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Hist {
+    pub counts: [u64; 19],
+    pub sum: f64,
+}
+
+impl Hist {
+    pub fn observe(&mut self, value: f64) {
+        let i = BUCKETS.partition_point(|b| *b < value); // Python's bisect_left
+        self.counts[i.min(BUCKETS.len() - 1)] += 1;
+        self.sum += value;
+    }
+    pub fn add(&mut self, other: &Hist) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum += other.sum;
+    }
+}
+
+/// One release's answers, as `anycore.stats.ReleaseStats`: statuses, request duration
+/// (arrival to the end of the answer), queue wait (arrival to the last placement on a
+/// slot, for requests that were placed). Cumulative since the gateway started.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RelStats {
+    pub statuses: Vec<(u16, u64)>,
+    pub duration: Hist,
+    pub queue_wait: Hist,
+}
+
+impl RelStats {
+    pub fn record(&mut self, status: u16, duration: f64, queued: Option<f64>) {
+        match self.statuses.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => self.statuses.push((status, 1)),
+        }
+        self.duration.observe(duration.max(0.0));
+        if let Some(q) = queued {
+            self.queue_wait.observe(q.max(0.0));
+        }
+    }
+    pub fn add(&mut self, other: &RelStats) {
+        for (status, n) in &other.statuses {
+            match self.statuses.iter_mut().find(|(s, _)| s == status) {
+                Some((_, m)) => *m += n,
+                None => self.statuses.push((*status, *n)),
+            }
+        }
+        self.duration.add(&other.duration);
+        self.queue_wait.add(&other.queue_wait);
+    }
 }
 
 /// What the crash rule (`crash.rs`) needs of a request across its attempts.
@@ -195,7 +272,7 @@ pub struct WorkerConn {
     pub out: Vec<u8>,
     pub wake: Arc<Notify>,
     pub inflight: HashMap<u64, Inflight>,
-    pub statuses: Vec<(u16, u64)>,
+    pub stats: RelStats, // its answers; merged into Core::released when it goes
     pub fd: RawFd,
 }
 
@@ -205,12 +282,6 @@ impl WorkerConn {
         write(&mut self.out);
         if was_empty {
             self.wake.notify_one();
-        }
-    }
-    pub fn count(&mut self, status: u16) {
-        match self.statuses.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, n)) => *n += 1,
-            None => self.statuses.push((status, 1)),
         }
     }
 }
@@ -233,7 +304,9 @@ pub struct Core {
     pub release_hv: Option<HeaderValue>,
     pub workers: HashMap<u64, WorkerConn>,
     pub queued: HashMap<u64, QueuedReq>,
-    pub made: HashMap<(String, u16), u64>,
+    /// Per release: the answers of gone workers, and under "" the gateway's answers to
+    /// requests no release took (refused, expired in the queue), as the Python gateway.
+    pub released: HashMap<String, RelStats>,
     pub rejected: HashMap<&'static str, u64>,
     pub dirty: bool,
     pub placed: Vec<(u64, u64)>,
@@ -250,7 +323,7 @@ impl Core {
             release_hv,
             workers: HashMap::new(),
             queued: HashMap::new(),
-            made: HashMap::new(),
+            released: HashMap::new(),
             rejected: HashMap::new(),
             dirty: true,
             placed: Vec::new(),
@@ -259,9 +332,29 @@ impl Core {
         }
     }
 
-    pub fn count_made(&mut self, status: u16) {
-        *self.made.entry((self.spec.release.clone(), status)).or_insert(0) += 1;
+    /// Count an answer to a request no worker took (release ""), `waited` after arrival.
+    pub fn count_made(&mut self, status: u16, waited: f64) {
+        self.released.entry(String::new()).or_default().record(status, waited, None);
         self.dirty = true;
+    }
+
+    /// A gone worker's counts stay, under its release.
+    pub fn keep_stats(&mut self, release: &str, stats: &RelStats) {
+        match self.released.get_mut(release) {
+            Some(kept) => kept.add(stats),
+            None => {
+                self.released.insert(release.to_string(), stats.clone());
+            }
+        }
+    }
+
+    /// Every release's counts: the gone workers' and the gateway's, plus the live workers'.
+    pub fn release_stats(&self) -> HashMap<String, RelStats> {
+        let mut all = self.released.clone();
+        for wc in self.workers.values() {
+            all.entry(wc.release.clone()).or_default().add(&wc.stats);
+        }
+        all
     }
 
     pub fn reject(&mut self, reason: &'static str) {
@@ -269,9 +362,10 @@ impl Core {
         self.dirty = true;
     }
 
-    /// A node-made answer, counted against the live release.
-    pub fn made(&mut self, node: &HeaderValue, status: u16, error: &str, detail: &str, retry: Option<u64>) -> Resp {
-        self.count_made(status);
+    /// A node-made answer to a request no worker took, `waited` seconds after its
+    /// arrival: counted under release "" (its header names the live release).
+    pub fn made(&mut self, node: &HeaderValue, status: u16, error: &str, detail: &str, retry: Option<u64>, waited: f64) -> Resp {
+        self.count_made(status, waited);
         made(node, self.release_hv.as_ref(), status, error, detail, retry)
     }
 
@@ -346,7 +440,59 @@ impl Core {
             gate
         });
         let (dispatched, deadline, arrival) = (at.now, at.deadline, at.arrival);
-        wc.inflight.insert(id, Inflight { reply: Reply::Waiting(reply), credit, dispatched, deadline, arrival, attempt });
+        let reply = Reply::Waiting(reply);
+        wc.inflight.insert(id, Inflight { reply, credit, dispatched, deadline, arrival, attempt, status: 0, recorded: false });
+    }
+
+    /// Running requests past their deadline: 504 (counted under their worker's release)
+    /// and a Cancel to the worker.
+    pub fn expire_running(&mut self, gw: &Gateway, now: f64) {
+        let timeout = self.spec.deadline;
+        for wc in self.workers.values_mut() {
+            let mut cancel = Vec::new();
+            for (id, i) in wc.inflight.iter_mut() {
+                if i.deadline <= now && matches!(i.reply, Reply::Waiting(_)) {
+                    if let Reply::Waiting(tx) = std::mem::replace(&mut i.reply, Reply::Finished) {
+                        let detail = format!("the request ran past timeout={timeout}s and was cancelled");
+                        let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 504, "deadline passed", &detail, None));
+                    }
+                    i.record(&mut wc.stats, 504, now);
+                    cancel.push(*id);
+                }
+            }
+            for id in cancel {
+                self.dirty = true;
+                wc.push(|o| frames::cancel(o, id));
+            }
+        }
+    }
+
+    /// The Stats message (control.rs `out::stats`) of this service now.
+    pub fn stats_message(&self, gw: &Gateway, name: &str) -> Vec<u8> {
+        let mut statuses = Vec::new();
+        let mut histograms = Vec::new();
+        for (release, rs) in self.release_stats() {
+            for (status, n) in &rs.statuses {
+                statuses.push((release.clone(), *status, *n));
+            }
+            histograms.push((release, rs.duration, rs.queue_wait));
+        }
+        let mut inflight = Vec::new();
+        let mut served = Vec::new();
+        for w in &self.router.workers {
+            inflight.push((w.id, w.inflight as u64));
+            served.push((w.id, w.served));
+        }
+        control::out::stats(&control::out::StatsMsg {
+            service: name,
+            queued: self.router.queue.len(),
+            inflight,
+            served,
+            statuses,
+            rejected: self.rejected.iter().map(|(r, n)| (*r, *n)).collect(),
+            histograms,
+            connections: gw.open_connections(),
+        })
     }
 
     /// Put a request whose worker died back at the head of the queue (the crash rule's
@@ -385,7 +531,7 @@ impl Core {
             self.spec.release,
             crate::crash::QUARANTINE_TTL
         );
-        Some(self.made(&gw.node_hv, 502, "quarantined", &detail, None))
+        Some(self.made(&gw.node_hv, 502, "quarantined", &detail, None, 0.0))
     }
 }
 
@@ -416,9 +562,13 @@ impl Service {
         let Some(inflight) = wc.inflight.get_mut(&id) else { return };
         if let Reply::Waiting(tx) = std::mem::replace(&mut inflight.reply, Reply::Finished) {
             let _ = tx.send(made(&gw.node_hv, release_hv.as_ref(), status, error, detail, None));
+            inflight.record(&mut wc.stats, status, gw.now());
         }
         wc.push(|out| frames::cancel(out, id));
-        core.count_made(status);
+        if status == 413 {
+            core.reject("too_large");
+        }
+        core.dirty = true;
     }
 }
 
@@ -438,12 +588,12 @@ pub fn place(
     if !core.spec.running {
         core.reject("stopped");
         let detail = format!("service {} is stopped — `anycore start {}`", svc.name, svc.name);
-        return Err(core.made(&gw.node_hv, 503, "service stopped", &detail, Some(STOPPED_RETRY_AFTER)));
+        return Err(core.made(&gw.node_hv, 503, "service stopped", &detail, Some(STOPPED_RETRY_AFTER), 0.0));
     }
     if size > core.spec.max_body {
         core.reject("too_large");
         let detail = format!("request body of {size} bytes exceeds max_body={}", core.spec.max_body);
-        return Err(core.made(&gw.node_hv, 413, "payload too large", &detail, None));
+        return Err(core.made(&gw.node_hv, 413, "payload too large", &detail, None, 0.0));
     }
     let now = gw.now();
     let deadline = now + core.spec.deadline;
@@ -489,7 +639,7 @@ pub fn place(
         Decision::Rejected(reason, retry_after) => {
             core.reject(reason.stat());
             let detail = format!("service {}: {}; retry after {retry_after}s", svc.name, reason.text());
-            Err(core.made(&gw.node_hv, 503, "overloaded", &detail, Some(retry_after)))
+            Err(core.made(&gw.node_hv, 503, "overloaded", &detail, Some(retry_after), 0.0))
         }
     }
 }
@@ -551,4 +701,28 @@ pub fn made(node: &HeaderValue, release: Option<&HeaderValue>, status: u16, erro
         h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_bucket_as_pythons_bisect_left_and_add_up() {
+        let mut h = Hist::default();
+        for v in [0.0, 0.0001, 0.00011, 0.5, 60.0, 61.0, f64::INFINITY] {
+            h.observe(v);
+        }
+        let at: Vec<(usize, u64)> = h.counts.iter().copied().enumerate().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(at, vec![(0, 2), (1, 1), (11, 1), (17, 1), (18, 2)]);
+        let mut a = RelStats::default();
+        a.record(200, 0.002, Some(0.0));
+        a.record(503, 0.0, None);
+        let mut b = RelStats::default();
+        b.record(200, 0.2, Some(0.1));
+        b.add(&a);
+        assert_eq!(b.statuses, vec![(200, 2), (503, 1)]);
+        assert_eq!((b.duration.counts.iter().sum::<u64>(), b.queue_wait.counts.iter().sum::<u64>()), (3, 2));
+        assert!((b.duration.sum - 0.202).abs() < 1e-12);
+    }
 }

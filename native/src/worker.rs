@@ -119,8 +119,7 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
                 GwBody::full(body)
             };
             let resp = response(status, headers, body, &wc.release_hv, &gw.node_hv);
-            wc.count(status);
-            core.dirty = true;
+            inflight.status = status; // counted at Done (the duration runs to the answer's end)
             if let Err(mut resp) = tx.send(resp) {
                 // The client left meanwhile (its cancel waits for this lock). The body must
                 // not cancel on drop here: that would take the lock we hold.
@@ -144,12 +143,12 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
             }
         }
         FromWorker::Done { id, error } => {
-            let Some(inflight) = wc.inflight.remove(&id) else { return };
+            let Some(mut inflight) = wc.inflight.remove(&id) else { return };
             let service_time = now - inflight.dispatched;
-            match inflight.reply {
+            match std::mem::replace(&mut inflight.reply, Reply::Finished) {
                 Reply::Waiting(tx) if error.as_deref() != Some("cancelled") => {
                     let detail = error.unwrap_or_else(|| "the app returned without a response".into());
-                    wc.count(500);
+                    inflight.status = 500;
                     let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 500, "no response", &detail, None));
                 }
                 Reply::Streaming(tx) => {
@@ -157,6 +156,8 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
                 }
                 _ => {}
             }
+            let status = inflight.status;
+            inflight.record(&mut wc.stats, status, now);
             core.router.release(w, Some(service_time));
             core.dirty = true;
         }
@@ -202,12 +203,9 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
         let Some(wc) = core.workers.remove(&w) else { return };
         core.router.remove_worker(w);
         inflight = wc.inflight.len() as u64;
-        for (status, n) in &wc.statuses {
-            *core.made.entry((wc.release.clone(), *status)).or_insert(0) += n;
-        }
+        let mut stats = wc.stats;
         let share = if inflight > 0 { 1.0 / inflight as f64 } else { 0.0 };
         let now = gw.now();
-        let mut failed = 0;
         let mut retries = Vec::new();
         for (id, mut i) in wc.inflight {
             i.attempt.blame += share;
@@ -225,7 +223,11 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
                 notes.push(out::request_crashed(&svc.name, w, verdict.name(), a.method, path, a.blame));
             }
             let (error, detail) = match verdict {
-                Outcome::Done => continue,
+                Outcome::Done => {
+                    let status = i.status; // a complete answer whose Done did not come
+                    i.record(&mut stats, status, now);
+                    continue;
+                }
                 Outcome::Retry => {
                     if let Reply::Waiting(tx) = std::mem::replace(&mut i.reply, Reply::Finished) {
                         retries.push((id, tx, i));
@@ -245,20 +247,20 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
                     ("worker died", format!("the worker running this {what}request died ({why}); the request may or may not have taken effect"))
                 }
             };
-            match i.reply {
+            match std::mem::replace(&mut i.reply, Reply::Finished) {
                 Reply::Waiting(tx) => {
-                    failed += 1;
                     let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 502, error, &detail, None));
+                    i.record(&mut stats, 502, now);
                 }
                 Reply::Streaming(tx) => {
                     let _ = tx.send(Chunk::Abort); // the client sees the cut
+                    let status = i.status;
+                    i.record(&mut stats, status, now);
                 }
                 Reply::Finished => {}
             }
         }
-        for _ in 0..failed {
-            *core.made.entry((wc.release.clone(), 502)).or_insert(0) += 1;
-        }
+        core.keep_stats(&wc.release, &stats);
         for (id, tx, i) in retries {
             core.retry(svc, gw, id, tx, i);
         }

@@ -127,6 +127,11 @@ class Stats(msgspec.Struct, array_like=True, tag=51):
     served: list[tuple[int, int]]            # (worker, requests done, cumulative)
     statuses: list[tuple[str, int, int]]     # (release, status, answers, cumulative)
     rejected: list[tuple[str, int]]          # (reason, count, cumulative); reasons as stats.REJECT_REASONS
+    # (release, duration counts, duration sum, queue-wait counts, queue-wait sum): counts per
+    # bucket of stats.BUCKETS (as stats.Histogram, not Prometheus' le), cumulative. Release ""
+    # holds the answers to requests no release took (refused, expired while queued).
+    histograms: list[tuple[str, list[int], float, list[int], float]] = msgspec.field(default_factory=list)
+    connections: int = 0                     # client connections open on the gateway now
 
 
 class WorkerIdle(msgspec.Struct, array_like=True, tag=52):

@@ -40,7 +40,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sized
 
 import msgspec
 
@@ -50,6 +50,7 @@ from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.http import Limits
 from anycore.lifecycle import ServiceState
 from anycore.log import NodeLog
+from anycore.stats import BUCKETS, Histogram, ReleaseStats
 
 if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
@@ -89,7 +90,7 @@ class NativeGateway:
         self.node_id = ""
         self.host, self.port = "", 0
         self.starting = True  # the Python gateway's flag; the native one routes what it is told
-        self.connections: tuple[()] = ()  # held by the gateway; not counted here in stage 1
+        self.connections: Sized = range(0)  # held by the gateway: only their number, from Stats
         self.errors: dict[int, int] = {}  # answers >= 400 by status, from Stats
         self.version, self.gateway_threads = "", 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -100,6 +101,7 @@ class NativeGateway:
         self.idle: set[int] = set()  # not accepting, nothing in flight (WorkerIdle)
         self.refusing: set[int] = set()  # told Accepting(false)
         self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
+        self._counted: dict[str, _Counted] = {}  # per service: the gateway's counts already in RequestStats
         self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
         self._started: asyncio.Future[dataplane.Started] | None = None
         self._closing = False
@@ -389,3 +391,52 @@ class NativeGateway:
         for per_service in self._errors.values():
             for status, count in per_service.items():
                 self.errors[status] = self.errors.get(status, 0) + count
+        self.connections = range(stats.connections)
+        self._request_stats(runtime, stats)
+
+    def _request_stats(self, runtime: "ServiceRuntime", stats: dataplane.Stats) -> None:
+        """Add what the gateway counted since its last Stats to the node's RequestStats (so
+        /metrics, the dashboard and ``anycore top`` read the same aggregate as under the
+        Python gateway). The gateway's counts are cumulative since it started: a count
+        lower than the one seen means a new gateway (counted from zero again)."""
+        seen = self._counted.setdefault(stats.service, _Counted())
+        aggregate = runtime.stats
+        for release, status, count in stats.statuses:
+            delta = _delta(count, seen.statuses.get((release, status), 0))
+            seen.statuses[(release, status)] = count
+            if delta:
+                mine = aggregate.releases.setdefault((stats.service, release), ReleaseStats())
+                mine.statuses[status] = mine.statuses.get(status, 0) + delta
+        for release, duration, duration_sum, queue_wait, queue_sum in stats.histograms:
+            if len(duration) != len(BUCKETS) or len(queue_wait) != len(BUCKETS):
+                continue  # another bucket layout: not ours to add
+            mine = aggregate.releases.setdefault((stats.service, release), ReleaseStats())
+            for name, counts, total, histogram in (("duration", duration, duration_sum, mine.duration),
+                                                   ("queue_wait", queue_wait, queue_sum, mine.queue_wait)):
+                before = seen.histograms.get((release, name))
+                if before is None or sum(counts) < before.count:
+                    before = Histogram()
+                for i, (now, then) in enumerate(zip(counts, before.counts)):
+                    histogram.counts[i] += now - then
+                histogram.count += sum(counts) - before.count
+                histogram.total += total - before.total
+                seen.histograms[(release, name)] = Histogram(list(counts), total, sum(counts))
+        for reason, count in stats.rejected:
+            delta = _delta(count, seen.rejected.get(reason, 0))
+            seen.rejected[reason] = count
+            if delta:
+                key = (stats.service, reason)
+                aggregate.rejected[key] = aggregate.rejected.get(key, 0) + delta
+
+
+class _Counted:
+    """One service's cumulative counts from the gateway, as last added to RequestStats."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[tuple[str, int], int] = {}
+        self.histograms: dict[tuple[str, str], Histogram] = {}
+        self.rejected: dict[str, int] = {}
+
+
+def _delta(now: int, then: int) -> int:
+    return now - then if now >= then else now  # lower: a new gateway counting from zero

@@ -22,6 +22,7 @@ from anycore.gateway.http import Limits
 from anycore.log import NodeLog
 from anycore.node.native import NativeGateway
 from anycore.node.service import ServiceRuntime
+from anycore.stats import BUCKETS
 from anycore.supervisor.worker import WorkerHandle
 from tests.unit.node.fakes import FakeClock, FakeRelease, run, until
 
@@ -225,3 +226,38 @@ async def test_the_gateways_crash_verdicts_become_the_node_log_lines_of_the_pyth
     assert "event=request.failed" in failed and "method=POST" in failed and "status=502" in failed
     assert "path=" not in failed  # the gateway keeps no copy of an unsafe request
     assert runtime.quarantined == 1  # `anycore ps` shows it
+
+
+def histogram(*at: tuple[int, int]) -> list[int]:
+    counts = [0] * len(BUCKETS)
+    for index, n in at:
+        counts[index] = n
+    return counts
+
+
+@run
+async def test_stats_feed_the_nodes_request_stats_by_release_what_metrics_reads():
+    native, fake, runtime, _ = setup()
+    native.add_service(runtime)
+    fake.say(dataplane.Stats("svc", 0, [], [], [("r1", 200, 5), ("", 503, 1)], [("queue_full", 1)],
+                             [("r1", histogram((3, 5)), 0.004, histogram((0, 5)), 0.0002), ("", histogram((0, 1)), 0.0, histogram(), 0.0)],
+                             connections=2))
+    await until(lambda: ("svc", "r1") in runtime.stats.releases, "the first Stats")
+    r1 = runtime.stats.releases[("svc", "r1")]
+    assert r1.statuses == {200: 5} and runtime.stats.releases[("svc", "")].statuses == {503: 1}
+    assert (r1.duration.counts[3], r1.duration.count, r1.duration.total) == (5, 5, 0.004)
+    assert (r1.queue_wait.counts[0], r1.queue_wait.count) == (5, 5)
+    assert runtime.stats.rejected == {("svc", "queue_full"): 1}
+    assert len(native.connections) == 2
+    # Cumulative: only what is new is added (the node's own counts may have moved meanwhile).
+    r1.statuses[200] += 1  # as if the node had counted one itself
+    fake.say(dataplane.Stats("svc", 0, [], [], [("r1", 200, 7), ("", 503, 1)], [("queue_full", 1), ("deadline", 1)],
+                             [("r1", histogram((3, 6), (10, 1)), 0.1, histogram((0, 7)), 0.0003)]))
+    await until(lambda: r1.duration.count == 7, "the second Stats")
+    assert r1.statuses == {200: 8} and (r1.duration.counts[3], r1.duration.counts[10]) == (6, 1)
+    assert abs(r1.duration.total - 0.1) < 1e-9 and r1.queue_wait.count == 7
+    assert runtime.stats.rejected == {("svc", "queue_full"): 1, ("svc", "deadline"): 1}
+    # A new gateway counts from zero again: its counts are added whole.
+    fake.say(dataplane.Stats("svc", 0, [], [], [("r1", 200, 1)], [], [("r1", histogram((3, 1)), 0.001, histogram((0, 1)), 0.0)]))
+    await until(lambda: r1.duration.count == 8, "a new gateway's Stats")
+    assert r1.statuses == {200: 9} and r1.duration.counts[3] == 7
