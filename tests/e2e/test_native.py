@@ -274,3 +274,17 @@ def test_native_kill_9_of_a_worker_under_load_retries_its_gets_and_answers_its_p
     retried = [line for line in node.output.splitlines() if "event=request.retried " in line]
     assert retried and all("method=GET" in line for line in retried)  # the victim had GETs in flight
     assert node.service("crashy")["live"]["restarts"] == 1
+
+
+def test_native_gateway_threads_sets_the_runtime_threads_and_ps_shows_them(nodes, tmp_path):
+    binary = native_binary()
+    hello = make_service(tmp_path, "hello", HELLO, 'name = "hello"\nworkers = 1\n')
+    node = nodes.start(hello, args=("--gateway", "native", "--gateway-threads", "3"), env={"ANYCORE_GATEWAY_BIN": binary})
+    assert node.ps()["data_plane"] == f"native ({binary}, 3 threads)"
+    assert httpx.get(node.url + "/", timeout=10).text == "hello"
+    pid = gateway_pid(node.proc.pid)
+    runtime = [t for t in Path(f"/proc/{pid}/task").iterdir()
+               if t.name != str(pid) and (t / "comm").read_text().strip() == "anycore-gateway"]
+    assert len(runtime) == 3  # tokio's worker threads, besides the main thread (the control loop)
+    refused = node.cli("up", str(hello), "--gateway", "native", "--gateway-threads", "0")
+    assert refused.returncode == 2 and "--gateway-threads" in refused.stderr

@@ -82,7 +82,7 @@ class Node:
                  creds: str | None = None, access_log: bool | str | None = None, limits: Limits | None = None,
                  watch: str | None = None, index: IndexSettings | None = None, service_user: str = "",
                  log_format: str = "logfmt", admin: tuple[str, int] | None = ADMIN_DEFAULT,
-                 admin_fallback: bool = False, gateway: str = "python") -> None:
+                 admin_fallback: bool = False, gateway: str = "python", gateway_threads: int = 0) -> None:
         self.home = home
         # The admin listener's address (None: off). ``admin_fallback``: it is the default, not
         # asked for, so a taken port (another node on this machine) moves to a free one.
@@ -101,7 +101,9 @@ class Node:
         self.gateway: Gateway | NativeGateway = Gateway(self.log, limits or Limits(), access_log, self.stats)
         self.gateway_binary = find_binary()
         if gateway == "native":
-            self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", on_gone=self._gateway_gone)
+            # gateway_threads 0: the gateway's own rule (half the cores it may use, at least one)
+            self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", threads=gateway_threads,
+                                         on_gone=self._gateway_gone)
         self.exit_code = 0  # set when the node stops for a failure of its own (the native gateway died)
         self.lock = NodeLock(home)
         self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None
