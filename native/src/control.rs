@@ -131,6 +131,9 @@ pub struct Settings {
     pub header_timeout: f64,
     pub keepalive_timeout: f64,
     pub threads: usize,
+    /// The first request id (0: 1). A gateway restarted in place starts past its
+    /// predecessors' ids: a worker still finishing their requests answers ids it ignores.
+    pub first_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +175,7 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
                 header_timeout: f(3).as_float()?,
                 keepalive_timeout: f(4).as_float()?,
                 threads: if v.len() > 6 { f(5).as_int()?.max(0) as usize } else { 0 },
+                first_id: if v.len() > 7 { f(6).as_int()?.max(0) as u64 } else { 0 },
             })
         }
         3 => {
@@ -377,7 +381,8 @@ mod tests {
                 header_limit: 65536,
                 header_timeout: 10.0,
                 keepalive_timeout: 5.0,
-                threads: 0
+                threads: 0,
+                first_id: 0
             })
         );
         let service = b"\x99\x03\xa3app\x92\xa1/\xach.example/v1\xa2r1\xc3\xce\x00\x10\x00\x00d\xce\x04\x00\x00\x00\xcb@>\x00\x00\x00\x00\x00\x00";

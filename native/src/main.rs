@@ -114,6 +114,7 @@ fn run(fd: RawFd) {
             std::process::exit(1)
         });
     let (shutdown, _) = tokio::sync::watch::channel(false);
+    let first_id = settings.first_id.max(1);
     let gw = Gateway {
         node_hv: gateway::static_value(&settings.node),
         connections: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
@@ -121,7 +122,7 @@ fn run(fd: RawFd) {
         control_fd: fd,
         epoch: Instant::now(),
         rt: rt.handle().clone(),
-        next_id: AtomicU64::new(1),
+        next_id: AtomicU64::new(first_id),
         services: Default::default(),
         workers: Default::default(),
         routes: parking_lot::RwLock::new(Arc::new(gateway::Routes { entries: Vec::new() })),

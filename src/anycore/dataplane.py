@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, array_like=True, tag=2):
     header_timeout: float     # seconds to receive a request head (408)
     keepalive_timeout: float  # idle keep-alive connection closed after it
     threads: int = 0          # worker threads of the runtime; 0: the gateway's own rule
+    first_id: int = 0         # the first request id (0: 1); a restarted gateway starts past the old ids
 
 
 class Service(msgspec.Struct, array_like=True, tag=3):

@@ -61,6 +61,16 @@ class Cancel(msgspec.Struct, array_like=True, tag=4):
     id: int
 
 
+class GatewayReset(msgspec.Struct, array_like=True, tag=45):
+    """Node -> worker, on its frame socket, under the native gateway: the gateway died and a
+    new one takes the data socket over. Every request that came on the data socket with an
+    id below ``below`` (the new gateway's first id) is the dead gateway's: its client is
+    gone, so it is cancelled as by ``Cancel`` (a response waiting for credit would wait
+    forever). The new gateway's requests, whichever socket's frame arrives first, are not."""
+
+    below: int
+
+
 class Stop(msgspec.Struct, array_like=True, tag=5):
     """Drain: finish in-flight requests, run lifespan shutdown, exit."""
 
@@ -299,7 +309,7 @@ class Enqueued(msgspec.Struct, array_like=True, tag=31):
 
 
 
-Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
+Frame = Union[Req, Body, Credit, Cancel, GatewayReset, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
               SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice,
               CallReq, CallBody, CallCredit, CallResp, CallCancel, CallEnd, Enqueue, Enqueued]
 

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -82,6 +83,13 @@ def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return native_binary() if request.param == "rust" else stand_in(tmp_path)
 
 
+def gateway_pid_or_none(node_pid: int) -> int | None:
+    try:
+        return gateway_pid(node_pid)
+    except AssertionError:
+        return None
+
+
 def gateway_pid(node_pid: int) -> int:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -95,7 +103,7 @@ def gateway_pid(node_pid: int) -> int:
     raise AssertionError("no gateway process under the node")
 
 
-def test_native_serves_hello_and_fastapi_swaps_without_errors_and_stops_when_the_gateway_dies(nodes, tmp_path, gateway):
+def test_native_serves_hello_and_fastapi_and_swaps_without_errors(nodes, tmp_path, gateway):
     hello = make_service(tmp_path / "a", "hello", VERSIONED % "a", 'name = "hello"\nworkers = 2\nslots = 8\n')
     api = make_service(tmp_path, "api", FASTAPI, 'name = "api"\nroutes = ["/api"]\nworkers = 1\n')
     wsgi = make_service(tmp_path, "wsgi", WSGI, 'name = "wsgi"\nroutes = ["/w"]\nworkers = 1\n')
@@ -145,10 +153,85 @@ def test_native_serves_hello_and_fastapi_swaps_without_errors_and_stops_when_the
              what="the old release's workers to drain and exit")
     assert not node.service("hello")["draining"]
 
-    # Stage 1: the gateway's death stops the node, with a message that says so.
-    os.kill(gateway_pid(node.proc.pid), signal.SIGKILL)
+
+RESTARTABLE = """
+import asyncio, os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/wait":  # held until its client is gone: then it leaves a mark
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        open(os.path.join(os.environ["MARKS"], "disconnected"), "w").close()
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.3)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_native_gateway_killed_under_light_load_is_restarted_in_place_no_worker_restarts(nodes, tmp_path, gateway):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    hello = make_service(tmp_path, "hello", RESTARTABLE, f'name = "hello"\nworkers = 2\nslots = 8\nenv = {{ MARKS = "{marks}" }}\n')
+    node = nodes.start(hello, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": gateway})
+    workers = {w["pid"] for w in node.ready_workers("hello")}
+    held = threading.Thread(target=lambda: pytest.raises(httpx.HTTPError, httpx.get, node.url + "/wait", timeout=30))
+    held.start()
+    wait_for(lambda: node.service("hello")["inflight"] == 1, what="the held request on a worker")
+    stop, ok, failed = threading.Event(), [], []
+
+    def load() -> None:  # one client, a request at a time: "light load"
+        while not stop.is_set():
+            try:
+                response = httpx.get(node.url + "/", timeout=5)
+            except httpx.HTTPError as exc:
+                failed.append(repr(exc))  # the requests on the dead gateway are lost: expected
+                continue
+            (ok if response.status_code == 200 else failed).append(response.status_code)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        wait_for(lambda: len(ok) > 5, what="load before the kill")
+        old = gateway_pid(node.proc.pid)
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: "event=gateway.restarted " in node.output, what="the gateway restarted")
+        count = len(ok)
+        wait_for(lambda: len(ok) > count + 20, what="requests succeeding on the new gateway")
+    finally:
+        stop.set()
+        thread.join(10)
+        held.join(10)
+    # The held request was the dead gateway's: the worker was told (GatewayReset), its app
+    # got http.disconnect, and its slot is free.
+    wait_for(lambda: (marks / "disconnected").exists(), what="the dead gateway's request cancelled in the worker")
+    assert gateway_pid(node.proc.pid) != old and node.proc.poll() is None
+    assert {w["pid"] for w in node.ready_workers("hello")} == workers  # the same workers serve
+    assert node.service("hello")["live"]["restarts"] == 0
+    assert len(failed) <= 2, failed  # at most the one request in flight, and one refused in the gap
+    served = {w["pid"]: w["served"] for w in node.ready_workers("hello")}
+    with ThreadPoolExecutor(8) as pool:  # 8 at once, 0.3 s each: on both workers
+        assert [r.status_code for r in pool.map(lambda _: httpx.get(node.url + "/slow", timeout=10), range(8))] == [200] * 8
+    wait_for(lambda: all(w["served"] > served[w["pid"]] for w in node.ready_workers("hello")),
+             what="both workers serving through the new gateway")
+
+
+def test_native_gateway_that_keeps_dying_stops_the_node_with_exit_3(nodes, tmp_path):
+    binary = native_binary()
+    hello = make_service(tmp_path, "hello", HELLO, 'name = "hello"\nworkers = 1\n')
+    node = nodes.start(hello, args=("--gateway", "native"), env={"ANYCORE_GATEWAY_BIN": binary})
+    killed: set[int] = set()
+    for n in range(1, 7):  # the sixth death within 60 s is one too many
+        pid = wait_for(lambda: (p := gateway_pid_or_none(node.proc.pid)) not in killed and p, timeout=20,
+                       what=f"gateway {n}")
+        killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
     assert node.proc.wait(30) == 3
-    assert "the native gateway died" in node.output
+    assert "the native gateway died" in node.output and "not restarted again" in node.output
+    assert node.output.count("event=gateway.restarted ") == 5
 
 
 def test_native_without_a_binary_says_what_to_install(nodes, tmp_path):

@@ -152,7 +152,8 @@ class Node:
         return "python" + ("" if self.gateway_binary else " (the native gateway is not built)")
 
     def _gateway_gone(self, detail: str) -> None:
-        """Stage 1: nothing serves without the native gateway, so the node stops (exit 3)."""
+        """The native gateway died too often to be restarted (node/native.py): nothing serves
+        without it, so the node stops (exit 3)."""
         print(f"anycore: the native gateway died ({detail}); the node stops — see its output above, "
               "then run `anycore up` again (or with --gateway python)", file=sys.stderr, flush=True)
         self.exit_code = 3

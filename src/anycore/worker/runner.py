@@ -149,6 +149,20 @@ class WorkerServer:
 
         await self.loop.connect_accepted_socket(protocol, sock=data)
 
+    def _gateway_reset(self, below: int) -> None:
+        """The native gateway was replaced: its requests (data socket, id < ``below``) are
+        cancelled; their answers, if any still leave, go to ids the new gateway ignores."""
+        if self.wsgi is not None:
+            for wsgi_cycle in list(self.wsgi.cycles.values()):
+                if wsgi_cycle.id < below:
+                    wsgi_cycle.disconnect()  # the thread goes on until the app returns; its output is dropped
+        node = self.proto
+        for cycle in list(self.cycles.values()):
+            if cycle.id < below and getattr(cycle.send_frame, "__self__", node) is not node:
+                cycle.disconnect()
+                if cycle.task is not None:
+                    self.loop.call_later(DISCONNECT_GRACE, cycle.task.cancel)
+
     async def _probe(self, path: str) -> str | None:
         """Call the app with ``GET path`` in-process; None if it answered 2xx or 3xx."""
         sent: list[wire.Frame] = []
@@ -236,6 +250,8 @@ class WorkerServer:
                 task = cycle.task
                 if task is not None:
                     asyncio.get_running_loop().call_later(DISCONNECT_GRACE, task.cancel)
+        elif kind is wire.GatewayReset:
+            self._gateway_reset(frame.below)  # type: ignore[attr-defined]
         elif kind is wire.CallResp or kind is wire.CallBody or kind is wire.CallCredit or kind is wire.CallEnd:
             self.calls.on_frame(frame)
         elif type(frame) is wire.WsOpen:

@@ -261,3 +261,51 @@ async def test_stats_feed_the_nodes_request_stats_by_release_what_metrics_reads(
     fake.say(dataplane.Stats("svc", 0, [], [], [("r1", 200, 1)], [], [("r1", histogram((3, 1)), 0.001, histogram((0, 1)), 0.0)]))
     await until(lambda: r1.duration.count == 8, "a new gateway's Stats")
     assert r1.statuses == {200: 9} and r1.duration.counts[3] == 7
+
+
+async def everything(fake: Gateway) -> list[tuple[dataplane.ToGateway, list[int]]]:
+    """Every message the node sent so far (read until the socket is empty for a moment)."""
+    out = []
+    while True:
+        try:
+            out.append(await asyncio.wait_for(fake.read(), 0.05))
+        except (asyncio.TimeoutError, AssertionError):
+            return out
+
+
+@run
+async def test_a_restarted_gateway_is_told_every_service_and_live_worker_again_with_a_dup_of_its_data_socket():
+    native, fake, runtime, _ = setup()
+    release = FakeRelease(runtime, "r1")
+    a, far_a = worker(release, 1, [])
+    b, _ = worker(release, 2, [])
+    gone, _ = worker(release, 3, [])
+    for handle in (a, b, gone):
+        runtime.worker_ready(handle)
+    runtime.shift(release, "/srv", runtime.config)  # type: ignore[arg-type]
+    native.add_service(runtime)
+    native.stop_accepting(b)  # draining when the gateway dies
+    native.remove_worker(gone)
+    await everything(fake)
+    # The gateway dies; a new one is attached (as _restart does, after _spawn's Settings and Listen).
+    fake.sock.close()
+    await until(lambda: native._gone, "the death")
+    new = Gateway()
+    native.control, native._gone = None, False
+    native.attach(new.node_end)
+    native._replay()
+    sent = await everything(new)
+    assert [m for m, _ in sent] == [service("r1"), dataplane.AddWorker("svc", "r1", 1, 4),
+                                    dataplane.AddWorker("svc", "r1", 2, 4), dataplane.Accepting(2, False)]
+    data = socket.socket(fileno=sent[1][1][0])
+    far_a.sendall(b"still there")
+    assert data.recv(16) == b"still there"  # the same data socket: the worker was not restarted
+    native.remove_worker(a)
+    assert 1 not in native._data  # its dup closes with it
+
+
+def test_settings_carry_the_first_request_id_of_a_gateway_generation():
+    settings = dataplane.Settings("n", 10, 100, 1.0, 1.0, 2, 3 << 40)
+    assert dataplane.to_gateway.decode(dataplane.encode(settings)) == settings
+    assert dataplane.to_gateway.decode(msgspec.msgpack.encode([2, "n", 10, 100, 1.0, 1.0])).first_id == 0  # an older node
+    assert wire.decoder.decode(wire.encode(wire.GatewayReset(1 << 40))[4:]) == wire.GatewayReset(1 << 40)
