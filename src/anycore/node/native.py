@@ -19,7 +19,10 @@ place that speaks ``anycore.dataplane`` to the gateway:
   find a worker still serving. The worker's ``stop_gate`` is that wait; the supervisor's
   drain timeout still bounds it.
 - ``Stats`` feed the Python router's per-worker counts (in flight, served), which the
-  scaler, recycling (``max_requests``) and ``ps`` already read, plus the queue length.
+  scaler, recycling (``max_requests``) and ``ps`` already read, plus the queue length, and
+  the node's ``RequestStats`` (``/metrics``): statuses, histograms and rejections per release.
+- ``RequestCrashed``: the gateway applied the crash rule to a dead worker's request; the
+  node writes the log line the Python gateway writes (retried, quarantined, failed).
 - ``WorkerLost`` (the data socket broke under the gateway): the worker is of no use any
   more; it is killed, and its control socket's EOF removes it the usual way.
 
