@@ -66,7 +66,17 @@ class GatewayReset(msgspec.Struct, array_like=True, tag=45):
     new one takes the data socket over. Every request that came on the data socket with an
     id below ``below`` (the new gateway's first id) is the dead gateway's: its client is
     gone, so it is cancelled as by ``Cancel`` (a response waiting for credit would wait
-    forever). The new gateway's requests, whichever socket's frame arrives first, are not."""
+    forever). Then the worker brings the data socket to a frame boundary and answers
+    ``GatewayResetDone``; the node starts the new gateway after that."""
+
+    below: int
+
+
+class GatewayResetDone(msgspec.Struct, array_like=True, tag=46):
+    """Worker -> node: done with ``GatewayReset``. The worker dropped what the dead gateway
+    wrote and it had not read (a frame cut in half among it), and everything it wrote
+    itself is in the kernel, whole frames: the node discards those, and the data socket is
+    at a frame boundary both ways for the next gateway."""
 
     below: int
 
@@ -309,7 +319,7 @@ class Enqueued(msgspec.Struct, array_like=True, tag=31):
 
 
 
-Frame = Union[Req, Body, Credit, Cancel, GatewayReset, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
+Frame = Union[Req, Body, Credit, Cancel, GatewayReset, GatewayResetDone, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
               SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice,
               CallReq, CallBody, CallCredit, CallResp, CallCancel, CallEnd, Enqueue, Enqueued]
 

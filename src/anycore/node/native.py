@@ -30,9 +30,10 @@ If the gateway process dies, the node restarts it in place (``_restart_soon``): 
 workers keep running, the listening socket stays bound (the node keeps it), and the new
 gateway gets Settings, Listen, every service and every live worker again — the node keeps
 a dup of each worker's data socket for that. Requests in flight on the dead gateway are
-lost (their clients' connections died with it); a worker still finishing them answers ids
-the new gateway does not know (it starts past the old ids: ``Settings.first_id``) and
-ignores. Restarts follow a worker's restart policy (``supervisor/policy.py``: at once,
+lost (their clients' connections died with it): each worker cancels them and brings its
+data socket to a frame boundary (``GatewayReset``/``GatewayResetDone``, ``_reset_workers``)
+before the new gateway starts, and a late answer carries an id the new gateway ignores
+(it numbers its requests past the old ones: ``Settings.first_id``). Restarts follow a worker's restart policy (``supervisor/policy.py``: at once,
 then backoff); past ``GATEWAY_RESTARTS.intensity`` deaths within its period ``on_gone``
 is called once, and the node exits 3 as in stage 1.
 
@@ -75,6 +76,7 @@ CONTROL_FD = 3
 # than 5 deaths within 60 s and the node gives up (exit 3): something is wrong with it.
 GATEWAY_RESTARTS = dict(base=0.1, cap=2.0, stable=30.0, intensity=5, period=60.0)
 ID_SPAN = 1 << 40  # request ids per gateway generation (Settings.first_id)
+RESET_TIMEOUT = 2.0  # seconds a restart waits for the workers' GatewayResetDone
 INSTALL = ("install a Rust toolchain and the crates it builds from (Debian: `apt-get install cargo librust-hyper-dev "
            "librust-tokio-dev librust-rmp-serde-dev librust-serde-dev librust-socket2-dev librust-nix-dev`), "
            "then `pip install -e .` again; or set ANYCORE_GATEWAY_BIN")
@@ -352,11 +354,7 @@ class NativeGateway:
         self._counted.clear()  # the new gateway counts from zero
         for worker_id, slots in self._routers_workers():
             self._served_base[worker_id] = slots.served
-        for kept in self._data.values():
-            _discard_pending(kept)
-        for worker in self.workers.values():  # the dead gateway's requests: cancelled in the worker
-            if worker.proto is not None:
-                worker.proto.send(wire.GatewayReset(self.generation * ID_SPAN))
+        await self._reset_workers(self.generation * ID_SPAN)
         try:
             started = await self._spawn()
         except AnycoreError as exc:
@@ -368,6 +366,29 @@ class NativeGateway:
             return
         self.log.event("gateway.restarted", kind="native", pid=self.process.pid if self.process else None,
                        version=started.version, workers=len(self.workers), restarts=self.restarts.consecutive)
+
+    async def _reset_workers(self, below: int) -> None:
+        """Each worker drops the dead gateway's requests and brings its data socket to a
+        frame boundary (``GatewayReset``; it answers ``GatewayResetDone``, or RESET_TIMEOUT
+        passes); meanwhile the node reads and discards what the workers write to it."""
+        loop = asyncio.get_running_loop()
+        kept = list(self._data.values())
+        for sock in kept:
+            loop.add_reader(sock.fileno(), _discard_pending, sock)
+        waits = []
+        for worker in list(self.workers.values()):
+            if worker.proto is not None and worker.id in self._data:
+                gate = worker.gateway_reset = loop.create_future()
+                waits.append(gate)
+                worker.proto.send(wire.GatewayReset(below))
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=RESET_TIMEOUT)
+        finally:
+            for sock in kept:
+                if sock.fileno() >= 0:
+                    loop.remove_reader(sock.fileno())
+                    _discard_pending(sock)
 
     def _routers_workers(self) -> list[tuple[int, WorkerSlots]]:
         return [(wid, slots) for runtime in self.services.values() for wid, slots in runtime.router.workers.items()]
@@ -463,6 +484,7 @@ class NativeGateway:
         self._served_base.pop(worker.id, None)
         self._worker_service.pop(worker.id, None)
         if (kept := self._data.pop(worker.id, None)) is not None:
+            asyncio.get_running_loop().remove_reader(kept.fileno())  # if a restart reads it now
             kept.close()
         if self.workers.pop(worker.id, None) is not None:
             self.send(dataplane.RemoveWorker(worker.id))
