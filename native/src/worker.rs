@@ -198,6 +198,7 @@ fn response(
 pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
     let inflight;
     let mut notes: Vec<Vec<u8>> = Vec::new();
+    let mut answers = Vec::new(); // after the notes: the node logs a verdict before its client sees it
     {
         let mut core = svc.core.lock();
         let Some(wc) = core.workers.remove(&w) else { return };
@@ -249,7 +250,7 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
             };
             match std::mem::replace(&mut i.reply, Reply::Finished) {
                 Reply::Waiting(tx) => {
-                    let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 502, error, &detail, None));
+                    answers.push((tx, made(&gw.node_hv, Some(&wc.release_hv), 502, error, &detail, None)));
                     i.record(&mut stats, 502, now);
                 }
                 Reply::Streaming(tx) => {
@@ -272,6 +273,9 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
     gw.workers.lock().remove(&w);
     for note in notes {
         gw.send(&note);
+    }
+    for (tx, resp) in answers {
+        let _ = tx.send(resp);
     }
     if unexpected {
         gw.send(&out::worker_lost(w, inflight));

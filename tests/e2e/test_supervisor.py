@@ -132,6 +132,7 @@ def test_kill_9_with_get_in_flight_and_20_queued_all_21_get_200(nodes, tmp_path,
     assert int(held.headers["x-pid"]) != killed
     assert [r.status_code for r in queued] == [200] * 20
     assert all(int(r.headers["x-pid"]) != killed for r in queued)
+    node.wait_output(r"event=request\.retried ")  # native: the gateway's verdict reaches the node's log a moment later
     [retried] = events(node, "request.retried")
     assert "method=GET" in retried and "path=/hold" in retried
 
@@ -194,6 +195,7 @@ def test_request_that_crashes_its_worker_is_quarantined_after_2_crashes_while_ot
             assert poisoned.status_code == 502
             assert poisoned.json()["error"] == "quarantined"
             assert "crashed two workers" in poisoned.json()["detail"]
+            node.wait_output(r"event=request\.quarantined ")
             [quarantined] = events(node, "request.quarantined")
             assert "path=/poison" in quarantined and "crashed_workers=2" in quarantined
             wait_ready_pids(node, "poison", 2)
