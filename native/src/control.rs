@@ -286,7 +286,7 @@ pub mod out {
         pub statuses: Vec<(String, u16, u64)>,
         pub rejected: Vec<(&'static str, u64)>,
         /// (release, duration, queue wait): per bucket of `gateway::BUCKETS`, cumulative.
-        pub histograms: Vec<(String, crate::gateway::Hist, crate::gateway::Hist)>,
+        pub histograms: Vec<(String, crate::stats::Hist, crate::stats::Hist)>,
         pub connections: u64,
     }
 

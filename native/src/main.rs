@@ -20,6 +20,7 @@ mod gateway;
 mod http;
 mod model;
 mod router;
+mod stats;
 mod worker;
 
 use control::{out, ToGateway};
