@@ -46,6 +46,16 @@ pub struct Gateway {
     pub starting: AtomicBool,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub connections: Arc<tokio::sync::Semaphore>,
+    pub unrouted: Mutex<Unrouted>,
+}
+
+/// The gateway's answers to requests no service is routed at, counted as the Python
+/// gateway counts them: service "", release "", rejected "no_route" or "starting".
+#[derive(Default)]
+pub struct Unrouted {
+    pub stats: RelStats,
+    pub rejected: HashMap<&'static str, u64>,
+    pub dirty: bool,
 }
 
 pub struct Routes {
@@ -72,6 +82,42 @@ impl Gateway {
 
     pub fn send(&self, message: &[u8]) {
         control::send(self.control_fd, message);
+    }
+
+    /// The answer to a request no route matches (any transport's request path calls
+    /// this): 503 while the node is still starting its services, else 404; counted.
+    pub fn unrouted(&self, host: &str, path: &str) -> Resp {
+        let starting = self.starting.load(Ordering::Relaxed);
+        let resp = if starting {
+            made(&self.node_hv, None, 503, "starting", "the node is starting its services; retry", Some(1))
+        } else {
+            let detail = format!("no service is routed at {host}{path} on this node — see `anycore ps`");
+            made(&self.node_hv, None, 404, "not found", &detail, None)
+        };
+        let mut unrouted = self.unrouted.lock();
+        unrouted.stats.record(resp.status().as_u16(), 0.0, None);
+        *unrouted.rejected.entry(if starting { "starting" } else { "no_route" }).or_insert(0) += 1;
+        unrouted.dirty = true;
+        resp
+    }
+
+    /// The Stats message of service "" (the unrouted answers), when they changed.
+    pub fn unrouted_stats(&self) -> Option<Vec<u8>> {
+        let mut unrouted = self.unrouted.lock();
+        if !std::mem::replace(&mut unrouted.dirty, false) {
+            return None;
+        }
+        let stats = &unrouted.stats;
+        Some(control::out::stats(&control::out::StatsMsg {
+            service: "",
+            queued: 0,
+            inflight: Vec::new(),
+            served: Vec::new(),
+            statuses: stats.statuses.iter().map(|(s, n)| (String::new(), *s, *n)).collect(),
+            rejected: unrouted.rejected.iter().map(|(r, n)| (*r, *n)).collect(),
+            histograms: vec![(String::new(), stats.duration.clone(), stats.queue_wait.clone())],
+            connections: self.open_connections(),
+        }))
     }
 
     /// Client connections open now.

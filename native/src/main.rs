@@ -130,6 +130,7 @@ fn run(fd: RawFd) {
         routes_gen: AtomicU64::new(0),
         starting: AtomicBool::new(true),
         shutdown,
+        unrouted: Default::default(),
     };
     if GATEWAY.set(gw).is_err() {
         unreachable!("the gateway is made once");
@@ -357,6 +358,11 @@ async fn ticker(gw: &'static Gateway) {
                 core.stats_message(gw, &svc.name)
             };
             gw.send(&message);
+        }
+        if round % 5 == 0 {
+            if let Some(message) = gw.unrouted_stats() {
+                gw.send(&message);
+            }
         }
     }
 }

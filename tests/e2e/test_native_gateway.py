@@ -229,6 +229,9 @@ def test_stopped_service_answers_503_and_shift_moves_new_requests() -> None:
         deadline = time.monotonic() + 5
         while get(n, "/hello")[0] != 404:
             assert time.monotonic() < deadline
+        # Unrouted answers are counted too, as the Python gateway does: service "", release "".
+        unrouted = wait_stats(n, "", lambda s: any(status == 404 for _, status, _ in s.statuses))
+        assert ("no_route", sum(c for _, st, c in unrouted.statuses if st == 404)) in unrouted.rejected
     finally:
         n.close()
 

@@ -62,7 +62,7 @@ from anycore.gateway.http import Limits
 from anycore.lifecycle import ServiceState
 from anycore.log import NodeLog
 from anycore.router.core import WorkerSlots
-from anycore.stats import BUCKETS, Histogram, ReleaseStats
+from anycore.stats import BUCKETS, Histogram, ReleaseStats, RequestStats
 from anycore.supervisor.policy import RestartPolicy
 
 if TYPE_CHECKING:
@@ -99,12 +99,13 @@ class NativeGateway:
     ``ServiceRuntime`` calls as its workers come and go (``ServiceRuntime.dataplane``)."""
 
     def __init__(self, log: NodeLog, limits: Limits, binary: str, threads: int = 0,
-                 on_gone: Callable[[str], None] | None = None) -> None:
+                 on_gone: Callable[[str], None] | None = None, stats: RequestStats | None = None) -> None:
         self.log = log
         self.limits = limits
         self.binary = binary
         self.threads = threads
         self.on_gone = on_gone
+        self.stats = stats if stats is not None else RequestStats()  # the node's: service "" answers go here
         self.node_id = ""
         self.host, self.port = "", 0
         self.starting = True  # the Python gateway's flag; the native one routes what it is told
@@ -511,6 +512,10 @@ class NativeGateway:
 
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:
+        if stats.service == "":  # the answers to requests no service is routed at (404, starting)
+            self.connections = range(stats.connections)
+            self._request_stats(self.stats, stats)
+            return
         runtime = self.services.get(stats.service)
         if runtime is None:
             return
@@ -534,15 +539,14 @@ class NativeGateway:
             for status, count in per_service.items():
                 self.errors[status] = self.errors.get(status, 0) + count
         self.connections = range(stats.connections)
-        self._request_stats(runtime, stats)
+        self._request_stats(runtime.stats, stats)
 
-    def _request_stats(self, runtime: "ServiceRuntime", stats: dataplane.Stats) -> None:
+    def _request_stats(self, aggregate: RequestStats, stats: dataplane.Stats) -> None:
         """Add what the gateway counted since its last Stats to the node's RequestStats (so
         /metrics, the dashboard and ``anycore top`` read the same aggregate as under the
         Python gateway). The gateway's counts are cumulative since it started: a count
         lower than the one seen means a new gateway (counted from zero again)."""
         seen = self._counted.setdefault(stats.service, _Counted())
-        aggregate = runtime.stats
         for release, status, count in stats.statuses:
             delta = _delta(count, seen.statuses.get((release, status), 0))
             seen.statuses[(release, status)] = count

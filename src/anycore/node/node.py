@@ -103,7 +103,7 @@ class Node:
         if gateway == "native":
             # gateway_threads 0: the gateway's own rule (half the cores it may use, at least one)
             self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", threads=gateway_threads,
-                                         on_gone=self._gateway_gone)
+                                         on_gone=self._gateway_gone, stats=self.stats)
         self.exit_code = 0  # set when the node stops for a failure of its own (the native gateway died)
         self.lock = NodeLock(home)
         self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None

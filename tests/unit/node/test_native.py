@@ -309,3 +309,14 @@ def test_settings_carry_the_first_request_id_of_a_gateway_generation():
     assert dataplane.to_gateway.decode(dataplane.encode(settings)) == settings
     assert dataplane.to_gateway.decode(msgspec.msgpack.encode([2, "n", 10, 100, 1.0, 1.0])).first_id == 0  # an older node
     assert wire.decoder.decode(wire.encode(wire.GatewayReset(1 << 40))[4:]) == wire.GatewayReset(1 << 40)
+
+
+@run
+async def test_the_unrouted_answers_count_under_service_empty_in_the_nodes_request_stats():
+    native, fake, runtime, _ = setup()
+    fake.say(dataplane.Stats("", 0, [], [], [("", 404, 3), ("", 503, 1)], [("no_route", 3), ("starting", 1)],
+                             [("", histogram((0, 4)), 0.0, histogram(), 0.0)], connections=1))
+    await until(lambda: ("", "") in native.stats.releases, "the Stats of service \"\"")
+    assert native.stats.releases[("", "")].statuses == {404: 3, 503: 1}
+    assert native.stats.rejected == {("", "no_route"): 3, ("", "starting"): 1}
+    assert native.stats.releases[("", "")].duration.count == 4 and len(native.connections) == 1
