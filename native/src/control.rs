@@ -138,6 +138,9 @@ pub struct Settings {
     pub header_timeout: f64,
     pub keepalive_timeout: f64,
     pub threads: usize,
+    /// The first request id (0: 1). A gateway restarted in place starts past its
+    /// predecessors' ids: a worker still finishing their requests answers ids it ignores.
+    pub first_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -183,6 +186,7 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
                 header_timeout: f(3).as_float()?,
                 keepalive_timeout: f(4).as_float()?,
                 threads: if v.len() > 6 { f(5).as_int()?.max(0) as usize } else { 0 },
+                first_id: if v.len() > 7 { f(6).as_int()?.max(0) as u64 } else { 0 },
             })
         }
         3 => {
@@ -301,11 +305,14 @@ pub mod out {
         pub served: Vec<(u64, u64)>,
         pub statuses: Vec<(String, u16, u64)>,
         pub rejected: Vec<(&'static str, u64)>,
+        /// (release, duration, queue wait): per bucket of `gateway::BUCKETS`, cumulative.
+        pub histograms: Vec<(String, crate::stats::Hist, crate::stats::Hist)>,
+        pub connections: u64,
     }
 
     pub fn stats(s: &StatsMsg) -> Vec<u8> {
         let mut o = Vec::new();
-        w_array(&mut o, 7);
+        w_array(&mut o, 9);
         w_uint(&mut o, 51);
         w_str(&mut o, s.service);
         w_uint(&mut o, s.queued as u64);
@@ -330,6 +337,19 @@ pub mod out {
             w_str(&mut o, reason);
             w_uint(&mut o, *n);
         }
+        w_array(&mut o, s.histograms.len() as u32);
+        for (release, duration, queue_wait) in &s.histograms {
+            w_array(&mut o, 5);
+            w_str(&mut o, release);
+            for h in [duration, queue_wait] {
+                w_array(&mut o, h.counts.len() as u32);
+                for n in &h.counts {
+                    w_uint(&mut o, *n);
+                }
+                let _ = rmp::encode::write_f64(&mut o, h.sum);
+            }
+        }
+        w_uint(&mut o, s.connections);
         o
     }
 
@@ -338,6 +358,20 @@ pub mod out {
         w_array(&mut o, 2);
         w_uint(&mut o, 52);
         w_uint(&mut o, worker);
+        o
+    }
+
+    /// RequestCrashed (60): the crash rule's verdict on a request of a dead worker.
+    pub fn request_crashed(service: &str, worker: u64, outcome: &str, method: &str, path: &[u8], blame: f64) -> Vec<u8> {
+        let mut o = Vec::new();
+        w_array(&mut o, 7);
+        w_uint(&mut o, 60);
+        w_str(&mut o, service);
+        w_uint(&mut o, worker);
+        w_str(&mut o, outcome);
+        w_str(&mut o, method);
+        w_str(&mut o, &String::from_utf8_lossy(path));
+        let _ = rmp::encode::write_f64(&mut o, blame);
         o
     }
 
@@ -367,7 +401,8 @@ mod tests {
                 header_limit: 65536,
                 header_timeout: 10.0,
                 keepalive_timeout: 5.0,
-                threads: 0
+                threads: 0,
+                first_id: 0
             })
         );
         let service = b"\x99\x03\xa3app\x92\xa1/\xach.example/v1\xa2r1\xc3\xce\x00\x10\x00\x00d\xce\x04\x00\x00\x00\xcb@>\x00\x00\x00\x00\x00\x00";

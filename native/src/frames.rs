@@ -77,6 +77,38 @@ pub fn cancel(out: &mut Vec<u8>, id: u64) {
     });
 }
 
+/// (method, raw_path, query) of a whole Req frame (length prefix included), as the
+/// gateway encoded it: the crash rule's method and the quarantine's key. None if `frame`
+/// is not a Req.
+pub fn req_key(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let mut rd = frame.get(4..)?;
+    rmp::decode::read_array_len(&mut rd).ok()?;
+    if rmp::decode::read_int::<u64, _>(&mut rd).ok()? != REQ as u64 {
+        return None;
+    }
+    rmp::decode::read_int::<u64, _>(&mut rd).ok()?;
+    let mut field = || -> Option<&[u8]> {
+        let marker = rmp::decode::read_marker(&mut rd).ok()?;
+        use rmp::Marker::*;
+        let (k, n) = match marker {
+            FixStr(n) => (0, n as usize),
+            Str8 | Bin8 => (1, 0),
+            Str16 | Bin16 => (2, 0),
+            Str32 | Bin32 => (4, 0),
+            _ => return None,
+        };
+        let n = if k == 0 { n } else { rd.get(..k)?.iter().fold(0usize, |a, b| (a << 8) | *b as usize) };
+        let bytes = rd.get(k..k + n)?;
+        rd = &rd[k + n..];
+        Some(bytes)
+    };
+    let method = field()?;
+    field()?; // path
+    let raw_path = field()?;
+    let query = field()?;
+    Some((method, raw_path, query))
+}
+
 /// A frame from a worker, its byte fields sliced out of the read buffer.
 #[derive(Debug)]
 pub enum FromWorker {
@@ -219,5 +251,24 @@ mod tests {
         let done = Bytes::from_static(b"\x93\x07\x03\xc0");
         assert!(matches!(decode(&done).unwrap(), FromWorker::Done { id: 3, error: None }));
         assert!(decode(&Bytes::from_static(b"\x93\x07")).is_err());
+    }
+
+    #[test]
+    fn a_req_frame_gives_its_method_raw_path_and_query() {
+        let mut out = Vec::new();
+        frame(&mut out, |o| {
+            w_array(o, 14);
+            w_uint(o, REQ as u64);
+            w_uint(o, 300);
+            w_str(o, "GET");
+            w_str(o, "/a b");
+            w_bin(o, b"/a%20b");
+            w_bin(o, &[b'q'; 40]);
+        });
+        assert_eq!(req_key(&out), Some((&b"GET"[..], &b"/a%20b"[..], &[b'q'; 40][..])));
+        let mut credit_frame = Vec::new();
+        credit(&mut credit_frame, 1, 2);
+        assert_eq!(req_key(&credit_frame), None);
+        assert_eq!(req_key(&out[..12]), None);
     }
 }

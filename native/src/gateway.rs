@@ -16,6 +16,7 @@
 use crate::control::{self, ServiceSpec, Settings};
 use crate::frames;
 use crate::router::{Decision, Router};
+use crate::stats::RelStats;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -45,6 +46,16 @@ pub struct Gateway {
     pub starting: AtomicBool,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub connections: Arc<tokio::sync::Semaphore>,
+    pub unrouted: Mutex<Unrouted>,
+}
+
+/// The gateway's answers to requests no service is routed at, counted as the Python
+/// gateway counts them: service "", release "", rejected "no_route" or "starting".
+#[derive(Default)]
+pub struct Unrouted {
+    pub stats: RelStats,
+    pub rejected: HashMap<&'static str, u64>,
+    pub dirty: bool,
 }
 
 pub struct Routes {
@@ -71,6 +82,47 @@ impl Gateway {
 
     pub fn send(&self, message: &[u8]) {
         control::send(self.control_fd, message);
+    }
+
+    /// The answer to a request no route matches (any transport's request path calls
+    /// this): 503 while the node is still starting its services, else 404; counted.
+    pub fn unrouted(&self, host: &str, path: &str) -> Resp {
+        let starting = self.starting.load(Ordering::Relaxed);
+        let resp = if starting {
+            made(&self.node_hv, None, 503, "starting", "the node is starting its services; retry", Some(1))
+        } else {
+            let detail = format!("no service is routed at {host}{path} on this node — see `anycore ps`");
+            made(&self.node_hv, None, 404, "not found", &detail, None)
+        };
+        let mut unrouted = self.unrouted.lock();
+        unrouted.stats.record(resp.status().as_u16(), 0.0, None);
+        *unrouted.rejected.entry(if starting { "starting" } else { "no_route" }).or_insert(0) += 1;
+        unrouted.dirty = true;
+        resp
+    }
+
+    /// The Stats message of service "" (the unrouted answers), when they changed.
+    pub fn unrouted_stats(&self) -> Option<Vec<u8>> {
+        let mut unrouted = self.unrouted.lock();
+        if !std::mem::replace(&mut unrouted.dirty, false) {
+            return None;
+        }
+        let stats = &unrouted.stats;
+        Some(control::out::stats(&control::out::StatsMsg {
+            service: "",
+            queued: 0,
+            inflight: Vec::new(),
+            served: Vec::new(),
+            statuses: stats.statuses.iter().map(|(s, n)| (String::new(), *s, *n)).collect(),
+            rejected: unrouted.rejected.iter().map(|(r, n)| (*r, *n)).collect(),
+            histograms: vec![(String::new(), stats.duration.clone(), stats.queue_wait.clone())],
+            connections: self.open_connections(),
+        }))
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.settings.max_connections.saturating_sub(self.connections.available_permits()) as u64
     }
 
     /// The service routed at `host` + `path` and the matched prefix (the ASGI root_path).
@@ -175,6 +227,29 @@ pub struct Inflight {
     pub credit: Option<Arc<CreditGate>>,
     pub dispatched: f64,
     pub deadline: f64,
+    pub arrival: f64,
+    pub attempt: Attempt,
+    pub status: u16,    // the worker's Resp status, 0 before it
+    pub recorded: bool, // counted in the stats already (the gateway answered it)
+}
+
+impl Inflight {
+    /// Count its answer (once) in its worker's stats.
+    pub fn record(&mut self, stats: &mut RelStats, status: u16, now: f64) {
+        if !self.recorded && status != 0 {
+            self.recorded = true;
+            stats.record(status, now - self.arrival, Some(self.dispatched - self.arrival));
+        }
+    }
+}
+
+/// What the crash rule (`crash.rs`) needs of a request across its attempts.
+#[derive(Default)]
+pub struct Attempt {
+    pub method: &'static str, // as crash::known_method: "" for one the rule does not name
+    pub attempts: u8,         // times started on a worker
+    pub blame: f64,           // its share of the workers that died under it
+    pub frame: Option<Vec<u8>>, // its Req frame, kept while it could be replayed (safe, no body)
 }
 
 pub struct WorkerConn {
@@ -184,7 +259,7 @@ pub struct WorkerConn {
     pub out: Vec<u8>,
     pub wake: Arc<Notify>,
     pub inflight: HashMap<u64, Inflight>,
-    pub statuses: Vec<(u16, u64)>,
+    pub stats: RelStats, // its answers; merged into Core::released when it goes
     pub fd: RawFd,
 }
 
@@ -196,19 +271,19 @@ impl WorkerConn {
             self.wake.notify_one();
         }
     }
-    pub fn count(&mut self, status: u16) {
-        match self.statuses.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, n)) => *n += 1,
-            None => self.statuses.push((status, 1)),
-        }
-    }
 }
 
 pub struct QueuedReq {
     pub frame: Vec<u8>,
     pub body: Option<hyper::Body>,
     pub reply: oneshot::Sender<Resp>,
+    pub arrival: f64,
+    pub deadline: f64,
+    pub attempt: Attempt,
 }
+
+/// The quarantine's key: (method, raw path, query), as `node/crashes.py`.
+pub type QuarantineKey = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 pub struct Core {
     pub router: Router<u64>,
@@ -216,10 +291,14 @@ pub struct Core {
     pub release_hv: Option<HeaderValue>,
     pub workers: HashMap<u64, WorkerConn>,
     pub queued: HashMap<u64, QueuedReq>,
-    pub made: HashMap<(String, u16), u64>,
+    /// Per release: the answers of gone workers, and under "" the gateway's answers to
+    /// requests no release took (refused, expired in the queue), as the Python gateway.
+    pub released: HashMap<String, RelStats>,
     pub rejected: HashMap<&'static str, u64>,
     pub dirty: bool,
     pub placed: Vec<(u64, u64)>,
+    pub quarantine: HashMap<QuarantineKey, f64>, // refused until (gateway time)
+    pub quarantined: u64,                        // requests that crashed two workers
 }
 
 impl Core {
@@ -231,16 +310,38 @@ impl Core {
             release_hv,
             workers: HashMap::new(),
             queued: HashMap::new(),
-            made: HashMap::new(),
+            released: HashMap::new(),
             rejected: HashMap::new(),
             dirty: true,
             placed: Vec::new(),
+            quarantine: HashMap::new(),
+            quarantined: 0,
         }
     }
 
-    pub fn count_made(&mut self, status: u16) {
-        *self.made.entry((self.spec.release.clone(), status)).or_insert(0) += 1;
+    /// Count an answer to a request no worker took (release ""), `waited` after arrival.
+    pub fn count_made(&mut self, status: u16, waited: f64) {
+        self.released.entry(String::new()).or_default().record(status, waited, None);
         self.dirty = true;
+    }
+
+    /// A gone worker's counts stay, under its release.
+    pub fn keep_stats(&mut self, release: &str, stats: &RelStats) {
+        match self.released.get_mut(release) {
+            Some(kept) => kept.add(stats),
+            None => {
+                self.released.insert(release.to_string(), stats.clone());
+            }
+        }
+    }
+
+    /// Every release's counts: the gone workers' and the gateway's, plus the live workers'.
+    pub fn release_stats(&self) -> HashMap<String, RelStats> {
+        let mut all = self.released.clone();
+        for wc in self.workers.values() {
+            all.entry(wc.release.clone()).or_default().add(&wc.stats);
+        }
+        all
     }
 
     pub fn reject(&mut self, reason: &'static str) {
@@ -248,9 +349,10 @@ impl Core {
         self.dirty = true;
     }
 
-    /// A node-made answer, counted against the live release.
-    pub fn made(&mut self, node: &HeaderValue, status: u16, error: &str, detail: &str, retry: Option<u64>) -> Resp {
-        self.count_made(status);
+    /// A node-made answer to a request no worker took, `waited` seconds after its
+    /// arrival: counted under release "" (its header names the live release).
+    pub fn made(&mut self, node: &HeaderValue, status: u16, error: &str, detail: &str, retry: Option<u64>, waited: f64) -> Resp {
+        self.count_made(status, waited);
         made(node, self.release_hv.as_ref(), status, error, detail, retry)
     }
 
@@ -281,15 +383,16 @@ impl Core {
         let now = gw.now();
         for (id, w) in placed.drain(..) {
             let Some(q) = self.queued.remove(&id) else { continue };
-            let deadline = now + self.spec.deadline; // unused by the router once placed
-            self.start(svc, gw, w, id, |out| out.extend_from_slice(&q.frame), q.body, q.reply, now, deadline);
+            let at = Times { now, deadline: q.deadline, arrival: q.arrival };
+            self.start(svc, gw, w, id, |out| out.extend_from_slice(&q.frame), q.body, q.reply, at, q.attempt);
         }
         self.placed = placed;
         self.dirty = true;
     }
 
     /// Start request `id` on worker `w`: its Req frame into the write buffer, its reply
-    /// into the in-flight table, and its body pump when it has a body.
+    /// into the in-flight table, and its body pump when it has a body. A request the
+    /// crash rule could retry (safe method, no body) keeps a copy of its frame.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
@@ -300,8 +403,8 @@ impl Core {
         write: impl FnOnce(&mut Vec<u8>),
         body: Option<hyper::Body>,
         reply: oneshot::Sender<Resp>,
-        now: f64,
-        deadline: f64,
+        at: Times,
+        mut attempt: Attempt,
     ) {
         let max_body = self.spec.max_body;
         let Some(wc) = self.workers.get_mut(&w) else {
@@ -310,13 +413,112 @@ impl Core {
             let _ = reply.send(made(&gw.node_hv, None, 502, "worker died", "the worker was gone", None));
             return;
         };
+        let before = wc.out.len();
         wc.push(write);
+        let frame = &wc.out[before..];
+        if attempt.attempts == 0 {
+            attempt.method = frames::req_key(frame).map_or("", |(m, _, _)| crate::crash::known_method(m));
+        }
+        attempt.attempts += 1;
+        attempt.frame = (body.is_none() && crate::crash::safe(attempt.method)).then(|| frame.to_vec());
         let credit = body.map(|body| {
             let gate = CreditGate::new();
             gw.rt.spawn(crate::body::pump(svc.clone(), w, id, body, gate.clone(), max_body));
             gate
         });
-        wc.inflight.insert(id, Inflight { reply: Reply::Waiting(reply), credit, dispatched: now, deadline });
+        let (dispatched, deadline, arrival) = (at.now, at.deadline, at.arrival);
+        let reply = Reply::Waiting(reply);
+        wc.inflight.insert(id, Inflight { reply, credit, dispatched, deadline, arrival, attempt, status: 0, recorded: false });
+    }
+
+    /// Running requests past their deadline: 504 (counted under their worker's release)
+    /// and a Cancel to the worker.
+    pub fn expire_running(&mut self, gw: &Gateway, now: f64) {
+        let timeout = self.spec.deadline;
+        for wc in self.workers.values_mut() {
+            let mut cancel = Vec::new();
+            for (id, i) in wc.inflight.iter_mut() {
+                if i.deadline <= now && matches!(i.reply, Reply::Waiting(_)) {
+                    if let Reply::Waiting(tx) = std::mem::replace(&mut i.reply, Reply::Finished) {
+                        let detail = format!("the request ran past timeout={timeout}s and was cancelled");
+                        let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 504, "deadline passed", &detail, None));
+                    }
+                    i.record(&mut wc.stats, 504, now);
+                    cancel.push(*id);
+                }
+            }
+            for id in cancel {
+                self.dirty = true;
+                wc.push(|o| frames::cancel(o, id));
+            }
+        }
+    }
+
+    /// The Stats message (control.rs `out::stats`) of this service now.
+    pub fn stats_message(&self, gw: &Gateway, name: &str) -> Vec<u8> {
+        let mut statuses = Vec::new();
+        let mut histograms = Vec::new();
+        for (release, rs) in self.release_stats() {
+            for (status, n) in &rs.statuses {
+                statuses.push((release.clone(), *status, *n));
+            }
+            histograms.push((release, rs.duration, rs.queue_wait));
+        }
+        let mut inflight = Vec::new();
+        let mut served = Vec::new();
+        for w in &self.router.workers {
+            inflight.push((w.id, w.inflight as u64));
+            served.push((w.id, w.served));
+        }
+        control::out::stats(&control::out::StatsMsg {
+            service: name,
+            queued: self.router.queue.len(),
+            inflight,
+            served,
+            statuses,
+            rejected: self.rejected.iter().map(|(r, n)| (*r, *n)).collect(),
+            histograms,
+            connections: gw.open_connections(),
+        })
+    }
+
+    /// Put a request whose worker died back at the head of the queue (the crash rule's
+    /// Retry): placed at once on a free slot, else first to get one. `frame` is its Req.
+    pub fn retry(&mut self, svc: &Arc<Service>, gw: &Gateway, id: u64, reply: oneshot::Sender<Resp>, i: Inflight) {
+        let mut attempt = i.attempt;
+        let Some(frame) = attempt.frame.take() else { return };
+        let now = gw.now();
+        match self.router.submit(id, 0, i.deadline, now, true) {
+            Decision::Placed(w) => {
+                let at = Times { now, deadline: i.deadline, arrival: i.arrival };
+                self.start(svc, gw, w, id, |out| out.extend_from_slice(&frame), None, reply, at, attempt);
+            }
+            Decision::Queued(_) => {
+                let q = QueuedReq { frame, body: None, reply, arrival: i.arrival, deadline: i.deadline, attempt };
+                self.queued.insert(id, q);
+            }
+            Decision::Rejected(..) => {} // never for a retry (front); the client sees the dropped reply as 502
+        }
+        self.dirty = true;
+    }
+
+    /// An identical request (method, raw path, query) crashed two workers within
+    /// QUARANTINE_TTL: its 502. Called only while the quarantine is not empty.
+    fn refuses(&mut self, gw: &Gateway, frame: &[u8], now: f64) -> Option<Resp> {
+        let (method, raw_path, query) = frames::req_key(frame)?;
+        let key = (method.to_vec(), raw_path.to_vec(), query.to_vec());
+        let until = *self.quarantine.get(&key)?;
+        if until <= now {
+            self.quarantine.remove(&key);
+            return None;
+        }
+        self.reject("quarantined");
+        let detail = format!(
+            "an identical request crashed two workers of {}; it is refused for {:.0}s — fix the handler and deploy",
+            self.spec.release,
+            crate::crash::QUARANTINE_TTL
+        );
+        Some(self.made(&gw.node_hv, 502, "quarantined", &detail, None, 0.0))
     }
 }
 
@@ -347,9 +549,13 @@ impl Service {
         let Some(inflight) = wc.inflight.get_mut(&id) else { return };
         if let Reply::Waiting(tx) = std::mem::replace(&mut inflight.reply, Reply::Finished) {
             let _ = tx.send(made(&gw.node_hv, release_hv.as_ref(), status, error, detail, None));
+            inflight.record(&mut wc.stats, status, gw.now());
         }
         wc.push(|out| frames::cancel(out, id));
-        core.count_made(status);
+        if status == 413 {
+            core.reject("too_large");
+        }
+        core.dirty = true;
     }
 }
 
@@ -369,38 +575,71 @@ pub fn place(
     if !core.spec.running {
         core.reject("stopped");
         let detail = format!("service {} is stopped — `anycore start {}`", svc.name, svc.name);
-        return Err(core.made(&gw.node_hv, 503, "service stopped", &detail, Some(STOPPED_RETRY_AFTER)));
+        return Err(core.made(&gw.node_hv, 503, "service stopped", &detail, Some(STOPPED_RETRY_AFTER), 0.0));
     }
     if size > core.spec.max_body {
         core.reject("too_large");
         let detail = format!("request body of {size} bytes exceeds max_body={}", core.spec.max_body);
-        return Err(core.made(&gw.node_hv, 413, "payload too large", &detail, None));
+        return Err(core.made(&gw.node_hv, 413, "payload too large", &detail, None, 0.0));
     }
     let now = gw.now();
     let deadline = now + core.spec.deadline;
     let id = gw.next_id.fetch_add(1, Ordering::Relaxed);
+    // The quarantine is nearly always empty: only then is the frame encoded aside first.
+    let mut early: Option<Vec<u8>> = None;
+    let mut write = Some(write);
+    if !core.quarantine.is_empty() {
+        let mut frame = Vec::with_capacity(256);
+        if let Some(write) = write.take() {
+            write(&mut frame, id);
+        }
+        if let Some(refusal) = core.refuses(gw, &frame, now) {
+            return Err(refusal);
+        }
+        early = Some(frame);
+    }
+    let at = Times { now, deadline, arrival: now };
     match core.router.submit(id, size, deadline, now, false) {
         Decision::Placed(w) => {
-            core.start(svc, gw, w, id, |out| write(out, id), body, reply, now, deadline);
+            match (early, write) {
+                (Some(frame), _) => core.start(svc, gw, w, id, |out| out.extend_from_slice(&frame), body, reply, at, Attempt::default()),
+                (None, Some(write)) => core.start(svc, gw, w, id, |out| write(out, id), body, reply, at, Attempt::default()),
+                (None, None) => unreachable!("the frame is written once"),
+            }
             core.dirty = true;
             Ok(id)
         }
         Decision::Queued(_) => {
-            let mut frame = Vec::with_capacity(256);
-            write(&mut frame, id);
-            core.queued.insert(id, QueuedReq { frame, body, reply });
+            let frame = match (early, write) {
+                (Some(frame), _) => frame,
+                (None, Some(write)) => {
+                    let mut frame = Vec::with_capacity(256);
+                    write(&mut frame, id);
+                    frame
+                }
+                (None, None) => unreachable!("the frame is written once"),
+            };
+            core.queued.insert(id, QueuedReq { frame, body, reply, arrival: now, deadline, attempt: Attempt::default() });
             core.dirty = true;
             Ok(id)
         }
         Decision::Rejected(reason, retry_after) => {
             core.reject(reason.stat());
             let detail = format!("service {}: {}; retry after {retry_after}s", svc.name, reason.text());
-            Err(core.made(&gw.node_hv, 503, "overloaded", &detail, Some(retry_after)))
+            Err(core.made(&gw.node_hv, 503, "overloaded", &detail, Some(retry_after), 0.0))
         }
     }
 }
 
 pub const STOPPED_RETRY_AFTER: u64 = 5;
+
+/// When a request is started: now, its deadline (from arrival), its arrival.
+#[derive(Clone, Copy)]
+pub struct Times {
+    pub now: f64,
+    pub deadline: f64,
+    pub arrival: f64,
+}
 
 pub fn json_escape(out: &mut String, s: &str) {
     out.push('"');

@@ -158,13 +158,7 @@ pub async fn handle(info: Arc<ConnInfo>, req: Request<hyper::Body>) -> Result<Re
         raw_path
     };
     let Some((svc, prefix_len)) = gw.route(host, path) else {
-        let starting = gw.starting.load(std::sync::atomic::Ordering::Relaxed);
-        return Ok(if starting {
-            gateway::made(&gw.node_hv, None, 503, "starting", "the node is starting its services; retry", Some(1))
-        } else {
-            let detail = format!("no service is routed at {host}{path} on this node — see `anycore ps`");
-            gateway::made(&gw.node_hv, None, 404, "not found", &detail, None)
-        });
+        return Ok(gw.unrouted(host, path)); // 404, or 503 while starting; counted for /metrics
     };
     let size = parts
         .headers

@@ -14,6 +14,7 @@
 
 mod body;
 mod control;
+mod crash;
 mod frames;
 mod gateway;
 mod http;
@@ -21,11 +22,12 @@ mod h2;
 mod model;
 mod proxy;
 mod router;
+mod stats;
 mod tls;
 mod worker;
 
 use control::{out, ToGateway};
-use gateway::{Core, Gateway, Reply, Service, WorkerConn};
+use gateway::{Core, Gateway, Service, WorkerConn};
 use std::collections::HashMap;
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,6 +119,7 @@ fn run(fd: RawFd) {
             std::process::exit(1)
         });
     let (shutdown, _) = tokio::sync::watch::channel(false);
+    let first_id = settings.first_id.max(1);
     let gw = Gateway {
         node_hv: gateway::static_value(&settings.node),
         connections: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
@@ -124,13 +127,14 @@ fn run(fd: RawFd) {
         control_fd: fd,
         epoch: Instant::now(),
         rt: rt.handle().clone(),
-        next_id: AtomicU64::new(1),
+        next_id: AtomicU64::new(first_id),
         services: Default::default(),
         workers: Default::default(),
         routes: parking_lot::RwLock::new(Arc::new(gateway::Routes { entries: Vec::new() })),
         routes_gen: AtomicU64::new(0),
         starting: AtomicBool::new(true),
         shutdown,
+        unrouted: Default::default(),
     };
     if GATEWAY.set(gw).is_err() {
         unreachable!("the gateway is made once");
@@ -224,7 +228,7 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
                     out: Vec::with_capacity(64 * 1024),
                     wake: wake.clone(),
                     inflight: HashMap::new(),
-                    statuses: Vec::new(),
+                    stats: Default::default(),
                     fd: wfd,
                 };
                 core.workers.insert(worker, conn);
@@ -312,10 +316,13 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
 fn fail_queued(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, what: &str) {
     let ids: Vec<u64> = core.router.queue.iter().map(|p| p.item).collect();
     let detail = format!("service {} {what} — `anycore start {}`", svc.name, svc.name);
+    let now = gw.now();
     for id in ids {
         core.router.cancel(&id);
         if let Some(q) = core.queued.remove(&id) {
-            let resp = core.made(&gw.node_hv, 503, "service stopped", &detail, Some(gateway::STOPPED_RETRY_AFTER));
+            core.reject("stopped");
+            let retry = Some(gateway::STOPPED_RETRY_AFTER);
+            let resp = core.made(&gw.node_hv, 503, "service stopped", &detail, retry, now - q.arrival);
             let _ = q.reply.send(resp);
         }
     }
@@ -327,12 +334,17 @@ async fn ticker(gw: &'static Gateway) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
+    let mut connections = u64::MAX;
     let mut expired = Vec::new();
     loop {
         interval.tick().await;
         round += 1;
         let now = gw.now();
         let services: Vec<Arc<Service>> = gw.services.lock().values().cloned().collect();
+        // A change in the open connections goes out with every service's Stats.
+        let open = if round % 5 == 0 { gw.open_connections() } else { connections };
+        let moved = open != connections;
+        connections = open;
         for svc in services {
             let message = {
                 let mut core = svc.core.lock();
@@ -341,7 +353,9 @@ async fn ticker(gw: &'static Gateway) {
                     let detail = format!("no worker of {} became free within timeout={}s", svc.name, core.spec.deadline);
                     for id in expired.drain(..) {
                         if let Some(q) = core.queued.remove(&id) {
-                            let resp = core.made(&gw.node_hv, 504, "deadline passed while queued", &detail, None);
+                            core.reject("deadline");
+                            let waited = now - q.arrival;
+                            let resp = core.made(&gw.node_hv, 504, "deadline passed while queued", &detail, None, waited);
                             let _ = q.reply.send(resp);
                         }
                     }
@@ -350,61 +364,19 @@ async fn ticker(gw: &'static Gateway) {
                 if round % 5 != 0 {
                     continue;
                 }
-                expire_running(gw, &mut core, now);
-                if !core.dirty {
+                core.expire_running(gw, now);
+                if !core.dirty && !moved {
                     continue;
                 }
                 core.dirty = false;
-                stats(&svc, &core)
+                core.stats_message(gw, &svc.name)
             };
             gw.send(&message);
         }
-    }
-}
-
-fn expire_running(gw: &Gateway, core: &mut Core, now: f64) {
-    let timeout = core.spec.deadline;
-    let mut late = 0;
-    for wc in core.workers.values_mut() {
-        let mut cancel = Vec::new();
-        for (id, i) in wc.inflight.iter_mut() {
-            if i.deadline <= now && matches!(i.reply, Reply::Waiting(_)) {
-                if let Reply::Waiting(tx) = std::mem::replace(&mut i.reply, Reply::Finished) {
-                    let detail = format!("the request ran past timeout={timeout}s and was cancelled");
-                    let _ = tx.send(gateway::made(&gw.node_hv, Some(&wc.release_hv), 504, "deadline passed", &detail, None));
-                }
-                cancel.push(*id);
+        if round % 5 == 0 {
+            if let Some(message) = gw.unrouted_stats() {
+                gw.send(&message);
             }
         }
-        for id in cancel {
-            late += 1;
-            wc.push(|o| frames::cancel(o, id));
-        }
     }
-    for _ in 0..late {
-        core.count_made(504);
-    }
-}
-
-fn stats(svc: &Service, core: &Core) -> Vec<u8> {
-    let mut statuses: HashMap<(String, u16), u64> = core.made.clone();
-    for wc in core.workers.values() {
-        for (status, n) in &wc.statuses {
-            *statuses.entry((wc.release.clone(), *status)).or_insert(0) += n;
-        }
-    }
-    let mut inflight = Vec::new();
-    let mut served = Vec::new();
-    for w in &core.router.workers {
-        inflight.push((w.id, w.inflight as u64));
-        served.push((w.id, w.served));
-    }
-    out::stats(&out::StatsMsg {
-        service: &svc.name,
-        queued: core.router.queue.len(),
-        inflight,
-        served,
-        statuses: statuses.into_iter().map(|((r, s), n)| (r, s, n)).collect(),
-        rejected: core.rejected.iter().map(|(r, n)| (*r, *n)).collect(),
-    })
 }

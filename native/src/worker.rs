@@ -6,11 +6,13 @@
 //! gives it to the head of the queue at once.
 //!
 //! EOF or an error without RemoveWorker: the worker is lost — its in-flight requests get
-//! 502 JSON (stage 1: no retry of safe requests yet), queued ones stay for the others,
-//! and the node hears WorkerLost.
+//! the crash rule (`crash.rs`: a safe request with nothing sent is retried once at the
+//! head of the queue, a request that crashed two workers is quarantined, the others get
+//! 502 JSON), queued ones stay for the others, and the node hears WorkerLost.
 
 use crate::body::{Chunk, GwBody, StreamBody};
 use crate::control::out;
+use crate::crash::{self, Crashed, Outcome};
 use crate::frames::{self, FromWorker};
 use crate::gateway::{made, Core, Gateway, Reply, Resp, Service};
 use bytes::{Buf, BytesMut};
@@ -117,8 +119,7 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
                 GwBody::full(body)
             };
             let resp = response(status, headers, body, &wc.release_hv, &gw.node_hv);
-            wc.count(status);
-            core.dirty = true;
+            inflight.status = status; // counted at Done (the duration runs to the answer's end)
             if let Err(mut resp) = tx.send(resp) {
                 // The client left meanwhile (its cancel waits for this lock). The body must
                 // not cancel on drop here: that would take the lock we hold.
@@ -142,12 +143,12 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
             }
         }
         FromWorker::Done { id, error } => {
-            let Some(inflight) = wc.inflight.remove(&id) else { return };
+            let Some(mut inflight) = wc.inflight.remove(&id) else { return };
             let service_time = now - inflight.dispatched;
-            match inflight.reply {
+            match std::mem::replace(&mut inflight.reply, Reply::Finished) {
                 Reply::Waiting(tx) if error.as_deref() != Some("cancelled") => {
                     let detail = error.unwrap_or_else(|| "the app returned without a response".into());
-                    wc.count(500);
+                    inflight.status = 500;
                     let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 500, "no response", &detail, None));
                 }
                 Reply::Streaming(tx) => {
@@ -155,6 +156,8 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
                 }
                 _ => {}
             }
+            let status = inflight.status;
+            inflight.record(&mut wc.stats, status, now);
             core.router.release(w, Some(service_time));
             core.dirty = true;
         }
@@ -189,34 +192,78 @@ fn response(
 }
 
 /// Worker `w` is gone: `unexpected` (EOF under us) tells the node WorkerLost; a
-/// RemoveWorker from the node does not.
+/// RemoveWorker from the node does not. Its in-flight requests get the crash rule
+/// (`crash.rs`): retried at the head of the queue, quarantined or answered 502; the node
+/// hears each verdict (`RequestCrashed`) to log it as the Python gateway does.
 pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
     let inflight;
+    let mut notes: Vec<Vec<u8>> = Vec::new();
+    let mut answers = Vec::new(); // after the notes: the node logs a verdict before its client sees it
     {
         let mut core = svc.core.lock();
         let Some(wc) = core.workers.remove(&w) else { return };
         core.router.remove_worker(w);
         inflight = wc.inflight.len() as u64;
-        for (status, n) in &wc.statuses {
-            *core.made.entry((wc.release.clone(), *status)).or_insert(0) += n;
-        }
-        let mut failed = 0;
-        for (_, i) in wc.inflight {
-            match i.reply {
+        let mut stats = wc.stats;
+        let share = if inflight > 0 { 1.0 / inflight as f64 } else { 0.0 };
+        let now = gw.now();
+        let mut retries = Vec::new();
+        for (id, mut i) in wc.inflight {
+            i.attempt.blame += share;
+            let a = &i.attempt;
+            let verdict = crash::outcome(&Crashed {
+                method: a.method,
+                answered: matches!(i.reply, Reply::Finished),
+                response_started: matches!(i.reply, Reply::Streaming(_)),
+                replayable: a.frame.is_some(),
+                attempts: a.attempts,
+                blame: a.blame,
+            });
+            let path = a.frame.as_deref().and_then(frames::req_key).map_or(&b""[..], |(_, p, _)| p);
+            if verdict != Outcome::Done {
+                notes.push(out::request_crashed(&svc.name, w, verdict.name(), a.method, path, a.blame));
+            }
+            let (error, detail) = match verdict {
+                Outcome::Done => {
+                    let status = i.status; // a complete answer whose Done did not come
+                    i.record(&mut stats, status, now);
+                    continue;
+                }
+                Outcome::Retry => {
+                    if let Reply::Waiting(tx) = std::mem::replace(&mut i.reply, Reply::Finished) {
+                        retries.push((id, tx, i));
+                    }
+                    continue;
+                }
+                Outcome::Quarantine => {
+                    if let Some((m, p, q)) = a.frame.as_deref().and_then(frames::req_key) {
+                        core.quarantine.insert((m.to_vec(), p.to_vec(), q.to_vec()), now + crash::QUARANTINE_TTL);
+                    }
+                    core.quarantined += 1;
+                    ("quarantined", "this request crashed two workers; it will not be retried — see `anycore logs` for the crash".to_string())
+                }
+                Outcome::Fail => {
+                    let why = crash::why_not_retried(matches!(i.reply, Reply::Streaming(_)));
+                    let what = if a.method.is_empty() { String::new() } else { format!("{} ", a.method) };
+                    ("worker died", format!("the worker running this {what}request died ({why}); the request may or may not have taken effect"))
+                }
+            };
+            match std::mem::replace(&mut i.reply, Reply::Finished) {
                 Reply::Waiting(tx) => {
-                    failed += 1;
-                    let detail = "the worker running this request died (stage 1 of the native gateway retries nothing); \
-                                  the request may or may not have taken effect";
-                    let _ = tx.send(made(&gw.node_hv, Some(&wc.release_hv), 502, "worker died", detail, None));
+                    answers.push((tx, made(&gw.node_hv, Some(&wc.release_hv), 502, error, &detail, None)));
+                    i.record(&mut stats, 502, now);
                 }
                 Reply::Streaming(tx) => {
-                    let _ = tx.send(Chunk::Abort);
+                    let _ = tx.send(Chunk::Abort); // the client sees the cut
+                    let status = i.status;
+                    i.record(&mut stats, status, now);
                 }
                 Reply::Finished => {}
             }
         }
-        for _ in 0..failed {
-            *core.made.entry((wc.release.clone(), 502)).or_insert(0) += 1;
+        core.keep_stats(&wc.release, &stats);
+        for (id, tx, i) in retries {
+            core.retry(svc, gw, id, tx, i);
         }
         wc.wake.notify_one(); // the writer finds no entry and ends
         let _ = nix::sys::socket::shutdown(wc.fd, nix::sys::socket::Shutdown::Both);
@@ -224,6 +271,12 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
         core.drain(svc, gw);
     }
     gw.workers.lock().remove(&w);
+    for note in notes {
+        gw.send(&note);
+    }
+    for (tx, resp) in answers {
+        let _ = tx.send(resp);
+    }
     if unexpected {
         gw.send(&out::worker_lost(w, inflight));
     }

@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, array_like=True, tag=2):
     header_timeout: float     # seconds to receive a request head (408)
     keepalive_timeout: float  # idle keep-alive connection closed after it
     threads: int = 0          # worker threads of the runtime; 0: the gateway's own rule
+    first_id: int = 0         # the first request id (0: 1); a restarted gateway starts past the old ids
 
 
 class Service(msgspec.Struct, array_like=True, tag=3):
@@ -145,6 +146,11 @@ class Stats(msgspec.Struct, array_like=True, tag=51):
     served: list[tuple[int, int]]            # (worker, requests done, cumulative)
     statuses: list[tuple[str, int, int]]     # (release, status, answers, cumulative)
     rejected: list[tuple[str, int]]          # (reason, count, cumulative); reasons as stats.REJECT_REASONS
+    # (release, duration counts, duration sum, queue-wait counts, queue-wait sum): counts per
+    # bucket of stats.BUCKETS (as stats.Histogram, not Prometheus' le), cumulative. Release ""
+    # holds the answers to requests no release took (refused, expired while queued).
+    histograms: list[tuple[str, list[int], float, list[int], float]] = msgspec.field(default_factory=list)
+    connections: int = 0                     # client connections open on the gateway now
 
 
 class WorkerIdle(msgspec.Struct, array_like=True, tag=52):
@@ -174,9 +180,23 @@ class Upgrade(msgspec.Struct, array_like=True, tag=54):
     server: tuple[str, int] | None   # the socket's local address
 
 
+class RequestCrashed(msgspec.Struct, array_like=True, tag=60):
+    """A request was running on a worker that died: the verdict of ``router/crash.py``'s
+    rule the gateway applied (``outcome``: "retry", "quarantine" or "fail"), for the node's
+    log. ``path`` is the raw path when the gateway kept the request (safe, bodiless), else "";
+    ``blame`` the workers' worth of crashes it was in (``crashed_workers``)."""
+
+    service: str
+    worker: int
+    outcome: str
+    method: str
+    path: str
+    blame: float
+
+
 ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown,
                   Tls, ProxyHeaders]
-FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade]
+FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, RequestCrashed]
 
 _encoder = msgspec.msgpack.Encoder()
 from_gateway = msgspec.msgpack.Decoder(FromGateway)

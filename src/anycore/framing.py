@@ -46,6 +46,18 @@ class FrameProtocol(asyncio.Protocol):
         if start:
             del buf[:start]
 
+    def discard_input(self) -> None:
+        """Forget a partial frame read so far: its writer is gone (a dead native gateway),
+        and the next writer starts at a frame boundary."""
+        self._buf.clear()
+
+    def pending_output(self) -> int:
+        """Bytes sent but not yet handed to the kernel (batched here, or in the transport)."""
+        size = sum(map(len, self._out))
+        if self.transport is not None:
+            size += self.transport.get_write_buffer_size()
+        return size
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._on_lost(exc)

@@ -61,6 +61,26 @@ class Cancel(msgspec.Struct, array_like=True, tag=4):
     id: int
 
 
+class GatewayReset(msgspec.Struct, array_like=True, tag=45):
+    """Node -> worker, on its frame socket, under the native gateway: the gateway died and a
+    new one takes the data socket over. Every request that came on the data socket with an
+    id below ``below`` (the new gateway's first id) is the dead gateway's: its client is
+    gone, so it is cancelled as by ``Cancel`` (a response waiting for credit would wait
+    forever). Then the worker brings the data socket to a frame boundary and answers
+    ``GatewayResetDone``; the node starts the new gateway after that."""
+
+    below: int
+
+
+class GatewayResetDone(msgspec.Struct, array_like=True, tag=46):
+    """Worker -> node: done with ``GatewayReset``. The worker dropped what the dead gateway
+    wrote and it had not read (a frame cut in half among it), and everything it wrote
+    itself is in the kernel, whole frames: the node discards those, and the data socket is
+    at a frame boundary both ways for the next gateway."""
+
+    below: int
+
+
 class Stop(msgspec.Struct, array_like=True, tag=5):
     """Drain: finish in-flight requests, run lifespan shutdown, exit."""
 
@@ -300,7 +320,7 @@ class Enqueued(msgspec.Struct, array_like=True, tag=31):
 
 
 
-Frame = Union[Req, Body, Credit, Cancel, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
+Frame = Union[Req, Body, Credit, Cancel, GatewayReset, GatewayResetDone, Stop, Resp, Done, Ready, StartFailed, Tick, WsOpen, WsAccept, WsMsg, WsClose,
               SessSnap, SessState, MigrateCheck, MigrateChecked, Notify, Notice,
               CallReq, CallBody, CallCredit, CallResp, CallCancel, CallEnd, Enqueue, Enqueued]
 

@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from anycore.node.native import find_binary
 from tests.conftest import HELLO, make_service, wait_for
 
 APP = """
@@ -66,13 +68,40 @@ def get(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes, tmp_path: Path) -> None:
+def answers(samples: Samples, **labels: str) -> float:
+    """Every ``anycore_requests_total`` sample with these labels (and any status), summed."""
+    return sum(v for (name, have), v in samples.items()
+               if name == "anycore_requests_total" and frozenset(labels.items()) <= have)
+
+
+def scrape_after(scrape: Scraper, base: Samples, total: int, **labels: str) -> Samples:
+    """A scrape once ``total`` more answers with ``labels`` are counted. The Python gateway
+    counts as it answers; the native one reports its counts to the node in Stats (every
+    100 ms while something changed), each message a consistent snapshot of one service:
+    once the answers are in, its rejections and histograms are too."""
+    def counted() -> Samples | None:
+        samples = scrape.samples()
+        return samples if answers(samples, **labels) - answers(base, **labels) >= total else None
+    return wait_for(counted, what=f"{total} more answers counted")
+
+
+@pytest.fixture(params=["python", "native"])
+def plane(request: pytest.FixtureRequest) -> dict[str, object]:
+    if request.param == "python":
+        return {}
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("anycore-gateway is not built (see README, Native gateway)")
+    return {"env": {"ANYCORE_GATEWAY_BIN": binary}, "gateway": ("--gateway", "native")}
+
+
+def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes, tmp_path: Path, plane) -> None:
     release = tmp_path / "release-block"
     app = make_service(tmp_path, "shop", APP.format(version="one", release=str(release)), CONFIG)
     # A second service that scales to zero while the rest runs: its first request later is a cold start.
     lazy = make_service(tmp_path, "lazy", HELLO, 'routes = ["/lazy"]\nmin_workers = 0\nmax_workers = 1\n'
                         "keep_warm = 0.5\nscale_down_delay = 0.5\n")
-    node = nodes.start(app, lazy, args=("--admin", "0.0.0.0:0"))
+    node = nodes.start(app, lazy, args=("--admin", "0.0.0.0:0", *plane.get("gateway", ())), env=plane.get("env"))
     port = int(node.record["admin"].rsplit(":", 1)[1])
     assert node.record["admin"] == f"http://0.0.0.0:{port}"
     assert f"admin listener on http://0.0.0.0:{port}" in node.output and "Authorization: Bearer" in node.output
@@ -92,7 +121,8 @@ def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes,
     with httpx.Client(base_url=node.url) as client:
         for _ in range(5):
             assert client.get("/").text == "one"
-        assert get(scrape.samples(), "anycore_gateway_connections") >= 1  # this client's keep-alive connection
+        wait_for(lambda: get(scrape.samples(), "anycore_gateway_connections") >= 1,  # this client's keep-alive connection
+                 what="the open connection counted")
         assert client.post("/", content=b"x" * 101).status_code == 413  # past max_body: refused, release ""
 
     # One slot, a queue of one: /block holds the slot past its deadline (504 while running),
@@ -116,7 +146,7 @@ def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes,
              what="the restart counted with its cause")
     wait_for(lambda: [w for w in node.ready_workers("shop") if w["pid"] != victim], what="the replacement worker")
 
-    mid = scrape.samples()
+    mid = scrape_after(scrape, before, 9, service="shop")
     d = lambda name, **labels: get(mid, name, **labels) - get(before, name, **labels)  # noqa: E731
     r1 = {"service": "shop", "release": one}
     none = {"service": "shop", "release": ""}
@@ -147,8 +177,8 @@ def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes,
         for _ in range(3):
             assert client.get("/").text == "two"
     deploy = next(d for d in node.ps()["deploys"]["phases"] if d["release"] == two and d["phase"] == "warm")
-    after = scrape.samples()
     r2 = {"service": "shop", "release": two}
+    after = scrape_after(scrape, mid, 3, **r2)
     assert get(after, "anycore_deploys_total", outcome="done", **r2) == 1
     assert get(after, "anycore_deploys_total", outcome="done", **r1) == 1  # the first deploy's count stays
     phases = {dict(labels)["phase"] for name, labels in after if name == "anycore_deploy_phase_seconds_count"

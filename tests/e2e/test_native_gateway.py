@@ -167,7 +167,12 @@ def test_queue_full_503_and_deadline_504(node: FakeNode) -> None:
     r = conns[0].getresponse()  # the running one passed its deadline too: 504, cancelled on the worker
     assert r.status == 504 and json.loads(r.read())["error"] == "deadline passed"
     stats = wait_stats(node, "api", lambda s: ("queue_full", 1) in s.rejected and s.inflight == [(3, 0)])
-    assert ("a1", 504, 3) in stats.statuses and ("a1", 503, 1) in stats.statuses
+    # As the Python gateway counts them: the running one under its release, those no
+    # release took (expired while queued, refused) under "", each refusal by its reason.
+    assert ("a1", 504, 1) in stats.statuses and ("", 504, 2) in stats.statuses and ("", 503, 1) in stats.statuses
+    assert ("deadline", 2) in stats.rejected
+    [(_, duration, _, queue_wait, _)] = [h for h in stats.histograms if h[0] == "a1"]
+    assert sum(duration) >= 1 and sum(queue_wait) >= 1
     for c in conns:
         c.close()
 
@@ -224,28 +229,60 @@ def test_stopped_service_answers_503_and_shift_moves_new_requests() -> None:
         deadline = time.monotonic() + 5
         while get(n, "/hello")[0] != 404:
             assert time.monotonic() < deadline
+        # Unrouted answers are counted too, as the Python gateway does: service "", release "".
+        unrouted = wait_stats(n, "", lambda s: any(status == 404 for _, status, _ in s.statuses))
+        assert ("no_route", sum(c for _, st, c in unrouted.statuses if st == 404)) in unrouted.rejected
     finally:
         n.close()
 
 
-def test_a_lost_worker_fails_its_requests_502_and_the_node_hears_it() -> None:
+def test_a_lost_workers_safe_request_is_retried_the_others_get_502_and_a_double_crash_is_quarantined() -> None:
+    # router/crash.py's rule (native/src/crash.rs): blame shared among the dead worker's
+    # requests; a bodiless GET with nothing sent goes back to the head of the queue.
     n = FakeNode(threads=1)
     try:
         n.listen()
         n.service("app", ["/"])
         n.add_worker(7, "app", slots=4)
         wait_stats(n, "app", lambda s: len(s.inflight) == 1)
-        c = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
-        c.request("GET", "/sleep?s=30")
-        wait_stats(n, "app", lambda s: s.inflight == [(7, 1)])
-        status, _, body = get(n, "/die")
+        get_conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        get_conn.request("GET", "/sleep?s=1")
+        post_conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        post_conn.request("POST", "/sleep?s=30", body=b"")
+        wait_stats(n, "app", lambda s: s.inflight == [(7, 2)])
+        status, _, body = get(n, "/die", "POST", b"")
         assert status == 502 and json.loads(body)["error"] == "worker died"
-        r = c.getresponse()
+        r = post_conn.getresponse()
+        detail = json.loads(r.read())["detail"]
         assert r.status == 502 and r.getheader("anycore-release") == "r1"
+        assert "POST request died (unsafe to retry" in detail and "may or may not have taken effect" in detail
         lost = n.wait(lambda m: isinstance(m, dataplane.WorkerLost))
-        assert (lost.worker, lost.inflight) == (7, 2)
-        stats = wait_stats(n, "app", lambda s: s.inflight == [])
+        assert (lost.worker, lost.inflight) == (7, 3)
+        verdicts = sorted((m.outcome, m.method, m.path) for m in n.messages if isinstance(m, dataplane.RequestCrashed))
+        assert verdicts == [("fail", "POST", ""), ("fail", "POST", ""), ("retry", "GET", "/sleep")]
+        wait_stats(n, "app", lambda s: s.queued == 1)  # the GET waits for a worker, first in line
+        n.add_worker(8, "app", slots=4)
+        r = get_conn.getresponse()
+        assert (r.status, r.read()) == (200, b"slept")
+        stats = wait_stats(n, "app", lambda s: ("r1", 200, 1) in s.statuses)
         assert ("r1", 502, 2) in stats.statuses
+
+        # A GET that kills every worker it runs on: retried once, then quarantined; an
+        # identical request is refused at once (no worker dies for it), others still run.
+        poison = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        poison.request("GET", "/die")  # kills 8; its retry waits for a worker
+        n.wait(lambda m: isinstance(m, dataplane.WorkerLost) and m.worker == 8)
+        n.add_worker(9, "app", slots=4)  # the retry kills 9 too: quarantined
+        r = poison.getresponse()
+        assert r.status == 502 and json.loads(r.read())["error"] == "quarantined"
+        quarantined = n.wait(lambda m: isinstance(m, dataplane.RequestCrashed) and m.outcome == "quarantine")
+        assert (quarantined.method, quarantined.path, quarantined.blame) == ("GET", "/die", 2.0)
+        n.add_worker(10, "app", slots=4)
+        status, _, body = get(n, "/die")
+        assert status == 502 and "refused for 300s" in json.loads(body)["detail"]
+        assert get(n, "/die?other=1", "POST", b"")[0] == 502  # not the same request: it runs (and kills 10)
+        stats = wait_stats(n, "app", lambda s: ("quarantined", 1) in s.rejected)
+        assert ("", 502, 1) in stats.statuses  # the refusal: no release took it
     finally:
         n.close()
 

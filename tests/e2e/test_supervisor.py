@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from anycore.node.native import find_binary
 from tests.conftest import RunningNode, make_service, wait_for
 
 APP = """
@@ -66,6 +68,19 @@ async def app(scope, receive, send):
 """
 
 
+@pytest.fixture(params=["python", "native"])
+def plane(request: pytest.FixtureRequest) -> dict[str, object]:
+    """The data plane a test runs on: ``nodes.start(..., **plane)``. Native is the real
+    ``anycore-gateway``, whose port of the crash rule (native/src/crash.rs) must behave as
+    the Python gateway's ``router/crash.py``, log lines included."""
+    if request.param == "python":
+        return {}
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("anycore-gateway is not built (see README, Native gateway)")
+    return {"args": ("--gateway", "native"), "env": {"ANYCORE_GATEWAY_BIN": binary}}
+
+
 def service(tmp_path: Path, name: str, config: str, code: str = APP) -> Path:
     marks = tmp_path / f"{name}-marks"
     marks.mkdir()
@@ -109,20 +124,21 @@ def kill_9_with_queue(node: RunningNode, name: str, method: str) -> tuple[int, h
         return worker["pid"], held.result(timeout=30), [f.result(timeout=30) for f in queued]
 
 
-def test_kill_9_with_get_in_flight_and_20_queued_all_21_get_200(nodes, tmp_path):
-    node = nodes.start(service(tmp_path, "getkill", "workers = 1\nslots = 1\n"))
+def test_kill_9_with_get_in_flight_and_20_queued_all_21_get_200(nodes, tmp_path, plane):
+    node = nodes.start(service(tmp_path, "getkill", "workers = 1\nslots = 1\n"), **plane)
     killed, held, queued = kill_9_with_queue(node, "getkill", "GET")
     assert held.status_code == 200, held.text
     assert held.text == f"retried after worker {killed}"  # the first attempt ran on the killed worker
     assert int(held.headers["x-pid"]) != killed
     assert [r.status_code for r in queued] == [200] * 20
     assert all(int(r.headers["x-pid"]) != killed for r in queued)
+    node.wait_output(r"event=request\.retried ")  # native: the gateway's verdict reaches the node's log a moment later
     [retried] = events(node, "request.retried")
     assert "method=GET" in retried and "path=/hold" in retried
 
 
-def test_kill_9_with_post_in_flight_gets_502_json_and_20_queued_get_200(nodes, tmp_path):
-    node = nodes.start(service(tmp_path, "postkill", "workers = 1\nslots = 1\n"))
+def test_kill_9_with_post_in_flight_gets_502_json_and_20_queued_get_200(nodes, tmp_path, plane):
+    node = nodes.start(service(tmp_path, "postkill", "workers = 1\nslots = 1\n"), **plane)
     killed, held, queued = kill_9_with_queue(node, "postkill", "POST")
     assert held.status_code == 502
     assert held.headers["content-type"] == "application/json"
@@ -157,9 +173,9 @@ def test_kill_9_replacement_worker_serves_soon_after(nodes, tmp_path):
     assert f"(pid {victim}): killed by SIGKILL" in info["last_exit"]
 
 
-def test_request_that_crashes_its_worker_is_quarantined_after_2_crashes_while_other_traffic_succeeds(nodes, tmp_path):
+def test_request_that_crashes_its_worker_is_quarantined_after_2_crashes_while_other_traffic_succeeds(nodes, tmp_path, plane):
     # One slot per worker: no innocent request shares a worker with the poison one.
-    node = nodes.start(service(tmp_path, "poison", "workers = 2\nslots = 1\n"))
+    node = nodes.start(service(tmp_path, "poison", "workers = 2\nslots = 1\n"), **plane)
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -179,6 +195,7 @@ def test_request_that_crashes_its_worker_is_quarantined_after_2_crashes_while_ot
             assert poisoned.status_code == 502
             assert poisoned.json()["error"] == "quarantined"
             assert "crashed two workers" in poisoned.json()["detail"]
+            node.wait_output(r"event=request\.quarantined ")
             [quarantined] = events(node, "request.quarantined")
             assert "path=/poison" in quarantined and "crashed_workers=2" in quarantined
             wait_ready_pids(node, "poison", 2)

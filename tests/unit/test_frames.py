@@ -38,6 +38,9 @@ class FakeTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken whole
+
 
 FRAME_TYPES: list[type[msgspec.Struct]] = list(typing.get_args(wire.Frame))
 
@@ -215,3 +218,24 @@ def test_frames_sent_after_the_peer_is_gone_are_dropped_and_on_lost_is_called() 
         return transport
 
     assert asyncio.run(main()).writes == []
+
+
+def test_discard_input_forgets_a_half_frame_and_pending_output_counts_what_is_not_written() -> None:
+    # A native gateway killed mid-frame (wire.GatewayReset): the next writer starts afresh.
+    got: list[Any] = []
+
+    async def main() -> None:
+        proto = FrameProtocol(got.append, lambda exc: None)
+        transport = FakeTransport()
+        proto.connection_made(transport)
+        cut = wire.encode(wire.Body(3, b"abcdef", True))
+        proto.data_received(cut[:7])  # the dead writer's half frame
+        proto.discard_input()
+        proto.data_received(wire.encode(wire.Credit(4, 10)))
+        assert got == [wire.Credit(4, 10)]
+        proto.send(wire.Cancel(1))
+        assert proto.pending_output() == len(wire.encode(wire.Cancel(1)))  # batched, not yet written
+        await asyncio.sleep(0)
+        assert proto.pending_output() == 0 and transport.writes == [wire.encode(wire.Cancel(1))]
+
+    asyncio.run(main())

@@ -149,12 +149,15 @@ def cli() -> None:
               help="Ping a WebSocket silent this many seconds; close it (1011) if the pong takes as long again.")
 @click.option("--gateway", type=click.Choice(["python", "native"]), default="python", show_default=True,
               help="Data plane: the in-process Python gateway, or anycore-gateway (Rust; see README, Native gateway).")
+@click.option("--gateway-threads", type=click.IntRange(min=1), default=None,
+              help="Threads of the native gateway (default: half the cores it may use, at least one).")
 @admin_option
 @with_nats
 @with_env_options
 @edge_options
 def up(paths: tuple[str, ...], listen: str, access_log: str | None, log_format: str, header_timeout: float, keepalive_timeout: float,
-       max_connections: int, max_header_bytes: int, ws_ping_interval: float, gateway: str, admin: str | None, nats_url: str | None,
+       max_connections: int, max_header_bytes: int, ws_ping_interval: float, gateway: str, gateway_threads: int | None,
+       admin: str | None, nats_url: str | None,
        token: str | None, creds: str | None, service_user: str, index_url: str, extra_index_urls: tuple[str, ...],
        find_links: tuple[str, ...], no_index: bool, edge: Edge) -> None:
     """Start a node in the foreground, serving each PATH (a directory, or module:attr)."""
@@ -171,7 +174,8 @@ def up(paths: tuple[str, ...], listen: str, access_log: str | None, log_format: 
     admin_address, admin_fallback = _admin(admin)
     node = Node(home_dir(), _listen(listen), nats_url, token, creds, access_log, limits,
                 index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
-                log_format=log_format, admin=admin_address, admin_fallback=admin_fallback, gateway=gateway)
+                log_format=log_format, admin=admin_address, admin_fallback=admin_fallback, gateway=gateway,
+                gateway_threads=gateway_threads or 0)
     sys.exit(_run(node.run(services)))
 
 
@@ -458,10 +462,13 @@ def env_command(service: str, as_json: bool, nats_url: str | None, token: str | 
 @with_log_options
 @click.option("--gateway", type=click.Choice(["python", "native"]), default="python", show_default=True,
               help="Data plane: the in-process Python gateway, or anycore-gateway (Rust; see README, Native gateway).")
+@click.option("--gateway-threads", type=click.IntRange(min=1), default=None,
+              help="Threads of the native gateway (default: half the cores it may use, at least one).")
 @admin_option
 @with_env_options
 @edge_options
-def dev(path: str, listen: str, access_log: str | None, log_format: str, gateway: str, admin: str | None, service_user: str,
+def dev(path: str, listen: str, access_log: str | None, log_format: str, gateway: str, gateway_threads: int | None,
+        admin: str | None, service_user: str,
         index_url: str, extra_index_urls: tuple[str, ...], find_links: tuple[str, ...], no_index: bool, edge: Edge) -> None:
     """Serve PATH and deploy a new release on every saved change (hot swap, no restart)."""
     from anycore.gateway.http import Limits
@@ -472,7 +479,8 @@ def dev(path: str, listen: str, access_log: str | None, log_format: str, gateway
     admin_address, admin_fallback = _admin(admin)
     node = Node(home_dir(), _listen(listen), access_log=access_log, watch=path, limits=limits,
                 index=_index(index_url, extra_index_urls, find_links, no_index), service_user=service_user,
-                log_format=log_format, admin=admin_address, admin_fallback=admin_fallback, gateway=gateway)
+                log_format=log_format, admin=admin_address, admin_fallback=admin_fallback, gateway=gateway,
+                gateway_threads=gateway_threads or 0)
     sys.exit(_run(node.run([service])))
 
 

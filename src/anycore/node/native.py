@@ -19,15 +19,26 @@ place that speaks ``anycore.dataplane`` to the gateway:
   find a worker still serving. The worker's ``stop_gate`` is that wait; the supervisor's
   drain timeout still bounds it.
 - ``Stats`` feed the Python router's per-worker counts (in flight, served), which the
-  scaler, recycling (``max_requests``) and ``ps`` already read, plus the queue length.
+  scaler, recycling (``max_requests``) and ``ps`` already read, plus the queue length, and
+  the node's ``RequestStats`` (``/metrics``): statuses, histograms and rejections per release.
+- ``RequestCrashed``: the gateway applied the crash rule to a dead worker's request; the
+  node writes the log line the Python gateway writes (retried, quarantined, failed).
 - ``WorkerLost`` (the data socket broke under the gateway): the worker is of no use any
   more; it is killed, and its control socket's EOF removes it the usual way.
 - ``Upgrade`` (a WebSocket handshake, with the client's socket): ``Handoffs`` adopts the
   connection into the node's own Python HTTP code (a ``gateway.server.Gateway`` with no
   listener), so WebSockets and Sessions run exactly as under the Python gateway.
 
-If the gateway process dies, ``on_gone`` is called once: in stage 1 the node logs it and
-exits (nothing serves without it; restarting it is stage 2).
+If the gateway process dies, the node restarts it in place (``_restart_soon``): the
+workers keep running, the listening socket stays bound (the node keeps it), and the new
+gateway gets Settings, Listen, every service and every live worker again — the node keeps
+a dup of each worker's data socket for that. Requests in flight on the dead gateway are
+lost (their clients' connections died with it): each worker cancels them and brings its
+data socket to a frame boundary (``GatewayReset``/``GatewayResetDone``, ``_reset_workers``)
+before the new gateway starts, and a late answer carries an id the new gateway ignores
+(it numbers its requests past the old ones: ``Settings.first_id``). Restarts follow a worker's restart policy (``supervisor/policy.py``: at once,
+then backoff); past ``GATEWAY_RESTARTS.intensity`` deaths within its period ``on_gone``
+is called once, and the node exits 3 as in stage 1.
 
 Sends never block the loop: a message the socket cannot take now waits in order (with its
 file descriptors held open) until the socket is writable.
@@ -43,17 +54,20 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sized
 
 import msgspec
 
-from anycore import dataplane
+from anycore import dataplane, wire
 from anycore.config import parse_route
 from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.lifecycle import ServiceState
 from anycore.log import NodeLog
+from anycore.router.core import WorkerSlots
+from anycore.stats import BUCKETS, Histogram, ReleaseStats, RequestStats
+from anycore.supervisor.policy import RestartPolicy
 
 if TYPE_CHECKING:
     from anycore.node.service import ServiceRuntime
@@ -63,6 +77,11 @@ BINARY = "anycore-gateway"
 MAX_FDS = 4  # file descriptors taken from one control message (a message names at most one)
 START_TIMEOUT = 10.0  # seconds from exec to Started
 CONTROL_FD = 3
+# Restarts of a dead gateway: as a worker's (at once, then 0.1 s doubling up to 2 s); more
+# than 5 deaths within 60 s and the node gives up (exit 3): something is wrong with it.
+GATEWAY_RESTARTS = dict(base=0.1, cap=2.0, stable=30.0, intensity=5, period=60.0)
+ID_SPAN = 1 << 40  # request ids per gateway generation (Settings.first_id)
+RESET_TIMEOUT = 2.0  # seconds a restart waits for the workers' GatewayResetDone
 INSTALL = ("install a Rust toolchain and the crates it builds from (Debian: `apt-get install cargo librust-hyper-dev "
            "librust-tokio-dev librust-rmp-serde-dev librust-serde-dev librust-socket2-dev librust-nix-dev`), "
            "then `pip install -e .` again; or set ANYCORE_GATEWAY_BIN")
@@ -94,16 +113,18 @@ class NativeGateway:
     ``ServiceRuntime`` calls as its workers come and go (``ServiceRuntime.dataplane``)."""
 
     def __init__(self, log: NodeLog, limits: Limits, binary: str, threads: int = 0,
-                 on_gone: Callable[[str], None] | None = None, handoffs: "Handoffs | None" = None) -> None:
+                 on_gone: Callable[[str], None] | None = None, stats: RequestStats | None = None,
+                 handoffs: "Handoffs | None" = None) -> None:
         self.log = log
         self.limits = limits
         self.binary = binary
         self.threads = threads
         self.on_gone = on_gone
+        self.stats = stats if stats is not None else RequestStats()  # the node's: service "" answers go here
         self.node_id = ""
         self.host, self.port = "", 0
         self.starting = True  # the Python gateway's flag; the native one routes what it is told
-        self.connections: tuple[()] = ()  # held by the gateway; not counted here in stage 1
+        self.connections: Sized = range(0)  # held by the gateway: only their number, from Stats
         self.errors: dict[int, int] = {}  # answers >= 400 by status, from Stats
         self.version, self.gateway_threads = "", 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -114,11 +135,21 @@ class NativeGateway:
         self.idle: set[int] = set()  # not accepting, nothing in flight (WorkerIdle)
         self.refusing: set[int] = set()  # told Accepting(false)
         self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
+        self._counted: dict[str, _Counted] = {}  # per service: the gateway's counts already in RequestStats
         self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
         self._started: asyncio.Future[dataplane.Started] | None = None
         self._closing = False
         self._gone = False
         self.handoffs = handoffs if handoffs is not None else Handoffs(Gateway(log, limits))
+        # Restarting in place: what the node keeps to hand a new gateway.
+        self._listener: socket.socket | None = None
+        self._data: dict[int, socket.socket] = {}  # worker id -> a dup of the node's end of its data socket
+        self._worker_service: dict[int, str] = {}
+        self._served_base: dict[int, int] = {}  # worker id -> requests served under earlier gateways
+        self.generation = 0  # gateways started
+        self.restarts = RestartPolicy(**GATEWAY_RESTARTS)  # type: ignore[arg-type]
+        self._spawned_at = 0.0
+        self._restarting: asyncio.Task[None] | None = None
 
     # -- the process and its control socket ------------------------------------------------
     async def start(self, host: str, port: int) -> None:
@@ -128,6 +159,19 @@ class NativeGateway:
                                         family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.host, self.port = listener.getsockname()[:2]
         self.handoffs.start()
+        self._listener = listener  # kept: a restarted gateway gets it again
+        try:
+            started = await self._spawn()
+        except AnycoreError:
+            await self.stop(1.0)
+            raise
+        self.log.event("gateway.started", kind="native", version=started.version, threads=started.threads,
+                       pid=self.process.pid if self.process else None, listen=f"{self.host}:{self.port}")
+
+    async def _spawn(self) -> dataplane.Started:
+        """Run a gateway and tell it everything the node knows now (Settings, Listen, then
+        every service and worker: nothing on a first start); returns its Started."""
+        assert self._listener is not None
         node_end, gateway_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = gateway_end.fileno()
 
@@ -143,27 +187,28 @@ class NativeGateway:
             self.process = subprocess.Popen([self.binary, "--control-fd", str(CONTROL_FD)], close_fds=False,
                                             preexec_fn=onto_fd3, start_new_session=True, stdin=subprocess.DEVNULL)
         except OSError as exc:
-            listener.close()
             node_end.close()
             raise AnycoreError(f"cannot run the native gateway {self.binary}: {exc.strerror or exc} — {INSTALL}") from None
         finally:
             gateway_end.close()
+        self._spawned_at = asyncio.get_running_loop().time()
         self.attach(node_end)
         self.send(dataplane.Settings(self.node_id, self.limits.max_connections, self.limits.max_header_bytes,
-                                     self.limits.header_timeout, self.limits.keepalive_timeout, self.threads))
+                                     self.limits.header_timeout, self.limits.keepalive_timeout, self.threads,
+                                     self.generation * ID_SPAN))
+        self.generation += 1
         self._send_edge()
-        self.send(dataplane.Listen(f"{self.host}:{self.port}"), [listener])
+        self.send(dataplane.Listen(f"{self.host}:{self.port}"), [self._listener.dup()])
+        self._replay()
         try:
             started = await asyncio.wait_for(asyncio.shield(self._started), START_TIMEOUT)  # type: ignore[arg-type]
         except (asyncio.TimeoutError, AnycoreError):
             code = self.process.poll()
-            await self.stop(1.0)
             what = f"exited with status {code}" if code is not None else f"did not start within {START_TIMEOUT:.0f}s"
             raise AnycoreError(f"the native gateway {self.binary} {what} (see its output above) — "
                                "or run with --gateway python") from None
         self.version, self.gateway_threads = started.version, started.threads
-        self.log.event("gateway.started", kind="native", version=started.version, threads=started.threads,
-                       pid=self.process.pid, listen=f"{self.host}:{self.port}")
+        return started
 
     def attach(self, control: socket.socket) -> None:
         """Use ``control`` as the control socket (``start`` does; tests pass a socketpair end)."""
@@ -248,6 +293,8 @@ class NativeGateway:
             self.log.event("gateway.worker_lost", worker=message.worker, inflight=message.inflight)  # type: ignore[union-attr]
             if worker is not None:
                 worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
+        elif kind is dataplane.RequestCrashed:
+            self._crashed(message)  # type: ignore[arg-type]
         elif kind is dataplane.Started and self._started is not None and not self._started.done():
             self._started.set_result(message)  # type: ignore[arg-type]
 
@@ -273,8 +320,7 @@ class NativeGateway:
         code = self.process.poll() if self.process is not None else None
         detail = f"exit status {code}" if code is not None else "its control socket closed"
         self.log.event("gateway.died", kind="native", detail=detail)
-        if self.on_gone is not None:
-            self.on_gone(detail)
+        self._restart_soon(detail)
 
     # -- the edge: TLS and proxy headers (gateway/tls.py, gateway/proxy.py) ----------------
     def _send_edge(self) -> None:
@@ -303,6 +349,8 @@ class NativeGateway:
         """Shutdown: the gateway stops accepting and finishes current responses within
         ``timeout``; killed if it takes longer."""
         self._closing = True
+        if self._restarting is not None:
+            self._restarting.cancel()
         self.send(dataplane.Shutdown(timeout))
         process = self.process
         if process is not None:
@@ -316,6 +364,98 @@ class NativeGateway:
             self._lost()
             self.control.close()
         await self.handoffs.stop(timeout)
+        for sock in [*self._data.values(), *([self._listener] if self._listener is not None else [])]:
+            sock.close()
+        self._data.clear()
+        self._listener = None
+
+    # -- restarting a dead gateway in place ------------------------------------------------
+    def _restart_soon(self, detail: str) -> None:
+        """The gateway died: start another after the policy's delay, or give up (``on_gone``:
+        the node exits 3) when it died too often."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        decision = self.restarts.on_crash(now, now - self._spawned_at)
+        if self._listener is None:  # not started by us (a test's attached socket): nothing to restart
+            if self.on_gone is not None:
+                self.on_gone(detail)
+            return
+        if decision.crashlooping:
+            self.log.event("gateway.gave_up", kind="native", deaths=len(self.restarts.exits),
+                           period=self.restarts.period)
+            if self.on_gone is not None:
+                self.on_gone(f"{detail}; it died {len(self.restarts.exits)} times within "
+                             f"{self.restarts.period:.0f}s, so it is not restarted again")
+            return
+        self.log.event("gateway.restarting", kind="native", delay=round(decision.delay, 3), workers=len(self.workers))
+        self._restarting = loop.create_task(self._restart(decision.delay))
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        process, control = self.process, self.control
+        if process is not None and process.poll() is None:
+            process.kill()  # its control socket broke but it runs: it must not serve on
+        if process is not None:
+            while process.poll() is None:
+                await asyncio.sleep(0.01)
+        if control is not None:
+            control.close()
+        self.control, self._gone = None, False
+        self.idle.clear()
+        self._counted.clear()  # the new gateway counts from zero
+        for worker_id, slots in self._routers_workers():
+            self._served_base[worker_id] = slots.served
+        await self._reset_workers(self.generation * ID_SPAN)
+        try:
+            started = await self._spawn()
+        except AnycoreError as exc:
+            self.log.event("gateway.restart_failed", kind="native", detail=str(exc))
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()  # its EOF counts as the next death (_lost)
+            elif not self._gone:
+                self._lost()
+            return
+        self.log.event("gateway.restarted", kind="native", pid=self.process.pid if self.process else None,
+                       version=started.version, workers=len(self.workers), restarts=self.restarts.consecutive)
+
+    async def _reset_workers(self, below: int) -> None:
+        """Each worker drops the dead gateway's requests and brings its data socket to a
+        frame boundary (``GatewayReset``; it answers ``GatewayResetDone``, or RESET_TIMEOUT
+        passes); meanwhile the node reads and discards what the workers write to it."""
+        loop = asyncio.get_running_loop()
+        kept = list(self._data.values())
+        for sock in kept:
+            loop.add_reader(sock.fileno(), _discard_pending, sock)
+        waits = []
+        for worker in list(self.workers.values()):
+            if worker.proto is not None and worker.id in self._data:
+                gate = worker.gateway_reset = loop.create_future()
+                waits.append(gate)
+                worker.proto.send(wire.GatewayReset(below))
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=RESET_TIMEOUT)
+        finally:
+            for sock in kept:
+                if sock.fileno() >= 0:
+                    loop.remove_reader(sock.fileno())
+                    _discard_pending(sock)
+
+    def _routers_workers(self) -> list[tuple[int, WorkerSlots]]:
+        return [(wid, slots) for runtime in self.services.values() for wid, slots in runtime.router.workers.items()]
+
+    def _replay(self) -> None:
+        """A new gateway learns what the old one knew: the services (routes, live release,
+        limits), then every worker with a dup of its data socket, and which stop accepting."""
+        for runtime in list(self.services.values()):
+            self.service_changed(runtime)
+        for worker_id, worker in list(self.workers.items()):
+            kept, service = self._data.get(worker_id), self._worker_service.get(worker_id)
+            if kept is None or service is None:
+                continue
+            self.send(dataplane.AddWorker(service, worker.release, worker_id, worker.slots), [kept.dup()])
+            if worker_id in self.refusing:
+                self.send(dataplane.Accepting(worker_id, False))
 
     # -- what the node and the deployer ask (as of gateway.server.Gateway) -----------------
     def set_node(self, node_id: str) -> None:
@@ -367,6 +507,8 @@ class NativeGateway:
             self.services[runtime.name] = runtime
             self.service_changed(runtime)
         self.workers[worker.id] = worker
+        self._data[worker.id] = data.dup()  # for a restarted gateway
+        self._worker_service[worker.id] = runtime.name
         self.send(dataplane.AddWorker(runtime.name, worker.release, worker.id, worker.slots), [data])
 
     def shifted(self, runtime: "ServiceRuntime", old: list["WorkerHandle"]) -> None:
@@ -393,13 +535,40 @@ class NativeGateway:
     def remove_worker(self, worker: "WorkerHandle") -> None:
         self.idle.discard(worker.id)
         self.refusing.discard(worker.id)
+        self._served_base.pop(worker.id, None)
+        self._worker_service.pop(worker.id, None)
+        if (kept := self._data.pop(worker.id, None)) is not None:
+            asyncio.get_running_loop().remove_reader(kept.fileno())  # if a restart reads it now
+            kept.close()
         if self.workers.pop(worker.id, None) is not None:
             self.send(dataplane.RemoveWorker(worker.id))
         if worker.stop_gate is not None and not worker.stop_gate.done():
             worker.stop_gate.set_result(None)
 
+    # -- a dead worker's requests ---------------------------------------------------------------
+    def _crashed(self, crashed: dataplane.RequestCrashed) -> None:
+        """The gateway applied ``router/crash.py``'s rule to a request of a dead worker: the
+        node's log line, as ``node/crashes.py`` writes it under the Python gateway."""
+        path = crashed.path or None
+        if crashed.outcome == "retry":
+            self.log.event("request.retried", crashed.service, method=crashed.method, path=path,
+                           dead_worker=crashed.worker)
+        elif crashed.outcome == "quarantine":
+            runtime = self.services.get(crashed.service)
+            if runtime is not None:
+                runtime.crashes.quarantined += 1
+            self.log.event("request.quarantined", crashed.service, method=crashed.method, path=path,
+                           crashed_workers=round(crashed.blame))
+        elif crashed.outcome == "fail":
+            self.log.event("request.failed", crashed.service, method=crashed.method or None, path=path, status=502,
+                           dead_worker=crashed.worker)
+
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:
+        if stats.service == "":  # the answers to requests no service is routed at (404, starting)
+            self.connections = range(stats.connections)
+            self._request_stats(self.stats, stats)
+            return
         runtime = self.services.get(stats.service)
         if runtime is None:
             return
@@ -408,6 +577,7 @@ class NativeGateway:
         for worker_id, slots in router.workers.items():
             slots.inflight = inflight.get(worker_id, 0)
         for worker_id, served in stats.served:
+            served += self._served_base.get(worker_id, 0)  # what it served under earlier gateways
             if (slots := router.workers.get(worker_id)) is not None:
                 router.served += max(0, served - slots.served)
                 slots.served = served
@@ -421,6 +591,65 @@ class NativeGateway:
         for per_service in self._errors.values():
             for status, count in per_service.items():
                 self.errors[status] = self.errors.get(status, 0) + count
+        self.connections = range(stats.connections)
+        self._request_stats(runtime.stats, stats)
+
+    def _request_stats(self, aggregate: RequestStats, stats: dataplane.Stats) -> None:
+        """Add what the gateway counted since its last Stats to the node's RequestStats (so
+        /metrics, the dashboard and ``anycore top`` read the same aggregate as under the
+        Python gateway). The gateway's counts are cumulative since it started: a count
+        lower than the one seen means a new gateway (counted from zero again)."""
+        seen = self._counted.setdefault(stats.service, _Counted())
+        for release, status, count in stats.statuses:
+            delta = _delta(count, seen.statuses.get((release, status), 0))
+            seen.statuses[(release, status)] = count
+            if delta:
+                mine = aggregate.releases.setdefault((stats.service, release), ReleaseStats())
+                mine.statuses[status] = mine.statuses.get(status, 0) + delta
+        for release, duration, duration_sum, queue_wait, queue_sum in stats.histograms:
+            if len(duration) != len(BUCKETS) or len(queue_wait) != len(BUCKETS):
+                continue  # another bucket layout: not ours to add
+            mine = aggregate.releases.setdefault((stats.service, release), ReleaseStats())
+            for name, counts, total, histogram in (("duration", duration, duration_sum, mine.duration),
+                                                   ("queue_wait", queue_wait, queue_sum, mine.queue_wait)):
+                before = seen.histograms.get((release, name))
+                if before is None or sum(counts) < before.count:
+                    before = Histogram()
+                for i, (now, then) in enumerate(zip(counts, before.counts)):
+                    histogram.counts[i] += now - then
+                histogram.count += sum(counts) - before.count
+                histogram.total += total - before.total
+                seen.histograms[(release, name)] = Histogram(list(counts), total, sum(counts))
+        for reason, count in stats.rejected:
+            delta = _delta(count, seen.rejected.get(reason, 0))
+            seen.rejected[reason] = count
+            if delta:
+                key = (stats.service, reason)
+                aggregate.rejected[key] = aggregate.rejected.get(key, 0) + delta
+
+
+class _Counted:
+    """One service's cumulative counts from the gateway, as last added to RequestStats."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[tuple[str, int], int] = {}
+        self.histograms: dict[tuple[str, str], Histogram] = {}
+        self.rejected: dict[str, int] = {}
+
+
+def _discard_pending(sock: socket.socket) -> None:
+    """Drop what a worker wrote to a dead gateway and it did not read: answers nobody
+    waits for any more, maybe starting mid-frame. What the worker writes from now on starts
+    at a frame boundary (it writes whole frames), unless it is mid-way through one now."""
+    try:
+        while sock.recv(1 << 16, socket.MSG_DONTWAIT):
+            pass
+    except OSError:
+        pass
+
+
+def _delta(now: int, then: int) -> int:
+    return now - then if now >= then else now  # lower: a new gateway counting from zero
 
 
 class Handoffs:

@@ -82,7 +82,7 @@ class Node:
                  creds: str | None = None, access_log: bool | str | None = None, limits: Limits | None = None,
                  watch: str | None = None, index: IndexSettings | None = None, service_user: str = "",
                  log_format: str = "logfmt", admin: tuple[str, int] | None = ADMIN_DEFAULT,
-                 admin_fallback: bool = False, gateway: str = "python") -> None:
+                 admin_fallback: bool = False, gateway: str = "python", gateway_threads: int = 0) -> None:
         self.home = home
         # The admin listener's address (None: off). ``admin_fallback``: it is the default, not
         # asked for, so a taken port (another node on this machine) moves to a free one.
@@ -103,8 +103,9 @@ class Node:
         self.gateway: Gateway | NativeGateway = python
         self.gateway_binary = find_binary()
         if gateway == "native":
-            self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", on_gone=self._gateway_gone,
-                                         handoffs=Handoffs(python))
+            # gateway_threads 0: the gateway's own rule (half the cores it may use, at least one)
+            self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", threads=gateway_threads,
+                                         on_gone=self._gateway_gone, stats=self.stats, handoffs=Handoffs(python))
         self.exit_code = 0  # set when the node stops for a failure of its own (the native gateway died)
         self.lock = NodeLock(home)
         self.embedded = EmbeddedNats(home, on_event=self.log.event) if nats_url is None else None
@@ -153,7 +154,8 @@ class Node:
         return "python" + ("" if self.gateway_binary else " (the native gateway is not built)")
 
     def _gateway_gone(self, detail: str) -> None:
-        """Stage 1: nothing serves without the native gateway, so the node stops (exit 3)."""
+        """The native gateway died too often to be restarted (node/native.py): nothing serves
+        without it, so the node stops (exit 3)."""
         print(f"anycore: the native gateway died ({detail}); the node stops — see its output above, "
               "then run `anycore up` again (or with --gateway python)", file=sys.stderr, flush=True)
         self.exit_code = 3

@@ -61,6 +61,7 @@ class WorkerHandle:
         self.stop_gate: asyncio.Future[None] | None = None  # native gateway: Stop waits for its WorkerIdle
         self.exit_status: int | None = None
         self.exit_cause = ""
+        self.gateway_reset: "asyncio.Future[None] | None" = None  # a native gateway's restart waits for GatewayResetDone
         self.exit_reason = ExitReason.CRASH  # why the node ended it (hang, recycle, drain, stop), if it did
         self.exit_detail = ""  # the human text of that reason: "served 10 requests (max_requests=10)"
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -143,6 +144,9 @@ class WorkerHandle:
                 self._on_done(self, exchange, frame.error)  # type: ignore[union-attr]
         elif kind is wire.Tick:
             self.last_tick = self._clock()
+        elif kind is wire.GatewayResetDone:
+            if self.gateway_reset is not None and not self.gateway_reset.done():
+                self.gateway_reset.set_result(None)  # node/native.py waits for it
         elif kind is wire.Ready:
             self.pid = self.pid or frame.pid  # type: ignore[union-attr]
             self._on_ready(self)

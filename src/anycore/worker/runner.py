@@ -52,6 +52,7 @@ from anycore.worker.wsgi_threads import ChannelWriter, LockedFrameProtocol, Wsgi
 
 BARRIER_TIMEOUT = 3.0  # a moving group's sessions wait this long for each other at most
 DISCONNECT_GRACE = 0.5  # seconds an app has to notice http.disconnect before it is cancelled
+RESYNC_TIMEOUT = 2.0  # a replaced native gateway: at most this long to get our writes out (GatewayReset)
 EXIT_STARTUP_FAILED = 3
 
 
@@ -78,6 +79,10 @@ class WorkerServer:
         self.sockets: dict[int, WsCycle | SessionCycle] = {}
         self.stopping: asyncio.Future[None] | None = None
         self.proto: FrameProtocol | None = None
+        # The native gateway's data socket (None under the Python gateway): for GatewayReset.
+        self.data_transport: asyncio.BaseTransport | None = None
+        self.data_proto: FrameProtocol | None = None
+        self.data_writer: ChannelWriter | None = None
         self.jobs: jobs.JobChannel | None = None
         self.state: dict[str, Any] = {}
 
@@ -147,7 +152,47 @@ class WorkerServer:
                 proto.writer = writer  # type: ignore[attr-defined]
             return proto
 
-        await self.loop.connect_accepted_socket(protocol, sock=data)
+        self.data_transport, self.data_proto = await self.loop.connect_accepted_socket(protocol, sock=data)  # type: ignore[assignment]
+        self.data_writer = writer
+
+    def _gateway_reset(self, below: int) -> None:
+        """The native gateway was replaced: its requests (data socket, id < ``below``) are
+        cancelled; their answers, if any still leave, go to ids the new gateway ignores."""
+        if self.wsgi is not None:
+            for wsgi_cycle in list(self.wsgi.cycles.values()):
+                if wsgi_cycle.id < below:
+                    wsgi_cycle.disconnect()  # the thread goes on until the app returns; its output is dropped
+        node = self.proto
+        for cycle in list(self.cycles.values()):
+            if cycle.id < below and getattr(cycle.send_frame, "__self__", node) is not node:
+                cycle.disconnect()
+                if cycle.task is not None:
+                    self.loop.call_later(DISCONNECT_GRACE, cycle.task.cancel)
+        self.loop.create_task(self._resync_data(below))
+
+    async def _resync_data(self, below: int) -> None:
+        """Bring the data socket to a frame boundary both ways, then say GatewayResetDone.
+        In: the dead gateway may have left half a frame — dropped, with everything it wrote
+        that is not read yet (no new gateway writes before the node hears Done). Out: what
+        this worker wrote is whole frames once it is all in the kernel (the node reads and
+        discards it meanwhile); the dead gateway's cycles, cancelled, write nothing more."""
+        proto, transport = self.data_proto, self.data_transport
+        if proto is not None and transport is not None:
+            proto.discard_input()
+            try:
+                with socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno())) as sock:
+                    while sock.recv(1 << 16, socket.MSG_DONTWAIT):
+                        pass
+            except OSError:
+                pass
+            deadline = self.loop.time() + RESYNC_TIMEOUT
+            while proto.pending_output() and self.loop.time() < deadline:
+                await asyncio.sleep(0.005)
+            if self.data_writer is not None:  # no WSGI thread is half-way through a write
+                await self.loop.run_in_executor(None, self.data_writer.lock.acquire)
+                self.data_writer.lock.release()
+        if self.proto is not None:
+            self.proto.send(wire.GatewayResetDone(below))
 
     async def _probe(self, path: str) -> str | None:
         """Call the app with ``GET path`` in-process; None if it answered 2xx or 3xx."""
@@ -236,6 +281,8 @@ class WorkerServer:
                 task = cycle.task
                 if task is not None:
                     asyncio.get_running_loop().call_later(DISCONNECT_GRACE, task.cancel)
+        elif kind is wire.GatewayReset:
+            self._gateway_reset(frame.below)  # type: ignore[attr-defined]
         elif kind is wire.CallResp or kind is wire.CallBody or kind is wire.CallCredit or kind is wire.CallEnd:
             self.calls.on_frame(frame)
         elif type(frame) is wire.WsOpen:

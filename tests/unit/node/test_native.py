@@ -22,6 +22,7 @@ from anycore.gateway.http import Limits
 from anycore.log import NodeLog
 from anycore.node.native import NativeGateway
 from anycore.node.service import ServiceRuntime
+from anycore.stats import BUCKETS
 from anycore.supervisor.worker import WorkerHandle
 from tests.unit.node.fakes import FakeClock, FakeRelease, run, until
 
@@ -207,3 +208,115 @@ async def test_an_unknown_message_is_ignored_a_lost_worker_is_killed_and_the_gat
     native.send(dataplane.RemoveWorker(1))  # nothing to send to: dropped, no error
     await asyncio.sleep(0.01)
     assert len(gone) == 1
+
+
+@run
+async def test_the_gateways_crash_verdicts_become_the_node_log_lines_of_the_python_gateway():
+    log = io.StringIO()
+    native, fake, runtime, _ = setup()
+    native.log = NodeLog(log)
+    native.add_service(runtime)
+    fake.say(dataplane.RequestCrashed("svc", 3, "retry", "GET", "/hold", 1.0))
+    fake.say(dataplane.RequestCrashed("svc", 4, "quarantine", "GET", "/poison", 2.0))
+    fake.say(dataplane.RequestCrashed("svc", 5, "fail", "POST", "", 1.0))
+    await until(lambda: log.getvalue().count("\n") >= 3, "three log lines")
+    retried, quarantined, failed = log.getvalue().splitlines()
+    assert "event=request.retried service=svc method=GET path=/hold dead_worker=3" in retried
+    assert "event=request.quarantined service=svc method=GET path=/poison crashed_workers=2" in quarantined
+    assert "event=request.failed" in failed and "method=POST" in failed and "status=502" in failed
+    assert "path=" not in failed  # the gateway keeps no copy of an unsafe request
+    assert runtime.quarantined == 1  # `anycore ps` shows it
+
+
+def histogram(*at: tuple[int, int]) -> list[int]:
+    counts = [0] * len(BUCKETS)
+    for index, n in at:
+        counts[index] = n
+    return counts
+
+
+@run
+async def test_stats_feed_the_nodes_request_stats_by_release_what_metrics_reads():
+    native, fake, runtime, _ = setup()
+    native.add_service(runtime)
+    fake.say(dataplane.Stats("svc", 0, [], [], [("r1", 200, 5), ("", 503, 1)], [("queue_full", 1)],
+                             [("r1", histogram((3, 5)), 0.004, histogram((0, 5)), 0.0002), ("", histogram((0, 1)), 0.0, histogram(), 0.0)],
+                             connections=2))
+    await until(lambda: ("svc", "r1") in runtime.stats.releases, "the first Stats")
+    r1 = runtime.stats.releases[("svc", "r1")]
+    assert r1.statuses == {200: 5} and runtime.stats.releases[("svc", "")].statuses == {503: 1}
+    assert (r1.duration.counts[3], r1.duration.count, r1.duration.total) == (5, 5, 0.004)
+    assert (r1.queue_wait.counts[0], r1.queue_wait.count) == (5, 5)
+    assert runtime.stats.rejected == {("svc", "queue_full"): 1}
+    assert len(native.connections) == 2
+    # Cumulative: only what is new is added (the node's own counts may have moved meanwhile).
+    r1.statuses[200] += 1  # as if the node had counted one itself
+    fake.say(dataplane.Stats("svc", 0, [], [], [("r1", 200, 7), ("", 503, 1)], [("queue_full", 1), ("deadline", 1)],
+                             [("r1", histogram((3, 6), (10, 1)), 0.1, histogram((0, 7)), 0.0003)]))
+    await until(lambda: r1.duration.count == 7, "the second Stats")
+    assert r1.statuses == {200: 8} and (r1.duration.counts[3], r1.duration.counts[10]) == (6, 1)
+    assert abs(r1.duration.total - 0.1) < 1e-9 and r1.queue_wait.count == 7
+    assert runtime.stats.rejected == {("svc", "queue_full"): 1, ("svc", "deadline"): 1}
+    # A new gateway counts from zero again: its counts are added whole.
+    fake.say(dataplane.Stats("svc", 0, [], [], [("r1", 200, 1)], [], [("r1", histogram((3, 1)), 0.001, histogram((0, 1)), 0.0)]))
+    await until(lambda: r1.duration.count == 8, "a new gateway's Stats")
+    assert r1.statuses == {200: 9} and r1.duration.counts[3] == 7
+
+
+async def everything(fake: Gateway) -> list[tuple[dataplane.ToGateway, list[int]]]:
+    """Every message the node sent so far (read until the socket is empty for a moment)."""
+    out = []
+    while True:
+        try:
+            out.append(await asyncio.wait_for(fake.read(), 0.05))
+        except (asyncio.TimeoutError, AssertionError):
+            return out
+
+
+@run
+async def test_a_restarted_gateway_is_told_every_service_and_live_worker_again_with_a_dup_of_its_data_socket():
+    native, fake, runtime, _ = setup()
+    release = FakeRelease(runtime, "r1")
+    a, far_a = worker(release, 1, [])
+    b, _ = worker(release, 2, [])
+    gone, _ = worker(release, 3, [])
+    for handle in (a, b, gone):
+        runtime.worker_ready(handle)
+    runtime.shift(release, "/srv", runtime.config)  # type: ignore[arg-type]
+    native.add_service(runtime)
+    native.stop_accepting(b)  # draining when the gateway dies
+    native.remove_worker(gone)
+    await everything(fake)
+    # The gateway dies; a new one is attached (as _restart does, after _spawn's Settings and Listen).
+    fake.sock.close()
+    await until(lambda: native._gone, "the death")
+    new = Gateway()
+    native.control, native._gone = None, False
+    native.attach(new.node_end)
+    native._replay()
+    sent = await everything(new)
+    assert [m for m, _ in sent] == [service("r1"), dataplane.AddWorker("svc", "r1", 1, 4),
+                                    dataplane.AddWorker("svc", "r1", 2, 4), dataplane.Accepting(2, False)]
+    data = socket.socket(fileno=sent[1][1][0])
+    far_a.sendall(b"still there")
+    assert data.recv(16) == b"still there"  # the same data socket: the worker was not restarted
+    native.remove_worker(a)
+    assert 1 not in native._data  # its dup closes with it
+
+
+def test_settings_carry_the_first_request_id_of_a_gateway_generation():
+    settings = dataplane.Settings("n", 10, 100, 1.0, 1.0, 2, 3 << 40)
+    assert dataplane.to_gateway.decode(dataplane.encode(settings)) == settings
+    assert dataplane.to_gateway.decode(msgspec.msgpack.encode([2, "n", 10, 100, 1.0, 1.0])).first_id == 0  # an older node
+    assert wire.decoder.decode(wire.encode(wire.GatewayReset(1 << 40))[4:]) == wire.GatewayReset(1 << 40)
+
+
+@run
+async def test_the_unrouted_answers_count_under_service_empty_in_the_nodes_request_stats():
+    native, fake, runtime, _ = setup()
+    fake.say(dataplane.Stats("", 0, [], [], [("", 404, 3), ("", 503, 1)], [("no_route", 3), ("starting", 1)],
+                             [("", histogram((0, 4)), 0.0, histogram(), 0.0)], connections=1))
+    await until(lambda: ("", "") in native.stats.releases, "the Stats of service \"\"")
+    assert native.stats.releases[("", "")].statuses == {404: 3, 503: 1}
+    assert native.stats.rejected == {("", "no_route"): 3, ("", "starting"): 1}
+    assert native.stats.releases[("", "")].duration.count == 4 and len(native.connections) == 1
