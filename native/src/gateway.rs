@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::body::{Chunk, GwBody};
+use crate::body::{Chunk, GwBody, ReqBody};
 
 pub type Resp = Response<GwBody>;
 
@@ -206,7 +206,7 @@ impl WorkerConn {
 
 pub struct QueuedReq {
     pub frame: Vec<u8>,
-    pub body: Option<hyper::Body>,
+    pub body: Option<ReqBody>,
     pub reply: oneshot::Sender<Resp>,
 }
 
@@ -298,7 +298,7 @@ impl Core {
         w: u64,
         id: u64,
         write: impl FnOnce(&mut Vec<u8>),
-        body: Option<hyper::Body>,
+        body: Option<ReqBody>,
         reply: oneshot::Sender<Resp>,
         now: f64,
         deadline: f64,
@@ -311,11 +311,7 @@ impl Core {
             return;
         };
         wc.push(write);
-        let credit = body.map(|body| {
-            let gate = CreditGate::new();
-            gw.rt.spawn(crate::body::pump(svc.clone(), w, id, body, gate.clone(), max_body));
-            gate
-        });
+        let credit = body.map(|body| crate::body::start(svc, &gw.rt, w, id, body, max_body));
         wc.inflight.insert(id, Inflight { reply: Reply::Waiting(reply), credit, dispatched: now, deadline });
     }
 }
@@ -362,7 +358,7 @@ pub fn place(
     svc: &Arc<Service>,
     size: u64,
     write: impl FnOnce(&mut Vec<u8>, u64),
-    body: Option<hyper::Body>,
+    body: Option<ReqBody>,
     reply: oneshot::Sender<Resp>,
 ) -> Result<u64, Resp> {
     let mut core = svc.core.lock();

@@ -16,8 +16,11 @@ mod body;
 mod control;
 mod frames;
 mod gateway;
+mod h1;
+mod handoff;
 mod http;
 mod model;
+mod parse;
 mod router;
 mod worker;
 
