@@ -121,6 +121,8 @@ pub struct ServiceSpec {
     pub max_queue: usize,
     pub max_queue_bytes: u64,
     pub deadline: f64,
+    pub request_buffer: u64,
+    pub body_timeout: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +188,8 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
                 max_queue: f(5).as_int()?.max(0) as usize,
                 max_queue_bytes: f(6).as_int()?.max(0) as u64,
                 deadline: f(7).as_float()?,
+                request_buffer: if v.len() > 9 { f(8).as_int()?.max(0) as u64 } else { 64 * 1024 },
+                body_timeout: if v.len() > 10 { f(9).as_float()? } else { 30.0 },
             })
         }
         4 => {

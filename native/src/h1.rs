@@ -103,8 +103,16 @@ struct Conn<S> {
 /// What a parsed head leads to.
 enum Step {
     Refuse(Refusal),
+    /// Read the body (up to the service's request_buffer) before the request takes a slot.
+    Buffer(BodyWait),
     Upgrade(String),
     Exchange(Exchange),
+}
+
+struct BodyWait {
+    framing: Framing,
+    limit: u64,
+    timeout: Duration,
 }
 
 /// One request on its way: the answer to wait for and the body still to read.
@@ -117,6 +125,7 @@ struct Exchange {
     http10: bool,
     keep_alive: bool,
     expect_continue: bool,
+    body_timeout: Duration,
 }
 
 /// The request body still to come from the client.
@@ -189,7 +198,19 @@ where
                 Err(None) => return self.close(false).await,
                 Err(Some(refusal)) => return self.refuse(refusal).await,
             };
-            match self.request(end, handoff.is_some()) {
+            let mut buffered = false;
+            let mut step = self.request(end, handoff.is_some(), buffered);
+            while let Step::Buffer(wait) = step {
+                match self.buffer_body(end, &wait).await {
+                    Ok(()) => {}
+                    Err(None) => return self.close(true).await,
+                    Err(Some(refusal)) => return self.refuse(refusal).await,
+                }
+                buffered = true;
+                step = self.request(end, handoff.is_some(), buffered);
+            }
+            match step {
+                Step::Buffer(_) => unreachable!("buffered above"),
                 Step::Refuse(refusal) => return self.refuse(refusal).await,
                 Step::Upgrade(service) => {
                     if let Some(handoff) = handoff {
@@ -262,7 +283,7 @@ where
 
     /// Parses the head at the start of the buffer (`end` bytes), checks it and submits
     /// it; consumes the head and any body that rode along.
-    fn request(&mut self, end: usize, can_hand_off: bool) -> Step {
+    fn request(&mut self, end: usize, can_hand_off: bool, buffered: bool) -> Step {
         let limit = self.gw.settings.header_limit;
         let buf = &self.buf[..];
         let mut storage = [httparse::EMPTY_HEADER; parse::HEADERS];
@@ -300,6 +321,7 @@ where
         let rest = &buf[end..];
         let mut consumed = end;
         let mut decoded = Vec::new();
+        let mut total = 0u64;
         let (inline, left, size): (&[u8], Option<Left>, u64) = match head.framing {
             Framing::Empty => (b"", None, 0),
             Framing::Length(n) => {
@@ -315,6 +337,7 @@ where
                 // the request reaches a worker, and a small whole body rides along.
                 let mut dec = Chunked::new(limit);
                 let used = match dec.feed(rest, &mut |d| {
+                    total += d.len() as u64;
                     if decoded.len() <= frames::CHUNK {
                         decoded.extend_from_slice(d)
                     }
@@ -326,11 +349,28 @@ where
                     consumed += used;
                     (&decoded[..], None, decoded.len() as u64)
                 } else {
-                    (b"", Some(Left::Chunked(Chunked::new(limit))), 0)
+                    (b"", Some(Left::Chunked(Chunked::new(limit))), total)
                 }
             }
         };
         let more = left.is_some();
+        let mut body_timeout = Duration::from_secs(30);
+        if more {
+            // A body still to come: the service's limits say how long to wait for it, and
+            // how much of it to read before the request takes a slot (not with Expect:
+            // that client sends nothing before its 100 Continue).
+            if let Some((svc, _)) = self.gw.route(host, &http::percent_decode(raw_path)) {
+                let (request_buffer, timeout, max_body) = {
+                    let core = svc.core.lock();
+                    (core.spec.request_buffer, core.spec.body_timeout, core.spec.max_body)
+                };
+                body_timeout = Duration::from_secs_f64(timeout.max(0.01));
+                let had = (buf.len() - end) as u64;
+                if !buffered && !head.expect_continue && had < request_buffer && size <= max_body {
+                    return Step::Buffer(BodyWait { framing: head.framing, limit: request_buffer, timeout: body_timeout });
+                }
+            }
+        }
         let (tx, rx) = if more {
             let (tx, rx) = oneshot::channel();
             (Some(ReqBody::Conn(tx)), Some(rx))
@@ -367,14 +407,57 @@ where
             http10: head.http10,
             keep_alive,
             expect_continue: head.expect_continue && !head.http10,
+            body_timeout,
         };
         self.buf.advance(consumed);
         Step::Exchange(x)
     }
 
+    /// Reads the body of the head at the start of the buffer (`end` bytes) until it is
+    /// whole or `wait.limit` bytes of it are here; a gap of `wait.timeout` is 408, a
+    /// malformed chunked body 400 (neither reaches a worker). Err(None): the client left.
+    async fn buffer_body(&mut self, end: usize, wait: &BodyWait) -> Result<(), Option<Refusal>> {
+        let mut dec = Chunked::new(self.gw.settings.header_limit);
+        let mut fed = end;
+        self.timer.set(wait.timeout);
+        loop {
+            let have = (self.buf.len() - end) as u64;
+            match wait.framing {
+                Framing::Length(n) if have >= n => return Ok(()),
+                Framing::Chunked => {
+                    fed += dec.feed(&self.buf[fed..], &mut |_| {}).map_err(Some)?;
+                    if dec.done() {
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            if have >= wait.limit {
+                return Ok(());
+            }
+            if self.buf.capacity() - self.buf.len() < READ / 4 {
+                self.buf.reserve(READ);
+            }
+            tokio::select! {
+                r = self.io.read_buf(&mut self.buf) => match r {
+                    Ok(0) | Err(_) => {
+                        self.read_eof = true;
+                        return Err(None);
+                    }
+                    Ok(_) => {
+                        self.last_read = Instant::now();
+                        self.timer.set(wait.timeout);
+                    }
+                },
+                _ = self.timer.expired() => return Err(Some(body_late(wait.timeout))),
+            }
+        }
+    }
+
     /// Runs one request to the end of its answer. Returns whether the connection goes on.
     async fn exchange(&mut self, mut x: Exchange) -> bool {
         let mut close = false;
+        let mut body_clock = false;
         let mut out = match x.submitted.take() {
             Some(Submitted::Pending(p)) => Out::Waiting(p),
             Some(Submitted::Answered(resp)) => {
@@ -408,6 +491,13 @@ where
             };
             let watch = !pumping && self.buf.len() < READ_AHEAD;
             let read = !self.read_eof && ((pumping && credit) || watch);
+            // The body timeout runs only while the body waits on the client (not on
+            // credit, not on the queue).
+            let on_client = pumping && credit && !self.read_eof;
+            if on_client && !body_clock {
+                self.timer.set(x.body_timeout);
+            }
+            body_clock = on_client;
             if read && self.buf.capacity() - self.buf.len() < READ / 4 {
                 self.buf.reserve(READ);
             }
@@ -456,8 +546,20 @@ where
                             return false; // the client left: dropping `out` cancels its request
                         }
                     }
-                    Ok(_) => self.last_read = Instant::now(),
+                    Ok(_) => {
+                        self.last_read = Instant::now();
+                        if pumping {
+                            self.timer.set(x.body_timeout);
+                        }
+                    }
                 },
+                _ = self.timer.expired(), if on_client => {
+                    if matches!(out, Out::Waiting(_)) {
+                        drop(out); // cancels the request: its slot is free again
+                        self.write_refusal(&body_late(x.body_timeout));
+                    }
+                    return false;
+                }
             }
         }
         let finished = matches!(x.upload, Upload::Done);
@@ -649,6 +751,7 @@ where
             http10: false,
             keep_alive: false,
             expect_continue: false,
+            body_timeout: Duration::ZERO,
         };
         let mut close = true;
         self.begin(resp, &x, &mut close);
@@ -691,6 +794,10 @@ where
     }
 }
 
+fn body_late(timeout: Duration) -> Refusal {
+    Refusal::new(408, format!("no request body bytes for {}s (body_timeout)", timeout.as_secs_f64()))
+}
+
 fn push_int(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -708,19 +815,25 @@ fn push_int(out: &mut Vec<u8>, mut n: u64) {
 /// One deadline per connection on one `Sleep` (see the module's header).
 struct Timer {
     sleep: Pin<Box<Sleep>>,
+    armed: Instant,
     due: Instant,
     step: Duration,
 }
 
 impl Timer {
-    /// `step` must be at most every delay later given to `set`.
+    /// `step`: the shortest of the usual delays (`set` with a shorter one resets the sleep).
     fn new(step: Duration, first: Duration) -> Self {
         let now = Instant::now();
-        Timer { sleep: Box::pin(tokio::time::sleep_until(now + step)), due: now + first, step }
+        Timer { sleep: Box::pin(tokio::time::sleep_until(now + step)), armed: now + step, due: now + first, step }
     }
 
+    /// A store, unless `after` is shorter than `step` (a body timeout below the others).
     fn set(&mut self, after: Duration) {
         self.due = Instant::now() + after;
+        if self.due < self.armed {
+            self.armed = self.due;
+            self.sleep.as_mut().reset(self.due);
+        }
     }
 
     async fn expired(&mut self) {
@@ -730,7 +843,8 @@ impl Timer {
             if now >= self.due {
                 return;
             }
-            self.sleep.as_mut().reset(self.due.min(now + self.step));
+            self.armed = self.due.min(now + self.step);
+            self.sleep.as_mut().reset(self.armed);
         }
     }
 }

@@ -112,9 +112,9 @@ class FakeNode:
 
     def service(self, name: str = "app", routes: list[str] | None = None, release: str = "r1", running: bool = True,
                 max_body: int = 1 << 30, max_queue: int = 100, max_queue_bytes: int = 1 << 26,
-                deadline: float = 30.0) -> None:
+                deadline: float = 30.0, request_buffer: int = 64 * 1024, body_timeout: float = 30.0) -> None:
         self.send(dataplane.Service(name, routes or ["/"], release, running, max_body, max_queue, max_queue_bytes,
-                                    deadline))
+                                    deadline, request_buffer, body_timeout))
 
     def add_worker(self, worker: int, service: str = "app", release: str = "r1", slots: int = 8,
                    stdout: Any = None) -> subprocess.Popen[bytes]:
