@@ -100,7 +100,9 @@ struct Conn<S> {
     last_read: Instant,
 }
 
-/// What a parsed head leads to.
+/// What a parsed head leads to. (A stack value, once per request: boxing the large
+/// variant would cost an allocation per request.)
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Refuse(Refusal),
     /// Read the body (up to the service's request_buffer) before the request takes a slot.
