@@ -48,8 +48,8 @@ use tokio::time::{Instant, Sleep};
 /// Free room kept in the read buffer before a read.
 const READ: usize = 16 * 1024;
 /// A FIN this soon after a request's last byte is a half-close (the Python gateway's
-/// window is 10 ms on an idle loop; this one allows for a busy machine).
-const HALF_CLOSE_WINDOW: Duration = Duration::from_millis(50);
+/// `HALF_CLOSE_WINDOW`: the tests time a client that leaves against it).
+const HALF_CLOSE_WINDOW: Duration = Duration::from_millis(10);
 /// How long a closing connection drains what the client still sends.
 const LINGER: Duration = Duration::from_secs(1);
 /// Bytes read ahead (pipelined requests, or a queued request's body) while waiting.

@@ -3,7 +3,8 @@
 //! route, admit, encode the Req frame, and the answer to wait for. HTTP/1.1 (`h1.rs`)
 //! calls it with a head parsed in place; HTTP/2 (hyper, `h2.rs`) through `handle`.
 //!
-//! Limits: `max_connections` (a semaphore; past it a new connection is closed at once);
+//! Limits: `max_connections` (a semaphore; past it a new connection gets 503 and is
+//! closed at once, as under the Python gateway);
 //! the head's limits are `parse.rs`'s. A request whose client goes away before its
 //! answer (its `Pending` is dropped) is unqueued or cancelled on its worker.
 
@@ -17,6 +18,8 @@ use std::os::unix::io::OwnedFd;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n";
 
 pub struct ConnInfo {
     pub gw: &'static Gateway,
@@ -42,7 +45,10 @@ pub async fn accept_loop(gw: &'static Gateway, listener: std::net::TcpListener) 
             continue;
         };
         let Ok(permit) = gw.connections.clone().try_acquire_owned() else {
-            drop(stream); // past max_connections
+            // Past max_connections: said in one write (a fresh socket's buffer takes it), closed.
+            if let Ok(mut stream) = stream.into_std() {
+                let _ = std::io::Write::write(&mut stream, FULL);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
