@@ -5,13 +5,16 @@
 //! read buffer (`parse::find_end`), parses it in place (`parse::parse_head`: borrowed
 //! slices, no allocation per header), and hands it to the shared request path
 //! (`http::submit`), which encodes the Req frame straight into the worker's buffer.
-//! A body already whole in the buffer (up to CHUNK) rides in the Req frame; a longer or
-//! later one is read only once the request is placed (`body::Started` comes back), in
-//! pieces under the worker's credit, so a queued or refused request reads no body and
-//! `100 Continue` goes out only then. The answer (or a streamed body) is written from
-//! the write buffer, one `write` per response where it fits; the next head is parsed
-//! only after the answer, so pipelined responses never interleave, and a pipelined
-//! request already in the buffer is placed before the previous answer is flushed.
+//! Bodies, as the Python gateway: one is read up to the service's `request_buffer`
+//! before the request takes a slot (`buffer_body`, under `body_timeout`), and a whole one
+//! up to CHUNK rides in the Req frame; the rest is read only once the request is placed
+//! (`body::Started` comes back), in pieces under the worker's credit, so a queued request
+//! reads no more. A request with `Expect: 100-continue` is placed at once, and its
+//! `100 Continue` goes out when a worker takes it. The answer (or a streamed body) is
+//! written from the write buffer, one `write` per response where it fits (a streamed
+//! body's ready chunks go with the head); the next head is parsed only after the answer,
+//! so pipelined responses never interleave, and a pipelined request already in the
+//! buffer is placed before the previous answer is flushed.
 //!
 //! What must hold:
 //! - a refusal (400/408/414/431/501) is answered after the responses before it, then the
@@ -35,6 +38,7 @@ use crate::handoff;
 use crate::http::{self, ConnInfo, Pending, Request, Submitted};
 use crate::parse::{self, Chunked, Framing, Parsed, Refusal, Upgrade};
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http_body::Body as _;
 use std::os::unix::io::OwnedFd;
 use std::pin::Pin;
@@ -479,6 +483,27 @@ where
                     self.write_refusal(&refusal);
                 }
                 return false;
+            }
+            // What the streamed body already has goes out with the head (or the chunk
+            // before): one write, and the head never leaves alone when a chunk is there.
+            while let Out::Streaming(body, framing) = &mut out {
+                if self.out.len() >= READ_AHEAD {
+                    break;
+                }
+                match body.data().now_or_never() {
+                    Some(Some(Ok(data))) => {
+                        let framing = *framing;
+                        self.chunk(&data, framing);
+                    }
+                    Some(Some(Err(_))) => return false,
+                    Some(None) => {
+                        if let Framing2::Chunked = framing {
+                            self.out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        out = Out::Done;
+                    }
+                    None => break,
+                }
             }
             if let Out::Done = out {
                 break;
