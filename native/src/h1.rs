@@ -42,11 +42,11 @@ use futures_util::FutureExt as _;
 use http_body::Body as _;
 use std::os::unix::io::OwnedFd;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 /// Free room kept in the read buffer before a read.
@@ -83,7 +83,7 @@ where
         timer: Timer::new(header.min(idle), header),
         header,
         idle,
-        shutdown: gw.shutdown.subscribe(),
+        stop: Stop::get(gw),
         read_eof: false,
         last_read: Instant::now(),
     };
@@ -99,7 +99,7 @@ struct Conn<S> {
     timer: Timer,
     header: Duration,
     idle: Duration,
-    shutdown: watch::Receiver<bool>,
+    stop: (&'static Stop, usize),
     read_eof: bool,
     last_read: Instant,
 }
@@ -256,7 +256,7 @@ where
                 if let Some(refusal) = parse::too_long(&self.buf, limit) {
                     return Err(Some(refusal));
                 }
-            } else if *self.shutdown.borrow() {
+            } else if self.stop.0.flag.load(Ordering::Acquire) {
                 return Err(None);
             }
             if self.read_eof {
@@ -267,6 +267,11 @@ where
             }
             if self.buf.capacity() - self.buf.len() < READ / 4 {
                 self.buf.reserve(READ);
+            }
+            let (stop, shard) = self.stop;
+            let stopping = stop.shards[shard].notified();
+            if self.buf.is_empty() && stop.flag.load(Ordering::Acquire) {
+                return Err(None);
             }
             tokio::select! {
                 r = self.io.read_buf(&mut self.buf) => match r {
@@ -282,7 +287,7 @@ where
                     }
                     return Err(Some(Refusal::new(408, "request headers not received in time")));
                 }
-                _ = self.shutdown.changed(), if self.buf.is_empty() => return Err(None),
+                _ = stopping, if self.buf.is_empty() => return Err(None),
             }
         }
     }
@@ -590,7 +595,7 @@ where
             }
         }
         let finished = matches!(x.upload, Upload::Done);
-        !close && x.keep_alive && finished && !*self.shutdown.borrow()
+        !close && x.keep_alive && finished && !self.stop.0.flag.load(Ordering::Acquire)
     }
 
     /// Sends what the buffer holds of the request body to its worker while the credit
@@ -837,6 +842,43 @@ fn push_int(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+/// The gateway's shutdown as idle connections wait for it: a flag, and Notify shards, so
+/// that the wait each idle connection registers (a lock) is shared by 1/SHARDS of them,
+/// not by every connection on every thread (a `watch` receiver per connection would be).
+pub struct Stop {
+    flag: AtomicBool,
+    shards: Vec<Notify>,
+}
+
+const SHARDS: usize = 64;
+static STOP: OnceLock<Stop> = OnceLock::new();
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+impl Stop {
+    /// The gateway's Stop (the first call starts the task that watches `gw.shutdown`),
+    /// and a shard for one connection.
+    fn get(gw: &'static Gateway) -> (&'static Stop, usize) {
+        let stop = STOP.get_or_init(|| {
+            let mut rx = gw.shutdown.subscribe();
+            gw.rt.spawn(async move {
+                while !*rx.borrow() {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(stop) = STOP.get() {
+                    stop.flag.store(true, Ordering::Release);
+                    for shard in &stop.shards {
+                        shard.notify_waiters();
+                    }
+                }
+            });
+            Stop { flag: AtomicBool::new(false), shards: (0..SHARDS).map(|_| Notify::new()).collect() }
+        });
+        (stop, NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS)
+    }
 }
 
 /// One deadline per connection on one `Sleep` (see the module's header).

@@ -156,3 +156,25 @@ def test_a_body_over_max_body_is_refused_413_and_the_connection_closes(node: Fak
             pass
         status, headers, body = r.response()
         assert status.startswith(b"HTTP/1.1 413") and headers[b"connection"] == b"close"
+
+
+def test_shutdown_closes_idle_keep_alive_connections_at_once() -> None:
+    from anycore import dataplane
+
+    n = FakeNode(threads=2)
+    try:
+        n.listen()
+        n.service("app", ["/"])
+        n.add_worker(1, "app", slots=2)
+        n.stats("app", lambda s: len(s.inflight) == 1)
+        idle = [connect(n) for _ in range(3)]
+        for sock, r in idle:
+            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert r.response()[2] == b"hello"
+        n.send(dataplane.Shutdown(30.0))
+        for sock, r in idle:
+            assert r.closed()  # told at once, not at the keep-alive timeout
+            sock.close()
+        assert n.proc.wait(timeout=5) == 0  # every connection gone: no need to wait for the grace
+    finally:
+        n.close()
