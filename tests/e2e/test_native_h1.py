@@ -2,7 +2,8 @@
 stand-in node and workers of tests/e2e/native_fake.py: HTTP/1.0 (an HTTP/1.1 status line,
 keep-alive only if asked, a streamed body ended by the close), HEAD, pipelined requests
 with bodies answered in order, a chunked upload past a frame's worth, ``Expect:
-100-continue`` (the 100 only once a worker took the request), a body over max_body."""
+100-continue`` (the 100 only once a worker took the request), a body over max_body, and a
+shutdown closing idle connections at once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import socket
 from typing import Iterator
 
 import pytest
+
+from anycore import dataplane
 
 from .native_fake import BINARY, FakeNode
 
@@ -159,8 +162,6 @@ def test_a_body_over_max_body_is_refused_413_and_the_connection_closes(node: Fak
 
 
 def test_shutdown_closes_idle_keep_alive_connections_at_once() -> None:
-    from anycore import dataplane
-
     n = FakeNode(threads=2)
     try:
         n.listen()
