@@ -37,6 +37,7 @@ use crate::gateway::{self, Gateway, Resp, Service};
 use crate::handoff;
 use crate::http::{self, ConnInfo, Pending, Request, Submitted};
 use crate::parse::{self, Chunked, Framing, Parsed, Refusal, Upgrade};
+use crate::requestid::{self, Rid};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http_body::Body as _;
@@ -132,6 +133,7 @@ struct Exchange {
     keep_alive: bool,
     expect_continue: bool,
     body_timeout: Duration,
+    rid: Rid,
 }
 
 /// The request body still to come from the client.
@@ -389,6 +391,7 @@ where
             (None, None)
         };
         let headers = head.headers;
+        let rid = Rid::of(head.request_id);
         let req = Request {
             method: head.method,
             raw_path,
@@ -399,6 +402,8 @@ where
             body: inline,
             more,
             size,
+            request_id: rid.as_bytes(),
+            drop_trace: head.bad_trace,
         };
         let submitted = http::submit(&self.info, &req, tx);
         let (svc, id) = match &submitted {
@@ -419,6 +424,7 @@ where
             keep_alive,
             expect_continue: head.expect_continue && !head.http10,
             body_timeout,
+            rid,
         };
         self.buf.advance(consumed);
         Step::Exchange(x)
@@ -693,6 +699,8 @@ where
                 continue; // the gateway frames the body itself
             } else if name == ::http::header::CONTENT_LENGTH {
                 has_length = true;
+            } else if name.as_str() == requestid::HEADER {
+                continue; // the request's own id goes out (the one the app was given)
             }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
@@ -722,6 +730,9 @@ where
                 Framing2::Raw
             }
         };
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(x.rid.as_bytes());
+        out.extend_from_slice(b"\r\n");
         if *close || !x.keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
         } else if x.http10 {
@@ -784,6 +795,7 @@ where
             keep_alive: false,
             expect_continue: false,
             body_timeout: Duration::ZERO,
+            rid: requestid::generate(),
         };
         let mut close = true;
         self.begin(resp, &x, &mut close);

@@ -72,14 +72,10 @@ pub fn conn_info(gw: &'static Gateway, peer: SocketAddr, local: Option<SocketAdd
 
 /// A request's headers, whatever parsed them.
 pub trait HeaderList {
-    fn count(&self) -> usize;
     fn each(&self, f: &mut dyn FnMut(&[u8], &[u8]));
 }
 
 impl HeaderList for &[httparse::Header<'_>] {
-    fn count(&self) -> usize {
-        self.len()
-    }
     fn each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
         for h in self.iter() {
             f(h.name.as_bytes(), h.value);
@@ -88,9 +84,6 @@ impl HeaderList for &[httparse::Header<'_>] {
 }
 
 impl HeaderList for http::HeaderMap {
-    fn count(&self) -> usize {
-        self.len()
-    }
     fn each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
         for (name, value) in self.iter() {
             f(name.as_str().as_bytes(), value.as_bytes());
@@ -113,6 +106,21 @@ pub struct Request<'a> {
     pub more: bool,
     /// Bytes admitted against max_body and the queue (Content-Length, or the body known).
     pub size: u64,
+    /// The request's id (`requestid.rs`): the worker gets it as the one `x-request-id`.
+    pub request_id: &'a [u8],
+    /// Leave `traceparent` and `tracestate` out (the traceparent was invalid).
+    pub drop_trace: bool,
+}
+
+/// Whether a header the client sent reaches the worker as it came (`x-request-id` is
+/// replaced by the request's id; an invalid trace context is dropped).
+fn passed_on(name: &[u8], drop_trace: bool) -> bool {
+    match name.len() {
+        12 => !name.eq_ignore_ascii_case(b"x-request-id"),
+        11 => !(drop_trace && name.eq_ignore_ascii_case(b"traceparent")),
+        10 => !(drop_trace && name.eq_ignore_ascii_case(b"tracestate")),
+        _ => true,
+    }
 }
 
 pub enum Submitted {
@@ -216,12 +224,19 @@ pub fn submit(info: &ConnInfo, req: &Request, body: Option<ReqBody>) -> Submitte
             w_str(o, path);
             w_bin(o, req.raw_path.as_bytes());
             w_bin(o, req.query.as_bytes());
-            w_array(o, headers.count() as u32);
+            let mut kept = 0u32;
+            headers.each(&mut |name, _| kept += passed_on(name, req.drop_trace) as u32);
+            w_array(o, kept + 1);
             headers.each(&mut |name, value| {
-                w_array(o, 2);
-                w_bin_lower(o, name);
-                w_bin(o, value);
+                if passed_on(name, req.drop_trace) {
+                    w_array(o, 2);
+                    w_bin_lower(o, name);
+                    w_bin(o, value);
+                }
             });
+            w_array(o, 2);
+            w_bin(o, crate::requestid::HEADER.as_bytes());
+            w_bin(o, req.request_id);
             w_str(o, req.version);
             w_str(o, info.scheme);
             w_array(o, 2);
@@ -281,6 +296,9 @@ pub async fn handle(info: Arc<ConnInfo>, req: http::Request<hyper::Body>) -> Res
         http::Version::HTTP_2 => "2",
         _ => "1.1",
     };
+    let given = parts.headers.get(crate::requestid::HEADER).and_then(|v| crate::requestid::accept(v.as_bytes()));
+    let rid = crate::requestid::Rid::of(given);
+    let drop_trace = parts.headers.get("traceparent").is_some_and(|v| !crate::requestid::valid_traceparent(v.as_bytes()));
     let req = Request {
         method: parts.method.as_str(),
         raw_path: parts.uri.path(),
@@ -291,9 +309,15 @@ pub async fn handle(info: Arc<ConnInfo>, req: http::Request<hyper::Body>) -> Res
         body: b"",
         more,
         size,
+        request_id: rid.as_bytes(),
+        drop_trace,
     };
-    Ok(match submit(&info, &req, more.then_some(ReqBody::Hyper(body))) {
+    let mut resp = match submit(&info, &req, more.then_some(ReqBody::Hyper(body))) {
         Submitted::Answered(resp) => resp,
         Submitted::Pending(pending) => pending.answer().await,
-    })
+    };
+    if let Ok(value) = http::HeaderValue::from_bytes(rid.as_bytes()) {
+        resp.headers_mut().insert(crate::requestid::HEADER, value);
+    }
+    Ok(resp)
 }

@@ -21,6 +21,7 @@ mod handoff;
 mod http;
 mod model;
 mod parse;
+mod requestid;
 mod router;
 mod worker;
 

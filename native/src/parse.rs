@@ -81,6 +81,10 @@ pub struct Head<'h, 'b> {
     pub keep_alive: bool,
     pub expect_continue: bool,
     pub upgrade: Upgrade,
+    /// The client's first valid `x-request-id` (`requestid::accept`).
+    pub request_id: Option<&'b [u8]>,
+    /// An invalid `traceparent` came: it and `tracestate` are not passed on.
+    pub bad_trace: bool,
 }
 
 impl Head<'_, '_> {
@@ -182,6 +186,8 @@ pub fn parse_head<'h, 'b>(head: &'b [u8], storage: &'h mut [httparse::Header<'b>
     let mut close = false;
     let mut keep_alive_token = false;
     let mut upgrade_token = false;
+    let mut request_id = None;
+    let mut bad_trace = false;
     for h in headers {
         let name = h.name;
         let value = h.value;
@@ -222,6 +228,8 @@ pub fn parse_head<'h, 'b>(head: &'b [u8], storage: &'h mut [httparse::Header<'b>
                 content_type = true;
             }
             6 if is("expect") => expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
+            12 if is("x-request-id") && request_id.is_none() => request_id = crate::requestid::accept(value),
+            11 if is("traceparent") => bad_trace |= !crate::requestid::valid_traceparent(value),
             7 if is("upgrade") => upgrade = Some(value),
             10 if is("connection") => {
                 for token in value.split(|&b| b == b',') {
@@ -270,6 +278,8 @@ pub fn parse_head<'h, 'b>(head: &'b [u8], storage: &'h mut [httparse::Header<'b>
         keep_alive,
         expect_continue,
         upgrade,
+        request_id,
+        bad_trace,
     }))
 }
 

@@ -2,12 +2,13 @@
 stand-in node and workers of tests/e2e/native_fake.py: HTTP/1.0 (an HTTP/1.1 status line,
 keep-alive only if asked, a streamed body ended by the close), HEAD, pipelined requests
 with bodies answered in order, a chunked upload past a frame's worth, ``Expect:
-100-continue`` (the 100 only once a worker took the request), a body over max_body, and a
-shutdown closing idle connections at once."""
+100-continue`` (the 100 only once a worker took the request), a body over max_body, a
+shutdown closing idle connections at once, and request ids (``gateway/requestid.py``'s rules)."""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 from typing import Iterator
 
@@ -179,3 +180,30 @@ def test_shutdown_closes_idle_keep_alive_connections_at_once() -> None:
         assert n.proc.wait(timeout=5) == 0  # every connection gone: no need to wait for the grace
     finally:
         n.close()
+
+
+def test_every_request_carries_one_request_id_and_its_answer_names_it(node: FakeNode) -> None:
+    def ask(extra: bytes, path: bytes = b"/headers") -> tuple[bytes, dict[bytes, bytes], bytes]:
+        sock, r = connect(node)
+        with sock:
+            sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+            return r.response()
+
+    def seen(body: bytes, name: str) -> list[str]:
+        return [v for k, v in json.loads(body)["headers"] if k == name]
+
+    _, headers, body = ask(b"")  # none given: one made here
+    assert re.fullmatch(rb"[0-9a-f]{12}-[0-9a-f]+", headers[b"x-request-id"])
+    assert seen(body, "x-request-id") == [headers[b"x-request-id"].decode()]
+    _, headers, body = ask(b"X-Request-Id: " + b"x" * 201 + b"\r\nx-request-id: client-42\r\n")  # the first valid one
+    assert headers[b"x-request-id"] == b"client-42" and seen(body, "x-request-id") == ["client-42"]
+    trace = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    _, _, body = ask(b"traceparent: " + trace + b"\r\ntracestate: a=1\r\n")
+    assert (seen(body, "traceparent"), seen(body, "tracestate")) == ([trace.decode()], ["a=1"])
+    _, _, body = ask(b"traceparent: 00-garbage\r\ntracestate: a=1\r\n")  # an invalid one goes, with its state
+    assert (seen(body, "traceparent"), seen(body, "tracestate")) == ([], [])
+    sock, r = connect(node)
+    with sock:  # the gateway's own answers name the request too
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nx-request-id: big-1\r\nContent-Length: 3000000\r\n\r\n")
+        status, headers, _ = r.response()
+        assert status.startswith(b"HTTP/1.1 413") and headers[b"x-request-id"] == b"big-1"
