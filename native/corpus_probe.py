@@ -1,6 +1,7 @@
 """The HTTP corpus of tests/e2e/http_corpus (issue 12) against anycore-gateway behind the
-stand-in node: prints each case answered differently from what the corpus asks (stage 2 of
-issue 15 makes this a test). Run: PYTHONPATH=src python native/corpus_probe.py"""
+stand-in node: prints each case answered differently from what the corpus asks, case by
+case (tests/e2e/test_http_corpus.py is the test, on real nodes; this is the quick look while
+changing native/src/parse.rs or h1.rs). Run: PYTHONPATH=src python native/corpus_probe.py"""
 import sys
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]

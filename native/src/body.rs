@@ -1,13 +1,16 @@
 //! Bodies both ways under wire.py's credit window.
 //!
 //! Response: `GwBody::Stream` is fed by the worker's reader (Body frames, in order) and
-//! pulled by hyper as the client's socket takes bytes; each chunk hyper pulls pays its
-//! size back to the worker as Credit, so a worker never has more than WINDOW bytes
-//! buffered here for a slow client. Dropped before its end (the client left): Cancel.
+//! pulled by the connection (`h1.rs`, or hyper for HTTP/2) as the client's socket takes
+//! bytes; each chunk pulled pays its size back to the worker as Credit, so a worker never
+//! has more than WINDOW bytes buffered here for a slow client. Dropped before its end
+//! (the client left): Cancel.
 //!
-//! Request: `pump` reads the client's body only once the request is placed on a worker
-//! (so a refused or queued request reads nothing, and hyper's automatic `100 Continue`
-//! goes out only then), in CHUNK pieces, while the worker's credit for it is positive.
+//! Request: a body is read only once the request is placed on a worker (so a refused or
+//! queued request reads nothing, and `100 Continue` goes out only then), in CHUNK pieces,
+//! while the worker's credit for it is positive. Who reads it is the `ReqBody`: an
+//! HTTP/1.1 connection reads its own socket (`Conn`: `start` tells it where the request
+//! went), a hyper body (HTTP/2) gets a `pump` task.
 
 use crate::frames;
 use crate::gateway::{CreditGate, Service};
@@ -17,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug)]
 pub enum Chunk {
@@ -137,6 +140,36 @@ impl HttpBody for GwBody {
             GwBody::Stream(_) => SizeHint::default(),
         }
     }
+}
+
+/// A request body still to come from the client, and who will read it.
+pub enum ReqBody {
+    /// HTTP/1.1 (`h1.rs`): the connection reads it from its own buffer and socket once
+    /// it hears where the request was placed.
+    Conn(oneshot::Sender<Started>),
+    /// A hyper body (HTTP/2): a `pump` task reads it.
+    Hyper(hyper::Body),
+}
+
+/// Where a request with a body was placed: its worker, the credit gate for its body.
+pub struct Started {
+    pub worker: u64,
+    pub gate: Arc<CreditGate>,
+    pub max_body: u64,
+}
+
+/// Request `id` was placed on worker `w` (under the service's lock): start its body.
+pub fn start(svc: &Arc<Service>, rt: &tokio::runtime::Handle, w: u64, id: u64, body: ReqBody, max_body: u64) -> Arc<CreditGate> {
+    let gate = CreditGate::new();
+    match body {
+        ReqBody::Conn(tx) => {
+            let _ = tx.send(Started { worker: w, gate: gate.clone(), max_body });
+        }
+        ReqBody::Hyper(body) => {
+            rt.spawn(pump(svc.clone(), w, id, body, gate.clone(), max_body));
+        }
+    }
+    gate
 }
 
 /// Forward the client's request body to worker `w` in Body frames under its credit.

@@ -128,6 +128,8 @@ pub struct ServiceSpec {
     pub max_queue: usize,
     pub max_queue_bytes: u64,
     pub deadline: f64,
+    pub request_buffer: u64,
+    pub body_timeout: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +203,8 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
                 max_queue: f(5).as_int()?.max(0) as usize,
                 max_queue_bytes: f(6).as_int()?.max(0) as u64,
                 deadline: f(7).as_float()?,
+                request_buffer: if v.len() > 9 { f(8).as_int()?.max(0) as u64 } else { 64 * 1024 },
+                body_timeout: if v.len() > 10 { f(9).as_float()? } else { 30.0 },
             })
         }
         4 => {
@@ -408,6 +412,10 @@ mod tests {
         let service = b"\x99\x03\xa3app\x92\xa1/\xach.example/v1\xa2r1\xc3\xce\x00\x10\x00\x00d\xce\x04\x00\x00\x00\xcb@>\x00\x00\x00\x00\x00\x00";
         let ToGateway::Service(spec) = decode(service).unwrap() else { panic!("not a Service") };
         assert_eq!((spec.routes, spec.max_body, spec.max_queue, spec.deadline), (vec!["/".to_string(), "h.example/v1".to_string()], 1 << 20, 100, 30.0));
+        assert_eq!((spec.request_buffer, spec.body_timeout), (64 * 1024, 30.0)); // an older node: the defaults
+        let newer = b"\x9b\x03\xa3app\x91\xa1/\xa2r1\xc3\xce\x00\x10\x00\x00d\xce\x04\x00\x00\x00\xcb@>\x00\x00\x00\x00\x00\x00\x04\xcb?\xf8\x00\x00\x00\x00\x00\x00";
+        let ToGateway::Service(spec) = decode(newer).unwrap() else { panic!("not a Service") };
+        assert_eq!((spec.request_buffer, spec.body_timeout), (4, 1.5));
         assert_eq!(
             decode(b"\x95\x05\xa3app\xa2r1\x07\x08").unwrap(),
             ToGateway::AddWorker { service: "app".into(), release: "r1".into(), worker: 7, slots: 8 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::body::{Chunk, GwBody};
+use crate::body::{Chunk, GwBody, ReqBody};
 
 pub type Resp = Response<GwBody>;
 
@@ -275,7 +275,7 @@ impl WorkerConn {
 
 pub struct QueuedReq {
     pub frame: Vec<u8>,
-    pub body: Option<hyper::Body>,
+    pub body: Option<ReqBody>,
     pub reply: oneshot::Sender<Resp>,
     pub arrival: f64,
     pub deadline: f64,
@@ -401,7 +401,7 @@ impl Core {
         w: u64,
         id: u64,
         write: impl FnOnce(&mut Vec<u8>),
-        body: Option<hyper::Body>,
+        body: Option<ReqBody>,
         reply: oneshot::Sender<Resp>,
         at: Times,
         mut attempt: Attempt,
@@ -421,11 +421,7 @@ impl Core {
         }
         attempt.attempts += 1;
         attempt.frame = (body.is_none() && crate::crash::safe(attempt.method)).then(|| frame.to_vec());
-        let credit = body.map(|body| {
-            let gate = CreditGate::new();
-            gw.rt.spawn(crate::body::pump(svc.clone(), w, id, body, gate.clone(), max_body));
-            gate
-        });
+        let credit = body.map(|body| crate::body::start(svc, &gw.rt, w, id, body, max_body));
         let (dispatched, deadline, arrival) = (at.now, at.deadline, at.arrival);
         let reply = Reply::Waiting(reply);
         wc.inflight.insert(id, Inflight { reply, credit, dispatched, deadline, arrival, attempt, status: 0, recorded: false });
@@ -568,7 +564,7 @@ pub fn place(
     svc: &Arc<Service>,
     size: u64,
     write: impl FnOnce(&mut Vec<u8>, u64),
-    body: Option<hyper::Body>,
+    body: Option<ReqBody>,
     reply: oneshot::Sender<Resp>,
 ) -> Result<u64, Resp> {
     let mut core = svc.core.lock();

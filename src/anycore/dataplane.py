@@ -67,6 +67,8 @@ class Service(msgspec.Struct, array_like=True, tag=3):
     max_queue: int          # queued requests
     max_queue_bytes: int    # buffered body bytes of queued requests
     deadline: float         # seconds, from arrival; time queued counts
+    request_buffer: int = 64 * 1024  # a body is read up to this before the request takes a slot
+    body_timeout: float = 30.0       # no request body byte for this long -> 408
 
 
 class RemoveService(msgspec.Struct, array_like=True, tag=4):

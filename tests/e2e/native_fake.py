@@ -3,7 +3,7 @@ speaking the real protocols: ``anycore.dataplane`` on a SOCK_SEQPACKET control s
 (fds by SCM_RIGHTS) and ``anycore.wire`` frames on each worker's data socket.
 
 ``FakeNode`` starts the binary, sends it Settings/Listen/Service/AddWorker, and records
-what it says back. ``python native_fake.py worker FD`` is a fake worker (one process per
+what it says back (an Upgrade's client socket too: ``upgraded``). ``python native_fake.py worker FD`` is a fake worker (one process per
 worker, as in a real node) answering by path:
 
 - ``/hello``: 200 "hello" in one Resp frame, then Done — the benchmark's app;
@@ -50,6 +50,8 @@ class FakeNode:
                                      stderr=stderr)
         theirs.close()
         self.messages: list[Any] = []
+        self.upgrades: list[tuple[Any, socket.socket]] = []
+        self.upgrades_taken = 0
         self.cond = threading.Condition()
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -61,14 +63,27 @@ class FakeNode:
     def _read(self) -> None:
         while True:
             try:
-                data = self.ctrl.recv(65536)
+                data, fds, _, _ = socket.recv_fds(self.ctrl, 1 << 17, 4)
             except OSError:
                 return
             if not data:
                 return
+            message = dataplane.from_gateway.decode(data)
+            if isinstance(message, dataplane.Upgrade) and fds:
+                self.upgrades.append((message, socket.socket(fileno=fds.pop(0))))
+            for fd in fds:
+                os.close(fd)
             with self.cond:
-                self.messages.append(dataplane.from_gateway.decode(data))
+                self.messages.append(message)
                 self.cond.notify_all()
+
+    def upgraded(self, timeout: float = 10.0) -> tuple[Any, socket.socket]:
+        """The next WebSocket hand-off: its Upgrade message and the client's socket, now
+        the node's (as ``node/native.py`` adopts it)."""
+        taken = self.upgrades_taken
+        self.wait(lambda m: isinstance(m, dataplane.Upgrade) and len(self.upgrades) > taken, timeout)
+        self.upgrades_taken += 1
+        return self.upgrades[taken]
 
     def wait(self, match: Any, timeout: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout
@@ -112,9 +127,9 @@ class FakeNode:
 
     def service(self, name: str = "app", routes: list[str] | None = None, release: str = "r1", running: bool = True,
                 max_body: int = 1 << 30, max_queue: int = 100, max_queue_bytes: int = 1 << 26,
-                deadline: float = 30.0) -> None:
+                deadline: float = 30.0, request_buffer: int = 64 * 1024, body_timeout: float = 30.0) -> None:
         self.send(dataplane.Service(name, routes or ["/"], release, running, max_body, max_queue, max_queue_bytes,
-                                    deadline))
+                                    deadline, request_buffer, body_timeout))
 
     def add_worker(self, worker: int, service: str = "app", release: str = "r1", slots: int = 8,
                    stdout: Any = None) -> subprocess.Popen[bytes]:

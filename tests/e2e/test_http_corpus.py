@@ -8,7 +8,8 @@ as in gunicorn's ``tests/requests``. Every invalid case must be refused before i
 worker: the app counts the requests it saw.
 
 Then a bounded hypothesis fuzz run against the same node: no 5xx, no crash, the node keeps
-serving.
+serving. Both run against both data planes: the Python gateway and ``anycore-gateway``
+(``--gateway native``; skipped where it is not built).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_service
+from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 
 CORPUS = Path(__file__).parent / "http_corpus"
 APP = """
@@ -117,8 +119,8 @@ def seen(node) -> int:
     return int(httpx.get(node.url + "/seen", timeout=10).text)
 
 
-def test_http_corpus_is_answered_like_the_best_servers(nodes, tmp_path):
-    node = nodes.start(make_service(tmp_path, "corpus", APP, 'name = "corpus"\nworkers = 1\n'))
+def test_http_corpus_is_answered_like_the_best_servers(nodes, tmp_path, gateway):
+    node = nodes.start(make_service(tmp_path, "corpus", APP, 'name = "corpus"\nworkers = 1\n'), **gateway)
     port = int(node.url.rsplit(":", 1)[1])
     failures = []
     for path in sorted(CORPUS.glob("*/*.http")):
@@ -168,8 +170,8 @@ def requests(draw: st.DrawFn) -> bytes:
     return raw
 
 
-def test_fuzzed_requests_never_get_a_5xx_nor_hurt_the_node(nodes, tmp_path):
-    node = nodes.start(make_service(tmp_path, "corpus", APP, 'name = "corpus"\nworkers = 1\n'))
+def test_fuzzed_requests_never_get_a_5xx_nor_hurt_the_node(nodes, tmp_path, gateway):
+    node = nodes.start(make_service(tmp_path, "corpus", APP, 'name = "corpus"\nworkers = 1\n'), **gateway)
     port = int(node.url.rsplit(":", 1)[1])
 
     @settings(max_examples=300, deadline=None, database=None, derandomize=True,

@@ -1,5 +1,7 @@
 """Slow clients cannot take a service down (issue 12, item 2): request bodies are buffered
-in the gateway before the request takes a slot, and a body that stops coming gets 408."""
+in the gateway before the request takes a slot, a body that stops coming gets 408, a head
+that stops coming gets 408 and an idle keep-alive connection is closed. Every test runs
+against both data planes (``gateway``: the Python gateway and ``anycore-gateway``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 import httpx
 
 from tests.conftest import make_service
+from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 
 APP = """
 import asyncio
@@ -41,10 +44,10 @@ def _port(node) -> int:
     return int(node.url.rsplit(":", 1)[1])
 
 
-def test_twenty_trickling_posts_leave_ordinary_requests_served(nodes, tmp_path):
+def test_twenty_trickling_posts_leave_ordinary_requests_served(nodes, tmp_path, gateway):
     # Two slots in all: on a gateway that places a request at its headers, 20 trickling
     # uploads would hold both for as long as they trickle.
-    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nslots = 2\n'))
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nslots = 2\n'), **gateway)
     stop = threading.Event()
     trickled = []
 
@@ -82,9 +85,9 @@ def test_twenty_trickling_posts_leave_ordinary_requests_served(nodes, tmp_path):
     assert node.proc.poll() is None
 
 
-def test_a_body_that_stops_coming_gets_408_and_frees_everything(nodes, tmp_path):
+def test_a_body_that_stops_coming_gets_408_and_frees_everything(nodes, tmp_path, gateway):
     node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nslots = 1\nbody_timeout = 1\n'
-                                    'request_buffer = 4\n'))
+                                    'request_buffer = 4\n'), **gateway)
     # A body over request_buffer is placed after its first 4 bytes and streams on; when it
     # stalls, the slot is freed by the body timeout, not held until the request deadline.
     for partial in (b"ab", b"abcdefgh"):
@@ -102,11 +105,11 @@ def test_a_body_that_stops_coming_gets_408_and_frees_everything(nodes, tmp_path)
     assert node.service("svc")["buffering_bytes"] == 0
 
 
-def test_a_body_sent_while_the_previous_response_ends_is_read(nodes, tmp_path):
+def test_a_body_sent_while_the_previous_response_ends_is_read(nodes, tmp_path, gateway):
     """Keep-alive: the client sends its next request (head, then body) as soon as it has the
     previous response's bytes, before that response has ended in the node; the next request
     waits for its body with reading resumed, not paused forever."""
-    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\n'))
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\n'), **gateway)
     with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as sock:
         sock.sendall(b"GET /two-part HTTP/1.1\r\nHost: a\r\n\r\n")
         data = b""
@@ -121,3 +124,51 @@ def test_a_body_sent_while_the_previous_response_ends_is_read(nodes, tmp_path):
             assert chunk, data
             data += chunk
         assert data.startswith(b"HTTP/1.1 200")
+
+
+def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the gateway sends until it closes (or ``limit`` seconds), and when it closed."""
+    sock.settimeout(limit)
+    started = time.monotonic()
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return data, time.monotonic() - started
+
+
+def test_a_head_that_stops_coming_gets_408_and_a_silent_connection_is_closed(nodes, tmp_path, gateway):
+    args = {**gateway, "args": (*gateway.get("args", ()), "--header-timeout", "1")}
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\n'), **args)
+    with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        data, elapsed = _read_until_closed(sock, 10)
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert b"connection: close" in data.lower()
+    assert 0.8 < elapsed < 5
+    with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as sock:
+        data, elapsed = _read_until_closed(sock, 10)  # never sends a byte: closed, nothing said
+    assert data == b"" and 0.8 < elapsed < 5
+    assert httpx.get(node.url + "/", timeout=5).status_code == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not(nodes, tmp_path, gateway):
+    args = {**gateway, "args": (*gateway.get("args", ()), "--keepalive-timeout", "1")}
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\n'), **args)
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as sock:
+        started = time.monotonic()
+        for _ in range(6):  # a request every 0.3 s: kept open past the 1 s timeout
+            sock.sendall(request)
+            data = b""
+            while not data.endswith(b"\r\n\r\n0"):
+                chunk = sock.recv(4096)
+                assert chunk, f"closed {time.monotonic() - started:.1f}s in, while in use"
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+            time.sleep(0.3)
+        assert time.monotonic() - started > 1.5
+        data, elapsed = _read_until_closed(sock, 10)  # now idle: closed after about 1 s
+    assert data == b"" and elapsed < 5

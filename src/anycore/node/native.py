@@ -496,7 +496,8 @@ class NativeGateway:
         config = runtime.config
         running = runtime.life.state is ServiceState.RUNNING and runtime.release is not None
         self.send(dataplane.Service(runtime.name, list(config.routes), runtime.release_id if running else "", running,
-                                    config.max_body, config.max_queue, config.max_queue_bytes, config.timeout))
+                                    config.max_body, config.max_queue, config.max_queue_bytes, config.timeout,
+                                    config.request_buffer, config.body_timeout))
 
     def add_worker(self, runtime: "ServiceRuntime", worker: "WorkerHandle") -> None:
         """The worker said Ready: the gateway gets its data socket (the node's copy closes)."""
