@@ -100,7 +100,7 @@ class Node:
         # The data plane: the in-process Python gateway, or anycore-gateway (node/native.py).
         self.gateway: Gateway | NativeGateway = Gateway(self.log, limits or Limits(), access_log, self.stats)
         self.gateway_binary = find_binary()
-        if gateway == "native":
+        if gateway == "native" or (gateway == "auto" and self.gateway_binary):
             self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", on_gone=self._gateway_gone)
         self.exit_code = 0  # set when the node stops for a failure of its own (the native gateway died)
         self.lock = NodeLock(home)
