@@ -144,6 +144,12 @@ pub enum ToGateway {
     RemoveWorker { worker: u64 },
     Shift { service: String, release: String },
     Shutdown { grace: f64 },
+    // spill.rs (cluster spill-over), tags 20..24
+    SpillSlots { service: String, free: usize },
+    AddChannel { service: String, release: String, channel: u64 },
+    Claimed { service: String, id: u64, channel: u64 },
+    Reserve { service: String, token: u64 },
+    Unreserve { worker: u64 },
     Unknown(i64),
 }
 
@@ -216,6 +222,26 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
         9 => {
             need(1)?;
             ToGateway::Shutdown { grace: f(0).as_float()? }
+        }
+        20 => {
+            need(2)?;
+            ToGateway::SpillSlots { service: f(0).as_str()?, free: f(1).as_int()?.max(0) as usize }
+        }
+        21 => {
+            need(3)?;
+            ToGateway::AddChannel { service: f(0).as_str()?, release: f(1).as_str()?, channel: f(2).as_int()? as u64 }
+        }
+        22 => {
+            need(3)?;
+            ToGateway::Claimed { service: f(0).as_str()?, id: f(1).as_int()? as u64, channel: f(2).as_int()? as u64 }
+        }
+        23 => {
+            need(2)?;
+            ToGateway::Reserve { service: f(0).as_str()?, token: f(1).as_int()? as u64 }
+        }
+        24 => {
+            need(1)?;
+            ToGateway::Unreserve { worker: f(0).as_int()? as u64 }
         }
         n => ToGateway::Unknown(n),
     })

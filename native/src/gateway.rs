@@ -390,6 +390,7 @@ pub fn place(
             write(&mut frame, id);
             core.queued.insert(id, QueuedReq { frame, body, reply });
             core.dirty = true;
+            crate::spill::queued(gw, svc, &mut core); // a peer's free slot, if the node knows one
             Ok(id)
         }
         Decision::Rejected(reason, retry_after) => {

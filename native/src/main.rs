@@ -19,6 +19,7 @@ mod gateway;
 mod http;
 mod model;
 mod router;
+mod spill;
 mod worker;
 
 use control::{out, ToGateway};
@@ -85,7 +86,7 @@ fn receive_or_exit(fd: RawFd) -> (ToGateway, Vec<RawFd>) {
     }
 }
 
-fn close_all(fds: &[RawFd]) {
+pub(crate) fn close_all(fds: &[RawFd]) {
     for fd in fds {
         let _ = nix::unistd::close(*fd);
     }
@@ -291,6 +292,11 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
                 std::process::exit(0);
             });
         }
+        m @ (ToGateway::SpillSlots { .. }
+        | ToGateway::AddChannel { .. }
+        | ToGateway::Claimed { .. }
+        | ToGateway::Reserve { .. }
+        | ToGateway::Unreserve { .. }) => spill::apply(gw, m, fds),
         ToGateway::Unknown(_) => close_all(&fds),
     }
 }

@@ -40,7 +40,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import msgspec
 
@@ -50,8 +50,10 @@ from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.http import Limits
 from anycore.lifecycle import ServiceState
 from anycore.log import NodeLog
+from anycore.node.spill import NativeSpill
 
 if TYPE_CHECKING:
+    from anycore.cluster.agent import ClusterAgent
     from anycore.node.service import ServiceRuntime
     from anycore.supervisor.worker import WorkerHandle
 
@@ -101,6 +103,7 @@ class NativeGateway:
         self.refusing: set[int] = set()  # told Accepting(false)
         self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
         self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
+        self.spill: NativeSpill | None = None  # cluster spill-over (node/spill.py), once the agent runs
         self._started: asyncio.Future[dataplane.Started] | None = None
         self._closing = False
         self._gone = False
@@ -223,6 +226,8 @@ class NativeGateway:
             self.log.event("gateway.worker_lost", worker=message.worker, inflight=message.inflight)  # type: ignore[union-attr]
             if worker is not None:
                 worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
+        elif kind is dataplane.Offer or kind is dataplane.Reserved:
+            self._spill_message(message)
         elif kind is dataplane.Started and self._started is not None and not self._started.done():
             self._started.set_result(message)  # type: ignore[arg-type]
 
@@ -267,6 +272,8 @@ class NativeGateway:
         if self.control is not None:
             self._lost()
             self.control.close()
+        if self.spill is not None:
+            self.spill.close()
 
     # -- what the node and the deployer ask (as of gateway.server.Gateway) -----------------
     def set_node(self, node_id: str) -> None:
@@ -296,6 +303,8 @@ class NativeGateway:
         self.routes.pop(name, None)
         if self.services.pop(name, None) is not None:
             self.send(dataplane.RemoveService(name))
+            if self.spill is not None:
+                self.spill.service_removed(name)
 
     # -- hooks of a ServiceRuntime (its ``dataplane``) ----------------------------------------
     def service_changed(self, runtime: "ServiceRuntime") -> None:
@@ -345,6 +354,25 @@ class NativeGateway:
             self.send(dataplane.RemoveWorker(worker.id))
         if worker.stop_gate is not None and not worker.stop_gate.done():
             worker.stop_gate.set_result(None)
+
+    # -- cluster spill-over (node/spill.py) ----------------------------------------------------
+    def start_spill(self, services: Mapping[str, "ServiceRuntime"], agent: "ClusterAgent") -> None:
+        """The cluster agent runs: queued requests may go to peers, peers' to free slots here."""
+        self.spill = NativeSpill(self.send, services)
+        self.spill.attach(agent)
+        for runtime in services.values():
+            runtime.spill = self.spill
+
+    def _spill_message(self, message: dataplane.FromGateway) -> None:
+        spill = self.spill
+        if spill is None:
+            if type(message) is dataplane.Offer:  # no cluster (yet): the request stays queued
+                self.send(dataplane.Claimed(message.service, message.id, 0))  # type: ignore[union-attr]
+            return
+        if type(message) is dataplane.Offer:
+            spill.offered(message)  # type: ignore[arg-type]
+        else:
+            spill.reserved(message)  # type: ignore[arg-type]
 
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:
