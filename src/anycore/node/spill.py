@@ -148,7 +148,7 @@ class SpilledRequest:
     def _finish(self, error: str | None) -> None:
         self.response_complete = True
         self._to_gateway(wire.Done(self.gw_id, error))  # frees the channel's entry in the gateway
-        if self.state is not SpillState.STARTING:
+        if self.state is SpillState.RUNNING:  # else the frames are held until the gateway's Req
             self.state = SpillState.DONE
             self.spill.forget(self)
 
