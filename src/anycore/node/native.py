@@ -218,6 +218,7 @@ class NativeGateway:
             self._stats(message)  # type: ignore[arg-type]
         elif kind is dataplane.WorkerIdle:
             self.idle.add(message.worker)  # type: ignore[union-attr]
+            self._idle_counts(message.worker)  # type: ignore[union-attr]
             worker = self.workers.get(message.worker)  # type: ignore[union-attr]
             if worker is not None and worker.stop_gate is not None and not worker.stop_gate.done():
                 worker.stop_gate.set_result(None)
@@ -354,6 +355,14 @@ class NativeGateway:
             self.send(dataplane.RemoveWorker(worker.id))
         if worker.stop_gate is not None and not worker.stop_gate.done():
             worker.stop_gate.set_result(None)
+
+    def _idle_counts(self, worker_id: int) -> None:
+        """An idle worker has nothing in flight, whatever the last Stats (up to 100 ms old)
+        said: its exit line and the scaler read the mirror, not the gateway."""
+        for runtime in self.services.values():
+            slots = runtime.router.workers.get(worker_id)
+            if slots is not None:
+                slots.inflight = 0
 
     # -- cluster spill-over (node/spill.py) ----------------------------------------------------
     def start_spill(self, services: Mapping[str, "ServiceRuntime"], agent: "ClusterAgent") -> None:

@@ -1,0 +1,27 @@
+"""node/native.py's mirror of the gateway's counts, where a message says more than Stats.
+
+A WorkerIdle means the worker has nothing in flight in the gateway: the router's mirror
+(what a worker's exit line, the scaler and `ps` read) must say 0 at once, not when the
+next Stats (up to 100 ms later) arrives — a scaled-down worker's exit line said
+`inflight=1` otherwise (tests/e2e/test_scaling.py under load)."""
+
+from __future__ import annotations
+
+from anycore import dataplane
+from tests.unit.node.fakes import FakeRelease, run, until
+from tests.unit.node.test_native import service, setup, worker
+
+
+@run
+async def test_a_worker_idle_zeroes_its_mirrored_inflight_before_the_next_stats():
+    native, fake, runtime, _ = setup()
+    release = FakeRelease(runtime, "r1")
+    handle, _ = worker(release, 1, [])
+    runtime.worker_ready(handle)
+    native.add_service(runtime)
+    await fake.expect(service("", False), dataplane.AddWorker("svc", "r1", 1, 4))
+    fake.say(dataplane.Stats("svc", 0, [(1, 1)], [(1, 0)], [], []))
+    await until(lambda: runtime.inflight(1) == 1, "the Stats")
+    fake.say(dataplane.WorkerIdle(1))
+    await until(lambda: 1 in native.idle, "the WorkerIdle")
+    assert runtime.inflight(1) == 0
