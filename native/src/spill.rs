@@ -12,7 +12,9 @@
 //!   Req frame. An offered request *stays in the queue*: a local slot freed meanwhile
 //!   still takes it (locality first), and its body is not read.
 //! - `Claimed(service, id, channel)`: the node's claim on a peer. `channel` 0: refused,
-//!   the request stays where it is in the queue (nothing to undo). Otherwise the peer
+//!   the request stays where it is in the queue (nothing to undo); for a request already
+//!   on a channel whose peer was lost, 0 sends it back to the head of the queue (the crash
+//!   rule's retry: only a body-less one, unanswered, is kept for that). Otherwise the peer
 //!   holds a slot for it: if it is still queued it leaves the queue and starts on the
 //!   *channel*, else (placed here, expired, its client left) the channel gets a Cancel
 //!   for it, which the node relays to the peer.
@@ -34,7 +36,7 @@
 
 use crate::control::{out, ToGateway};
 use crate::frames::{self, w_array, w_bin, w_str, w_uint};
-use crate::gateway::{self, Core, Gateway, Service, WorkerConn};
+use crate::gateway::{self, Core, Gateway, QueuedReq, Reply, Service, WorkerConn};
 use crate::router::Decision;
 use crate::worker;
 use parking_lot::Mutex;
@@ -51,6 +53,9 @@ const RESERVATION: u64 = u64::MAX;
 struct SpillState {
     free: usize,
     offered: HashSet<u64>,
+    /// Body-less requests running on a channel, with their Req frame: the node may send
+    /// them back (a lost peer, the crash rule's retry), to the head of the queue.
+    retry: HashMap<u64, (u64, Vec<u8>)>,
 }
 
 static STATE: OnceLock<Mutex<HashMap<String, SpillState>>> = OnceLock::new();
@@ -130,11 +135,14 @@ pub fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
             crate::close_all(&fds);
             let Some(svc) = gw.service(&service) else { return };
             let mut core = svc.core.lock();
-            if let Some(st) = state().lock().get_mut(&service) {
+            let back = state().lock().get_mut(&service).and_then(|st| {
                 st.offered.remove(&id);
-            }
+                st.retry.remove(&id)
+            });
             if channel != 0 {
                 claimed(gw, &svc, &mut core, id, channel);
+            } else if let Some((on, frame)) = back {
+                requeue(gw, &svc, &mut core, id, on, frame);
             }
         }
         ToGateway::AddChannel { service, release, channel } => add_channel(gw, &service, release, channel, fds),
@@ -179,7 +187,33 @@ fn claimed(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, id: u64, channel: 
     let Some(q) = core.queued.remove(&id) else { return };
     let now = gw.now();
     let deadline = deadline.unwrap_or(now);
+    if q.body.is_none() {
+        let mut states = state().lock();
+        let st = states.entry(svc.name.clone()).or_default();
+        // What finished since is forgotten here: the table holds what runs on channels now.
+        st.retry.retain(|id, (on, _)| core.workers.get(on).is_some_and(|wc| wc.inflight.contains_key(id)));
+        st.retry.insert(id, (channel, q.frame.clone()));
+    }
     core.start(svc, gw, channel, id, |out| out.extend_from_slice(&q.frame), q.body, q.reply, now, deadline);
+    core.dirty = true;
+}
+
+/// The node sends a request back from its channel (its peer was lost before answering,
+/// and the crash rule allows a retry): to the head of the queue, or a free slot now.
+fn requeue(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, id: u64, channel: u64, frame: Vec<u8>) {
+    let Some(wc) = core.workers.get_mut(&channel) else { return };
+    let Some(inflight) = wc.inflight.remove(&id) else { return };
+    let Reply::Waiting(reply) = inflight.reply else { return }; // answered meanwhile: nothing to retry
+    let now = gw.now();
+    match core.router.submit(id, 0, inflight.deadline, now, true) {
+        Decision::Placed(w) => {
+            core.start(svc, gw, w, id, |out| out.extend_from_slice(&frame), None, reply, now, inflight.deadline)
+        }
+        Decision::Queued(_) => {
+            core.queued.insert(id, QueuedReq { frame, body: None, reply });
+        }
+        Decision::Rejected(..) => {} // never for a retry put in front; the reply drops: 502 "no response"
+    }
     core.dirty = true;
 }
 

@@ -213,7 +213,8 @@ class ClusterAgent:
             self.node.log.event("request.retried", runtime.name, method=exchange.method,
                                 path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node,
                                 request_id=exchange.request_id or None)
-            runtime.requeue(exchange)
+            back = getattr(exchange, "requeue", None)  # a request queued in the native gateway goes back there
+            back() if back is not None else runtime.requeue(exchange)
         else:
             self._failed(exchange, 502, f"node {exchange.node} lost")
             exchange.fail(502, "node lost",

@@ -23,9 +23,10 @@ NATS frames, same loss and deadline rules) in front of it:
   worker over its control socket as it does under the Python gateway; ``unreserve`` gives
   the slot back when it is done.
 
-What is weaker than under the Python gateway: a request whose peer is lost is answered 502
-even when it would have been safe to retry here (the gateway has no way back into its
-queue for a started request).
+A request whose peer is lost goes through the crash rule as under the Python gateway: a
+retry sends it back to the head of the gateway's queue (``Claimed(0)`` for a request on a
+channel); the gateway keeps the Req frame of body-less requests only, so one with a body
+is answered 502 (under the Python gateway it is retried if none of its body was sent).
 """
 
 from __future__ import annotations
@@ -74,8 +75,6 @@ class SpilledRequest:
     for the ``Exchange`` the cluster agent claims for and relays (the attributes the agent
     and ``cluster.dispatch`` read: the request's head, its deadline and crash facts)."""
 
-    requeueable = False  # a lost peer's request cannot go back into the gateway's queue: 502
-
     def __init__(self, spill: "NativeSpill", runtime: "ServiceRuntime", gw_id: int, req: wire.Req,
                  deadline: float) -> None:
         self.spill = spill
@@ -99,6 +98,7 @@ class SpilledRequest:
         self.release = ""
         self.response_started = False
         self.response_complete = False
+        self.requeueable = not req.more  # the gateway keeps a body-less request's Req to retry it
         self.state = SpillState.CLAIMING
         self.slot: Any = None  # the agent's RemoteSlot, once a peer took it
         self.channel: Channel | None = None
@@ -129,6 +129,14 @@ class SpilledRequest:
             self._to_gateway(wire.Body(self.gw_id, frame.data, frame.more))
             if not frame.more:
                 self._finish(None)
+
+    def requeue(self) -> None:
+        """Its peer was lost and the crash rule says retry: back to the head of the gateway's
+        queue (a body-less request that nothing was sent for: ``requeueable``)."""
+        self._held.clear()
+        self.state = SpillState.DONE
+        self.spill.forget(self)
+        self.spill.send(dataplane.Claimed(self.service.name, self.gw_id, 0))
 
     def fail(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
         """The node answers (502 node lost, 504): a JSON error, or a cut if the response began."""

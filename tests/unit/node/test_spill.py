@@ -222,3 +222,18 @@ async def test_a_reservation_is_answered_and_one_answered_late_gives_its_slot_ba
     assert await waiting is None
     spill.reserved(dataplane.Reserved(999, 5, 0))  # nobody waits for it (timed out): its slot goes back
     assert node.of(dataplane.Unreserve) == [dataplane.Unreserve(5)]
+
+
+@run
+async def test_a_retry_after_the_peer_is_lost_sends_a_body_less_request_back_to_the_gateway_queue() -> None:
+    node, agent = Node(), Agent(accept=True)
+    spill = NativeSpill(node.send, {"svc": Runtime()})  # type: ignore[dict-item]
+    spill.attach(agent)  # type: ignore[arg-type]
+    spill.offered(offer())
+    await claimed(node)
+    (request,) = agent.claimed
+    assert request.requeueable  # REQ has no body: the gateway kept its Req frame
+    request.requeue()  # what the agent's crash rule does for a safe request on a lost peer
+    assert node.of(dataplane.Claimed)[-1] == dataplane.Claimed("svc", 7, 0)
+    assert spill.requests == {}
+    spill.close()
