@@ -216,6 +216,7 @@ class NativeGateway:
         kind = type(message)
         if kind is dataplane.Stats:
             self._stats(message)  # type: ignore[arg-type]
+            self._drain_node_queue(message.service)  # type: ignore[union-attr]
         elif kind is dataplane.WorkerIdle:
             self.idle.add(message.worker)  # type: ignore[union-attr]
             self._idle_counts(message.worker)  # type: ignore[union-attr]
@@ -355,6 +356,15 @@ class NativeGateway:
             self.send(dataplane.RemoveWorker(worker.id))
         if worker.stop_gate is not None and not worker.stop_gate.done():
             worker.stop_gate.set_result(None)
+
+    def _drain_node_queue(self, service: str) -> None:
+        """What the node itself queued (a call between services, a job, a request back from
+        a lost peer: they are placed by the node's router, on its mirror of the gateway's
+        counts) takes the slots the gateway's Stats show free: nothing else frees a slot
+        in that mirror under the native gateway."""
+        runtime = self.services.get(service)
+        if runtime is not None and runtime.router.queue:
+            runtime.placement.drain_queue()
 
     def _idle_counts(self, worker_id: int) -> None:
         """An idle worker has nothing in flight, whatever the last Stats (up to 100 ms old)

@@ -8,7 +8,7 @@ next Stats (up to 100 ms later) arrives — a scaled-down worker's exit line sai
 from __future__ import annotations
 
 from anycore import dataplane
-from tests.unit.node.fakes import FakeRelease, run, until
+from tests.unit.node.fakes import FakeRelease, request, run, until
 from tests.unit.node.test_native import service, setup, worker
 
 
@@ -25,3 +25,24 @@ async def test_a_worker_idle_zeroes_its_mirrored_inflight_before_the_next_stats(
     fake.say(dataplane.WorkerIdle(1))
     await until(lambda: 1 in native.idle, "the WorkerIdle")
     assert runtime.inflight(1) == 0
+
+
+@run
+async def test_a_request_the_node_queued_itself_takes_a_slot_the_gateways_stats_show_free():
+    # A call between services (or a job, or a request back from a lost peer) is placed by
+    # the node's router on its mirror; under the native gateway only Stats free that mirror.
+    native, fake, runtime, _ = setup()
+    release = FakeRelease(runtime, "r1")
+    handle, _ = worker(release, 1, [])
+    runtime.worker_ready(handle)
+    runtime.shift(release, "/srv", runtime.config)  # type: ignore[arg-type]
+    native.add_service(runtime)
+    fake.say(dataplane.Stats("svc", 0, [(1, 4)], [(1, 0)], [], []))  # the gateway's own requests fill it
+    await until(lambda: runtime.inflight(1) == 4, "the Stats")
+    call = request()
+    call.deadline = runtime.clock() + 3
+    runtime.submit_job(call, call.deadline)
+    assert [p.item for p in runtime.router.queue] == [call]
+    fake.say(dataplane.Stats("svc", 0, [(1, 1)], [(1, 3)], [], []))  # three finished there
+    await until(lambda: not runtime.router.queue, "the queued call to be placed")
+    assert call.worker is handle
