@@ -216,6 +216,8 @@ class NativeGateway:
         kind = type(message)
         if kind is dataplane.Stats:
             self._stats(message)  # type: ignore[arg-type]
+            for worker_id in self.idle:  # a Stats built before the WorkerIdle may arrive after it
+                self._idle_counts(worker_id)
             self._drain_node_queue(message.service)  # type: ignore[union-attr]
         elif kind is dataplane.WorkerIdle:
             self.idle.add(message.worker)  # type: ignore[union-attr]
@@ -367,8 +369,10 @@ class NativeGateway:
             runtime.placement.drain_queue()
 
     def _idle_counts(self, worker_id: int) -> None:
-        """An idle worker has nothing in flight, whatever the last Stats (up to 100 ms old)
-        said: its exit line and the scaler read the mirror, not the gateway."""
+        """An idle worker (draining, nothing in flight: WorkerIdle) has nothing in flight for
+        good, whatever a Stats said (the gateway builds one under its lock and sends it
+        after, so one older than the WorkerIdle can arrive after it): its exit line and the
+        scaler read the mirror, not the gateway."""
         for runtime in self.services.values():
             slots = runtime.router.workers.get(worker_id)
             if slots is not None:

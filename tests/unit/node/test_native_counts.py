@@ -7,6 +7,8 @@ next Stats (up to 100 ms later) arrives — a scaled-down worker's exit line sai
 
 from __future__ import annotations
 
+import asyncio
+
 from anycore import dataplane
 from tests.unit.node.fakes import FakeRelease, request, run, until
 from tests.unit.node.test_native import service, setup, worker
@@ -24,6 +26,10 @@ async def test_a_worker_idle_zeroes_its_mirrored_inflight_before_the_next_stats(
     await until(lambda: runtime.inflight(1) == 1, "the Stats")
     fake.say(dataplane.WorkerIdle(1))
     await until(lambda: 1 in native.idle, "the WorkerIdle")
+    assert runtime.inflight(1) == 0
+    fake.say(dataplane.Stats("svc", 0, [(1, 1)], [(1, 0)], [], []))  # built before the WorkerIdle, sent after it
+    fake.say(dataplane.Stats("other", 0, [], [], [], []))  # (a later message: the one above is read by then)
+    await asyncio.sleep(0.05)
     assert runtime.inflight(1) == 0
 
 
