@@ -347,6 +347,16 @@ pub mod out {
         o
     }
 
+    /// Shifted (67): a Shift is applied; every request placed from now on goes to `release`.
+    pub fn shifted(service: &str, release: &str) -> Vec<u8> {
+        let mut o = Vec::new();
+        w_array(&mut o, 3);
+        w_uint(&mut o, 67);
+        w_str(&mut o, service);
+        w_str(&mut o, release);
+        o
+    }
+
     pub fn worker_lost(worker: u64, inflight: u64) -> Vec<u8> {
         let mut o = Vec::new();
         w_array(&mut o, 3);

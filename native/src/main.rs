@@ -269,16 +269,19 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
         }
         ToGateway::Shift { service, release } => {
             close_all(&fds);
-            let Some(svc) = gw.service(&service) else { return };
-            let mut core = svc.core.lock();
-            core.release_hv = (!release.is_empty()).then(|| gateway::static_value(&release));
-            core.spec.release = release;
-            core.recompute_all();
-            core.drain(&svc, gw);
-            core.dirty = true;
-            if core.spec.running && !core.spec.release.is_empty() {
-                gw.starting.store(false, Ordering::Relaxed);
+            let applied = out::shifted(&service, &release); // the node logs the shift on it
+            if let Some(svc) = gw.service(&service) {
+                let mut core = svc.core.lock();
+                core.release_hv = (!release.is_empty()).then(|| gateway::static_value(&release));
+                core.spec.release = release;
+                core.recompute_all();
+                core.drain(&svc, gw);
+                core.dirty = true;
+                if core.spec.running && !core.spec.release.is_empty() {
+                    gw.starting.store(false, Ordering::Relaxed);
+                }
             }
+            gw.send(&applied);
         }
         ToGateway::Shutdown { grace } => {
             close_all(&fds);

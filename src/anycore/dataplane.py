@@ -218,9 +218,17 @@ class Reserved(msgspec.Struct, array_like=True, tag=66):
     free: int
 
 
+class Shifted(msgspec.Struct, array_like=True, tag=67):
+    """A ``Shift`` is applied: every request placed from now on goes to ``release`` (the
+    node logs ``service.shifted`` on it, so the line's instant is the gateway's)."""
+
+    service: str
+    release: str
+
+
 ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown,
                   SpillSlots, AddChannel, Claimed, Reserve, Unreserve]
-FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, Offer, Reserved]
+FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, Offer, Reserved, Shifted]
 
 _encoder = msgspec.msgpack.Encoder()
 from_gateway = msgspec.msgpack.Decoder(FromGateway)

@@ -93,7 +93,7 @@ class DataPlane(Protocol):
 
     def add_worker(self, runtime: Any, worker: Any) -> None: ...  # ready: hand over its data socket
 
-    def shifted(self, runtime: Any, old: list[Any]) -> None: ...  # the deploy's one atomic step
+    def shifted(self, runtime: Any, old: list[Any], applied: Any = None) -> None: ...  # the deploy's one atomic step
 
     def draining(self, worker: Any) -> None: ...  # no new requests; its Stop waits until idle there
 

@@ -104,6 +104,7 @@ class NativeGateway:
         self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
         self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
         self.spill: NativeSpill | None = None  # cluster spill-over (node/spill.py), once the agent runs
+        self._shifts: collections.deque[Callable[[], None]] = collections.deque()  # awaiting Shifted, in order
         self._started: asyncio.Future[dataplane.Started] | None = None
         self._closing = False
         self._gone = False
@@ -230,6 +231,9 @@ class NativeGateway:
             self.log.event("gateway.worker_lost", worker=message.worker, inflight=message.inflight)  # type: ignore[union-attr]
             if worker is not None:
                 worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
+        elif kind is dataplane.Shifted:
+            if self._shifts:
+                self._shifts.popleft()()
         elif kind is dataplane.Offer or kind is dataplane.Reserved:
             self._spill_message(message)
         elif kind is dataplane.Started and self._started is not None and not self._started.done():
@@ -249,6 +253,8 @@ class NativeGateway:
         self._outbox.clear()
         if self._started is not None and not self._started.done():
             self._started.set_exception(AnycoreError("the native gateway exited"))
+        while self._shifts:  # nothing will confirm them now
+            self._shifts.popleft()()
         for worker in self.workers.values():  # nothing will report them idle now
             if worker.stop_gate is not None and not worker.stop_gate.done():
                 worker.stop_gate.set_result(None)
@@ -330,8 +336,15 @@ class NativeGateway:
         self.workers[worker.id] = worker
         self.send(dataplane.AddWorker(runtime.name, worker.release, worker.id, worker.slots), [data])
 
-    def shifted(self, runtime: "ServiceRuntime", old: list["WorkerHandle"]) -> None:
-        """The deploy's shift, one message; then the old release's workers stop accepting."""
+    def shifted(self, runtime: "ServiceRuntime", old: list["WorkerHandle"],
+                applied: Callable[[], None] | None = None) -> None:
+        """The deploy's shift, one message; then the old release's workers stop accepting.
+        ``applied`` runs once the gateway says it applied the shift (``Shifted``)."""
+        if applied is not None:
+            if self.control is None or self._gone:
+                applied()
+            else:
+                self._shifts.append(applied)
         self.send(dataplane.Shift(runtime.name, runtime.release_id))
         self.service_changed(runtime)
         for worker in old:

@@ -192,10 +192,14 @@ class ServiceRuntime:
         for worker in new.workers.values():
             if worker.id in self.router.workers:
                 self.router.set_accepting(worker.id, True)
-        if self.dataplane is not None:  # first: the line below is the shift's instant for the logs and tests
-            self.dataplane.shifted(self, list(old.workers.values()) if old is not None else [])
-        self.log.event("service.shifted", self.name, release=new.release, previous=old.release if old else None,
-                       workers=len(new.workers))
+        def shifted() -> None:  # the shift's instant: under the native gateway, once it applied it
+            self.log.event("service.shifted", self.name, release=new.release, previous=old.release if old else None,
+                           workers=len(new.workers))
+
+        if self.dataplane is not None:
+            self.dataplane.shifted(self, list(old.workers.values()) if old is not None else [], shifted)
+        else:
+            shifted()
         self.placement.drain_queue()
         return old
 

@@ -8,8 +8,10 @@ next Stats (up to 100 ms later) arrives — a scaled-down worker's exit line sai
 from __future__ import annotations
 
 import asyncio
+import io
 
 from anycore import dataplane
+from anycore.log import NodeLog
 from tests.unit.node.fakes import FakeRelease, request, run, until
 from tests.unit.node.test_native import service, setup, worker
 
@@ -52,3 +54,22 @@ async def test_a_request_the_node_queued_itself_takes_a_slot_the_gateways_stats_
     fake.say(dataplane.Stats("svc", 0, [(1, 1)], [(1, 3)], [], []))  # three finished there
     await until(lambda: not runtime.router.queue, "the queued call to be placed")
     assert call.worker is handle
+
+
+@run
+async def test_the_shift_is_logged_when_the_gateway_applied_it():
+    # The service.shifted line is the shift's instant (tests/e2e/test_swap.py: a request a
+    # client starts after it runs on the new release): under the native gateway that is
+    # when the gateway says Shifted, not when the node sent the Shift.
+    native, fake, runtime, _ = setup()
+    lines = io.StringIO()
+    runtime.log = NodeLog(lines)
+    release = FakeRelease(runtime, "r1")
+    handle, _ = worker(release, 1, [])
+    runtime.worker_ready(handle)
+    runtime.shift(release, "/srv", runtime.config)  # type: ignore[arg-type]
+    await fake.expect(service("", False), dataplane.AddWorker("svc", "r1", 1, 4), dataplane.Shift("svc", "r1"))
+    await asyncio.sleep(0.02)
+    assert "service.shifted" not in lines.getvalue()
+    fake.say(dataplane.Shifted("svc", "r1"))
+    await until(lambda: "event=service.shifted service=svc release=r1" in lines.getvalue(), "the shift's line")
