@@ -34,7 +34,7 @@ def _run(coro: Awaitable[T]) -> T:
     return uvloop.run(coro)  # type: ignore[arg-type]  # errors end in main(), said in one line
 
 
-GATEWAY_DEFAULT = "python"  # what --gateway is when neither the flag nor $ANYCORE_GATEWAY says
+GATEWAY_DEFAULT = "auto"  # what --gateway is when neither the flag nor $ANYCORE_GATEWAY says
 
 
 def gateway_option(f: Callable[..., Any]) -> Callable[..., Any]:
