@@ -249,9 +249,10 @@ class RunningNode:
 
 
 class NodeFactory:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, data_plane: str = "") -> None:
         self.tmp_path = tmp_path
         self.nodes: list[RunningNode] = []
+        self.data_plane = data_plane  # "python": nodes default to --gateway python (the smoke variant)
 
     def start(self, *paths: str | Path, args: tuple[str, ...] = (), wait: bool = True, timeout: float = 60.0,
               home: Path | None = None, services: int | None = None, env: dict[str, str] | None = None) -> RunningNode:
@@ -266,6 +267,8 @@ class NodeFactory:
         # runs them as the default unprivileged user).
         env = {**os.environ, "ANYCORE_HOME": str(home), "PYTHONUNBUFFERED": "1", "ANYCORE_USER": "root"}
         env.pop("ANYCORE_TOKEN", None)
+        if self.data_plane:
+            env["ANYCORE_GATEWAY"] = self.data_plane  # a test's own --gateway still wins
         env.update(extra)
         out_path = self.tmp_path / f"node{index}.out"
         out = open(out_path, "wb")
@@ -297,6 +300,16 @@ def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
     factory = NodeFactory(tmp_path)
     yield factory
     factory.stop_all()
+
+
+def default_data_plane() -> str:
+    """What `anycore up` runs on here without --gateway: "native" or "python" (the CLI's
+    default, `auto` once native is the default, or $ANYCORE_GATEWAY)."""
+    from anycore.cli.main import GATEWAY_DEFAULT
+    from anycore.node.native import find_binary
+
+    choice = os.environ.get("ANYCORE_GATEWAY") or GATEWAY_DEFAULT
+    return "native" if choice == "native" or (choice == "auto" and find_binary()) else "python"
 
 
 HELLO = """

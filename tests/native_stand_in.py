@@ -91,8 +91,10 @@ class StandIn:
             self.say(dataplane.Started("stand-in", 1))
         elif kind is dataplane.Service:
             self.services[message.name] = message  # type: ignore[union-attr]
-        elif kind is dataplane.Shift and message.service in self.services:  # type: ignore[union-attr]
-            self.services[message.service].release = message.release  # type: ignore[union-attr]
+        elif kind is dataplane.Shift:
+            if message.service in self.services:  # type: ignore[union-attr]
+                self.services[message.service].release = message.release  # type: ignore[union-attr]
+            self.say(dataplane.Shifted(message.service, message.release))  # type: ignore[union-attr]
         elif kind is dataplane.AddWorker:
             worker = Worker(message.worker, message.service, message.release, message.slots)  # type: ignore[union-attr]
             self.workers[worker.id] = worker

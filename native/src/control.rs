@@ -160,6 +160,12 @@ pub enum ToGateway {
     Tls { cert: Vec<u8>, key: Vec<u8> },
     /// Who may set X-Forwarded-For/-Proto (proxy.rs).
     ProxyHeaders { trusted: Vec<String> },
+    // spill.rs (cluster spill-over), tags 20..24
+    SpillSlots { service: String, free: usize },
+    AddChannel { service: String, release: String, channel: u64 },
+    Claimed { service: String, id: u64, channel: u64 },
+    Reserve { service: String, token: u64 },
+    Unreserve { worker: u64 },
     Unknown(i64),
 }
 
@@ -244,6 +250,26 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
             need(1)?;
             let Value::Array(trusted) = f(0) else { return Err("ProxyHeaders.trusted is a list".into()) };
             ToGateway::ProxyHeaders { trusted: trusted.iter().map(Value::as_str).collect::<Result<_, _>>()? }
+        }
+        20 => {
+            need(2)?;
+            ToGateway::SpillSlots { service: f(0).as_str()?, free: f(1).as_int()?.max(0) as usize }
+        }
+        21 => {
+            need(3)?;
+            ToGateway::AddChannel { service: f(0).as_str()?, release: f(1).as_str()?, channel: f(2).as_int()? as u64 }
+        }
+        22 => {
+            need(3)?;
+            ToGateway::Claimed { service: f(0).as_str()?, id: f(1).as_int()? as u64, channel: f(2).as_int()? as u64 }
+        }
+        23 => {
+            need(2)?;
+            ToGateway::Reserve { service: f(0).as_str()?, token: f(1).as_int()? as u64 }
+        }
+        24 => {
+            need(1)?;
+            ToGateway::Unreserve { worker: f(0).as_int()? as u64 }
         }
         n => ToGateway::Unknown(n),
     })
@@ -376,6 +402,16 @@ pub mod out {
         w_str(&mut o, method);
         w_str(&mut o, &String::from_utf8_lossy(path));
         let _ = rmp::encode::write_f64(&mut o, blame);
+        o
+    }
+
+    /// Shifted (67): a Shift is applied; every request placed from now on goes to `release`.
+    pub fn shifted(service: &str, release: &str) -> Vec<u8> {
+        let mut o = Vec::new();
+        w_array(&mut o, 3);
+        w_uint(&mut o, 67);
+        w_str(&mut o, service);
+        w_str(&mut o, release);
         o
     }
 

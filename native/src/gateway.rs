@@ -617,6 +617,7 @@ pub fn place(
             };
             core.queued.insert(id, QueuedReq { frame, body, reply, arrival: now, deadline, attempt: Attempt::default() });
             core.dirty = true;
+            crate::spill::queued(gw, svc, &mut core); // a peer's free slot, if the node knows one
             Ok(id)
         }
         Decision::Rejected(reason, retry_after) => {

@@ -28,6 +28,7 @@ mod requestid;
 mod router;
 mod stats;
 mod tls;
+mod spill;
 mod worker;
 
 use control::{out, ToGateway};
@@ -95,7 +96,7 @@ fn receive_or_exit(fd: RawFd) -> (ToGateway, Vec<RawFd>) {
     }
 }
 
-fn close_all(fds: &[RawFd]) {
+pub(crate) fn close_all(fds: &[RawFd]) {
     for fd in fds {
         let _ = nix::unistd::close(*fd);
     }
@@ -280,16 +281,19 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
         }
         ToGateway::Shift { service, release } => {
             close_all(&fds);
-            let Some(svc) = gw.service(&service) else { return };
-            let mut core = svc.core.lock();
-            core.release_hv = (!release.is_empty()).then(|| gateway::static_value(&release));
-            core.spec.release = release;
-            core.recompute_all();
-            core.drain(&svc, gw);
-            core.dirty = true;
-            if core.spec.running && !core.spec.release.is_empty() {
-                gw.starting.store(false, Ordering::Relaxed);
+            let applied = out::shifted(&service, &release); // the node logs the shift on it
+            if let Some(svc) = gw.service(&service) {
+                let mut core = svc.core.lock();
+                core.release_hv = (!release.is_empty()).then(|| gateway::static_value(&release));
+                core.spec.release = release;
+                core.recompute_all();
+                core.drain(&svc, gw);
+                core.dirty = true;
+                if core.spec.running && !core.spec.release.is_empty() {
+                    gw.starting.store(false, Ordering::Relaxed);
+                }
             }
+            gw.send(&applied);
         }
         ToGateway::Shutdown { grace } => {
             close_all(&fds);
@@ -313,6 +317,11 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
             close_all(&fds);
             proxy::set(proxy::Trust::parse(&trusted));
         }
+        m @ (ToGateway::SpillSlots { .. }
+        | ToGateway::AddChannel { .. }
+        | ToGateway::Claimed { .. }
+        | ToGateway::Reserve { .. }
+        | ToGateway::Unreserve { .. }) => spill::apply(gw, m, fds),
         ToGateway::Unknown(_) => close_all(&fds),
     }
 }

@@ -187,7 +187,8 @@ fn response(
         map.append(name, value);
     }
     map.insert(HeaderName::from_static("anycore-release"), release.clone());
-    map.insert(HeaderName::from_static("anycore-node"), node.clone());
+    // A spilled request's answer (spill.rs) names the peer that ran it; a worker's never has one.
+    map.entry(HeaderName::from_static("anycore-node")).or_insert_with(|| node.clone());
     resp
 }
 

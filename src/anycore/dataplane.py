@@ -130,6 +130,46 @@ class ProxyHeaders(msgspec.Struct, array_like=True, tag=16):
     before the first Listen; without it the headers are passed on and nothing else."""
 
     trusted: list[str]
+# Cluster spill-over (native/src/spill.rs has the theory; node/spill.py is the node's side).
+class SpillSlots(msgspec.Struct, array_like=True, tag=20):
+    """The peers' free slots for ``service`` as the node estimates them: while more than the
+    requests on offer, the gateway offers its oldest queued ones (``Offer``)."""
+
+    service: str
+    free: int
+
+
+class AddChannel(msgspec.Struct, array_like=True, tag=21):
+    """fds: [the gateway's end of a socketpair]. A pseudo-worker of ``service`` that is not
+    in the router: only claimed requests start on it (the node relays its frames to the
+    peer running them; ``release``: the peer's release, its answers' ``anycore-release``)."""
+
+    service: str
+    release: str
+    channel: int  # an id no worker has (node/spill.py counts them from CHANNEL_BASE)
+
+
+class Claimed(msgspec.Struct, array_like=True, tag=22):
+    """The node's claim for an offered request: ``channel`` 0, refused (it stays queued);
+    else a peer holds a slot for it and it starts on that channel, or, if it no longer
+    waits here, the channel gets a Cancel for it."""
+
+    service: str
+    id: int
+    channel: int
+
+
+class Reserve(msgspec.Struct, array_like=True, tag=23):
+    """A peer's claim: take one free slot now, if the router can place (answer: Reserved)."""
+
+    service: str
+    token: int
+
+
+class Unreserve(msgspec.Struct, array_like=True, tag=24):
+    """The peer's request on ``worker`` finished: its reserved slot is free again."""
+
+    worker: int
 
 
 # -- gateway -> node ------------------------------------------------------------------
@@ -196,9 +236,37 @@ class RequestCrashed(msgspec.Struct, array_like=True, tag=60):
     blame: float
 
 
+class Offer(msgspec.Struct, array_like=True, tag=65):
+    """A queued request a peer could run (``SpillSlots``): ``req`` is its ``wire.Req`` frame
+    (msgpack, no length prefix), ``remaining`` the seconds left before its deadline. It
+    stays queued until the node's ``Claimed``."""
+
+    service: str
+    id: int
+    remaining: float
+    req: bytes
+
+
+class Reserved(msgspec.Struct, array_like=True, tag=66):
+    """The answer to ``Reserve``: ``worker`` 0, refused; else the worker holding the slot
+    (``free``: the service's free slots left)."""
+
+    token: int
+    worker: int
+    free: int
+
+
+class Shifted(msgspec.Struct, array_like=True, tag=67):
+    """A ``Shift`` is applied: every request placed from now on goes to ``release`` (the
+    node logs ``service.shifted`` on it, so the line's instant is the gateway's)."""
+
+    service: str
+    release: str
+
+
 ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown,
-                  Tls, ProxyHeaders]
-FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, RequestCrashed]
+                  Tls, ProxyHeaders, SpillSlots, AddChannel, Claimed, Reserve, Unreserve]
+FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, RequestCrashed, Offer, Reserved, Shifted]
 
 _encoder = msgspec.msgpack.Encoder()
 from_gateway = msgspec.msgpack.Decoder(FromGateway)

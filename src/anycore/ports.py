@@ -93,7 +93,7 @@ class DataPlane(Protocol):
 
     def add_worker(self, runtime: Any, worker: Any) -> None: ...  # ready: hand over its data socket
 
-    def shifted(self, runtime: Any, old: list[Any]) -> None: ...  # the deploy's one atomic step
+    def shifted(self, runtime: Any, old: list[Any], applied: Any = None) -> None: ...  # the deploy's one atomic step
 
     def draining(self, worker: Any) -> None: ...  # no new requests; its Stop waits until idle there
 
@@ -153,7 +153,7 @@ class ServiceView(Protocol):
     @property
     def server(self) -> tuple[str, int] | None: ...  # the gateway's address, for a request's first frame
 
-    def accept_remote(self, exchange: Any) -> bool: ...
+    async def accept_remote(self, exchange: Any) -> bool: ...
 
     def requeue(self, exchange: Any) -> None: ...
 

@@ -6,9 +6,31 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
+from anycore.node.native import find_binary
 from tests.cluster.conftest import wait_peers
 from tests.conftest import make_service, wait_for
+
+# (origin, runner) data planes: spill-over is the node's (cluster/agent.py) under either
+# gateway, and a native origin may spill to a Python runner and back.
+PAIRS = [("python", "python"), ("native", "native"), ("native", "python"), ("python", "native")]
+
+
+def pair(request: pytest.FixtureRequest) -> tuple[str, str]:
+    if "native" in request.param and find_binary() is None:
+        pytest.skip("anycore-gateway is not built (see README, Native gateway)")
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=PAIRS, ids=["-".join(p) for p in PAIRS])
+def gateways(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return pair(request)
+
+
+@pytest.fixture(params=PAIRS[:2], ids=["-".join(p) for p in PAIRS[:2]])
+def same_gateways(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return pair(request)
 
 SLOW = """
 import asyncio
@@ -35,10 +57,10 @@ async def app(scope, receive, send):
 """
 
 
-def test_spill_over_two_slow_requests_to_a_full_node_run_on_both_nodes(cluster, tmp_path):
+def test_spill_over_two_slow_requests_to_a_full_node_run_on_both_nodes(cluster, tmp_path, gateways):
     app = make_service(tmp_path, "slow", SLOW, "workers = 1\nslots = 1\n")
-    a = cluster.join(app)
-    b = cluster.join(app)
+    a = cluster.join(app, args=("--gateway", gateways[0]))
+    b = cluster.join(app, args=("--gateway", gateways[1]))
     wait_peers([a, b], "slow")
     ids = sorted([a.record["node_id"], b.record["node_id"]])
     with ThreadPoolExecutor(2) as pool:
@@ -72,10 +94,10 @@ def metrics(node) -> dict:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_spilled_requests_stream_big_bodies_both_ways_and_local_slots_win(cluster, tmp_path):
+def test_spilled_requests_stream_big_bodies_both_ways_and_local_slots_win(cluster, tmp_path, same_gateways):
     app = make_service(tmp_path, "slow", SLOW, "workers = 1\nslots = 1\n")
-    a = cluster.join(app)
-    b = cluster.join(app)
+    a = cluster.join(app, args=("--gateway", same_gateways[0]))
+    b = cluster.join(app, args=("--gateway", same_gateways[1]))
     wait_peers([a, b], "slow")
     b_id = b.record["node_id"]
     # Locality: with a free slot here, requests never leave the node.

@@ -35,6 +35,20 @@ def _run(coro: Awaitable[T]) -> T:
     return uvloop.run(coro)  # type: ignore[arg-type]  # errors end in main(), said in one line
 
 
+GATEWAY_DEFAULT = "auto"  # what --gateway is when neither the flag nor $ANYCORE_GATEWAY says
+
+
+def gateway_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--gateway python|native|auto`` and ``--gateway-threads``. --gateway's default is
+    $ANYCORE_GATEWAY, else GATEWAY_DEFAULT. ``auto``: the native gateway when its binary is found, else the Python one (`up` prints which)."""
+    return click.option("--gateway", type=click.Choice(["python", "native", "auto"]), envvar="ANYCORE_GATEWAY",
+                        default=GATEWAY_DEFAULT, show_default=True, show_envvar=True,
+                        help="Data plane: the in-process Python gateway, anycore-gateway (Rust; see README, "
+                             "Native gateway), or auto: native when it is built, else python.")(
+        click.option("--gateway-threads", type=click.IntRange(min=1), default=None,
+                     help="Threads of the native gateway (default: half the cores it may use, at least one).")(f))
+
+
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
@@ -147,10 +161,7 @@ def cli() -> None:
 @click.option("--max-header-bytes", type=int, default=65536, show_default=True)
 @click.option("--ws-ping-interval", type=float, default=20.0, show_default=True,
               help="Ping a WebSocket silent this many seconds; close it (1011) if the pong takes as long again.")
-@click.option("--gateway", type=click.Choice(["python", "native"]), default="python", show_default=True,
-              help="Data plane: the in-process Python gateway, or anycore-gateway (Rust; see README, Native gateway).")
-@click.option("--gateway-threads", type=click.IntRange(min=1), default=None,
-              help="Threads of the native gateway (default: half the cores it may use, at least one).")
+@gateway_option
 @admin_option
 @with_nats
 @with_env_options
@@ -460,10 +471,7 @@ def env_command(service: str, as_json: bool, nats_url: str | None, token: str | 
 @click.argument("path")
 @click.option("--listen", default="127.0.0.1:8000", show_default=True)
 @with_log_options
-@click.option("--gateway", type=click.Choice(["python", "native"]), default="python", show_default=True,
-              help="Data plane: the in-process Python gateway, or anycore-gateway (Rust; see README, Native gateway).")
-@click.option("--gateway-threads", type=click.IntRange(min=1), default=None,
-              help="Threads of the native gateway (default: half the cores it may use, at least one).")
+@gateway_option
 @admin_option
 @with_env_options
 @edge_options

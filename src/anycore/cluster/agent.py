@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 from nats.errors import NoRespondersError
@@ -82,6 +82,7 @@ class ClusterAgent:
         self.spilled = 0  # requests this node sent to peers
         self.spilled_to: dict[tuple[str, str], int] = {}  # (service, peer) -> requests sent there (/metrics)
         self.accepted = 0  # requests peers sent here
+        self.on_peers: Callable[[], None] | None = None  # the peers' free slots may have changed (node/spill.py)
 
     @property
     def nc(self) -> Any:
@@ -150,6 +151,8 @@ class ClusterAgent:
                                         silent_s=round(self.loop.time() - peer.last_seen, 1))
                     self._peer_gone(peer.node)
                 self._deadline_net()
+                if self.on_peers is not None:
+                    self.on_peers()
                 if self.follow and tick % (4 * FOLLOW_EVERY) == 0 and self.nc.is_connected:
                     self._spawn(follow(self.node, self.deployer, self.follow_failed), "follow")
             except Exception as exc:  # a bug here must not stop the heartbeats
@@ -172,6 +175,8 @@ class ClusterAgent:
             self.node.log.event("cluster.peer_joined", peer=heartbeat.node, gateway=heartbeat.gateway)
         elif event is PeerEvent.LEFT:
             self.node.log.event("cluster.peer_leaving", peer=heartbeat.node)
+        if event is not None and event is not PeerEvent.STALE and self.on_peers is not None:
+            self.on_peers()
         if event in (PeerEvent.JOINED, PeerEvent.REFRESHED):
             for name, load in heartbeat.services.items():
                 runtime = self.node.services.get(name)
@@ -204,11 +209,12 @@ class ClusterAgent:
         runtime = self.node.services.get(exchange.service.name) if exchange.service is not None else None
         if runtime is not exchange.service:
             runtime = None  # the service was forgotten (or replaced) meanwhile: its queue is not ours to use
-        if verdict is crash.Outcome.RETRY and runtime is not None:
+        if verdict is crash.Outcome.RETRY and runtime is not None and getattr(exchange, "requeueable", True):
             self.node.log.event("request.retried", runtime.name, method=exchange.method,
                                 path=exchange.raw_path.decode("latin-1"), lost_node=exchange.node,
                                 request_id=exchange.request_id or None)
-            runtime.requeue(exchange)
+            back = getattr(exchange, "requeue", None)  # a request queued in the native gateway goes back there
+            back() if back is not None else runtime.requeue(exchange)
         else:
             self._failed(exchange, 502, f"node {exchange.node} lost")
             exchange.fail(502, "node lost",
@@ -253,6 +259,13 @@ class ClusterAgent:
                 refused()
 
         self._spawn(go(), f"call {service} on a peer")
+
+    async def claim(self, runtime: ServiceView, request: Any) -> bool:
+        """Claim a peer's free slot for ``request`` (queued in the native gateway: node/spill.py);
+        True once a peer runs it (or it was answered), False if none took it."""
+        if self.nc is None or not self.nc.is_connected or not self.table.any_free(runtime.name):
+            return False
+        return await self._claim(runtime, request)
 
     def spill_soon(self, runtime: ServiceView) -> None:
         """A request queued here: if a peer advertises a free slot, claim it (never blocks)."""
@@ -357,7 +370,7 @@ class ClusterAgent:
             result: RemoteExchange | ClaimReply = ClaimReply(False, reason=f"no service {service} here")
         else:
             link = self._link(dispatch.out_subject(claim.origin, self.me))
-            result = dispatch.accept_claim(runtime, claim.origin, link, claim, self.loop.time(), self._finished)
+            result = await dispatch.accept_claim(runtime, claim.origin, link, claim, self.loop.time(), self._finished)
         if isinstance(result, RemoteExchange):
             self.running[(claim.origin, claim.req.id)] = result
             self.accepted += 1

@@ -267,13 +267,14 @@ class RemoteExchange(Exchange):
                 self.service.client_gone(self)
 
 
-def accept_claim(runtime: ServiceView, origin: str, link: Link, claim: Claim, now: float,
-                 on_finished: Callable[[RemoteExchange], None]) -> RemoteExchange | ClaimReply:
-    """Runner side: place the claimed request on a free slot now, or say why not."""
+async def accept_claim(runtime: ServiceView, origin: str, link: Link, claim: Claim, now: float,
+                       on_finished: Callable[[RemoteExchange], None]) -> RemoteExchange | ClaimReply:
+    """Runner side: place the claimed request on a free slot now, or say why not (under the
+    native gateway "now" is one round trip to it: node/spill.py)."""
     if claim.remaining <= 0:
         return ClaimReply(False, reason="deadline passed")
     exchange = RemoteExchange(origin, link, claim.req, now + claim.remaining, now, on_finished)
-    if not runtime.accept_remote(exchange):
+    if not await runtime.accept_remote(exchange):
         return ClaimReply(False, reason="no free slot")
     return exchange
 

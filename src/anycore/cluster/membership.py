@@ -129,6 +129,10 @@ class PeerTable:
         if peer is not None:
             peer.free[service] = 0
 
+    def free_for(self, service: str) -> int:
+        """The free slots all peers have for ``service``, as estimated here."""
+        return sum(p.free.get(service, 0) for p in self.peers.values())
+
     def any_free(self, service: str) -> bool:
         return any(p.free.get(service, 0) > 0 for p in self.peers.values())
 

@@ -54,7 +54,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sized
+from typing import TYPE_CHECKING, Callable, Mapping, Sized
 
 import msgspec
 
@@ -68,8 +68,10 @@ from anycore.log import NodeLog
 from anycore.router.core import WorkerSlots
 from anycore.stats import BUCKETS, Histogram, ReleaseStats, RequestStats
 from anycore.supervisor.policy import RestartPolicy
+from anycore.node.spill import NativeSpill
 
 if TYPE_CHECKING:
+    from anycore.cluster.agent import ClusterAgent
     from anycore.node.service import ServiceRuntime
     from anycore.supervisor.worker import WorkerHandle
 
@@ -137,6 +139,8 @@ class NativeGateway:
         self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
         self._counted: dict[str, _Counted] = {}  # per service: the gateway's counts already in RequestStats
         self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
+        self.spill: NativeSpill | None = None  # cluster spill-over (node/spill.py), once the agent runs
+        self._shifts: collections.deque[Callable[[], None]] = collections.deque()  # awaiting Shifted, in order
         self._started: asyncio.Future[dataplane.Started] | None = None
         self._closing = False
         self._gone = False
@@ -283,8 +287,12 @@ class NativeGateway:
         kind = type(message)
         if kind is dataplane.Stats:
             self._stats(message)  # type: ignore[arg-type]
+            for worker_id in self.idle:  # a Stats built before the WorkerIdle may arrive after it
+                self._idle_counts(worker_id)
+            self._drain_node_queue(message.service)  # type: ignore[union-attr]
         elif kind is dataplane.WorkerIdle:
             self.idle.add(message.worker)  # type: ignore[union-attr]
+            self._idle_counts(message.worker)  # type: ignore[union-attr]
             worker = self.workers.get(message.worker)  # type: ignore[union-attr]
             if worker is not None and worker.stop_gate is not None and not worker.stop_gate.done():
                 worker.stop_gate.set_result(None)
@@ -295,6 +303,11 @@ class NativeGateway:
                 worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
         elif kind is dataplane.RequestCrashed:
             self._crashed(message)  # type: ignore[arg-type]
+        elif kind is dataplane.Shifted:
+            if self._shifts:
+                self._shifts.popleft()()
+        elif kind is dataplane.Offer or kind is dataplane.Reserved:
+            self._spill_message(message)
         elif kind is dataplane.Started and self._started is not None and not self._started.done():
             self._started.set_result(message)  # type: ignore[arg-type]
 
@@ -312,6 +325,8 @@ class NativeGateway:
         self._outbox.clear()
         if self._started is not None and not self._started.done():
             self._started.set_exception(AnycoreError("the native gateway exited"))
+        while self._shifts:  # nothing will confirm them now
+            self._shifts.popleft()()
         for worker in self.workers.values():  # nothing will report them idle now
             if worker.stop_gate is not None and not worker.stop_gate.done():
                 worker.stop_gate.set_result(None)
@@ -363,6 +378,8 @@ class NativeGateway:
         if self.control is not None:
             self._lost()
             self.control.close()
+        if self.spill is not None:
+            self.spill.close()
         await self.handoffs.stop(timeout)
         for sock in [*self._data.values(), *([self._listener] if self._listener is not None else [])]:
             sock.close()
@@ -488,6 +505,8 @@ class NativeGateway:
         self.handoffs.gateway.remove_service(name)
         if self.services.pop(name, None) is not None:
             self.send(dataplane.RemoveService(name))
+            if self.spill is not None:
+                self.spill.service_removed(name)
 
     # -- hooks of a ServiceRuntime (its ``dataplane``) ----------------------------------------
     def service_changed(self, runtime: "ServiceRuntime") -> None:
@@ -512,8 +531,15 @@ class NativeGateway:
         self._worker_service[worker.id] = runtime.name
         self.send(dataplane.AddWorker(runtime.name, worker.release, worker.id, worker.slots), [data])
 
-    def shifted(self, runtime: "ServiceRuntime", old: list["WorkerHandle"]) -> None:
-        """The deploy's shift, one message; then the old release's workers stop accepting."""
+    def shifted(self, runtime: "ServiceRuntime", old: list["WorkerHandle"],
+                applied: Callable[[], None] | None = None) -> None:
+        """The deploy's shift, one message; then the old release's workers stop accepting.
+        ``applied`` runs once the gateway says it applied the shift (``Shifted``)."""
+        if applied is not None:
+            if self.control is None or self._gone:
+                applied()
+            else:
+                self._shifts.append(applied)
         self.send(dataplane.Shift(runtime.name, runtime.release_id))
         self.service_changed(runtime)
         for worker in old:
@@ -563,6 +589,43 @@ class NativeGateway:
         elif crashed.outcome == "fail":
             self.log.event("request.failed", crashed.service, method=crashed.method or None, path=path, status=502,
                            dead_worker=crashed.worker)
+    def _drain_node_queue(self, service: str) -> None:
+        """What the node itself queued (a call between services, a job, a request back from
+        a lost peer: they are placed by the node's router, on its mirror of the gateway's
+        counts) takes the slots the gateway's Stats show free: nothing else frees a slot
+        in that mirror under the native gateway."""
+        runtime = self.services.get(service)
+        if runtime is not None and runtime.router.queue:
+            runtime.placement.drain_queue()
+
+    def _idle_counts(self, worker_id: int) -> None:
+        """An idle worker (draining, nothing in flight: WorkerIdle) has nothing in flight for
+        good, whatever a Stats said (the gateway builds one under its lock and sends it
+        after, so one older than the WorkerIdle can arrive after it): its exit line and the
+        scaler read the mirror, not the gateway."""
+        for runtime in self.services.values():
+            slots = runtime.router.workers.get(worker_id)
+            if slots is not None:
+                slots.inflight = 0
+
+    # -- cluster spill-over (node/spill.py) ----------------------------------------------------
+    def start_spill(self, services: Mapping[str, "ServiceRuntime"], agent: "ClusterAgent") -> None:
+        """The cluster agent runs: queued requests may go to peers, peers' to free slots here."""
+        self.spill = NativeSpill(self.send, services)
+        self.spill.attach(agent)
+        for runtime in services.values():
+            runtime.spill = self.spill
+
+    def _spill_message(self, message: dataplane.FromGateway) -> None:
+        spill = self.spill
+        if spill is None:
+            if type(message) is dataplane.Offer:  # no cluster (yet): the request stays queued
+                self.send(dataplane.Claimed(message.service, message.id, 0))  # type: ignore[union-attr]
+            return
+        if type(message) is dataplane.Offer:
+            spill.offered(message)  # type: ignore[arg-type]
+        else:
+            spill.reserved(message)  # type: ignore[arg-type]
 
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:

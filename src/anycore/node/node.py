@@ -102,7 +102,7 @@ class Node:
         python = Gateway(self.log, limits or Limits(), access_log, self.stats)
         self.gateway: Gateway | NativeGateway = python
         self.gateway_binary = find_binary()
-        if gateway == "native":
+        if gateway == "native" or (gateway == "auto" and self.gateway_binary):
             # gateway_threads 0: the gateway's own rule (half the cores it may use, at least one)
             self.gateway = NativeGateway(self.log, limits or Limits(), self.gateway_binary or "", threads=gateway_threads,
                                          on_gone=self._gateway_gone, stats=self.stats, handoffs=Handoffs(python))
@@ -196,6 +196,8 @@ class Node:
                                    f"with --listen HOST:PORT (0 picks a free one), or stop what holds it") from None
             await self._start_admin()
             await self.cluster.start()  # type: ignore[union-attr]  # heartbeats name the gateway's URL
+            if isinstance(self.gateway, NativeGateway):
+                self.gateway.start_spill(self.services, self.cluster)  # type: ignore[arg-type]
             self._write_record()
             self.log.event("node.started", node=self.node_id, gateway=self.gateway.url, nats=self.auth.url, pid=os.getpid())
             print(f"anycore node {self.node_id} serving on {self.gateway.url} (gateway: {self._data_plane()})", flush=True)
@@ -420,6 +422,8 @@ class Node:
             runtime.dataplane = self.gateway  # before its first release: its workers get data sockets
         if self.cluster is not None:
             runtime.on_queued = self.cluster.spill_soon
+        if isinstance(self.gateway, NativeGateway):
+            runtime.spill = self.gateway.spill
         self.jobs.watch(runtime)
         self.services[name] = runtime
         return runtime

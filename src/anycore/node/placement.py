@@ -109,6 +109,14 @@ class Placement:
             exchange.fail(503, "overloaded", f"service {self.name}: {decision.reason}; retry after {decision.retry_after}s",
                           decision.retry_after)
 
+    def place_reserved(self, exchange: "Exchange", worker_id: int, now: float) -> None:
+        """Start ``exchange`` on ``worker_id``, whose slot the native gateway reserved for it
+        (a peer's claim): this router only mirrors the gateway's counts until its next Stats."""
+        slots = self.router.workers.get(worker_id)
+        if slots is not None:
+            slots.inflight += 1
+        self._dispatch(exchange, worker_id, now)
+
     def _dispatch(self, exchange: "Exchange", worker_id: int, now: float) -> None:
         worker = self._lookup(worker_id)
         if worker is None:  # the router outlived its worker's table entry: forget it, place again

@@ -43,6 +43,7 @@ from anycore.node.sessions import SessionPlacer
 from anycore.node.sockets import SocketHost
 from anycore.ports import DataPlane
 from anycore.router.core import Router
+from anycore.router.crash import MAX_ATTEMPTS
 from anycore.stats import RequestStats
 from anycore.supervisor.launch import Launch
 from anycore.supervisor.release import ReleaseSupervisor, WorkerCounts
@@ -88,6 +89,8 @@ class ServiceRuntime:
         self.on_slot_free: Callable[[ServiceRuntime], None] | None = None  # node.jobs: pull a job for a freed slot
         self.dataplane: DataPlane | None = None  # the native gateway (set before the first release)
         self.external_queued = 0  # requests queued in the native gateway, from its Stats
+        self.spill: Any = None  # node.spill.NativeSpill: a peer's claim takes a slot through the native gateway
+        self._reserved: set[int] = set()  # ids of peers' requests running here on a slot the gateway reserved
         self.placement = Placement(name, config, self.clock, self.worker, server, self._queued, log, self.stats)
         self.router: Router[Exchange] = self.placement.router
         self.crashes = Crashes(name, log, lambda: self.release_id, self.stats)
@@ -189,11 +192,15 @@ class ServiceRuntime:
         for worker in new.workers.values():
             if worker.id in self.router.workers:
                 self.router.set_accepting(worker.id, True)
-        self.log.event("service.shifted", self.name, release=new.release, previous=old.release if old else None,
-                       workers=len(new.workers))
-        self.placement.drain_queue()
+        def shifted() -> None:  # the shift's instant: under the native gateway, once it applied it
+            self.log.event("service.shifted", self.name, release=new.release, previous=old.release if old else None,
+                           workers=len(new.workers))
+
         if self.dataplane is not None:
-            self.dataplane.shifted(self, list(old.workers.values()) if old is not None else [])
+            self.dataplane.shifted(self, list(old.workers.values()) if old is not None else [], shifted)
+        else:
+            shifted()
+        self.placement.drain_queue()
         return old
 
     def notify_clients(self, new: ReleaseSupervisor, old: ReleaseSupervisor) -> None:
@@ -318,12 +325,28 @@ class ServiceRuntime:
         if self.release is not None and not self.router.any_accepting:
             self.release.wake()  # scaled to zero (or all busy starting): fork now, not at the next tick
 
-    def accept_remote(self, exchange: "Exchange") -> bool:
-        """A peer's claim: run ``exchange`` here only if a slot is free right now (never queue it)."""
-        if self.life.state is ServiceState.STOPPED or self.release is None or not self.router.can_place():
+    async def accept_remote(self, exchange: "Exchange") -> bool:
+        """A peer's claim: run ``exchange`` here only if a slot is free right now (never queue it).
+        Under the native gateway its router holds the slots: one is reserved there first."""
+        if self.life.state is ServiceState.STOPPED or self.release is None:
+            return False
+        if self.dataplane is None:
+            if not self.router.can_place():
+                return False
+            exchange.service = self
+            self.placement.place(exchange, self.clock(), front=False)
+            return True
+        if self.spill is None:
+            return False
+        worker_id = await self.spill.reserve(self.name)
+        if worker_id is None:
+            return False
+        if self.life.state is ServiceState.STOPPED or self.worker(worker_id) is None:
+            self.spill.unreserve(worker_id)  # stopped, or the worker went, during the round trip
             return False
         exchange.service = self
-        self.placement.place(exchange, self.clock(), front=False)
+        self._reserved.add(exchange.id)
+        self.placement.place_reserved(exchange, worker_id, self.clock())
         return True
 
     def submit_job(self, exchange: "Exchange", deadline: float) -> None:
@@ -350,6 +373,10 @@ class ServiceRuntime:
     # -- events from workers --------------------------------------------------------------------
     def on_done(self, worker: "WorkerHandle", exchange: "Exchange", error: str | None) -> None:
         self.placement.done(worker, exchange, error)
+        if self._reserved and exchange.id in self._reserved:
+            self._reserved.discard(exchange.id)
+            if self.spill is not None:
+                self.spill.unreserve(worker.id)
         if self.on_slot_free is not None:
             self.on_slot_free(self)
 
@@ -389,6 +416,12 @@ class ServiceRuntime:
             self.dataplane.remove_worker(worker)
         lost = list(worker.exchanges.values())
         worker.exchanges.clear()
+        for exchange in lost:
+            if exchange.id in self._reserved:
+                # Its reserved slot went with the worker; a retry here would hold no slot of the
+                # gateway's, so the peer's request is answered by the crash rule without one.
+                self._reserved.discard(exchange.id)
+                exchange.attempts = max(exchange.attempts, MAX_ATTEMPTS)
         now = self.clock()
         self.crashes.apply(worker.id, lost, now, lambda exchange: self.placement.place(exchange, now, front=True))
         self.placement.drain_queue()
