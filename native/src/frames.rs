@@ -77,6 +77,24 @@ pub fn cancel(out: &mut Vec<u8>, id: u64) {
     });
 }
 
+/// A Req's last field, `remaining` (wire.Req: seconds left before its deadline when it
+/// started; 0.0 "not said"): a float64 placeholder, 9 bytes, so the frame can be written
+/// once (at admission, maybe queued for a while) and the value set as it starts.
+pub fn w_remaining(out: &mut Vec<u8>) {
+    let _ = encode::write_f64(out, 0.0);
+}
+
+/// Set `remaining` in a whole Req frame (length prefix included) written with
+/// `w_remaining`: a 15-field array ending in a float64. Any other frame is left as it is.
+pub fn set_remaining(frame: &mut [u8], seconds: f64) {
+    let n = frame.len();
+    if n < 4 + 1 + 9 || frame[4] != 0x9f || frame[n - 9] != 0xcb {
+        return;
+    }
+    let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
+    frame[n - 8..].copy_from_slice(&seconds.to_be_bytes());
+}
+
 /// (method, raw_path, query) of a whole Req frame (length prefix included), as the
 /// gateway encoded it: the crash rule's method and the quarantine's key. None if `frame`
 /// is not a Req.
@@ -251,6 +269,29 @@ mod tests {
         let done = Bytes::from_static(b"\x93\x07\x03\xc0");
         assert!(matches!(decode(&done).unwrap(), FromWorker::Done { id: 3, error: None }));
         assert!(decode(&Bytes::from_static(b"\x93\x07")).is_err());
+    }
+
+    #[test]
+    fn remaining_is_set_in_place_and_only_in_a_15_field_req() {
+        let mut out = Vec::new();
+        frame(&mut out, |o| {
+            w_array(o, 15);
+            w_uint(o, REQ as u64);
+            w_remaining(o);
+        });
+        set_remaining(&mut out, 2.5);
+        assert_eq!(&out[out.len() - 8..], &2.5f64.to_be_bytes());
+        set_remaining(&mut out, f64::INFINITY); // no deadline: "not said"
+        assert_eq!(&out[out.len() - 8..], &0.0f64.to_be_bytes());
+        let mut other = Vec::new();
+        frame(&mut other, |o| {
+            w_array(o, 14);
+            w_uint(o, REQ as u64);
+            w_remaining(o);
+        });
+        let before = other.clone();
+        set_remaining(&mut other, 2.5);
+        assert_eq!(other, before);
     }
 
     #[test]

@@ -415,6 +415,7 @@ impl Core {
         };
         let before = wc.out.len();
         wc.push(write);
+        frames::set_remaining(&mut wc.out[before..], at.deadline - at.now);
         let frame = &wc.out[before..];
         if attempt.attempts == 0 {
             attempt.method = frames::req_key(frame).map_or("", |(m, _, _)| crate::crash::known_method(m));

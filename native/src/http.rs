@@ -223,7 +223,7 @@ pub fn submit(info: &ConnInfo, req: &Request, body: Option<ReqBody>) -> Submitte
         crate::proxy::resolve(info.scheme, &info.client_ip, info.client_port, &|f| headers.each(f));
     let write = |out: &mut Vec<u8>, id: u64| {
         frames::frame(out, |o| {
-            w_array(o, 14);
+            w_array(o, 15);
             w_uint(o, frames::REQ as u64);
             w_uint(o, id);
             w_str(o, req.method);
@@ -258,6 +258,7 @@ pub fn submit(info: &ConnInfo, req: &Request, body: Option<ReqBody>) -> Submitte
             w_str(o, root_path);
             w_bin(o, req.body);
             w_bool(o, req.more);
+            frames::w_remaining(o); // set as the request starts on a worker (gateway::Core::start)
         })
     };
     let (tx, rx) = oneshot::channel();

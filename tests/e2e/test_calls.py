@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import NodeFactory, RunningNode, make_service, wait_for
 from tests.e2e.calls_app import APP, WSGI
+from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,20 @@ def test_a_call_to_a_stopped_service_is_a_clear_503(node):
     assert node.cli("stop", "w").returncode == 0
     r = relay(node, "w", "/")
     assert r.headers["x-call-status"] == "503" and "anycore start w" in r.json()["detail"]
+
+
+def test_a_request_knows_its_deadline_and_passes_it_on_under_either_gateway(tmp_path, gateway):
+    """``Req.remaining``: the gateway tells the worker the seconds left as the request
+    starts (the native one sets it in the frame it wrote at admission), so
+    ``anycore.time_left()`` and a call's budget work on both data planes."""
+    paths = [make_service(tmp_path, "a", APP, 'name = "a"\nroutes = ["/a"]\nworkers = 1\nslots = 4\ntimeout = 20\n'),
+             make_service(tmp_path, "b", APP, 'name = "b"\nroutes = ["/b"]\nworkers = 1\nslots = 4\n')]
+    factory = NodeFactory(tmp_path)
+    try:
+        node = factory.start(*paths, timeout=120, **gateway)
+        seen = httpx.get(f"{node.url}/a/echo", timeout=30).json()
+        assert seen["left"] is not None and 15 < seen["left"] <= 20, seen  # a's own timeout, as it started
+        called = relay(node, "b", "/echo").json()
+        assert called["left"] is not None and 15 < called["left"] <= 20, called  # a's budget, not b's 30 s
+    finally:
+        factory.stop_all()

@@ -35,7 +35,9 @@ def _run(coro: Awaitable[T]) -> T:
     return uvloop.run(coro)  # type: ignore[arg-type]  # errors end in main(), said in one line
 
 
-GATEWAY_DEFAULT = "auto"  # what --gateway is when neither the flag nor $ANYCORE_GATEWAY says
+# What --gateway is when neither the flag nor $ANYCORE_GATEWAY says. Still "python": on
+# "auto" (native when built) a few e2e tests fail yet (README, Native gateway, says which).
+GATEWAY_DEFAULT = "python"
 
 
 def gateway_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -204,6 +204,7 @@ class RemoteExchange(Exchange):
         self.origin = origin
         self.origin_id = req.id
         self.link = link
+        self.scheme = req.scheme  # as the origin's gateway resolved it (TLS, --proxy-headers)
         self.path = req.path
         self.root_path = req.root_path
         self.deadline = deadline

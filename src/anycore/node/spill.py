@@ -84,6 +84,8 @@ class SpilledRequest:
         self.method, self.path, self.raw_path, self.query = req.method, req.path, req.raw_path, req.query
         self.headers, self.http_version, self.root_path = req.headers, req.http_version, req.root_path
         self.conn = _Client(req.client)
+        # as the gateway resolved them (TLS, --proxy-headers): the peer's app sees the same
+        self.scheme, self.client = req.scheme, req.client
         self.rid = requestid.find(req.headers)
         self.deadline = deadline
         # what dispatch.claim_request / commit_claim read: no body is here yet (a queued
