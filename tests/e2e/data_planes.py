@@ -21,9 +21,10 @@ from anycore.node.native import find_binary
 from tests.conftest import NodeFactory, RunningNode
 
 STAND_IN = Path(__file__).resolve().parent.parent / "native_stand_in.py"
-# True once anycore-gateway hands WebSocket upgrades to the node (issue 15 stage 2, h1's
-# Rust side); until then the native runs use the stand-in, which does.
-RUST_HANDS_OFF = False
+# anycore-gateway hands WebSocket upgrades to the node (handoff.rs): the native runs use
+# the real binary. False runs them on the stand-in instead (to tell the node's side of a
+# hand-off from the gateway's when one fails).
+RUST_HANDS_OFF = True
 
 
 def native_gateway(tmp_path: Path) -> str:
