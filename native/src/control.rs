@@ -143,6 +143,8 @@ pub struct Settings {
     /// The first request id (0: 1). A gateway restarted in place starts past its
     /// predecessors' ids: a worker still finishing their requests answers ids it ignores.
     pub first_id: u64,
+    /// `--access-log`: send a record of each finished exchange (access.rs).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +197,7 @@ pub fn decode(mut data: &[u8]) -> Result<ToGateway, String> {
                 keepalive_timeout: f(4).as_float()?,
                 threads: if v.len() > 6 { f(5).as_int()?.max(0) as usize } else { 0 },
                 first_id: if v.len() > 7 { f(6).as_int()?.max(0) as u64 } else { 0 },
+                access_log: v.len() > 8 && matches!(f(7), Value::Bool(true)),
             })
         }
         3 => {
@@ -442,7 +445,8 @@ mod tests {
                 header_timeout: 10.0,
                 keepalive_timeout: 5.0,
                 threads: 0,
-                first_id: 0
+                first_id: 0,
+                access_log: false
             })
         );
         let service = b"\x99\x03\xa3app\x92\xa1/\xach.example/v1\xa2r1\xc3\xce\x00\x10\x00\x00d\xce\x04\x00\x00\x00\xcb@>\x00\x00\x00\x00\x00\x00";

@@ -353,7 +353,11 @@ impl Core {
     /// arrival: counted under release "" (its header names the live release).
     pub fn made(&mut self, node: &HeaderValue, status: u16, error: &str, detail: &str, retry: Option<u64>, waited: f64) -> Resp {
         self.count_made(status, waited);
-        made(node, self.release_hv.as_ref(), status, error, detail, retry)
+        let mut resp = made(node, self.release_hv.as_ref(), status, error, detail, retry);
+        if crate::access::enabled() {
+            resp.extensions_mut().insert(crate::access::Queued(waited));
+        }
+        resp
     }
 
     /// Whether the router should send new requests to worker `w` (node says it accepts,

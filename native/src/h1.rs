@@ -31,6 +31,7 @@
 //!   store, and the timer, armed at most `step` (the shorter timeout) ahead, re-arms
 //!   itself when it fires early — so no timer is touched per request.
 
+use crate::access;
 use crate::body::{GwBody, ReqBody, Started};
 use crate::frames;
 use crate::gateway::{self, Gateway, Resp, Service};
@@ -134,6 +135,8 @@ struct Exchange {
     expect_continue: bool,
     body_timeout: Duration,
     rid: Rid,
+    /// Its access-log record (access.rs), only while the node asks for the log.
+    access: Option<Box<(access::Head, access::Answer)>>,
 }
 
 /// The request body still to come from the client.
@@ -405,6 +408,38 @@ where
             request_id: rid.as_bytes(),
             drop_trace: head.bad_trace,
         };
+        let access = access::enabled().then(|| {
+            let mut target = raw_path.as_bytes().to_vec();
+            if !query.is_empty() {
+                target.push(b'?');
+                target.extend_from_slice(query.as_bytes());
+            }
+            let (mut referer, mut agent) = (None, None);
+            for h in headers.iter() {
+                let (name, value) = (h.name.as_bytes(), h.value);
+                if referer.is_none() && name.eq_ignore_ascii_case(b"referer") {
+                    referer = Some(value.to_vec());
+                } else if agent.is_none() && name.eq_ignore_ascii_case(b"user-agent") {
+                    agent = Some(value.to_vec());
+                }
+            }
+            let service = self.gw.route(host, &http::percent_decode(raw_path)).map(|(s, _)| s.name.clone());
+            let received = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            let head = access::Head {
+                service: service.unwrap_or_default(),
+                method: head.method.to_string(),
+                path_len: raw_path.len(),
+                target,
+                version: req.version,
+                referer,
+                agent,
+                client: self.info.client_ip.clone(),
+                request_id: rid.as_bytes().to_vec(),
+                arrival: self.gw.now(),
+                received,
+            };
+            Box::new((head, access::Answer::default()))
+        });
         let submitted = http::submit(&self.info, &req, tx);
         let (svc, id) = match &submitted {
             Submitted::Pending(p) => (p.service().cloned(), p.id),
@@ -425,6 +460,7 @@ where
             expect_continue: head.expect_continue && !head.http10,
             body_timeout,
             rid,
+            access,
         };
         self.buf.advance(consumed);
         Step::Exchange(x)
@@ -481,7 +517,7 @@ where
                 if matches!(x.upload, Upload::Unplaced(..)) {
                     x.upload = Upload::Abandoned;
                 }
-                self.begin(resp, &x, &mut close)
+                self.begin(resp, &mut x, &mut close)
             }
             None => Out::Done,
         };
@@ -505,6 +541,7 @@ where
                     Some(Some(Ok(data))) => {
                         let framing = *framing;
                         self.chunk(&data, framing);
+                        sent(&mut x, &data, framing);
                     }
                     Some(Some(Err(_))) => return false,
                     Some(None) => {
@@ -549,11 +586,12 @@ where
                         if matches!(x.upload, Upload::Unplaced(..)) {
                             x.upload = Upload::Abandoned; // answered before it was placed
                         }
-                        out = self.begin(resp, &x, &mut close);
+                        out = self.begin(resp, &mut x, &mut close);
                     }
                     OutEvent::Chunk(Some(Ok(data))) => {
                         if let Out::Streaming(_, framing) = &out {
                             self.chunk(&data, *framing);
+                            sent(&mut x, &data, *framing);
                         }
                     }
                     OutEvent::Chunk(Some(Err(_))) => return false, // stopped midway: the client sees the cut
@@ -599,6 +637,9 @@ where
                     return false;
                 }
             }
+        }
+        if let Some(rec) = x.access.take() {
+            access::push(self.gw, &rec.0, &rec.1);
         }
         let finished = matches!(x.upload, Upload::Done);
         !close && x.keep_alive && finished && !self.stop.0.flag.load(Ordering::Acquire)
@@ -677,11 +718,23 @@ where
     }
 
     /// Writes the response head (and a whole body) into the write buffer.
-    fn begin(&mut self, resp: Resp, x: &Exchange, close: &mut bool) -> Out {
+    fn begin(&mut self, resp: Resp, x: &mut Exchange, close: &mut bool) -> Out {
         let (parts, body) = resp.into_parts();
         let status = parts.status.as_u16();
         let bodiless = status < 200 || status == 204 || status == 304;
         let no_body = bodiless || x.head_method;
+        if let Some(rec) = x.access.as_deref_mut() {
+            let answer = &mut rec.1;
+            answer.status = status;
+            let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            answer.release = header("anycore-release");
+            let node = header("anycore-node");
+            answer.node = if node == self.gw.settings.node { String::new() } else { node }; // a peer ran it
+            answer.queued = parts.extensions.get::<access::Queued>().map_or(0.0, |q| q.0);
+            if let GwBody::Full(Some(b)) = &body {
+                answer.bytes = if no_body { 0 } else { b.len() as u64 };
+            }
+        }
         let out = &mut self.out;
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -785,7 +838,7 @@ where
 
     fn write_refusal(&mut self, refusal: &Refusal) {
         let resp = gateway::made(&self.gw.node_hv, None, refusal.status, refusal.error(), &refusal.detail, None);
-        let x = Exchange {
+        let mut x = Exchange {
             submitted: None,
             svc: None,
             id: 0,
@@ -796,9 +849,10 @@ where
             expect_continue: false,
             body_timeout: Duration::ZERO,
             rid: requestid::generate(),
+            access: None,
         };
         let mut close = true;
-        self.begin(resp, &x, &mut close);
+        self.begin(resp, &mut x, &mut close);
     }
 
     /// Flushes, sends FIN, and (`linger`) reads on for a moment so the client gets the
@@ -835,6 +889,13 @@ where
         let message = handoff::message(&self.info, service, &self.buf);
         let Some(fd) = handoff(self.io) else { return };
         handoff::send(self.gw.control_fd, &message, fd);
+    }
+}
+
+/// A streamed chunk's body bytes, for the access log's `bytes`.
+fn sent(x: &mut Exchange, data: &[u8], framing: Framing2) {
+    if let (Some(rec), false) = (x.access.as_deref_mut(), matches!(framing, Framing2::Skip)) {
+        rec.1.bytes += data.len() as u64;
     }
 }
 
@@ -948,6 +1009,7 @@ mod tests {
             keepalive_timeout: 5.0,
             threads: 1,
             first_id: 0,
+            access_log: false,
         };
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Box::leak(Box::new(Gateway {

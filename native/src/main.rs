@@ -12,6 +12,7 @@
 //! `anycore-gateway --router-model` runs the router core on text operations from stdin
 //! instead (the Python property tests drive it, see `model.rs`).
 
+mod access;
 mod body;
 mod control;
 mod crash;
@@ -124,6 +125,7 @@ fn run(fd: RawFd) {
             std::process::exit(1)
         });
     let (shutdown, _) = tokio::sync::watch::channel(false);
+    access::set(settings.access_log);
     let first_id = settings.first_id.max(1);
     let gw = Gateway {
         node_hv: gateway::static_value(&settings.node),
@@ -352,6 +354,7 @@ async fn ticker(gw: &'static Gateway) {
     loop {
         interval.tick().await;
         round += 1;
+        access::flush(gw);
         let now = gw.now();
         let services: Vec<Arc<Service>> = gw.services.lock().values().cloned().collect();
         // A change in the open connections goes out with every service's Stats.

@@ -118,7 +118,10 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
             } else {
                 GwBody::full(body)
             };
-            let resp = response(status, headers, body, &wc.release_hv, &gw.node_hv);
+            let mut resp = response(status, headers, body, &wc.release_hv, &gw.node_hv);
+            if crate::access::enabled() {
+                resp.extensions_mut().insert(crate::access::Queued(inflight.dispatched - inflight.arrival));
+            }
             inflight.status = status; // counted at Done (the duration runs to the answer's end)
             if let Err(mut resp) = tx.send(resp) {
                 // The client left meanwhile (its cancel waits for this lock). The body must

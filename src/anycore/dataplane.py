@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, array_like=True, tag=2):
     keepalive_timeout: float  # idle keep-alive connection closed after it
     threads: int = 0          # worker threads of the runtime; 0: the gateway's own rule
     first_id: int = 0         # the first request id (0: 1); a restarted gateway starts past the old ids
+    access_log: bool = False  # --access-log: send an AccessLog record of each finished exchange
 
 
 class Service(msgspec.Struct, array_like=True, tag=3):
@@ -264,9 +265,40 @@ class Shifted(msgspec.Struct, array_like=True, tag=67):
     release: str
 
 
+
+class AccessRecord(msgspec.Struct, array_like=True):
+    """One finished HTTP/1.1 exchange for the access log (native/src/access.rs). ``path``
+    is the raw path, ``target`` it with ``?query``; ``ms`` from its head to its answer's
+    end, ``queued_ms`` in the queue (both in seconds here); ``node`` the peer that ran it,
+    "" if this node; ``received`` the epoch seconds it arrived (combined's ``%t``)."""
+
+    service: str
+    method: str
+    path: bytes
+    target: bytes
+    status: int
+    seconds: float
+    queued: float
+    release: str
+    client: str
+    size: int  # body bytes sent
+    node: str
+    request_id: bytes
+    http_version: str
+    referer: bytes | None
+    agent: bytes | None
+    received: float
+
+
+class AccessLog(msgspec.Struct, array_like=True, tag=68):
+    """The access records of a tick (sent only with ``Settings.access_log``)."""
+
+    records: list[AccessRecord]
+
 ToGateway = Union[Listen, Settings, Service, RemoveService, AddWorker, Accepting, RemoveWorker, Shift, Shutdown,
                   Tls, ProxyHeaders, SpillSlots, AddChannel, Claimed, Reserve, Unreserve]
-FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, RequestCrashed, Offer, Reserved, Shifted]
+FromGateway = Union[Started, Stats, WorkerIdle, WorkerLost, Upgrade, RequestCrashed, Offer, Reserved, Shifted,
+                    AccessLog]
 
 _encoder = msgspec.msgpack.Encoder()
 from_gateway = msgspec.msgpack.Decoder(FromGateway)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import RunningNode, make_service, wait_for
+from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 from tests.unit.test_log_formats import COMBINED
 
 ECHO = """
@@ -105,8 +106,10 @@ def test_request_ids_traceparent_json_access_log_and_a_502_s_line(nodes, tmp_pat
     assert logs.returncode == 0 and "client-id-42" in logs.stdout and "request_id=doomed-7" in logs.stdout, logs.stderr
 
 
-def test_combined_access_log_and_json_node_events(nodes, tmp_path):
-    node = nodes.start(echo(tmp_path, "web"), args=("--access-log", "combined", "--log-format", "json"))
+def test_combined_access_log_and_json_node_events(nodes, tmp_path, gateway):
+    # on both data planes: the native gateway sends its records to the node (AccessLog), which writes the lines
+    node = nodes.start(echo(tmp_path, "web"), args=("--access-log", "combined", "--log-format", "json",
+                                                     *gateway.get("args", ())), env=gateway.get("env"))
     with httpx.Client(base_url=node.url, timeout=30) as client:
         ok = client.get("/page?q=1", headers={"referer": "http://example.test/", "user-agent": 'agent "quoted"/1.0'})
         assert ok.status_code == 200

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import make_service, wait_for
+from tests.e2e.data_planes import nodes  # noqa: F401 (every test on both data planes; the access log's 503 lines too)
 
 SLOW_FAST = """
 import asyncio, os

@@ -64,7 +64,7 @@ from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
 from anycore.lifecycle import ServiceState
-from anycore.log import NodeLog
+from anycore.log import LogFormat, NodeLog, combined_line
 from anycore.router.core import WorkerSlots
 from anycore.stats import BUCKETS, Histogram, ReleaseStats, RequestStats
 from anycore.supervisor.policy import RestartPolicy
@@ -199,7 +199,7 @@ class NativeGateway:
         self.attach(node_end)
         self.send(dataplane.Settings(self.node_id, self.limits.max_connections, self.limits.max_header_bytes,
                                      self.limits.header_timeout, self.limits.keepalive_timeout, self.threads,
-                                     self.generation * ID_SPAN))
+                                     self.generation * ID_SPAN, self.handoffs.gateway.access_log is not None))
         self.generation += 1
         self._send_edge()
         self.send(dataplane.Listen(f"{self.host}:{self.port}"), [self._listener.dup()])
@@ -303,6 +303,8 @@ class NativeGateway:
                 worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
         elif kind is dataplane.RequestCrashed:
             self._crashed(message)  # type: ignore[arg-type]
+        elif kind is dataplane.AccessLog:
+            self._access(message)  # type: ignore[arg-type]
         elif kind is dataplane.Shifted:
             if self._shifts:
                 self._shifts.popleft()()
@@ -571,6 +573,25 @@ class NativeGateway:
             self.send(dataplane.RemoveWorker(worker.id))
         if worker.stop_gate is not None and not worker.stop_gate.done():
             worker.stop_gate.set_result(None)
+
+    # -- the access log ------------------------------------------------------------------------
+    def _access(self, batch: dataplane.AccessLog) -> None:
+        """The gateway's records of finished exchanges, as the Python gateway's access lines
+        (``gateway.server.Gateway.access``: the same fields, formats and watchers)."""
+        fmt = self.handoffs.gateway.access_log
+        if fmt is None:
+            return
+        for r in batch.records:
+            fields: dict[str, object] = dict(
+                method=r.method, path=r.path.decode("latin-1"), status=r.status, ms=round(r.seconds * 1000, 2),
+                queued_ms=round(r.queued * 1000, 2), release=r.release or None, client=r.client or None,
+                bytes=r.size, node=r.node or None, request_id=r.request_id.decode("latin-1") or None,
+            )
+            line = ""
+            if fmt is LogFormat.COMBINED:
+                request_line = b"%s %s HTTP/%s" % (r.method.encode("latin-1"), r.target, r.http_version.encode())
+                line = combined_line(r.client or None, r.received, request_line, r.status, r.size, r.referer, r.agent)
+            self.log.access(fmt, r.service, fields, line)
 
     # -- a dead worker's requests ---------------------------------------------------------------
     def _crashed(self, crashed: dataplane.RequestCrashed) -> None:
