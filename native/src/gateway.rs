@@ -264,6 +264,20 @@ pub struct WorkerConn {
 }
 
 impl WorkerConn {
+    /// A worker's (or a spill channel's) connection, accepting, nothing in flight yet.
+    pub fn new(release: String, wake: Arc<Notify>, fd: RawFd, capacity: usize) -> Self {
+        WorkerConn {
+            release_hv: static_value(&release),
+            release,
+            node_accepting: true,
+            out: Vec::with_capacity(capacity),
+            wake,
+            inflight: HashMap::new(),
+            stats: RelStats::default(),
+            fd,
+        }
+    }
+
     pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let was_empty = self.out.is_empty();
         write(&mut self.out);

@@ -34,7 +34,6 @@ mod worker;
 
 use control::{out, ToGateway};
 use gateway::{Core, Gateway, Service, WorkerConn};
-use std::collections::HashMap;
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -228,32 +227,13 @@ fn apply(gw: &'static Gateway, message: ToGateway, fds: Vec<RawFd>) {
             let wake = Arc::new(tokio::sync::Notify::new());
             {
                 let mut core = svc.core.lock();
-                let conn = WorkerConn {
-                    release_hv: gateway::static_value(&release),
-                    release,
-                    node_accepting: true,
-                    out: Vec::with_capacity(64 * 1024),
-                    wake: wake.clone(),
-                    inflight: HashMap::new(),
-                    stats: Default::default(),
-                    fd: wfd,
-                };
-                core.workers.insert(worker, conn);
+                core.workers.insert(worker, WorkerConn::new(release, wake.clone(), wfd, 64 * 1024));
                 core.router.add_worker(worker, slots, false);
                 core.recompute(worker);
                 core.dirty = true;
             }
             gw.workers.lock().insert(worker, svc.clone());
-            let task_svc = svc.clone();
-            gw.rt.spawn(async move {
-                let Ok(stream) = tokio::net::UnixStream::from_std(stream) else {
-                    worker::lost(gw, &task_svc, worker, true);
-                    return;
-                };
-                let (rd, wr) = stream.into_split();
-                tokio::spawn(worker::writer(task_svc.clone(), worker, wr, wake));
-                worker::reader(gw, task_svc, worker, rd).await;
-            });
+            worker::serve(gw, svc.clone(), worker, stream, wake);
             let mut core = svc.core.lock();
             core.drain(&svc, gw);
         }

@@ -36,9 +36,8 @@
 
 use crate::control::{out, ToGateway};
 use crate::frames::{self, w_array, w_bin, w_str, w_uint};
-use crate::gateway::{self, Core, Gateway, QueuedReq, Reply, Service, Times, WorkerConn};
+use crate::gateway::{Core, Gateway, QueuedReq, Reply, Service, Times, WorkerConn};
 use crate::router::Decision;
-use crate::stats::RelStats;
 use crate::worker;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -253,28 +252,11 @@ fn add_channel(gw: &'static Gateway, service: &str, release: String, channel: u6
     let wake = Arc::new(tokio::sync::Notify::new());
     {
         let mut core = svc.core.lock();
-        let conn = WorkerConn {
-            release_hv: gateway::static_value(&release),
-            release,
-            node_accepting: true, // never reported idle: the node removes it
-            out: Vec::with_capacity(16 * 1024),
-            wake: wake.clone(),
-            inflight: HashMap::new(),
-            stats: RelStats::default(),
-            fd: cfd,
-        };
-        core.workers.insert(channel, conn); // not in the router: nothing is placed on it
+        // accepting, never reported idle (the node removes it); not in the router: nothing is placed on it
+        core.workers.insert(channel, WorkerConn::new(release, wake.clone(), cfd, 16 * 1024));
     }
     gw.workers.lock().insert(channel, svc.clone());
-    gw.rt.spawn(async move {
-        let Ok(stream) = tokio::net::UnixStream::from_std(stream) else {
-            worker::lost(gw, &svc, channel, true);
-            return;
-        };
-        let (rd, wr) = stream.into_split();
-        tokio::spawn(worker::writer(svc.clone(), channel, wr, wake));
-        worker::reader(gw, svc, channel, rd).await;
-    });
+    worker::serve(gw, svc, channel, stream, wake);
 }
 
 #[cfg(test)]

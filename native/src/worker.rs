@@ -168,6 +168,20 @@ fn on_frame(gw: &Gateway, svc: &Arc<Service>, core: &mut Core, w: u64, frame: Fr
     }
 }
 
+/// Serve worker `w`'s data socket (a worker's, or a spill channel's): its writer and its
+/// reader, on the runtime; a socket tokio cannot take is a lost worker.
+pub fn serve(gw: &'static Gateway, svc: Arc<Service>, w: u64, stream: std::os::unix::net::UnixStream, wake: Arc<Notify>) {
+    gw.rt.spawn(async move {
+        let Ok(stream) = tokio::net::UnixStream::from_std(stream) else {
+            lost(gw, &svc, w, true);
+            return;
+        };
+        let (rd, wr) = stream.into_split();
+        tokio::spawn(writer(svc.clone(), w, wr, wake));
+        reader(gw, svc, w, rd).await;
+    });
+}
+
 /// The response head from a worker's Resp: its headers (the gateway frames the body
 /// itself, so transfer-encoding goes), then the release and the node.
 fn response(
