@@ -395,9 +395,10 @@ pub mod out {
     }
 
     /// RequestCrashed (60): the crash rule's verdict on a request of a dead worker.
-    pub fn request_crashed(service: &str, worker: u64, outcome: &str, method: &str, path: &[u8], blame: f64) -> Vec<u8> {
+    pub fn request_crashed(service: &str, worker: u64, outcome: &str, method: &str, path: &[u8], blame: f64,
+                           request_id: &[u8]) -> Vec<u8> {
         let mut o = Vec::new();
-        w_array(&mut o, 7);
+        w_array(&mut o, 8);
         w_uint(&mut o, 60);
         w_str(&mut o, service);
         w_uint(&mut o, worker);
@@ -405,6 +406,7 @@ pub mod out {
         w_str(&mut o, method);
         w_str(&mut o, &String::from_utf8_lossy(path));
         let _ = rmp::encode::write_f64(&mut o, blame);
+        w_str(&mut o, &String::from_utf8_lossy(request_id));
         o
     }
 

@@ -95,36 +95,64 @@ pub fn set_remaining(frame: &mut [u8], seconds: f64) {
     frame[n - 8..].copy_from_slice(&seconds.to_be_bytes());
 }
 
-/// (method, raw_path, query) of a whole Req frame (length prefix included), as the
-/// gateway encoded it: the crash rule's method and the quarantine's key. None if `frame`
-/// is not a Req.
-pub fn req_key(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+/// A str or bin field at the front of `rd`, consumed.
+fn bytes_field<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let marker = rmp::decode::read_marker(rd).ok()?;
+    use rmp::Marker::*;
+    let (k, n) = match marker {
+        FixStr(n) => (0, n as usize),
+        Str8 | Bin8 => (1, 0),
+        Str16 | Bin16 => (2, 0),
+        Str32 | Bin32 => (4, 0),
+        _ => return None,
+    };
+    let n = if k == 0 { n } else { rd.get(..k)?.iter().fold(0usize, |a, b| (a << 8) | *b as usize) };
+    let bytes = rd.get(k..k + n)?;
+    *rd = &rd[k + n..];
+    Some(bytes)
+}
+
+/// The fields after a whole Req frame's id (length prefix included), None if it is not a Req.
+fn req_fields(frame: &[u8]) -> Option<&[u8]> {
     let mut rd = frame.get(4..)?;
     rmp::decode::read_array_len(&mut rd).ok()?;
     if rmp::decode::read_int::<u64, _>(&mut rd).ok()? != REQ as u64 {
         return None;
     }
     rmp::decode::read_int::<u64, _>(&mut rd).ok()?;
-    let mut field = || -> Option<&[u8]> {
-        let marker = rmp::decode::read_marker(&mut rd).ok()?;
-        use rmp::Marker::*;
-        let (k, n) = match marker {
-            FixStr(n) => (0, n as usize),
-            Str8 | Bin8 => (1, 0),
-            Str16 | Bin16 => (2, 0),
-            Str32 | Bin32 => (4, 0),
-            _ => return None,
-        };
-        let n = if k == 0 { n } else { rd.get(..k)?.iter().fold(0usize, |a, b| (a << 8) | *b as usize) };
-        let bytes = rd.get(k..k + n)?;
-        rd = &rd[k + n..];
-        Some(bytes)
-    };
-    let method = field()?;
-    field()?; // path
-    let raw_path = field()?;
-    let query = field()?;
+    Some(rd)
+}
+
+/// (method, raw_path, query) of a whole Req frame (length prefix included), as the
+/// gateway encoded it: the crash rule's method and the quarantine's key. None if `frame`
+/// is not a Req.
+pub fn req_key(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let mut rd = req_fields(frame)?;
+    let method = bytes_field(&mut rd)?;
+    bytes_field(&mut rd)?; // path
+    let raw_path = bytes_field(&mut rd)?;
+    let query = bytes_field(&mut rd)?;
     Some((method, raw_path, query))
+}
+
+/// The request id of a whole Req frame as the gateway encoded it: its last header
+/// (`http.rs` appends `x-request-id` after the client's), for the node's crash lines.
+pub fn req_request_id(frame: &[u8]) -> Option<&[u8]> {
+    let mut rd = req_fields(frame)?;
+    for _ in 0..4 {
+        bytes_field(&mut rd)?; // method, path, raw_path, query
+    }
+    let headers = rmp::decode::read_array_len(&mut rd).ok()?;
+    let mut last = None;
+    for _ in 0..headers {
+        if rmp::decode::read_array_len(&mut rd).ok()? != 2 {
+            return None;
+        }
+        let name = bytes_field(&mut rd)?;
+        let value = bytes_field(&mut rd)?;
+        last = Some((name, value));
+    }
+    last.filter(|(name, _)| name.eq_ignore_ascii_case(crate::requestid::HEADER.as_bytes())).map(|(_, v)| v)
 }
 
 /// A frame from a worker, its byte fields sliced out of the read buffer.
@@ -311,5 +339,35 @@ mod tests {
         credit(&mut credit_frame, 1, 2);
         assert_eq!(req_key(&credit_frame), None);
         assert_eq!(req_key(&out[..12]), None);
+    }
+
+    #[test]
+    fn a_req_frame_gives_its_request_id_its_last_header() {
+        let req = |headers: &[(&[u8], &[u8])]| {
+            let mut out = Vec::new();
+            frame(&mut out, |o| {
+                w_array(o, 15);
+                w_uint(o, REQ as u64);
+                w_uint(o, 7);
+                w_str(o, "POST");
+                w_str(o, "/");
+                w_bin(o, b"/");
+                w_bin(o, b"");
+                w_array(o, headers.len() as u32);
+                for (name, value) in headers {
+                    w_array(o, 2);
+                    w_bin(o, name);
+                    w_bin(o, value);
+                }
+            });
+            out
+        };
+        let rid = crate::requestid::HEADER.as_bytes();
+        assert_eq!(req_request_id(&req(&[(b"host", b"a"), (rid, b"abc123")])), Some(&b"abc123"[..]));
+        assert_eq!(req_request_id(&req(&[(rid, b"abc"), (b"host", b"a")])), None); // not where the gateway puts it
+        assert_eq!(req_request_id(&req(&[])), None);
+        let mut credit_frame = Vec::new();
+        credit(&mut credit_frame, 1, 2);
+        assert_eq!(req_request_id(&credit_frame), None);
     }
 }

@@ -250,6 +250,14 @@ pub struct Attempt {
     pub attempts: u8,         // times started on a worker
     pub blame: f64,           // its share of the workers that died under it
     pub frame: Option<Vec<u8>>, // its Req frame, kept while it could be replayed (safe, no body)
+    pub rid: Option<Box<[u8]>>, // its request id when `frame` is not kept, for the node's crash line
+}
+
+impl Attempt {
+    /// Its request id: the node logs it with the crash rule's verdict.
+    pub fn request_id(&self) -> &[u8] {
+        self.frame.as_deref().and_then(frames::req_request_id).or(self.rid.as_deref()).unwrap_or(b"")
+    }
 }
 
 pub struct WorkerConn {
@@ -440,6 +448,9 @@ impl Core {
         }
         attempt.attempts += 1;
         attempt.frame = (body.is_none() && crate::crash::safe(attempt.method)).then(|| frame.to_vec());
+        if attempt.frame.is_none() && attempt.rid.is_none() {
+            attempt.rid = frames::req_request_id(frame).map(Box::from);
+        }
         let credit = body.map(|body| crate::body::start(svc, &gw.rt, w, id, body, max_body));
         let (dispatched, deadline, arrival) = (at.now, at.deadline, at.arrival);
         let reply = Reply::Waiting(reply);

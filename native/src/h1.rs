@@ -62,8 +62,8 @@ const LINGER: Duration = Duration::from_secs(1);
 const READ_AHEAD: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// How a connection gives up its socket for the WebSocket hand-off (None: it cannot,
-/// e.g. under TLS — such an upgrade is answered 501).
+/// How a connection gives up its socket for the WebSocket hand-off: the socket itself, or
+/// under TLS a relayed one (`handoff::relay`). None: it cannot (an upgrade is answered 501).
 pub type Handoff<S> = fn(S) -> Option<OwnedFd>;
 
 /// Serves HTTP/1.1 on `io` until the client leaves, an error closes it, or the gateway
@@ -326,7 +326,7 @@ where
             Upgrade::WebSocket => {
                 if let Some((svc, _)) = self.gw.route(host, &http::percent_decode(raw_path)) {
                     if !can_hand_off {
-                        return Step::Refuse(Refusal::new(501, "WebSockets are not served over TLS by the native gateway yet"));
+                        return Step::Refuse(Refusal::new(501, "this connection cannot take a WebSocket"));
                     }
                     return Step::Upgrade(svc.name.clone());
                 }

@@ -5,19 +5,29 @@
 //! the connection over as if it had accepted it. Once sent, the gateway forgets the
 //! connection: its copy of the fd is closed, the socket lives on in the node (no
 //! shutdown). A message past the control socket's datagram size is refused 431 instead.
+//!
+//! Under TLS the session lives here, so the node cannot take the socket: `relay` gives it
+//! one end of a socket pair instead and moves the bytes, decrypted, between the client
+//! and the other end (the node's Python code sees a plain stream, with `scheme` "https").
 
 use crate::control::MAX_MESSAGE;
 use crate::frames::{w_array, w_bin, w_nil, w_str, w_uint};
 use crate::http::ConnInfo;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Once one side of a relayed connection has closed, how long the other has to finish
+/// (a WebSocket's closing handshake) before the relay lets both go.
+const RELAY_LINGER: Duration = Duration::from_secs(5);
 
 pub const UPGRADE: u64 = 54;
 
 /// `dataplane.Upgrade(service, buffered, client, server)`.
 pub fn message(info: &ConnInfo, service: &str, buffered: &[u8]) -> Vec<u8> {
     let mut o = Vec::with_capacity(64 + service.len() + buffered.len());
-    w_array(&mut o, 5);
+    w_array(&mut o, 6);
     w_uint(&mut o, UPGRADE);
     w_str(&mut o, service);
     w_bin(&mut o, buffered);
@@ -31,6 +41,7 @@ pub fn message(info: &ConnInfo, service: &str, buffered: &[u8]) -> Vec<u8> {
         w_str(&mut o, &info.server_ip);
         w_uint(&mut o, info.server_port as u64);
     }
+    w_str(&mut o, info.scheme);
     o
 }
 
@@ -55,4 +66,33 @@ pub fn send(control: i32, message: &[u8], fd: OwnedFd) -> bool {
             }
         }
     }
+}
+
+/// The node's end of a socket pair relayed to `io` (a TLS stream) by a task of its own:
+/// client to node and node to client, each side's close passed on as a shutdown.
+pub fn relay<S>(io: S) -> Option<OwnedFd>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().ok()?;
+    ours.set_nonblocking(true).ok()?;
+    let ours = tokio::net::UnixStream::from_std(ours).ok()?;
+    tokio::spawn(async move {
+        let (mut client_rd, mut client_wr) = tokio::io::split(io);
+        let (mut node_rd, mut node_wr) = ours.into_split();
+        let up = async {
+            let _ = tokio::io::copy(&mut client_rd, &mut node_wr).await;
+            let _ = node_wr.shutdown().await;
+        };
+        let down = async {
+            let _ = tokio::io::copy(&mut node_rd, &mut client_wr).await;
+            let _ = client_wr.shutdown().await; // close_notify
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            _ = &mut up => { let _ = tokio::time::timeout(RELAY_LINGER, down).await; }
+            _ = &mut down => { let _ = tokio::time::timeout(RELAY_LINGER, up).await; }
+        }
+    });
+    Some(theirs.into())
 }

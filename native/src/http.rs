@@ -55,13 +55,13 @@ pub async fn accept_loop(gw: &'static Gateway, listener: std::net::TcpListener) 
         let tls = crate::tls::current();
         let info = Arc::new(conn_info(gw, peer, local, if tls.is_some() { "https" } else { "http" }));
         tokio::spawn(async move {
-            // Under TLS: the handshake, then ALPN picks HTTP/2 (h2.rs) or HTTP/1.1 — with no
-            // WebSocket hand-off (the TLS session lives here: an upgrade gets 501).
+            // Under TLS: the handshake, then ALPN picks HTTP/2 (h2.rs) or HTTP/1.1, whose
+            // WebSocket hand-off is relayed (the TLS session lives here: handoff::relay).
             match tls {
                 None => crate::h1::serve(stream, info, Some(tcp_fd)).await,
                 Some(config) => match crate::tls::accept(config, stream, gw.settings.header_timeout).await {
                     Some((stream, true)) => crate::h2::serve(stream, info, gw.shutdown.subscribe()).await,
-                    Some((stream, false)) => crate::h1::serve(stream, info, None).await,
+                    Some((stream, false)) => crate::h1::serve(stream, info, Some(crate::handoff::relay)).await,
                     None => {}
                 },
             }

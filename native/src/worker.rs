@@ -239,7 +239,7 @@ pub fn lost(gw: &Gateway, svc: &Arc<Service>, w: u64, unexpected: bool) {
             });
             let path = a.frame.as_deref().and_then(frames::req_key).map_or(&b""[..], |(_, p, _)| p);
             if verdict != Outcome::Done {
-                notes.push(out::request_crashed(&svc.name, w, verdict.name(), a.method, path, a.blame));
+                notes.push(out::request_crashed(&svc.name, w, verdict.name(), a.method, path, a.blame, a.request_id()));
             }
             let (error, detail) = match verdict {
                 Outcome::Done => {

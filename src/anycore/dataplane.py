@@ -214,20 +214,23 @@ class Upgrade(msgspec.Struct, array_like=True, tag=54):
     ``Upgrade: websocket`` (routed to ``service``) and stopped reading: the node takes the
     connection over (its Python HTTP code, as if it had accepted it) and feeds it
     ``buffered`` first — every byte the gateway read from the client and did not consume,
-    starting at that request's head. The gateway forgets the connection once sent (a
-    connection under TLS is never handed off: the gateway answers it 501)."""
+    starting at that request's head. The gateway forgets the connection once sent; under
+    TLS (``scheme`` "https") the socket is one end of a socket pair the gateway relays to
+    the client, decrypted."""
 
     service: str
     buffered: bytes
     client: tuple[str, int]          # the socket's peer, as accepted (not from proxy headers)
     server: tuple[str, int] | None   # the socket's local address
+    scheme: str = "http"             # "https" under TLS: the socket is then the gateway's relay
 
 
 class RequestCrashed(msgspec.Struct, array_like=True, tag=60):
     """A request was running on a worker that died: the verdict of ``router/crash.py``'s
     rule the gateway applied (``outcome``: "retry", "quarantine" or "fail"), for the node's
     log. ``path`` is the raw path when the gateway kept the request (safe, bodiless), else "";
-    ``blame`` the workers' worth of crashes it was in (``crashed_workers``)."""
+    ``blame`` the workers' worth of crashes it was in (``crashed_workers``);
+    ``request_id`` its ``x-request-id``."""
 
     service: str
     worker: int
@@ -235,6 +238,7 @@ class RequestCrashed(msgspec.Struct, array_like=True, tag=60):
     method: str
     path: str
     blame: float
+    request_id: str = ""
 
 
 class Offer(msgspec.Struct, array_like=True, tag=65):

@@ -3,7 +3,7 @@ certificates made by the ``openssl`` CLI for each test.
 
 - ``--tls-cert``/``--tls-key`` on the native gateway: a client that verifies the chain
   against the test's CA gets HTTP/2 by ALPN, and HTTP/1.1 when it offers only that; the
-  scope says https; a client that never starts the handshake is closed. A SIGHUP after the files change: new connections get the new
+  scope says https; a wss WebSocket is relayed to the node and echoes both ways; a client that never starts the handshake is closed. A SIGHUP after the files change: new connections get the new
   certificate, and an HTTP/2 connection opened before goes on serving requests.
 - The Python gateway: HTTP/1.1 over TLS (Python's ssl), wss, the same SIGHUP reload.
 - Bad TLS files: one line, exit 2, nothing started (on either gateway).
@@ -37,11 +37,12 @@ import asyncio
 import json
 
 async def app(scope, receive, send):
-    if scope["type"] == "websocket":
+    if scope["type"] == "websocket":  # says its scheme and client, then echoes until the client leaves
         await receive()
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": json.dumps({"scheme": scope["scheme"], "client": scope["client"]})})
-        await send({"type": "websocket.close"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or message["text"].encode()})
         return
     size = 0
     while True:
@@ -128,6 +129,13 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
         answer = h1.get("/x")
         assert answer.http_version == "HTTP/1.1" and answer.json()["scheme"] == "https"
         assert answer.json()["http_version"] == "1.1"
+        # A WebSocket over TLS: the node's Python code serves it, the gateway relays the bytes.
+        with connect(node.url.replace("https://", "wss://") + "/ws", ssl=pki.context(), open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["scheme"] == "wss"
+            big = os.urandom(300_000)  # past the relay's and the sockets' buffers, both ways
+            for message in (b"ping", big):
+                ws.send(message)
+                assert ws.recv(timeout=10) == message
         with pytest.raises(httpx.ConnectError):  # a client that does not know the CA refuses the chain
             httpx.get(node.url + "/x", timeout=10)
         with socket.create_connection(("127.0.0.1", port), timeout=20) as silent:  # no ClientHello: closed, bounded

@@ -12,7 +12,9 @@ start differs:
   from ``connection_made``, which runs before the transport's first read;
 - ``client`` and ``server`` are the addresses the other gateway names: the socket's own
   peer and local address as it accepted them, never resolved from proxy headers — with
-  ``--proxy-headers`` this connection resolves them itself, as any other.
+  ``--proxy-headers`` this connection resolves them itself, as any other;
+- under TLS the other gateway keeps the session: the socket is one end of a socket pair
+  it relays to the client, decrypted, and ``scheme`` says "https" (so the scope's "wss").
 
 The head alone goes to the HTTP code; the bytes after it go to whatever protocol owns the
 transport then (the WebSocket session, once upgraded), so a client that sent a frame
@@ -32,14 +34,17 @@ HEAD_END = b"\r\n\r\n"
 
 class AdoptedConnection(HttpConnection):
     def __init__(self, gateway: ConnectionOwner, buffered: bytes, client: tuple[str, int] | None,
-                 server: tuple[str, int] | None, clock: Callable[[], float] | None = None) -> None:
+                 server: tuple[str, int] | None, clock: Callable[[], float] | None = None,
+                 scheme: str = "http") -> None:
         super().__init__(gateway, clock)
         self._buffered = buffered
         self._addresses = (client, server)
+        self._scheme = scheme
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.client, self.server = self._addresses
+        self.scheme = self._scheme  # the other plane's TLS (it relays this socket), not ours
         buffered, self._buffered = self._buffered, b""
         if self.closed or not buffered:
             return  # refused (max_connections), or nothing read yet

@@ -87,11 +87,12 @@ class Gateway:
         self.tasks.spawn(self._sweep(), "sweeper")
 
     async def adopt(self, sock: socket.socket, buffered: bytes, client: tuple[str, int] | None,
-                    server: tuple[str, int] | None) -> None:
+                    server: tuple[str, int] | None, scheme: str = "http") -> None:
         """Serve a client connection another data plane accepted, as if ours had: ``buffered``
-        (its unconsumed bytes, from a request's head) first. The transport owns ``sock``."""
+        (its unconsumed bytes, from a request's head) first; ``scheme`` "https" when that
+        plane holds its TLS session. The transport owns ``sock``."""
         await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: AdoptedConnection(self, buffered, client, server), sock=sock)
+            lambda: AdoptedConnection(self, buffered, client, server, scheme=scheme), sock=sock)
 
     def reload_tls(self) -> str:
         """SIGHUP: load the TLS files again; new connections get them, open ones keep theirs."""

@@ -598,18 +598,19 @@ class NativeGateway:
         """The gateway applied ``router/crash.py``'s rule to a request of a dead worker: the
         node's log line, as ``node/crashes.py`` writes it under the Python gateway."""
         path = crashed.path or None
+        request_id = crashed.request_id or None
         if crashed.outcome == "retry":
             self.log.event("request.retried", crashed.service, method=crashed.method, path=path,
-                           dead_worker=crashed.worker)
+                           dead_worker=crashed.worker, request_id=request_id)
         elif crashed.outcome == "quarantine":
             runtime = self.services.get(crashed.service)
             if runtime is not None:
                 runtime.crashes.quarantined += 1
             self.log.event("request.quarantined", crashed.service, method=crashed.method, path=path,
-                           crashed_workers=round(crashed.blame))
+                           crashed_workers=round(crashed.blame), request_id=request_id)
         elif crashed.outcome == "fail":
             self.log.event("request.failed", crashed.service, method=crashed.method or None, path=path, status=502,
-                           dead_worker=crashed.worker)
+                           dead_worker=crashed.worker, request_id=request_id)
     def _drain_node_queue(self, service: str) -> None:
         """What the node itself queued (a call between services, a job, a request back from
         a lost peer: they are placed by the node's router, on its mirror of the gateway's
@@ -775,7 +776,7 @@ class Handoffs:
         client = (message.client[0], message.client[1]) if message.client else None
         server = (message.server[0], message.server[1]) if message.server else None
         try:
-            await self.gateway.adopt(sock, message.buffered, client, server)
+            await self.gateway.adopt(sock, message.buffered, client, server, message.scheme)
         except (OSError, ValueError) as exc:  # not a stream socket, or already closed by the peer
             sock.close()
             self.gateway.log.event("gateway.handoff_failed", service=message.service, error=f"{type(exc).__name__}: {exc}")
