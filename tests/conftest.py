@@ -321,6 +321,17 @@ async def app(scope, receive, send):
 """
 
 
+DATA_PLANES = ("python", "native")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that needs ``plane_name`` (through tests/e2e/planes.py's ``gateway`` or
+    ``nodes``) runs once per data plane, or on those its ``planes`` mark names."""
+    if "plane_name" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("planes")
+        metafunc.parametrize("plane_name", mark.args if mark else DATA_PLANES)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """In CI (``ANYCORE_REQUIRE_NATIVE``, set by .ci/run) the native gateway's tests must run,
     not skip: a build that failed quietly at install is a failed run, said at once."""

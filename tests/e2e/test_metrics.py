@@ -21,8 +21,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from anycore.node.native import find_binary
 from tests.conftest import HELLO, make_service, wait_for
+from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 
 APP = """
 import os, time
@@ -85,23 +85,13 @@ def scrape_after(scrape: Scraper, base: Samples, total: int, **labels: str) -> S
     return wait_for(counted, what=f"{total} more answers counted")
 
 
-@pytest.fixture(params=["python", "native"])
-def plane(request: pytest.FixtureRequest) -> dict[str, object]:
-    if request.param == "python":
-        return {}
-    binary = find_binary()
-    if binary is None:
-        pytest.skip("anycore-gateway is not built (see README, Native gateway)")
-    return {"env": {"ANYCORE_GATEWAY_BIN": binary}, "gateway": ("--gateway", "native")}
-
-
-def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes, tmp_path: Path, plane) -> None:
+def test_metrics_after_a_known_mix_per_release_and_the_token_off_loopback(nodes, tmp_path: Path, gateway) -> None:
     release = tmp_path / "release-block"
     app = make_service(tmp_path, "shop", APP.format(version="one", release=str(release)), CONFIG)
     # A second service that scales to zero while the rest runs: its first request later is a cold start.
     lazy = make_service(tmp_path, "lazy", HELLO, 'routes = ["/lazy"]\nmin_workers = 0\nmax_workers = 1\n'
                         "keep_warm = 0.5\nscale_down_delay = 0.5\n")
-    node = nodes.start(app, lazy, args=("--admin", "0.0.0.0:0", *plane.get("gateway", ())), env=plane.get("env"))
+    node = nodes.start(app, lazy, args=("--admin", "0.0.0.0:0", *gateway["args"]), env=gateway["env"])
     port = int(node.record["admin"].rsplit(":", 1)[1])
     assert node.record["admin"] == f"http://0.0.0.0:{port}"
     assert f"admin listener on http://0.0.0.0:{port}" in node.output and "Authorization: Bearer" in node.output

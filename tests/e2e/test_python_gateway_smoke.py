@@ -3,9 +3,11 @@
 
 The suite runs on the default data plane, the native gateway when it is built; the
 in-process Python gateway stays supported (no Rust toolchain, or `--gateway python`), so
-one `pytest -q` also runs these on it: hello, streaming both ways, a deploy under load,
-kill -9 retries, a WebSocket, Sessions through a deploy (and tests/cluster/test_dispatch.py
-runs spill-over on every pair of data planes). Each is the original test function,
+one `pytest -q` also runs these on it: hello, streaming both ways, a deploy under load.
+The modules that take tests/e2e/planes.py's ``gateway`` or ``nodes`` run on both planes
+themselves (kill -9 retries and quarantine, WebSockets, Sessions through deploys, the
+router, slow clients, the HTTP corpus, metrics, logs), and tests/cluster/test_dispatch.py
+runs spill-over on every pair of data planes. Each is the original test function,
 collected here a second time with this module's ``nodes``, whose nodes default to
 `--gateway python` (a test's own `--gateway` still wins). Where the default already is the
 Python gateway, its own run covers them and this module is skipped."""
@@ -18,11 +20,8 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import NodeFactory, default_data_plane
-from tests.e2e.test_sessions import test_chat_room_reaches_every_member_across_a_deploy  # noqa: F401
 from tests.e2e.test_smoke import test_zero_config_service_serves_and_names_its_release  # noqa: F401
-from tests.e2e.test_supervisor import test_kill_9_with_get_in_flight_and_20_queued_all_21_get_200  # noqa: F401
 from tests.e2e.test_swap import test_swap_under_load_loses_nothing  # noqa: F401
-from tests.e2e.test_websocket import test_asgi_websocket_app_works_through_the_gateway  # noqa: F401
 from tests.e2e.test_wsgi import test_wsgi_runner_streams_both_ways_and_always_closes  # noqa: F401
 
 pytestmark = pytest.mark.skipif(default_data_plane() == "python",

@@ -9,9 +9,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import make_service, wait_for
-from tests.e2e.data_planes import nodes  # noqa: F401 (every test on both data planes; the access log's 503 lines too)
+from tests.e2e.planes import nodes  # noqa: F401 (every test on both data planes but the heavy one; the access log's 503 lines too)
+
+# Heavy: the Python gateway's run would prove the same Python code again (tests/e2e/planes.py).
+NATIVE_ONLY = pytest.mark.planes("native")
 
 SLOW_FAST = """
 import asyncio, os
@@ -65,6 +69,7 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+@NATIVE_ONLY
 def test_overload_gets_fast_503_with_retry_after_and_memory_stays_bounded(nodes, tmp_path):
     config = "workers = 1\nslots = 2\nmax_queue = 4\ntimeout = 20\nenv = { SLOW = \"1.5\" }\n"
     node = nodes.start(make_service(tmp_path, "busy", SLOW_FAST, config), args=("--access-log",))

@@ -12,10 +12,14 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import websockets
 
 from tests.conftest import make_service, wait_for
-from tests.e2e.data_planes import nodes  # noqa: F401 - every test here runs on both data planes
+from tests.e2e.planes import nodes  # noqa: F401 - every test here runs on both data planes (the heavy ones on native only)
+
+# Heavy: the Python gateway's run would prove the same Python code again (tests/e2e/planes.py).
+NATIVE_ONLY = pytest.mark.planes("native")
 
 # Two versions of one counter session that store the count under different field names:
 # each release's migrate() renames the other's field, so a reply from B proves that B's
@@ -96,6 +100,7 @@ class Client:
             self.versions.append(version)
 
 
+@NATIVE_ONLY
 def test_500_sessions_keep_their_state_across_5_deploys(nodes, tmp_path):
     a = make_service(tmp_path, "a", COUNTER_A, COUNTER_CONFIG)
     b = make_service(tmp_path, "b", COUNTER_B, COUNTER_CONFIG)
@@ -361,6 +366,7 @@ async def app(scope, receive, send):
     assert "event=worker.recycling" in node.output and "event=session.moved" in node.output
 
 
+@NATIVE_ONLY
 def test_a_busy_room_loses_no_broadcast_through_deploys(nodes, tmp_path):
     """Ten members all talking while the room moves three times: when a key's sessions move
     together, every member's messages reach every member (a member snapshotted before

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from anycore.node.native import find_binary
 from tests.conftest import RunningNode, make_service, wait_for
+from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 
 APP = """
 import asyncio, os, signal, time
@@ -68,19 +68,6 @@ async def app(scope, receive, send):
 """
 
 
-@pytest.fixture(params=["python", "native"])
-def plane(request: pytest.FixtureRequest) -> dict[str, object]:
-    """The data plane a test runs on: ``nodes.start(..., **plane)``. Native is the real
-    ``anycore-gateway``, whose port of the crash rule (native/src/crash.rs) must behave as
-    the Python gateway's ``router/crash.py``, log lines included."""
-    if request.param == "python":
-        return {}
-    binary = find_binary()
-    if binary is None:
-        pytest.skip("anycore-gateway is not built (see README, Native gateway)")
-    return {"args": ("--gateway", "native"), "env": {"ANYCORE_GATEWAY_BIN": binary}}
-
-
 def service(tmp_path: Path, name: str, config: str, code: str = APP) -> Path:
     marks = tmp_path / f"{name}-marks"
     marks.mkdir()
@@ -124,8 +111,8 @@ def kill_9_with_queue(node: RunningNode, name: str, method: str) -> tuple[int, h
         return worker["pid"], held.result(timeout=30), [f.result(timeout=30) for f in queued]
 
 
-def test_kill_9_with_get_in_flight_and_20_queued_all_21_get_200(nodes, tmp_path, plane):
-    node = nodes.start(service(tmp_path, "getkill", "workers = 1\nslots = 1\n"), **plane)
+def test_kill_9_with_get_in_flight_and_20_queued_all_21_get_200(nodes, tmp_path, gateway):
+    node = nodes.start(service(tmp_path, "getkill", "workers = 1\nslots = 1\n"), **gateway)
     killed, held, queued = kill_9_with_queue(node, "getkill", "GET")
     assert held.status_code == 200, held.text
     assert held.text == f"retried after worker {killed}"  # the first attempt ran on the killed worker
@@ -137,8 +124,8 @@ def test_kill_9_with_get_in_flight_and_20_queued_all_21_get_200(nodes, tmp_path,
     assert "method=GET" in retried and "path=/hold" in retried
 
 
-def test_kill_9_with_post_in_flight_gets_502_json_and_20_queued_get_200(nodes, tmp_path, plane):
-    node = nodes.start(service(tmp_path, "postkill", "workers = 1\nslots = 1\n"), **plane)
+def test_kill_9_with_post_in_flight_gets_502_json_and_20_queued_get_200(nodes, tmp_path, gateway):
+    node = nodes.start(service(tmp_path, "postkill", "workers = 1\nslots = 1\n"), **gateway)
     killed, held, queued = kill_9_with_queue(node, "postkill", "POST")
     assert held.status_code == 502
     assert held.headers["content-type"] == "application/json"
@@ -173,9 +160,9 @@ def test_kill_9_replacement_worker_serves_soon_after(nodes, tmp_path):
     assert f"(pid {victim}): killed by SIGKILL" in info["last_exit"]
 
 
-def test_request_that_crashes_its_worker_is_quarantined_after_2_crashes_while_other_traffic_succeeds(nodes, tmp_path, plane):
+def test_request_that_crashes_its_worker_is_quarantined_after_2_crashes_while_other_traffic_succeeds(nodes, tmp_path, gateway):
     # One slot per worker: no innocent request shares a worker with the poison one.
-    node = nodes.start(service(tmp_path, "poison", "workers = 2\nslots = 1\n"), **plane)
+    node = nodes.start(service(tmp_path, "poison", "workers = 2\nslots = 1\n"), **gateway)
     statuses: list[int] = []
     stop = threading.Event()
 

@@ -8,10 +8,14 @@ import sys
 import time
 
 import httpx
+import pytest
 import websockets
 
 from tests.conftest import make_service
-from tests.e2e.data_planes import nodes  # noqa: F401 - every test here runs on both data planes
+from tests.e2e.planes import nodes  # noqa: F401 - every test here runs on both data planes (the heavy ones on native only)
+
+# Heavy: the Python gateway's run would prove the same Python code again (tests/e2e/planes.py).
+NATIVE_ONLY = pytest.mark.planes("native")
 
 ECHO = """
 VERSION = "{version}"
@@ -67,6 +71,7 @@ def test_asgi_websocket_app_works_through_the_gateway(nodes, tmp_path):
     assert httpx.get(node.url + "/").text == "v1"
 
 
+@NATIVE_ONLY
 def test_deploy_keeps_websockets_on_the_old_release_then_closes_them_with_1012_staggered(nodes, tmp_path):
     v1 = make_service(tmp_path / "v1", "ws", ECHO.format(version="v1"), CONFIG)
     v2 = make_service(tmp_path / "v2", "ws", ECHO.format(version="v2"), CONFIG)
@@ -153,6 +158,7 @@ def test_bad_websocket_frames_are_refused_and_the_node_lives_on(nodes, tmp_path)
     assert httpx.get(node.url + "/").status_code == 200
 
 
+@NATIVE_ONLY
 def test_silent_websocket_clients_are_pinged_and_dead_ones_closed(nodes, tmp_path):
     """The WebSocket keepalive is its own timer, not the HTTP keep-alive: an idle client that
     answers pings stays; one that never answers is closed after the ping timeout."""

@@ -16,10 +16,14 @@ import socket
 import time
 
 import httpx
+import pytest
 import websockets
 
 from tests.conftest import make_service, wait_for
-from tests.e2e.data_planes import nodes  # noqa: F401 - every test here runs on both data planes
+from tests.e2e.planes import nodes  # noqa: F401 - every test here runs on both data planes (the heavy ones on native only)
+
+# Heavy: the Python gateway's run would prove the same Python code again (tests/e2e/planes.py).
+NATIVE_ONLY = pytest.mark.planes("native")
 
 APP = """
 import asyncio
@@ -72,6 +76,7 @@ def state(node) -> dict:
     return eval(httpx.get(node.url + "/", timeout=10).text)  # noqa: S307 - the test app's own repr
 
 
+@NATIVE_ONLY
 def test_a_client_that_never_reads_keeps_node_and_worker_memory_bounded(nodes, tmp_path):
     node = nodes.start(make_service(tmp_path, "ws", APP, CONFIG))
     worker_pid = wait_for(lambda: node.ready_workers("ws") and node.ready_workers("ws")[0]["pid"], what="a worker")
@@ -102,6 +107,7 @@ def test_a_client_that_never_reads_keeps_node_and_worker_memory_bounded(nodes, t
     assert httpx.get(node.url + "/").status_code == 200
 
 
+@NATIVE_ONLY
 def test_a_client_that_floods_an_app_that_never_receives_is_slowed_not_buffered(nodes, tmp_path):
     node = nodes.start(make_service(tmp_path, "ws", APP, CONFIG))
     worker_pid = wait_for(lambda: node.ready_workers("ws") and node.ready_workers("ws")[0]["pid"], what="a worker")
@@ -139,6 +145,7 @@ def test_a_client_that_floods_an_app_that_never_receives_is_slowed_not_buffered(
     assert node.proc.poll() is None
 
 
+@NATIVE_ONLY
 def test_deflate_websockets_opened_and_closed_leave_node_memory_flat(nodes, tmp_path):
     """5 x (open 300 permessage-deflate WebSockets, one message each, close them)."""
     node = nodes.start(make_service(tmp_path, "ws", APP, CONFIG))

@@ -35,9 +35,9 @@ def _run(coro: Awaitable[T]) -> T:
     return uvloop.run(coro)  # type: ignore[arg-type]  # errors end in main(), said in one line
 
 
-# What --gateway is when neither the flag nor $ANYCORE_GATEWAY says. Still "python": on
-# "auto" (native when built) a few e2e tests fail yet (README, Native gateway, says which).
-GATEWAY_DEFAULT = "python"
+# What --gateway is when neither the flag nor $ANYCORE_GATEWAY says: the native gateway
+# when its binary is built (`pip install -e .` with cargo), else the Python one.
+GATEWAY_DEFAULT = "auto"
 
 
 def gateway_option(f: Callable[..., Any]) -> Callable[..., Any]:
