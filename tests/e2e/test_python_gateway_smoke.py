@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import NodeFactory, default_data_plane
 from tests.e2e.test_smoke import test_zero_config_service_serves_and_names_its_release  # noqa: F401
-from tests.e2e.test_swap import test_swap_under_load_loses_nothing  # noqa: F401
+from tests.e2e.test_swap import swap_under_load
 from tests.e2e.test_wsgi import test_wsgi_runner_streams_both_ways_and_always_closes  # noqa: F401
 
 pytestmark = pytest.mark.skipif(default_data_plane() == "python",
@@ -33,6 +33,10 @@ def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
     factory = NodeFactory(tmp_path, data_plane="python")
     yield factory
     factory.stop_all()
+
+
+def test_three_swaps_under_load_lose_nothing(nodes: NodeFactory, tmp_path: Path) -> None:
+    swap_under_load(nodes, tmp_path, 3)  # test_swap.py's ten, on the default plane
 
 
 def test_the_smoke_nodes_run_on_the_python_gateway(nodes: NodeFactory, tmp_path: Path) -> None:

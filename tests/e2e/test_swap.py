@@ -36,6 +36,12 @@ CONFIG = 'name = "swap"\nworkers = 2\nslots = 16\ndrain_timeout = 10\n'
 
 
 def test_swap_under_load_loses_nothing(nodes, tmp_path):
+    swap_under_load(nodes, tmp_path, 10)
+
+
+def swap_under_load(nodes, tmp_path, swaps: int) -> None:
+    """``swaps`` deploys, alternating two releases, under keep-alive load (the Python
+    gateway's smoke subset runs fewer)."""
     dirs = [make_service(tmp_path / v, "svc", VERSIONED.format(version=v), CONFIG) for v in ("a", "b")]
     node = nodes.start(dirs[0])
     stop = threading.Event()
@@ -66,7 +72,7 @@ def test_swap_under_load_loses_nothing(nodes, tmp_path):
     deploys: list[tuple[float, float, str]] = []  # command start, command return, release
     try:
         time.sleep(1.0)  # load is flowing before the first swap (not a wait for a state)
-        for i in range(10):
+        for i in range(swaps):
             t0 = time.time()
             result = node.cli("deploy", str(dirs[(i + 1) % 2]))
             assert result.returncode == 0, result.stdout + result.stderr
