@@ -1,5 +1,6 @@
-//! The access log on the native gateway (`--access-log`): one record per finished HTTP/1.1
-//! exchange, only when the node asks for it (`Settings.access_log`).
+//! The access log on the native gateway (`--access-log`): one record per finished exchange,
+//! HTTP/1.1 (h1.rs) or an HTTP/2 stream (h2.rs), only when the node asks for it
+//! (`Settings.access_log`).
 //!
 //! The node owns the log (its formats, its rings for `anycore logs`, the dashboard's
 //! timeline), so the gateway only measures: a record is a msgpack array appended to one
@@ -41,6 +42,63 @@ pub struct Head {
     pub request_id: Vec<u8>,
     pub arrival: f64,     // the gateway's clock (Gateway::now)
     pub received: f64,    // seconds since the epoch, for the combined format's %t
+}
+
+/// A record under way: built from the request's head, its answer filled in as it is sent,
+/// pushed when the exchange ends.
+pub type Record = Box<(Head, Answer)>;
+
+impl Head {
+    /// From a request's head (`referer` and `agent` for the combined format).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gw: &Gateway,
+        host: &str,
+        method: &str,
+        raw_path: &str,
+        query: &str,
+        version: &'static str,
+        referer: Option<Vec<u8>>,
+        agent: Option<Vec<u8>>,
+        client: &str,
+        request_id: &[u8],
+    ) -> Head {
+        let mut target = raw_path.as_bytes().to_vec();
+        if !query.is_empty() {
+            target.push(b'?');
+            target.extend_from_slice(query.as_bytes());
+        }
+        let service = gw.route(host, &crate::http::percent_decode(raw_path)).map(|(s, _)| s.name.clone());
+        let received = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        Head {
+            service: service.unwrap_or_default(),
+            method: method.to_string(),
+            path_len: raw_path.len(),
+            target,
+            version,
+            referer,
+            agent,
+            client: client.to_string(),
+            request_id: request_id.to_vec(),
+            arrival: gw.now(),
+            received,
+        }
+    }
+}
+
+impl Answer {
+    /// What a response's head says; `bytes` is counted as its body is sent.
+    pub fn of(gw: &Gateway, parts: &http::response::Parts) -> Answer {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let node = header("anycore-node");
+        Answer {
+            status: parts.status.as_u16(),
+            release: header("anycore-release"),
+            node: if node == gw.settings.node { String::new() } else { node }, // a peer ran it
+            queued: parts.extensions.get::<Queued>().map_or(0.0, |q| q.0),
+            bytes: 0,
+        }
+    }
 }
 
 /// A response extension: seconds the request waited in the queue (worker.rs sets it on a

@@ -136,7 +136,7 @@ struct Exchange {
     body_timeout: Duration,
     rid: Rid,
     /// Its access-log record (access.rs), only while the node asks for the log.
-    access: Option<Box<(access::Head, access::Answer)>>,
+    access: Option<access::Record>,
 }
 
 /// The request body still to come from the client.
@@ -409,11 +409,6 @@ where
             drop_trace: head.bad_trace,
         };
         let access = access::enabled().then(|| {
-            let mut target = raw_path.as_bytes().to_vec();
-            if !query.is_empty() {
-                target.push(b'?');
-                target.extend_from_slice(query.as_bytes());
-            }
             let (mut referer, mut agent) = (None, None);
             for h in headers.iter() {
                 let (name, value) = (h.name.as_bytes(), h.value);
@@ -423,21 +418,8 @@ where
                     agent = Some(value.to_vec());
                 }
             }
-            let service = self.gw.route(host, &http::percent_decode(raw_path)).map(|(s, _)| s.name.clone());
-            let received = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-            let head = access::Head {
-                service: service.unwrap_or_default(),
-                method: head.method.to_string(),
-                path_len: raw_path.len(),
-                target,
-                version: req.version,
-                referer,
-                agent,
-                client: self.info.client_ip.clone(),
-                request_id: rid.as_bytes().to_vec(),
-                arrival: self.gw.now(),
-                received,
-            };
+            let client = &self.info.client_ip;
+            let head = access::Head::new(self.gw, host, head.method, raw_path, query, req.version, referer, agent, client, rid.as_bytes());
             Box::new((head, access::Answer::default()))
         });
         let submitted = http::submit(&self.info, &req, tx);
@@ -724,15 +706,9 @@ where
         let bodiless = status < 200 || status == 204 || status == 304;
         let no_body = bodiless || x.head_method;
         if let Some(rec) = x.access.as_deref_mut() {
-            let answer = &mut rec.1;
-            answer.status = status;
-            let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            answer.release = header("anycore-release");
-            let node = header("anycore-node");
-            answer.node = if node == self.gw.settings.node { String::new() } else { node }; // a peer ran it
-            answer.queued = parts.extensions.get::<access::Queued>().map_or(0.0, |q| q.0);
+            rec.1 = access::Answer::of(self.gw, &parts);
             if let GwBody::Full(Some(b)) = &body {
-                answer.bytes = if no_body { 0 } else { b.len() as u64 };
+                rec.1.bytes = if no_body { 0 } else { b.len() as u64 };
             }
         }
         let out = &mut self.out;

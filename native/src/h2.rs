@@ -11,7 +11,9 @@
 //! (`Open`, carried by the body), so a long streamed answer never counts as idle. The
 //! node's shutdown is the same GOAWAY; open streams finish.
 
+use crate::access;
 use crate::gateway::Gateway;
+use bytes::Buf;
 use crate::http::{self, ConnInfo};
 use http_body::Body as HttpBody;
 use hyper::server::conn::Http;
@@ -56,8 +58,9 @@ where
         let open = Open::new(streams.clone());
         let answer = http::handle(info.clone(), req);
         async move {
-            let resp = answer.await?; // Infallible: `let Ok(..) =` would need Rust 1.82
-            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open }))
+            let mut resp = answer.await?; // Infallible: `let Ok(..) =` would need Rust 1.82
+            let access = resp.extensions_mut().remove::<access::Record>();
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open, access, gw }))
         }
     });
     let conn = h2.serve_connection(Touch { io, idle: idle.clone(), gw }, service);
@@ -108,10 +111,13 @@ impl Drop for Open {
     }
 }
 
-/// An answer's body that keeps its stream counted as open while hyper sends it.
+/// An answer's body that keeps its stream counted as open while hyper sends it, and its
+/// access-log record (access.rs), if the log is on, until the stream ends: sent or reset.
 struct Tracked<B> {
     body: B,
     _open: Open,
+    access: Option<access::Record>,
+    gw: &'static Gateway,
 }
 
 impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
@@ -119,7 +125,12 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
     type Error = B::Error;
 
     fn poll_data(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<B::Data, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_data(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_data(cx);
+        if let (Poll::Ready(Some(Ok(data))), Some(rec)) = (&polled, this.access.as_deref_mut()) {
+            rec.1.bytes += data.remaining() as u64;
+        }
+        polled
     }
 
     fn poll_trailers(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Option<::http::HeaderMap>, B::Error>> {
@@ -132,6 +143,14 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if let Some(rec) = self.access.take() {
+            access::push(self.gw, &rec.0, &rec.1);
+        }
     }
 }
 

@@ -24,7 +24,7 @@ const RELAY_LINGER: Duration = Duration::from_secs(5);
 
 pub const UPGRADE: u64 = 54;
 
-/// `dataplane.Upgrade(service, buffered, client, server)`.
+/// `dataplane.Upgrade(service, buffered, client, server, scheme)`.
 pub fn message(info: &ConnInfo, service: &str, buffered: &[u8]) -> Vec<u8> {
     let mut o = Vec::with_capacity(64 + service.len() + buffered.len());
     w_array(&mut o, 6);

@@ -323,12 +323,27 @@ pub async fn handle(info: Arc<ConnInfo>, req: http::Request<hyper::Body>) -> Res
         };
         submit(&info, &req, more.then_some(ReqBody::Hyper(body)))
     };
+    let record = crate::access::enabled().then(|| {
+        let header = |name| parts.headers.get(name).map(|v: &http::HeaderValue| v.as_bytes().to_vec());
+        let (referer, agent) = (header(http::header::REFERER), header(http::header::USER_AGENT));
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        let method = parts.method.as_str();
+        crate::access::Head::new(gw, host, method, path, query, version, referer, agent, &info.client_ip, rid.as_bytes())
+    });
     let mut resp = match submitted {
         Submitted::Answered(resp) => resp,
         Submitted::Pending(pending) => pending.answer().await,
     };
     if let Ok(value) = http::HeaderValue::from_bytes(rid.as_bytes()) {
         resp.headers_mut().insert(crate::requestid::HEADER, value);
+    }
+    if let Some(head) = record {
+        // Taken by the transport, which counts the body's bytes and pushes it at the end (h2.rs).
+        let (mut parts, body) = resp.into_parts();
+        let answer = crate::access::Answer::of(gw, &parts);
+        parts.extensions.insert::<crate::access::Record>(Box::new((head, answer)));
+        resp = Resp::from_parts(parts, body);
     }
     Ok(resp)
 }

@@ -111,7 +111,7 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
     shutil.copy(first_key, key)
     echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
     node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key),
-                                   "--header-timeout", "1"), env={"ANYCORE_GATEWAY_BIN": binary})
+                                   "--header-timeout", "1", "--access-log", "combined"), env={"ANYCORE_GATEWAY_BIN": binary})
     assert node.url.startswith("https://127.0.0.1:")
     port = int(node.url.rsplit(":", 1)[1])
     context = pki.context()
@@ -126,6 +126,9 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
         payload = b"z" * 3_000_000  # a body past the credit window, over HTTP/2
         answer = h2.post("/x", content=payload)
         assert answer.status_code == 200 and answer.json()["size"] == len(payload) and answer.http_version == "HTTP/2"
+        # Each HTTP/2 stream has its access line, with the bytes its answer's body had.
+        line = node.wait_output(r'"POST /x HTTP/2" 200 (\d+)')
+        assert int(line.group(1)) == len(answer.content)
         answer = h1.get("/x")
         assert answer.http_version == "HTTP/1.1" and answer.json()["scheme"] == "https"
         assert answer.json()["http_version"] == "1.1"
