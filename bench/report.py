@@ -400,7 +400,7 @@ def native(s: dict[str, Any]) -> list[str]:
     """Scenario 9: the native gateway (issue 15) against the Python one, uvicorn, granian and nginx + uvicorn."""
     rows = s.get("rows", [])
     out = ["## 9. Native gateway (issue 15)", "",
-           "hello and FastAPI, 2 workers per system, `wrk -t1 -cN --latency`. CPU µs/req counts every process of the "
+           "hello, 1 ms of CPU and FastAPI, 2 workers per system, `wrk -t1 -cN --latency`. CPU µs/req counts every process of the "
            "system; *gateway* µs/req the processes doing its HTTP gateway's work (anycore: the node; anycore-native: "
            "anycore-gateway; nginx-uvicorn: nginx). Stage-1 gate: anycore-gateway ≤ 10 core-µs per hello request and "
            "anycore-native ≥ 1.0× uvicorn on hello at c=32 and c=256.", "",
@@ -417,6 +417,14 @@ def native(s: dict[str, Any]) -> list[str]:
                            f"{ratio(rps, uvicorn)} | {ratio(rps, granian)} | {f(p99)} | {ratio(p99, uvicorn_p99)} | "
                            f"{f(med(sel, 'cpu_us_per_req', system=name), 1)} | "
                            f"{f(med(sel, 'gateway_us_per_req', system=name), 1)} | {f(med(sel, 'non2xx', system=name), 0)} |")
+    gateway_us = med([r for r in rows if r["app"] == "hello"], "gateway_us_per_req", system="anycore-native")
+    if gateway_us == gateway_us and gateway_us:  # not NaN
+        per_thread = 1e6 / gateway_us
+        out += ["", f"The largest node throughput the native gateway allows, from its cost per hello request "
+                    f"({gateway_us:.1f} core-µs, the median over c and rounds): {per_thread:,.0f} req/s per gateway "
+                    f"thread; it runs on half the cores (`--gateway-threads`), so {per_thread * 8:,.0f} req/s on a "
+                    f"16-core machine and {per_thread * 32:,.0f} on 64 cores if it scaled linearly (not measured "
+                    f"here: this machine has 2 cores)."]
     loads = [r["load_before"] for r in rows]
     if loads:
         out += ["", f"1-minute load average before the measured runs: {min(loads):.1f}–{max(loads):.1f}."]
