@@ -36,7 +36,9 @@ def one(src: str, seconds: float, c: int, gateway: str) -> dict[str, float]:
     shutil.copytree(HELLO, work / "app")
     (work / "app" / "anycore.toml").write_text('name = "bench"\nworkers = 2\n')
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": src, "ANYCORE_HOME": str(work / "home"), "ANYCORE_USER": "root"}
+    # $ANYCORE_GATEWAY too: a tree whose default is native runs the Python gateway when asked.
+    env = {**os.environ, "PYTHONPATH": src, "ANYCORE_HOME": str(work / "home"), "ANYCORE_USER": "root",
+           "ANYCORE_GATEWAY": gateway}
     log = open(work / "node.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "anycore.cli.main", "up", str(work / "app"), "--listen",
                              f"127.0.0.1:{port}", *(["--gateway", gateway] if gateway != "python" else [])], env=env, stdout=log, stderr=subprocess.STDOUT,

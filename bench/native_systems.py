@@ -37,6 +37,7 @@ def gateway_procs(system: System) -> dict[int, Proc]:
 
 class AnycoreNative(Anycore):
     name = "anycore-native"
+    gateway = "native"
 
     def command(self, workers: int, scale_to_zero: bool) -> tuple[list[str], dict[str, str]]:
         cmd, env = super().command(workers, scale_to_zero)
@@ -45,7 +46,7 @@ class AnycoreNative(Anycore):
                                               "print(find_binary() or '')"], capture_output=True, text=True)
         if not probe.stdout.strip():
             raise Unavailable("anycore-gateway is not built (cargo and the Debian crates; see README, Native gateway)")
-        return cmd + ["--gateway", "native"], env
+        return cmd, env
 
 
 class GranianAsgi(System):

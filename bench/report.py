@@ -16,7 +16,7 @@ from common import median
 ORDER = ["anycore", "uvicorn", "gunicorn", "ray"]
 LABEL = {"anycore": "anycore", "uvicorn": "uvicorn", "gunicorn": "gunicorn", "ray": "Ray Serve"}
 DESCR = {
-    "anycore": "`anycore up`, `workers = 2` (node + embedded nats-server + zygote template + zygote + 2 workers)",
+    "anycore": "`anycore up --gateway python`, `workers = 2` (node + embedded nats-server + zygote template + zygote + 2 workers)",
     "uvicorn": "`uvicorn --workers 2 --loop uvloop --http httptools`",
     "gunicorn": "`gunicorn -k uvicorn.workers.UvicornWorker -w 2`",
     "ray": "2 replicas (`num_cpus=0`) of a deployment that calls the same ASGI app, behind Serve's HTTP proxy on 127.0.0.1",

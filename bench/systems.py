@@ -144,6 +144,7 @@ class System:
 
 class Anycore(System):
     name = "anycore"
+    gateway = "python"
 
     def command(self, workers: int, scale_to_zero: bool) -> tuple[list[str], dict[str, str]]:
         toml = 'name = "bench"\n'
@@ -153,7 +154,10 @@ class Anycore(System):
         (self.work / "anycore.toml").write_text(toml + (extra.read_text() if extra.exists() else ""))
         self.scale_to_zero = scale_to_zero
         home = str(self.work.parent / "home")
-        return ([str(VENVS / "anycore" / "bin" / "anycore"), "up", str(self.work), "--listen", f"127.0.0.1:{self.port}"],
+        # "anycore" is the node on its Python gateway, as it was before the native one became
+        # the default; anycore-native (native_systems.py) is `--gateway native`.
+        return ([str(VENVS / "anycore" / "bin" / "anycore"), "up", str(self.work), "--listen", f"127.0.0.1:{self.port}",
+                 "--gateway", self.gateway],
                 {"ANYCORE_HOME": home, "ANYCORE_USER": "root"})  # its tmp dirs are 0700, like uvicorn it runs as root
 
     @property
