@@ -341,11 +341,13 @@ pub mod out {
         /// (release, duration, queue wait): per bucket of `gateway::BUCKETS`, cumulative.
         pub histograms: Vec<(String, crate::stats::Hist, crate::stats::Hist)>,
         pub connections: u64,
+        /// (status, count), cumulative: the connections' own refusals (service "" only).
+        pub refused: Vec<(u16, u64)>,
     }
 
     pub fn stats(s: &StatsMsg) -> Vec<u8> {
         let mut o = Vec::new();
-        w_array(&mut o, 9);
+        w_array(&mut o, 10);
         w_uint(&mut o, 51);
         w_str(&mut o, s.service);
         w_uint(&mut o, s.queued as u64);
@@ -383,6 +385,12 @@ pub mod out {
             }
         }
         w_uint(&mut o, s.connections);
+        w_array(&mut o, s.refused.len() as u32);
+        for (status, n) in &s.refused {
+            w_array(&mut o, 2);
+            w_uint(&mut o, *status as u64);
+            w_uint(&mut o, *n);
+        }
         o
     }
 

@@ -55,6 +55,9 @@ pub struct Gateway {
 pub struct Unrouted {
     pub stats: RelStats,
     pub rejected: HashMap<&'static str, u64>,
+    /// A connection's own refusals (400/408/414/431/501, before or outside a request):
+    /// no service's answers, so counted here for the node's `gateway_errors`.
+    pub refused: HashMap<u16, u64>,
     pub dirty: bool,
 }
 
@@ -117,7 +120,15 @@ impl Gateway {
             rejected: unrouted.rejected.iter().map(|(r, n)| (*r, *n)).collect(),
             histograms: vec![(String::new(), stats.duration.clone(), stats.queue_wait.clone())],
             connections: self.open_connections(),
+            refused: unrouted.refused.iter().map(|(s, n)| (*s, *n)).collect(),
         }))
+    }
+
+    /// A connection refused a request itself (h1.rs): counted for the node.
+    pub fn refused(&self, status: u16) {
+        let mut unrouted = self.unrouted.lock();
+        *unrouted.refused.entry(status).or_insert(0) += 1;
+        unrouted.dirty = true;
     }
 
     /// Client connections open now.
@@ -505,6 +516,7 @@ impl Core {
             rejected: self.rejected.iter().map(|(r, n)| (*r, *n)).collect(),
             histograms,
             connections: gw.open_connections(),
+            refused: Vec::new(),
         })
     }
 

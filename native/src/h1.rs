@@ -813,6 +813,7 @@ where
     }
 
     fn write_refusal(&mut self, refusal: &Refusal) {
+        self.gw.refused(refusal.status);
         let resp = gateway::made(&self.gw.node_hv, None, refusal.status, refusal.error(), &refusal.detail, None);
         let mut x = Exchange {
             submitted: None,

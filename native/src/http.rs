@@ -281,6 +281,7 @@ pub async fn handle(info: Arc<ConnInfo>, req: http::Request<hyper::Body>) -> Res
         }
         if size > limit {
             let detail = format!("request line and headers exceed {limit} bytes");
+            gw.refused(431);
             return Ok(gateway::made(&gw.node_hv, None, 431, "request header fields too large", &detail, None));
         }
     }

@@ -194,6 +194,9 @@ class Stats(msgspec.Struct, array_like=True, tag=51):
     # holds the answers to requests no release took (refused, expired while queued).
     histograms: list[tuple[str, list[int], float, list[int], float]] = msgspec.field(default_factory=list)
     connections: int = 0                     # client connections open on the gateway now
+    # Service "" only: (status, count), cumulative — the connections' own refusals (400, 408,
+    # 414, 431, 501: a request that never reached routing), for the node's gateway_errors.
+    refused: list[tuple[int, int]] = msgspec.field(default_factory=list)
 
 
 class WorkerIdle(msgspec.Struct, array_like=True, tag=52):

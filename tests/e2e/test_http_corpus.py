@@ -23,7 +23,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import make_service
+from tests.conftest import make_service, wait_for
 from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 
 CORPUS = Path(__file__).parent / "http_corpus"
@@ -123,6 +123,7 @@ def test_http_corpus_is_answered_like_the_best_servers(nodes, tmp_path, gateway)
     node = nodes.start(make_service(tmp_path, "corpus", APP, 'name = "corpus"\nworkers = 1\n'), **gateway)
     port = int(node.url.rsplit(":", 1)[1])
     failures = []
+    answered: dict[int, int] = {}  # the error answers the client got, by status
     for path in sorted(CORPUS.glob("*/*.http")):
         statuses, body, fin, raw = load(path)
         before = seen(node)
@@ -131,6 +132,9 @@ def test_http_corpus_is_answered_like_the_best_servers(nodes, tmp_path, gateway)
         except AssertionError as exc:
             failures.append(f"{path.parent.name}/{path.name}: {exc}")
             continue
+        for status, _ in got:
+            if status >= 400:
+                answered[status] = answered.get(status, 0) + 1
         ok = [s for s, _ in got] == statuses
         if ok and body is not None:
             ok = got[0][1] == body
@@ -142,6 +146,13 @@ def test_http_corpus_is_answered_like_the_best_servers(nodes, tmp_path, gateway)
             failures.append(f"{path.parent.name}/{path.name}: expected {statuses} body={body!r}, got {got}")
     assert not failures, "\n".join(failures)
     assert node.proc.poll() is None
+    # Each of them is a gateway error to the node (`ps`, the dashboard), refusals included.
+    assert answered.get(400, 0) >= 10, answered
+
+    def counted() -> bool:
+        errors = {int(status): n for status, n in node.ps()["gateway_errors"].items()}
+        return all(errors.get(status, 0) >= n for status, n in answered.items())
+    wait_for(counted, what=f"the gateway errors to count {answered}")
 
 
 # -- fuzz -------------------------------------------------------------------------------------

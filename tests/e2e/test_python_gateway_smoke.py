@@ -7,8 +7,8 @@ one `pytest -q` also runs these on it: hello, streaming both ways, a deploy unde
 The modules that take tests/e2e/planes.py's ``gateway`` or ``nodes`` run on both planes
 themselves (kill -9 retries and quarantine, WebSockets, Sessions through deploys, the
 router, slow clients, the HTTP corpus, metrics, logs), and tests/cluster/test_dispatch.py
-runs spill-over on every pair of data planes. Each is the original test function,
-collected here a second time with this module's ``nodes``, whose nodes default to
+runs spill-over on every pair of data planes. Each is the original test function (the
+swaps: three of test_swap.py's ten), collected here a second time with this module's ``nodes``, whose nodes default to
 `--gateway python` (a test's own `--gateway` still wins). Where the default already is the
 Python gateway, its own run covers them and this module is skipped."""
 

@@ -611,6 +611,7 @@ class NativeGateway:
         elif crashed.outcome == "fail":
             self.log.event("request.failed", crashed.service, method=crashed.method or None, path=path, status=502,
                            dead_worker=crashed.worker, request_id=request_id)
+
     def _drain_node_queue(self, service: str) -> None:
         """What the node itself queued (a call between services, a job, a request back from
         a lost peer: they are placed by the node's router, on its mirror of the gateway's
@@ -652,6 +653,7 @@ class NativeGateway:
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:
         if stats.service == "":  # the answers to requests no service is routed at (404, starting)
+            self._count_errors(stats, stats.refused)
             self.connections = range(stats.connections)
             self._request_stats(self.stats, stats)
             return
@@ -669,16 +671,24 @@ class NativeGateway:
                 slots.served = served
         runtime.external_queued = stats.queued
         router.rejected = sum(count for _, count in stats.rejected)
+        self._count_errors(stats)
+        self.connections = range(stats.connections)
+        self._request_stats(runtime.stats, stats)
+
+    def _count_errors(self, stats: dataplane.Stats, refused: list[tuple[int, int]] | None = None) -> None:
+        """``errors`` (the dashboard's gateway errors): every answer >= 400 by status, as the
+        Python gateway counts them — each service's, the unrouted ones, and the connections'
+        own refusals. Counts are cumulative per service: its last Stats replaces them."""
         errors = self._errors[stats.service] = {}
         for _, status, count in stats.statuses:
             if status >= 400:
                 errors[status] = errors.get(status, 0) + count
+        for status, count in refused or ():
+            errors[status] = errors.get(status, 0) + count
         self.errors = {}
         for per_service in self._errors.values():
             for status, count in per_service.items():
                 self.errors[status] = self.errors.get(status, 0) + count
-        self.connections = range(stats.connections)
-        self._request_stats(runtime.stats, stats)
 
     def _request_stats(self, aggregate: RequestStats, stats: dataplane.Stats) -> None:
         """Add what the gateway counted since its last Stats to the node's RequestStats (so

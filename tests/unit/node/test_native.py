@@ -320,3 +320,9 @@ async def test_the_unrouted_answers_count_under_service_empty_in_the_nodes_reque
     assert native.stats.releases[("", "")].statuses == {404: 3, 503: 1}
     assert native.stats.rejected == {("", "no_route"): 3, ("", "starting"): 1}
     assert native.stats.releases[("", "")].duration.count == 4 and len(native.connections) == 1
+    # The unrouted answers and the connections' own refusals are gateway errors, as the Python
+    # gateway counts them (the dashboard's "gateway errors").
+    assert native.errors == {404: 3, 503: 1}
+    fake.say(dataplane.Stats("", 0, [], [], [("", 404, 3), ("", 503, 1)], [], [], refused=[(400, 2), (431, 1)]))
+    await until(lambda: native.errors.get(400) == 2, "the refusals")
+    assert native.errors == {404: 3, 503: 1, 400: 2, 431: 1}
