@@ -332,6 +332,38 @@ pub struct Core {
     pub placed: Vec<(u64, u64)>,
     pub quarantine: HashMap<QuarantineKey, f64>, // refused until (gateway time)
     pub quarantined: u64,                        // requests that crashed two workers
+    /// Bytes of `max_queue_bytes` held by bodies being read before their request takes a
+    /// slot (`BodyReservation`), the Python gateway's `buffering`.
+    pub buffering: u64,
+}
+
+/// A request whose body is read (up to `request_buffer`) before it takes a slot holds that
+/// much of its service's `max_queue_bytes`, so trickling uploads cannot pile up in the
+/// gateway past it; handed back when dropped (the body is in, or the request is gone).
+pub struct BodyReservation {
+    svc: Arc<Service>,
+    bytes: u64,
+}
+
+impl BodyReservation {
+    /// None (counted as a queue_full rejection): the bodies being read and the queue's
+    /// would pass max_queue_bytes.
+    pub fn take(svc: &Arc<Service>, bytes: u64) -> Option<BodyReservation> {
+        let mut core = svc.core.lock();
+        if core.buffering + core.router.queued_bytes + bytes > core.router.max_queue_bytes {
+            core.reject("queue_full");
+            return None;
+        }
+        core.buffering += bytes;
+        Some(BodyReservation { svc: svc.clone(), bytes })
+    }
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        let mut core = self.svc.core.lock();
+        core.buffering = core.buffering.saturating_sub(self.bytes);
+    }
 }
 
 impl Core {
@@ -349,6 +381,7 @@ impl Core {
             placed: Vec::new(),
             quarantine: HashMap::new(),
             quarantined: 0,
+            buffering: 0,
         }
     }
 

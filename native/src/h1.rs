@@ -121,6 +121,7 @@ struct BodyWait {
     framing: Framing,
     limit: u64,
     timeout: Duration,
+    _reserved: gateway::BodyReservation, // while the body is read
 }
 
 /// One request on its way: the answer to wait for and the body still to read.
@@ -371,6 +372,7 @@ where
         };
         let more = left.is_some();
         let mut body_timeout = Duration::from_secs(30);
+        let mut overloaded = None; // bodies being read fill the service's max_queue_bytes
         if more {
             // A body still to come: the service's limits say how long to wait for it, and
             // how much of it to read before the request takes a slot (not with Expect:
@@ -383,7 +385,14 @@ where
                 body_timeout = Duration::from_secs_f64(timeout.max(0.01));
                 let had = (buf.len() - end) as u64;
                 if !buffered && !head.expect_continue && had < request_buffer && size <= max_body {
-                    return Step::Buffer(BodyWait { framing: head.framing, limit: request_buffer, timeout: body_timeout });
+                    let reserve = if size > 0 { size.min(request_buffer) } else { request_buffer };
+                    match gateway::BodyReservation::take(&svc, reserve) {
+                        Some(reserved) => {
+                            let (framing, limit, timeout) = (head.framing, request_buffer, body_timeout);
+                            return Step::Buffer(BodyWait { framing, limit, timeout, _reserved: reserved });
+                        }
+                        None => overloaded = Some(svc),
+                    }
                 }
             }
         }
@@ -422,7 +431,15 @@ where
             let head = access::Head::new(self.gw, host, head.method, raw_path, query, req.version, referer, agent, client, rid.as_bytes());
             Box::new((head, access::Answer::default()))
         });
-        let submitted = http::submit(&self.info, &req, tx);
+        let submitted = match overloaded {
+            Some(svc) => {
+                let mut core = svc.core.lock();
+                let max = core.router.max_queue_bytes;
+                let detail = format!("service {}: request bodies being received fill max_queue_bytes={max}; retry", svc.name);
+                Submitted::Answered(core.made(&self.gw.node_hv, 503, "overloaded", &detail, Some(1), 0.0))
+            }
+            None => http::submit(&self.info, &req, tx),
+        };
         let (svc, id) = match &submitted {
             Submitted::Pending(p) => (p.service().cloned(), p.id),
             Submitted::Answered(_) => (None, 0),

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from tests.conftest import make_service
+from tests.conftest import make_service, wait_for
 from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
 
 APP = """
@@ -103,6 +103,40 @@ def test_a_body_that_stops_coming_gets_408_and_frees_everything(nodes, tmp_path,
     response = httpx.post(node.url + "/", content=b"x" * 1000, timeout=5)
     assert (response.status_code, response.text) == (200, "1000")
     assert node.service("svc")["buffering_bytes"] == 0
+
+
+def test_bodies_being_received_are_bounded_by_max_queue_bytes(nodes, tmp_path, gateway):
+    """A body read before its request takes a slot holds its size (up to request_buffer) of
+    the service's max_queue_bytes: past it a new upload is answered 503 at once, and the
+    budget comes back when the body is in."""
+    node = nodes.start(make_service(tmp_path, "svc", APP, 'name = "svc"\nworkers = 1\nmax_queue_bytes = 100000\n'
+                                    'request_buffer = 65536\n'), **gateway)
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as first:
+        first.sendall(head + b"x" * 10)  # 60000 reserved while it trickles
+
+        def refused() -> bytes | None:
+            with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as second:
+                second.sendall(head + b"y" * 10)
+                second.settimeout(0.5)
+                try:
+                    data = second.recv(4096)  # a refusal comes at once; a buffered upload waits
+                except socket.timeout:
+                    return None  # the first one's head was not read yet: try again
+                return data if data.startswith(b"HTTP/1.1 503") else None
+
+        answer = wait_for(refused, what="an upload refused while another one's body is being received")
+        assert b"request bodies being received fill max_queue_bytes=100000" in answer, answer
+        assert b"retry-after: 1" in answer.lower(), answer
+        first.sendall(b"x" * 59990)
+        first.settimeout(10)
+        data = b""
+        while not data.endswith(b"\r\n\r\n60000") and (chunk := first.recv(4096)):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\n60000"), data
+    # Handed back: the same upload, whole now, is read and served.
+    response = httpx.post(node.url + "/", content=b"z" * 60000, timeout=10)
+    assert (response.status_code, response.text) == (200, "60000")
 
 
 def test_a_body_sent_while_the_previous_response_ends_is_read(nodes, tmp_path, gateway):
