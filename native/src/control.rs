@@ -343,11 +343,13 @@ pub mod out {
         pub connections: u64,
         /// (status, count), cumulative: the connections' own refusals (service "" only).
         pub refused: Vec<(u16, u64)>,
+        /// Bytes of max_queue_bytes held by bodies being read now (gateway::BodyReservation).
+        pub buffering: u64,
     }
 
     pub fn stats(s: &StatsMsg) -> Vec<u8> {
         let mut o = Vec::new();
-        w_array(&mut o, 10);
+        w_array(&mut o, 11);
         w_uint(&mut o, 51);
         w_str(&mut o, s.service);
         w_uint(&mut o, s.queued as u64);
@@ -391,6 +393,7 @@ pub mod out {
             w_uint(&mut o, *status as u64);
             w_uint(&mut o, *n);
         }
+        w_uint(&mut o, s.buffering);
         o
     }
 

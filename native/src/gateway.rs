@@ -121,6 +121,7 @@ impl Gateway {
             histograms: vec![(String::new(), stats.duration.clone(), stats.queue_wait.clone())],
             connections: self.open_connections(),
             refused: unrouted.refused.iter().map(|(s, n)| (*s, *n)).collect(),
+            buffering: 0,
         }))
     }
 
@@ -355,6 +356,7 @@ impl BodyReservation {
             return None;
         }
         core.buffering += bytes;
+        core.dirty = true; // its Stats say so (`ps`: buffering_bytes)
         Some(BodyReservation { svc: svc.clone(), bytes })
     }
 }
@@ -363,6 +365,7 @@ impl Drop for BodyReservation {
     fn drop(&mut self) {
         let mut core = self.svc.core.lock();
         core.buffering = core.buffering.saturating_sub(self.bytes);
+        core.dirty = true;
     }
 }
 
@@ -550,6 +553,7 @@ impl Core {
             histograms,
             connections: gw.open_connections(),
             refused: Vec::new(),
+            buffering: self.buffering,
         })
     }
 

@@ -197,6 +197,7 @@ class Stats(msgspec.Struct, array_like=True, tag=51):
     # Service "" only: (status, count), cumulative — the connections' own refusals (400, 408,
     # 414, 431, 501: a request that never reached routing), for the node's gateway_errors.
     refused: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    buffering: int = 0  # bytes of max_queue_bytes held by request bodies being read now
 
 
 class WorkerIdle(msgspec.Struct, array_like=True, tag=52):

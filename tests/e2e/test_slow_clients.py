@@ -114,18 +114,11 @@ def test_bodies_being_received_are_bounded_by_max_queue_bytes(nodes, tmp_path, g
     head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\n"
     with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as first:
         first.sendall(head + b"x" * 10)  # 60000 reserved while it trickles
-
-        def refused() -> bytes | None:
-            with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as second:
-                second.sendall(head + b"y" * 10)
-                second.settimeout(0.5)
-                try:
-                    data = second.recv(4096)  # a refusal comes at once; a buffered upload waits
-                except socket.timeout:
-                    return None  # the first one's head was not read yet: try again
-                return data if data.startswith(b"HTTP/1.1 503") else None
-
-        answer = wait_for(refused, what="an upload refused while another one's body is being received")
+        wait_for(lambda: node.service("svc")["buffering_bytes"] == 60000, what="the first upload's reservation")
+        with socket.create_connection(("127.0.0.1", _port(node)), timeout=10) as second:
+            second.sendall(head + b"y" * 10)
+            answer = second.recv(4096)  # at once: it is not read
+        assert answer.startswith(b"HTTP/1.1 503"), answer
         assert b"request bodies being received fill max_queue_bytes=100000" in answer, answer
         assert b"retry-after: 1" in answer.lower(), answer
         first.sendall(b"x" * 59990)
@@ -137,6 +130,7 @@ def test_bodies_being_received_are_bounded_by_max_queue_bytes(nodes, tmp_path, g
     # Handed back: the same upload, whole now, is read and served.
     response = httpx.post(node.url + "/", content=b"z" * 60000, timeout=10)
     assert (response.status_code, response.text) == (200, "60000")
+    wait_for(lambda: node.service("svc")["buffering_bytes"] == 0, what="every reservation handed back")
 
 
 def test_a_body_sent_while_the_previous_response_ends_is_read(nodes, tmp_path, gateway):

@@ -670,6 +670,7 @@ class NativeGateway:
                 router.served += max(0, served - slots.served)
                 slots.served = served
         runtime.external_queued = stats.queued
+        runtime.external_buffering = stats.buffering
         router.rejected = sum(count for _, count in stats.rejected)
         self._count_errors(stats)
         self.connections = range(stats.connections)

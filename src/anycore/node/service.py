@@ -89,6 +89,7 @@ class ServiceRuntime:
         self.on_slot_free: Callable[[ServiceRuntime], None] | None = None  # node.jobs: pull a job for a freed slot
         self.dataplane: DataPlane | None = None  # the native gateway (set before the first release)
         self.external_queued = 0  # requests queued in the native gateway, from its Stats
+        self.external_buffering = 0  # bytes its request bodies being read hold, from its Stats
         self.spill: Any = None  # node.spill.NativeSpill: a peer's claim takes a slot through the native gateway
         self._reserved: set[int] = set()  # ids of peers' requests running here on a slot the gateway reserved
         self.placement = Placement(name, config, self.clock, self.worker, server, self._queued, log, self.stats)
@@ -127,7 +128,7 @@ class ServiceRuntime:
 
     @property
     def buffering(self) -> int:
-        return self.placement.buffering
+        return self.placement.buffering + self.external_buffering
 
     @property
     def quarantined(self) -> int:
