@@ -90,6 +90,12 @@ class Pki:
                 "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem", cwd=self.root)
         return self.root / f"{name}.pem", self.root / f"{name}.key"
 
+    def install(self, name: str, cert: Path, key: Path) -> None:
+        """A new certificate ``name`` and its key, written where the node reads its TLS files."""
+        made_cert, made_key = self.server(name)
+        shutil.copy(made_cert, cert)
+        shutil.copy(made_key, key)
+
     def context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
 
@@ -105,10 +111,8 @@ def peer_name(port: int, context: ssl.SSLContext) -> str:
 def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_connections(nodes, tmp_path):
     binary = native_binary()
     pki = Pki(tmp_path / "pki")
-    first, first_key = pki.server("first")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    shutil.copy(first, cert)
-    shutil.copy(first_key, key)
+    pki.install("first", cert, key)
     echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
     node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key),
                                    "--header-timeout", "1", "--access-log", "combined"), env={"ANYCORE_GATEWAY_BIN": binary})
@@ -144,9 +148,7 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
         with socket.create_connection(("127.0.0.1", port), timeout=20) as silent:  # no ClientHello: closed, bounded
             assert silent.recv(1) == b""  # by the header timeout (the handshake holds a connection slot)
 
-        second, second_key = pki.server("second")
-        shutil.copy(second, cert)
-        shutil.copy(second_key, key)
+        pki.install("second", cert, key)
         os.kill(node.proc.pid, signal.SIGHUP)
         wait_for(lambda: peer_name(port, context) == "second", 15, what="new connections served the new certificate")
 
@@ -165,10 +167,8 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
 
 def test_the_python_gateway_serves_http11_over_tls_and_reloads_on_sighup(nodes, tmp_path):
     pki = Pki(tmp_path / "pki")
-    first, first_key = pki.server("first")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    shutil.copy(first, cert)
-    shutil.copy(first_key, key)
+    pki.install("first", cert, key)
     echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
     node = nodes.start(echo, args=("--gateway", "python", "--tls-cert", str(cert), "--tls-key", str(key)))
     assert node.url.startswith("https://127.0.0.1:")
@@ -180,9 +180,7 @@ def test_the_python_gateway_serves_http11_over_tls_and_reloads_on_sighup(nodes, 
         wss = pki.context()
         with connect(node.url.replace("https://", "wss://") + "/ws", ssl=wss, open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["scheme"] == "wss"
-        second, second_key = pki.server("second")
-        shutil.copy(second, cert)
-        shutil.copy(second_key, key)
+        pki.install("second", cert, key)
         os.kill(node.proc.pid, signal.SIGHUP)
         wait_for(lambda: peer_name(port, context) == "second", 15, what="new connections served the new certificate")
         after = client.get("/x")  # the keep-alive connection opened before the reload

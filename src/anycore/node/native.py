@@ -653,7 +653,7 @@ class NativeGateway:
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:
         if stats.service == "":  # the answers to requests no service is routed at (404, starting)
-            self._count_errors(stats, stats.refused)
+            self._count_errors(stats)
             self.connections = range(stats.connections)
             self._request_stats(self.stats, stats)
             return
@@ -676,15 +676,16 @@ class NativeGateway:
         self.connections = range(stats.connections)
         self._request_stats(runtime.stats, stats)
 
-    def _count_errors(self, stats: dataplane.Stats, refused: list[tuple[int, int]] | None = None) -> None:
+    def _count_errors(self, stats: dataplane.Stats) -> None:
         """``errors`` (the dashboard's gateway errors): every answer >= 400 by status, as the
         Python gateway counts them — each service's, the unrouted ones, and the connections'
-        own refusals. Counts are cumulative per service: its last Stats replaces them."""
+        own refusals (``refused``, in service ""'s Stats only). Counts are cumulative per
+        service: its last Stats replaces them."""
         errors = self._errors[stats.service] = {}
         for _, status, count in stats.statuses:
             if status >= 400:
                 errors[status] = errors.get(status, 0) + count
-        for status, count in refused or ():
+        for status, count in stats.refused:
             errors[status] = errors.get(status, 0) + count
         self.errors = {}
         for per_service in self._errors.values():
