@@ -406,7 +406,8 @@ def test_dev_hot_swaps_on_edit_and_keep_alive_connection_survives(tmp_path):
         def started() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"anycore dev exited with {proc.returncode}:\n{node.output}")
-            return (home / "node.json").exists() and "\nservice svc " in "\n" + node.output
+            # Serving, and watching: an edit before `dev: watching` would not be seen.
+            return (home / "node.json").exists() and "\nservice svc " in "\n" + node.output and "dev: watching" in node.output
         wait_for(started, 60, what="anycore dev serving")
         node.url = json.loads((home / "node.json").read_text())["gateway"]
         host, port = node.url.removeprefix("http://").split(":")

@@ -397,7 +397,16 @@ class Node:
             return not (parts & ALWAYS_IGNORED) and not name.endswith((".pyc", ".swp", "~"))
 
         assert self.deployer is not None
-        async for _ in watchfiles.awatch(path, watch_filter=relevant, debounce=200, step=50):
+        watching = False
+        # The first (empty) yield on timeout comes once the watches are set up: only from then
+        # on is a save seen, so that is when `dev: watching` is said (an edit before it is not).
+        async for changes in watchfiles.awatch(path, watch_filter=relevant, debounce=200, step=50,
+                                               rust_timeout=200, yield_on_timeout=True):
+            if not changes:
+                if not watching:
+                    watching = True
+                    print(f"dev: watching {path}", flush=True)
+                continue
             try:
                 service = load_service(path)
                 record = await self.deployer.publish_local(service, source=f"{service.directory} (dev)")
