@@ -12,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from anycore import dataplane
+from tests.conftest import wait_for
 
 from .native_fake import BINARY, FakeNode
 
@@ -77,9 +78,14 @@ def test_unrouted_and_other_upgrades_are_answered_as_plain_requests(node: FakeNo
     try:
         n.listen()
         n.service("api", ["only.example/api"], release="a1")
-        with socket.create_connection(("127.0.0.1", n.port), timeout=10) as client:
-            client.sendall(WS_HEAD)
-            assert read_response(client).startswith(b"HTTP/1.1 404")
+
+        def answer() -> bytes | None:  # 503 "starting" until the gateway has applied the Service
+            with socket.create_connection(("127.0.0.1", n.port), timeout=10) as client:
+                client.sendall(WS_HEAD)
+                response = read_response(client)
+            return None if b'"error": "starting"' in response else response
+
+        assert wait_for(answer, what="the gateway to apply the Service").startswith(b"HTTP/1.1 404")
         assert not any(isinstance(m, dataplane.Upgrade) for m in n.messages)
     finally:
         n.close()
