@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import wrk  # noqa: E402
-from procs import cpu_seconds, free_port, kill_tree, tree, wait_gone  # noqa: E402
+from procs import cpu_seconds, free_port, stop_tree, tree  # noqa: E402
 from systems import http_get  # noqa: E402
 
 HELLO = Path(__file__).resolve().parent / "apps" / "hello"
@@ -59,14 +59,7 @@ def one(src: str, seconds: float, c: int, gateway: str) -> dict[str, float]:
         return {"rps": m["rps"], "node_us": (after[proc.pid].cpu_s - node_before) * 1e6 / n,
                 "all_us": (cpu_seconds(after) - all_before) * 1e6 / n}
     finally:
-        seen = tree(proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        if not wait_gone(seen, 10):
-            kill_tree(seen)
+        stop_tree(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -110,6 +110,19 @@ def wait_gone(procs: dict[int, Proc], timeout: float) -> bool:
     return False
 
 
+def stop_tree(proc: "subprocess.Popen[bytes]") -> None:
+    """SIGTERM ``proc`` and give its whole tree 30 s (the process) and 10 s (the rest) to go;
+    then SIGKILL what is left of the tree as it was when asked to stop."""
+    seen = tree(proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    if not wait_gone(seen, 10):
+        kill_tree(seen)
+
+
 def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until true; a bench script gives up with the reason past ``timeout``."""
     deadline = time.monotonic() + timeout

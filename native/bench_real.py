@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from procs import free_port, kill_tree, tree, wait_gone  # noqa: E402
+from procs import free_port, stop_tree, tree  # noqa: E402
 from systems import http_get  # noqa: E402
 
 
@@ -58,14 +58,7 @@ def one(binary: str, concurrencies: list[int], seconds: int) -> list[str]:
             lines.append(f"c={c}: {rps:.0f} req/s, gateway {used / total * 1e6:.1f} core-us/req, "
                          f"non-2xx {errors.group(1) if errors else 0}")
     finally:
-        seen = tree(proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        if not wait_gone(seen, 10):
-            kill_tree(seen)
+        stop_tree(proc)
         shutil.rmtree(work, ignore_errors=True)
     return lines
 
