@@ -66,8 +66,10 @@ from anycore.gateway.server import Gateway
 from anycore.lifecycle import ServiceState
 from anycore.log import LogFormat, NodeLog, combined_line
 from anycore.router.core import WorkerSlots
-from anycore.stats import BUCKETS, Histogram, ReleaseStats, RequestStats
+from anycore.stats import RequestStats
 from anycore.supervisor.policy import RestartPolicy
+from anycore.node.native_counts import GatewayCounts
+from anycore.node.native_handoff import Handoffs
 from anycore.node.spill import NativeSpill
 
 if TYPE_CHECKING:
@@ -127,7 +129,6 @@ class NativeGateway:
         self.host, self.port = "", 0
         self.starting = True  # the Python gateway's flag; the native one routes what it is told
         self.connections: Sized = range(0)  # held by the gateway: only their number, from Stats
-        self.errors: dict[int, int] = {}  # answers >= 400 by status, from Stats
         self.version, self.gateway_threads = "", 0
         self.process: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
@@ -136,8 +137,7 @@ class NativeGateway:
         self.workers: dict[int, "WorkerHandle"] = {}  # told to the gateway (AddWorker), not yet removed
         self.idle: set[int] = set()  # not accepting, nothing in flight (WorkerIdle)
         self.refusing: set[int] = set()  # told Accepting(false)
-        self._errors: dict[str, dict[int, int]] = {}  # per service, from its last Stats
-        self._counted: dict[str, _Counted] = {}  # per service: the gateway's counts already in RequestStats
+        self.counts = GatewayCounts()  # Stats -> gateway_errors and the node's RequestStats
         self._outbox: collections.deque[tuple[bytes, list[socket.socket]]] = collections.deque()
         self.spill: NativeSpill | None = None  # cluster spill-over (node/spill.py), once the agent runs
         self._shifts: collections.deque[Callable[[], None]] = collections.deque()  # awaiting Shifted, in order
@@ -421,7 +421,7 @@ class NativeGateway:
             control.close()
         self.control, self._gone = None, False
         self.idle.clear()
-        self._counted.clear()  # the new gateway counts from zero
+        self.counts.restarted()
         for worker_id, slots in self._routers_workers():
             self._served_base[worker_id] = slots.served
         await self._reset_workers(self.generation * ID_SPAN)
@@ -480,6 +480,11 @@ class NativeGateway:
     def set_node(self, node_id: str) -> None:
         self.node_id = node_id
         self.handoffs.gateway.set_node(node_id)
+
+    @property
+    def errors(self) -> dict[int, int]:
+        """Answers >= 400 by status (``ps``'s ``gateway_errors``), from Stats."""
+        return self.counts.errors
 
     @property
     def url(self) -> str:
@@ -653,9 +658,9 @@ class NativeGateway:
     # -- Stats -------------------------------------------------------------------------------
     def _stats(self, stats: dataplane.Stats) -> None:
         if stats.service == "":  # the answers to requests no service is routed at (404, starting)
-            self._count_errors(stats)
+            self.counts.count_errors(stats)
             self.connections = range(stats.connections)
-            self._request_stats(self.stats, stats)
+            self.counts.add_requests(self.stats, stats)
             return
         runtime = self.services.get(stats.service)
         if runtime is None:
@@ -672,67 +677,9 @@ class NativeGateway:
         runtime.external_queued = stats.queued
         runtime.external_buffering = stats.buffering
         router.rejected = sum(count for _, count in stats.rejected)
-        self._count_errors(stats)
+        self.counts.count_errors(stats)
         self.connections = range(stats.connections)
-        self._request_stats(runtime.stats, stats)
-
-    def _count_errors(self, stats: dataplane.Stats) -> None:
-        """``errors`` (the dashboard's gateway errors): every answer >= 400 by status, as the
-        Python gateway counts them — each service's, the unrouted ones, and the connections'
-        own refusals (``refused``, in service ""'s Stats only). Counts are cumulative per
-        service: its last Stats replaces them."""
-        errors = self._errors[stats.service] = {}
-        for _, status, count in stats.statuses:
-            if status >= 400:
-                errors[status] = errors.get(status, 0) + count
-        for status, count in stats.refused:
-            errors[status] = errors.get(status, 0) + count
-        self.errors = {}
-        for per_service in self._errors.values():
-            for status, count in per_service.items():
-                self.errors[status] = self.errors.get(status, 0) + count
-
-    def _request_stats(self, aggregate: RequestStats, stats: dataplane.Stats) -> None:
-        """Add what the gateway counted since its last Stats to the node's RequestStats (so
-        /metrics, the dashboard and ``anycore top`` read the same aggregate as under the
-        Python gateway). The gateway's counts are cumulative since it started: a count
-        lower than the one seen means a new gateway (counted from zero again)."""
-        seen = self._counted.setdefault(stats.service, _Counted())
-        for release, status, count in stats.statuses:
-            delta = _delta(count, seen.statuses.get((release, status), 0))
-            seen.statuses[(release, status)] = count
-            if delta:
-                mine = aggregate.releases.setdefault((stats.service, release), ReleaseStats())
-                mine.statuses[status] = mine.statuses.get(status, 0) + delta
-        for release, duration, duration_sum, queue_wait, queue_sum in stats.histograms:
-            if len(duration) != len(BUCKETS) or len(queue_wait) != len(BUCKETS):
-                continue  # another bucket layout: not ours to add
-            mine = aggregate.releases.setdefault((stats.service, release), ReleaseStats())
-            for name, counts, total, histogram in (("duration", duration, duration_sum, mine.duration),
-                                                   ("queue_wait", queue_wait, queue_sum, mine.queue_wait)):
-                before = seen.histograms.get((release, name))
-                if before is None or sum(counts) < before.count:
-                    before = Histogram()
-                for i, (now, then) in enumerate(zip(counts, before.counts)):
-                    histogram.counts[i] += now - then
-                histogram.count += sum(counts) - before.count
-                histogram.total += total - before.total
-                seen.histograms[(release, name)] = Histogram(list(counts), total, sum(counts))
-        for reason, count in stats.rejected:
-            delta = _delta(count, seen.rejected.get(reason, 0))
-            seen.rejected[reason] = count
-            if delta:
-                key = (stats.service, reason)
-                aggregate.rejected[key] = aggregate.rejected.get(key, 0) + delta
-
-
-class _Counted:
-    """One service's cumulative counts from the gateway, as last added to RequestStats."""
-
-    def __init__(self) -> None:
-        self.statuses: dict[tuple[str, int], int] = {}
-        self.histograms: dict[tuple[str, str], Histogram] = {}
-        self.rejected: dict[str, int] = {}
+        self.counts.add_requests(runtime.stats, stats)
 
 
 def _discard_pending(sock: socket.socket) -> None:
@@ -744,54 +691,3 @@ def _discard_pending(sock: socket.socket) -> None:
             pass
     except OSError:
         pass
-
-
-def _delta(now: int, then: int) -> int:
-    return now - then if now >= then else now  # lower: a new gateway counting from zero
-
-
-class Handoffs:
-    """The node's side of ``dataplane.Upgrade``: a WebSocket handshake's connection, handed
-    over by the gateway with its socket, is served by the node's own Python HTTP code.
-
-    ``gateway`` is a ``gateway.server.Gateway`` that never listens (``start_unbound``: its
-    sweeper runs the header timeouts and the WebSockets' pings) and routes as the native
-    gateway does (``NativeGateway`` mirrors every service's routes into it). An adopted
-    connection is an ``AdoptedConnection`` (``gateway.handoff``): fed the gateway's
-    ``buffered`` bytes first, with the ``client`` and ``server`` it names; then the upgrade,
-    ``WebSocketSession``, ``SocketHost`` and Sessions are the Python gateway's code, untouched.
-
-    Slots: a WebSocket takes no request slot under either data plane (``node.sockets``);
-    it lives in its worker's ``sockets``, which the scaler counts as demand. The native
-    gateway places HTTP by its own counts and is told nothing of them. ``max_connections``
-    bounds each side: the gateway's HTTP connections there, the node's WebSockets here.
-    """
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.adopted = 0  # connections taken over, since start
-
-    def start(self) -> None:
-        if not self.gateway.tasks.tasks:
-            self.gateway.start_unbound()
-
-    def adopt(self, message: dataplane.Upgrade, sock: socket.socket, starting: bool) -> None:
-        """Take over ``sock`` (closed here if it cannot be served)."""
-        if self.gateway.tasks.closed:
-            sock.close()  # the node is stopping
-            return
-        self.gateway.starting = starting
-        self.adopted += 1
-        self.gateway.tasks.spawn(self._adopt(message, sock), "adopt")
-
-    async def _adopt(self, message: dataplane.Upgrade, sock: socket.socket) -> None:
-        client = (message.client[0], message.client[1]) if message.client else None
-        server = (message.server[0], message.server[1]) if message.server else None
-        try:
-            await self.gateway.adopt(sock, message.buffered, client, server, message.scheme)
-        except (OSError, ValueError) as exc:  # not a stream socket, or already closed by the peer
-            sock.close()
-            self.gateway.log.event("gateway.handoff_failed", service=message.service, error=f"{type(exc).__name__}: {exc}")
-
-    async def stop(self, timeout: float) -> None:
-        await self.gateway.stop(timeout)

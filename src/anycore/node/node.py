@@ -56,7 +56,8 @@ from anycore.node.calls import Calls
 from anycore.node.deployer import Deployer
 from anycore.node.jobs import JobRunner
 from anycore.node.lock import NodeLock
-from anycore.node.native import INSTALL, Handoffs, NativeGateway, find_binary
+from anycore.node.native import INSTALL, NativeGateway, find_binary
+from anycore.node.native_handoff import Handoffs
 from anycore.node.storage import StorageHealer
 from anycore.node.service import ServiceRuntime
 from anycore.release.deploy import Phase

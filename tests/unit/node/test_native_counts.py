@@ -73,3 +73,36 @@ async def test_the_shift_is_logged_when_the_gateway_applied_it():
     assert "service.shifted" not in lines.getvalue()
     fake.say(dataplane.Shifted("svc", "r1"))
     await until(lambda: "event=service.shifted service=svc release=r1" in lines.getvalue(), "the shift's line")
+
+
+def test_gateway_counts_add_only_what_is_new_and_a_lower_count_is_a_new_gateway():
+    # node/native_counts.py alone: the gateway's Stats are cumulative; RequestStats gets
+    # each difference once, and a count that went down is a restarted gateway's own.
+    from anycore.node.native_counts import GatewayCounts
+    from anycore.stats import BUCKETS, RequestStats
+
+    counts, aggregate = GatewayCounts(), RequestStats()
+
+    def stats(ok: int, errors: int, rejected: int, in_first_bucket: int) -> dataplane.Stats:
+        buckets = [in_first_bucket] + [0] * (len(BUCKETS) - 1)
+        return dataplane.Stats("svc", 0, [], [], [("r1", 200, ok), ("r1", 503, errors)], [("queue_full", rejected)],
+                               [("r1", buckets, 0.001 * in_first_bucket, buckets, 0.0)])
+
+    for ok, errors in ((5, 1), (8, 1), (8, 3)):
+        s = stats(ok, errors, errors, ok + errors)
+        counts.count_errors(s)
+        counts.add_requests(aggregate, s)
+    mine = aggregate.releases[("svc", "r1")]
+    assert mine.statuses == {200: 8, 503: 3} and aggregate.rejected[("svc", "queue_full")] == 3
+    assert mine.duration.count == 11 and mine.duration.counts[0] == 11
+    assert counts.errors == {503: 3}  # the last Stats' cumulative count, not a sum of them
+
+    # A new gateway starts from zero: its first Stats count in whole.
+    s = stats(2, 0, 0, 2)
+    counts.count_errors(s)
+    counts.add_requests(aggregate, s)
+    assert mine.statuses == {200: 10, 503: 3} and mine.duration.count == 13
+    assert counts.errors == {503: 0}  # what this gateway counted
+    counts.restarted()  # the node restarted it: the same, without waiting for a lower count
+    counts.add_requests(aggregate, stats(1, 0, 0, 1))
+    assert mine.statuses == {200: 11, 503: 3} and mine.duration.count == 14
