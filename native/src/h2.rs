@@ -3,7 +3,8 @@
 //! route, admit, Req frame, answer), so HTTP/2 gets the same placement, limits, errors and
 //! bodies under the credit window as HTTP/1.1; hyper drops connection-specific headers
 //! from the answers. An HTTP/2 request names its host in `:authority`: it becomes the
-//! `host` header the app sees (as HTTP/1.1 would have sent it).
+//! `host` header the app sees (as HTTP/1.1 would have sent it). A WebSocket stream
+//! (extended CONNECT, RFC 8441) goes to `h2ws.rs` instead.
 //!
 //! Idle: a connection with no open stream and no byte either way for the keep-alive
 //! timeout gets GOAWAY (hyper's graceful shutdown), as an idle HTTP/1.1 connection is
@@ -51,14 +52,20 @@ where
     let limit = gw.settings.header_limit.max(8192) as u32;
     let mut h2 = Http::new().with_executor(Spawn);
     h2.http2_only(true).http2_max_concurrent_streams(MAX_STREAMS).http2_max_header_list_size(limit);
+    h2.http2_enable_connect_protocol(); // WebSockets over HTTP/2 (RFC 8441): h2ws.rs
     let idle = Arc::new(IdleState { streams: AtomicUsize::new(0), last: AtomicU64::new(millis(gw)) });
     let streams = idle.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::Body>| {
         with_host(&mut req);
         let open = Open::new(streams.clone());
-        let answer = http::handle(info.clone(), req);
+        let websocket = crate::h2ws::is_websocket(&req).then(|| Open::new(streams.clone()));
+        let info = info.clone();
         async move {
-            let mut resp = answer.await?; // Infallible: `let Ok(..) =` would need Rust 1.82
+            let mut resp = match websocket {
+                // RFC 8441: the stream is a WebSocket, open (counted) as long as it is
+                Some(socket) => crate::h2ws::serve(info, req, socket).await,
+                None => http::handle(info, req).await?, // Infallible: `let Ok(..) =` would need Rust 1.82
+            };
             let access = resp.extensions_mut().remove::<access::Record>();
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _open: open, access, gw }))
         }

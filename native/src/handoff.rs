@@ -9,6 +9,7 @@
 //! Under TLS the session lives here, so the node cannot take the socket: `relay` gives it
 //! one end of a socket pair instead and moves the bytes, decrypted, between the client
 //! and the other end (the node's Python code sees a plain stream, with `scheme` "https").
+//! A WebSocket over HTTP/2 is relayed the same way, from its stream (`h2ws.rs`).
 
 use crate::control::MAX_MESSAGE;
 use crate::frames::{w_array, w_bin, w_nil, w_str, w_uint};
@@ -68,8 +69,7 @@ pub fn send(control: i32, message: &[u8], fd: OwnedFd) -> bool {
     }
 }
 
-/// The node's end of a socket pair relayed to `io` (a TLS stream) by a task of its own:
-/// client to node and node to client, each side's close passed on as a shutdown.
+/// The node's end of a socket pair relayed to `io` (a TLS stream) by a task of its own.
 pub fn relay<S>(io: S) -> Option<OwnedFd>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -77,22 +77,32 @@ where
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().ok()?;
     ours.set_nonblocking(true).ok()?;
     let ours = tokio::net::UnixStream::from_std(ours).ok()?;
-    tokio::spawn(async move {
-        let (mut client_rd, mut client_wr) = tokio::io::split(io);
-        let (mut node_rd, mut node_wr) = ours.into_split();
-        let up = async {
-            let _ = tokio::io::copy(&mut client_rd, &mut node_wr).await;
-            let _ = node_wr.shutdown().await;
-        };
-        let down = async {
-            let _ = tokio::io::copy(&mut node_rd, &mut client_wr).await;
-            let _ = client_wr.shutdown().await; // close_notify
-        };
-        tokio::pin!(up, down);
-        tokio::select! {
-            _ = &mut up => { let _ = tokio::time::timeout(RELAY_LINGER, down).await; }
-            _ = &mut down => { let _ = tokio::time::timeout(RELAY_LINGER, up).await; }
-        }
-    });
+    tokio::spawn(pump(io, ours, Vec::new()));
     Some(theirs.into())
+}
+
+/// Moves bytes between the client's `io` and the node's end `ours` until both are done:
+/// client to node and node to client (after `first`, node bytes read already), each
+/// side's close passed on as a shutdown, the other side given `RELAY_LINGER` to finish.
+pub async fn pump<S>(io: S, ours: tokio::net::UnixStream, first: Vec<u8>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(io);
+    let (mut node_rd, mut node_wr) = ours.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut node_wr).await;
+        let _ = node_wr.shutdown().await;
+    };
+    let down = async {
+        if first.is_empty() || client_wr.write_all(&first).await.is_ok() {
+            let _ = tokio::io::copy(&mut node_rd, &mut client_wr).await;
+        }
+        let _ = client_wr.shutdown().await; // close_notify, or the h2 stream's end
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut up => { let _ = tokio::time::timeout(RELAY_LINGER, down).await; }
+        _ = &mut down => { let _ = tokio::time::timeout(RELAY_LINGER, up).await; }
+    }
 }

@@ -22,6 +22,7 @@ mod h1;
 mod handoff;
 mod http;
 mod h2;
+mod h2ws;
 mod model;
 mod parse;
 mod proxy;

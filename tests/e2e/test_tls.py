@@ -6,6 +6,9 @@ certificates made by the ``openssl`` CLI for each test.
   scope says https; a wss WebSocket is relayed to the node and echoes both ways; a client that never starts the handshake is closed. A SIGHUP after the files change: new connections get the new
   certificate, and an HTTP/2 connection opened before goes on serving requests.
 - The Python gateway: HTTP/1.1 over TLS (Python's ssl), wss, the same SIGHUP reload.
+- WebSockets over HTTP/2 (RFC 8441): the native gateway advertises extended CONNECT; a
+  WebSocket stream is served by the node's Python code (handshake translated, bytes
+  relayed), a refusal keeps its status, and a quiet WebSocket keeps its connection open.
 - Bad TLS files: one line, exit 2, nothing started (on either gateway).
 - ``--proxy-headers``: X-Forwarded-For/-Proto set the scope's client and scheme from a
   trusted peer only (both gateways; 127.0.0.2 is an untrusted peer on the loopback).
@@ -21,7 +24,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,6 +44,9 @@ import json
 async def app(scope, receive, send):
     if scope["type"] == "websocket":  # says its scheme and client, then echoes until the client leaves
         await receive()
+        if scope["path"] == "/refuse":  # closed before accept: the handshake's answer is 403
+            await send({"type": "websocket.close"})
+            return
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": json.dumps({"scheme": scope["scheme"], "client": scope["client"]})})
         while (message := await receive())["type"] == "websocket.receive":
@@ -215,6 +223,96 @@ def goaway_or_close(port: int, context: ssl.SSLContext) -> str:
                 if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
                     return "goaway"
                 tls.sendall(conn.data_to_send())
+
+
+class H2WebSocket:
+    """A WebSocket over one HTTP/2 stream (RFC 8441), spoken with the ``h2`` library and
+    hand-made frames (RFC 6455: the client masks; the test's messages are short)."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, path: str) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+        import h2.settings
+
+        self.events = h2.events
+        context.set_alpn_protocols(["h2"])
+        self.tls = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.tls.sendall(self.conn.data_to_send())
+        settings = self.until(h2.events.RemoteSettingsChanged)
+        assert settings.changed_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL].new_value == 1
+        self.stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.stream, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                             (":path", path), (":authority", f"127.0.0.1:{port}"),
+                                             ("sec-websocket-version", "13")])
+        self.tls.sendall(self.conn.data_to_send())
+        answer = self.until(h2.events.ResponseReceived)
+        self.status = int(dict(answer.headers)[b":status"])
+        self.data = b""
+
+    def until(self, kind: type) -> Any:
+        """Reads until an event of ``kind`` (on our stream, for stream events) arrives."""
+        while True:
+            data = self.tls.recv(65536)  # the socket's timeout bounds the wait
+            assert data, "the connection closed"
+            for event in self.conn.receive_data(data):
+                if isinstance(event, self.events.DataReceived):
+                    self.data += event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if isinstance(event, kind):
+                    self.tls.sendall(self.conn.data_to_send())
+                    return event
+            self.tls.sendall(self.conn.data_to_send())
+
+    def send(self, payload: bytes, opcode: int = 2) -> None:
+        mask = os.urandom(4)
+        frame = bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.conn.send_data(self.stream, frame)
+        self.tls.sendall(self.conn.data_to_send())
+
+    def recv(self) -> tuple[int, bytes]:
+        """The next server frame (unmasked, short): its opcode and payload."""
+        while len(self.data) < 2 or len(self.data) < 2 + (self.data[1] & 0x7F):
+            self.until(self.events.DataReceived)
+        size = self.data[1] & 0x7F
+        assert size < 126
+        frame, self.data = self.data[:2 + size], self.data[2 + size:]
+        return frame[0] & 0x0F, frame[2:]
+
+    def close(self) -> None:
+        self.tls.close()
+
+
+def test_a_websocket_over_http2_is_served_by_extended_connect(nodes, tmp_path):
+    binary = native_binary()
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.server("h2ws")
+    echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
+    node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key),
+                                   "--keepalive-timeout", "1"), env={"ANYCORE_GATEWAY_BIN": binary})
+    port = int(node.url.rsplit(":", 1)[1])
+    ws = H2WebSocket(port, pki.context(), "/ws")
+    try:
+        assert ws.status == 200
+        opcode, greeting = ws.recv()
+        assert opcode == 1 and json.loads(greeting)["scheme"] == "wss"
+        ws.send(b"ping")
+        assert ws.recv() == (2, b"ping")
+        # Quiet past the keep-alive timeout: an open WebSocket stream keeps its connection.
+        time.sleep(2.5)
+        ws.send(b"text message", opcode=1)
+        assert ws.recv() == (2, b"text message")
+        ws.send(b"\x03\xe8", opcode=8)  # close, 1000: the node closes back
+        assert ws.recv()[0] == 8
+    finally:
+        ws.close()
+    refused = H2WebSocket(port, pki.context(), "/refuse")  # closed by the app before accept
+    try:
+        assert refused.status == 403
+    finally:
+        refused.close()
 
 
 def test_an_idle_http2_connection_is_closed_after_the_keepalive_timeout_but_not_while_a_request_is_open(nodes, tmp_path):
