@@ -8,7 +8,8 @@ certificates made by the ``openssl`` CLI for each test.
 - The Python gateway: HTTP/1.1 over TLS (Python's ssl), wss, the same SIGHUP reload.
 - WebSockets over HTTP/2 (RFC 8441): the native gateway advertises extended CONNECT; a
   WebSocket stream is served by the node's Python code (handshake translated, bytes
-  relayed), a refusal keeps its status, and a quiet WebSocket keeps its connection open.
+  relayed), a refusal keeps its status, and a quiet WebSocket keeps its connection open;
+  chromium opens a page's wss WebSocket that way, on the page's HTTP/2 connection.
 - Bad TLS files: one line, exit 2, nothing started (on either gateway).
 - ``--proxy-headers``: X-Forwarded-For/-Proto set the scope's client and scheme from a
   trusted peer only (both gateways; 127.0.0.2 is an untrusted peer on the loopback).
@@ -313,6 +314,57 @@ def test_a_websocket_over_http2_is_served_by_extended_connect(nodes, tmp_path):
         assert refused.status == 403
     finally:
         refused.close()
+
+
+PAGE = """
+import json
+
+PAGE = b\"\"\"<html><body><script>
+const ws = new WebSocket("wss://" + location.host + "/ws");
+ws.onmessage = (e) => { if (!window.first) { window.first = e.data; ws.send("hello"); } else { window.echo = e.data; ws.close(); } };
+ws.onerror = () => { window.failed = true; };
+</script></body></html>\"\"\"
+
+async def app(scope, receive, send):
+    if scope["type"] == "websocket":  # says the first header names it got, then echoes
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps([k.decode() for k, _ in scope["headers"]][:4])})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": "echo " + message["text"]})
+        return
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]})
+    await send({"type": "http.response.body", "body": PAGE})
+"""
+
+
+def test_chromium_opens_its_websocket_over_the_pages_http2_connection(nodes, tmp_path):
+    """Chromium, having loaded the page over HTTP/2 from a server that advertises extended
+    CONNECT, opens the page's wss WebSocket on that connection (RFC 8441): the head the node
+    serves is the one h2ws.rs writes (its first four headers), and messages echo."""
+    import asyncio
+
+    from tests.browser import Browser
+
+    binary = native_binary()
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.server("browser")
+    page_service = make_service(tmp_path, "page", PAGE, 'name = "page"\nworkers = 1\n')
+    node = nodes.start(page_service, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key)),
+                       env={"ANYCORE_GATEWAY_BIN": binary})
+
+    async def go() -> tuple[str, str]:
+        async with Browser() as browser:
+            page = await browser.open("about:blank", context=await browser.new_context())
+            await page.send("Security.setIgnoreCertificateErrors", {"ignore": True})  # the test's own CA
+            await page.goto(node.url + "/")
+            await page.wait_for("window.echo || window.failed", 20, "the WebSocket's echo")
+            return await page.evaluate("window.first"), await page.evaluate("window.echo")
+
+    first, echo = asyncio.run(go())
+    assert json.loads(first) == ["host", "connection", "upgrade", "sec-websocket-key"]  # written by h2ws.rs
+    assert echo == "echo hello"
 
 
 def test_an_idle_http2_connection_is_closed_after_the_keepalive_timeout_but_not_while_a_request_is_open(nodes, tmp_path):
