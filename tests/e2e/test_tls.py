@@ -268,19 +268,35 @@ class H2WebSocket:
             self.tls.sendall(self.conn.data_to_send())
 
     def send(self, payload: bytes, opcode: int = 2) -> None:
-        mask = os.urandom(4)
-        frame = bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.conn.send_data(self.stream, frame)
-        self.tls.sendall(self.conn.data_to_send())
+        size = len(payload)
+        length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 127]) + size.to_bytes(8, "big")
+        mask = os.urandom(4) * (size // 4 + 1)
+        frame = bytes([0x80 | opcode]) + length + mask[:4] + (int.from_bytes(payload, "big") ^
+                                                               int.from_bytes(mask[:size], "big")).to_bytes(size, "big")
+        view = memoryview(frame)
+        while view:  # within the stream's and the connection's flow-control windows
+            window = min(self.conn.local_flow_control_window(self.stream), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.until(self.events.WindowUpdated)
+                continue
+            self.conn.send_data(self.stream, view[:window].tobytes())
+            self.tls.sendall(self.conn.data_to_send())
+            view = view[window:]
 
     def recv(self) -> tuple[int, bytes]:
-        """The next server frame (unmasked, short): its opcode and payload."""
-        while len(self.data) < 2 or len(self.data) < 2 + (self.data[1] & 0x7F):
+        """The next server frame (unmasked, unfragmented): its opcode and payload."""
+        while True:
+            data = self.data
+            if len(data) >= 2:
+                size, start = data[1] & 0x7F, 2
+                if size == 126:
+                    size, start = int.from_bytes(data[2:4], "big"), 4
+                elif size == 127:
+                    size, start = int.from_bytes(data[2:10], "big"), 10
+                if len(data) >= start + size:
+                    self.data = data[start + size:]
+                    return data[0] & 0x0F, data[start:start + size]
             self.until(self.events.DataReceived)
-        size = self.data[1] & 0x7F
-        assert size < 126
-        frame, self.data = self.data[:2 + size], self.data[2 + size:]
-        return frame[0] & 0x0F, frame[2:]
 
     def close(self) -> None:
         self.tls.close()
@@ -301,6 +317,9 @@ def test_a_websocket_over_http2_is_served_by_extended_connect(nodes, tmp_path):
         assert opcode == 1 and json.loads(greeting)["scheme"] == "wss"
         ws.send(b"ping")
         assert ws.recv() == (2, b"ping")
+        big = os.urandom(300_000)  # past the h2 windows and the relay's buffers, both ways
+        ws.send(big)
+        assert ws.recv() == (2, big)
         # Quiet past the keep-alive timeout: an open WebSocket stream keeps its connection.
         time.sleep(2.5)
         ws.send(b"text message", opcode=1)
