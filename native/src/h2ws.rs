@@ -33,6 +33,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const HEAD_LIMIT: usize = 16 * 1024;
 /// A refusal's body, at most; more is cut (the node sends a short JSON or text).
 const BODY_LIMIT: usize = 64 * 1024;
+/// How long the node may take to answer the handshake: the app decides when it accepts
+/// (an HTTP/1.1 client simply waits), so this only bounds what a stuck one holds here.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a refusal's body may take once its head came.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether `req` opens a WebSocket (extended CONNECT with `:protocol websocket`).
 pub fn is_websocket<B>(req: &hyper::Request<B>) -> bool {
@@ -74,20 +79,19 @@ pub async fn serve<K: Send + 'static>(info: Arc<ConnInfo>, mut req: hyper::Reque
     if !handoff::send(gw.control_fd, &handoff::message(&info, &svc.name, &head), theirs.into()) {
         return unavailable(gw, "the node did not take the WebSocket");
     }
-    let timeout = Duration::from_secs_f64(gw.settings.header_timeout.max(1.0));
-    let Ok(Ok(answer)) = tokio::time::timeout(timeout, read_answer(&mut ours)).await else {
+    let Ok(Ok(answer)) = tokio::time::timeout(ANSWER_TIMEOUT, read_answer(&mut ours)).await else {
         return unavailable(gw, "the node did not answer the WebSocket handshake");
     };
     if answer.status != 101 {
         let mut resp = answer.response();
-        if let Ok(Ok(body)) = tokio::time::timeout(timeout, read_body(&mut ours, answer.length, answer.rest)).await {
+        if let Ok(Ok(body)) = tokio::time::timeout(BODY_TIMEOUT, read_body(&mut ours, answer.length, answer.rest)).await {
             *resp.body_mut() = GwBody::full(Bytes::from(body));
         }
         return resp;
     }
     let upgrade = hyper::upgrade::on(&mut req);
-    let rest = answer.rest.clone();
     let mut resp = answer.response();
+    let rest = answer.rest;
     *resp.status_mut() = hyper::StatusCode::OK;
     tokio::spawn(async move {
         if let Ok(stream) = upgrade.await {
