@@ -226,6 +226,18 @@ def goaway_or_close(port: int, context: ssl.SSLContext) -> str:
                 tls.sendall(conn.data_to_send())
 
 
+def native_tls_node(nodes, tmp_path: Path, name: str, source: str, *args: str) -> tuple[Any, Pki, int]:
+    """A node on the native gateway with TLS (a certificate ``name`` from a fresh CA),
+    serving ``source`` as a one-worker service: the node, the CA, the port."""
+    binary = native_binary()
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.server(name)
+    service = make_service(tmp_path, name, source, f'name = "{name}"\nworkers = 1\n')
+    node = nodes.start(service, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key), *args),
+                       env={"ANYCORE_GATEWAY_BIN": binary})
+    return node, pki, int(node.url.rsplit(":", 1)[1])
+
+
 class H2WebSocket:
     """A WebSocket over one HTTP/2 stream (RFC 8441), spoken with the ``h2`` library and
     hand-made frames (RFC 6455: the client masks; the test's messages are short)."""
@@ -303,13 +315,7 @@ class H2WebSocket:
 
 
 def test_a_websocket_over_http2_is_served_by_extended_connect(nodes, tmp_path):
-    binary = native_binary()
-    pki = Pki(tmp_path / "pki")
-    cert, key = pki.server("h2ws")
-    echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
-    node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key),
-                                   "--keepalive-timeout", "1"), env={"ANYCORE_GATEWAY_BIN": binary})
-    port = int(node.url.rsplit(":", 1)[1])
+    node, pki, port = native_tls_node(nodes, tmp_path, "echo", ECHO, "--keepalive-timeout", "1")
     ws = H2WebSocket(port, pki.context(), "/ws")
     try:
         assert ws.status == 200
@@ -366,12 +372,7 @@ def test_chromium_opens_its_websocket_over_the_pages_http2_connection(nodes, tmp
 
     from tests.browser import Browser
 
-    binary = native_binary()
-    pki = Pki(tmp_path / "pki")
-    cert, key = pki.server("browser")
-    page_service = make_service(tmp_path, "page", PAGE, 'name = "page"\nworkers = 1\n')
-    node = nodes.start(page_service, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key)),
-                       env={"ANYCORE_GATEWAY_BIN": binary})
+    node, _, _ = native_tls_node(nodes, tmp_path, "page", PAGE)
 
     async def go() -> tuple[str, str]:
         async with Browser() as browser:
@@ -387,13 +388,7 @@ def test_chromium_opens_its_websocket_over_the_pages_http2_connection(nodes, tmp
 
 
 def test_an_idle_http2_connection_is_closed_after_the_keepalive_timeout_but_not_while_a_request_is_open(nodes, tmp_path):
-    binary = native_binary()
-    pki = Pki(tmp_path / "pki")
-    cert, key = pki.server("idle")
-    echo = make_service(tmp_path, "echo", ECHO, 'name = "echo"\nworkers = 1\n')
-    node = nodes.start(echo, args=("--gateway", "native", "--tls-cert", str(cert), "--tls-key", str(key),
-                                   "--keepalive-timeout", "1"), env={"ANYCORE_GATEWAY_BIN": binary})
-    port = int(node.url.rsplit(":", 1)[1])
+    node, pki, port = native_tls_node(nodes, tmp_path, "echo", ECHO, "--keepalive-timeout", "1")
     assert goaway_or_close(port, pki.context()) in ("goaway", "closed")
     with httpx.Client(base_url=node.url, http2=True, verify=pki.context(), timeout=20) as h2:
         slow = h2.get("/sleep?2.5")  # silent for longer than the keep-alive timeout, with a stream open
