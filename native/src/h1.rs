@@ -187,11 +187,16 @@ async fn next_out(out: &mut Out) -> OutEvent {
     }
 }
 
-async fn next_in(upload: &mut Upload) -> InEvent {
+/// What the request body waits on. `credit` is what the exchange loop saw when it chose
+/// whether to read the socket: out of credit (it is not reading), the gate is waited on —
+/// `wait` returns at once if credit came since. Reading `avail` again here instead once
+/// wedged an upload: credit added by a worker's reader on another thread between the
+/// loop's look and this one left the loop neither reading nor waiting, for good.
+async fn next_in(upload: &mut Upload, credit: bool) -> InEvent {
     match upload {
         Upload::Unplaced(rx, _) => InEvent::Started(rx.await),
         // Only out of credit is there something to wait for (with credit, the socket is).
-        Upload::Pumping(st, _, _) if st.gate.avail.load(Ordering::Acquire) <= 0 => {
+        Upload::Pumping(st, _, _) if !credit => {
             st.gate.wait().await;
             InEvent::Credit
         }
@@ -601,7 +606,7 @@ where
                         out = Out::Done;
                     }
                 },
-                ev = next_in(&mut x.upload) => match ev {
+                ev = next_in(&mut x.upload, credit) => match ev {
                     InEvent::Started(Ok(started)) => {
                         if let Upload::Unplaced(_, left) = std::mem::replace(&mut x.upload, Upload::Done) {
                             x.upload = Upload::Pumping(started, left, 0);
@@ -1080,5 +1085,20 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
         assert!(out.contains("content-length: ") && out.ends_with("connection: close\r\n\r\n"), "{out}");
         assert!(took < Duration::from_secs(1)); // HTTP/1.0 without keep-alive: closed at once
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_the_loop_saw_out_of_credit_wakes_for_credit_that_came_since() {
+        // The wedge: the exchange loop looked, saw no credit and stopped reading the socket;
+        // a worker's reader (another thread) then added credit before the wait began.
+        let gate = crate::gateway::CreditGate::new();
+        gate.avail.store(0, Ordering::Release);
+        let started = Started { worker: 1, gate: gate.clone(), max_body: 1 << 30 };
+        let mut upload = Upload::Pumping(started, Left::Length(10), 0);
+        gate.add(5);
+        let woke = tokio::time::timeout(Duration::from_secs(1), next_in(&mut upload, false)).await;
+        assert!(matches!(woke, Ok(InEvent::Credit)), "the loop must be woken to read again");
+        // Having seen credit, the loop reads the socket: nothing to wait for here.
+        assert!(tokio::time::timeout(Duration::from_secs(1), next_in(&mut upload, true)).await.is_err());
     }
 }
