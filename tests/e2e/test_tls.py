@@ -25,7 +25,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +248,7 @@ class H2WebSocket:
         import h2.settings
 
         self.events = h2.events
+        self.terminated = False  # a GOAWAY came
         context.set_alpn_protocols(["h2"])
         self.tls = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -271,6 +271,8 @@ class H2WebSocket:
             data = self.tls.recv(65536)  # the socket's timeout bounds the wait
             assert data, "the connection closed"
             for event in self.conn.receive_data(data):
+                if isinstance(event, self.events.ConnectionTerminated):
+                    self.terminated = True
                 if isinstance(event, self.events.DataReceived):
                     self.data += event.data
                     self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -326,10 +328,14 @@ def test_a_websocket_over_http2_is_served_by_extended_connect(nodes, tmp_path):
         big = os.urandom(300_000)  # past the h2 windows and the relay's buffers, both ways
         ws.send(big)
         assert ws.recv() == (2, big)
-        # Quiet past the keep-alive timeout: an open WebSocket stream keeps its connection.
-        time.sleep(2.5)
+        # Quiet past the keep-alive timeout: two new idle connections, one after the other,
+        # are ended for it meanwhile (waited for, bounded), while the connection with an
+        # open WebSocket stream gets no GOAWAY.
+        for _ in range(2):
+            assert goaway_or_close(port, pki.context()) in ("goaway", "closed")
         ws.send(b"text message", opcode=1)
         assert ws.recv() == (2, b"text message")
+        assert not ws.terminated
         ws.send(b"\x03\xe8", opcode=8)  # close, 1000: the node closes back
         assert ws.recv()[0] == 8
     finally:
