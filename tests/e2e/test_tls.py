@@ -239,7 +239,7 @@ def native_tls_node(nodes, tmp_path: Path, name: str, source: str, *args: str) -
 
 class H2WebSocket:
     """A WebSocket over one HTTP/2 stream (RFC 8441), spoken with the ``h2`` library and
-    hand-made frames (RFC 6455: the client masks; the test's messages are short)."""
+    hand-made frames (RFC 6455: the client masks; each message is one frame)."""
 
     def __init__(self, port: int, context: ssl.SSLContext, path: str) -> None:
         import h2.config
@@ -266,7 +266,8 @@ class H2WebSocket:
         self.data = b""
 
     def until(self, kind: type) -> Any:
-        """Reads until an event of ``kind`` (on our stream, for stream events) arrives."""
+        """Reads until an event of ``kind`` arrives (the connection has only our stream),
+        keeping the stream's data in ``self.data`` and noting a GOAWAY."""
         while True:
             data = self.tls.recv(65536)  # the socket's timeout bounds the wait
             assert data, "the connection closed"
