@@ -147,8 +147,12 @@ def test_a_client_that_floods_an_app_that_never_receives_is_slowed_not_buffered(
 
 @NATIVE_ONLY
 def test_deflate_websockets_opened_and_closed_leave_node_memory_flat(nodes, tmp_path):
-    """5 x (open 300 permessage-deflate WebSockets, one message each, close them)."""
-    node = nodes.start(make_service(tmp_path, "ws", APP, CONFIG))
+    """8 x (open 300 permessage-deflate WebSockets, one message each, close them)."""
+    # glibc keeps freed heap memory for reuse, so the node's RSS shows what the allocator
+    # holds, not what the node does. With blocks over 4 KiB mapped on their own and the
+    # heap's top trimmed at every free, freed zlib buffers leave RSS; what stays is held.
+    node = nodes.start(make_service(tmp_path, "ws", APP, CONFIG),
+                       env={"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096:glibc.malloc.trim_threshold=0"})
     url = node.url.replace("http://", "ws://") + "/echo"
 
     async def cycle() -> None:
@@ -165,15 +169,18 @@ def test_deflate_websockets_opened_and_closed_leave_node_memory_flat(nodes, tmp_
         return node.service("ws")["websockets"] == 0
 
     samples = []
-    for _ in range(6):
+    for _ in range(8):
         asyncio.run(cycle())
         wait_for(closed_everywhere, 20, what="every WebSocket closed in the node")
         samples.append(rss_mib(node.proc.pid))
-    # The first cycle warms the allocator. After it, a leak grows the node by the same
-    # amount every cycle (before the fix: ~30 MiB, about a third of its size, per 300);
-    # what remains is the allocator's high-water mark settling (malloc_trim returns it; a
-    # node without deflate shows the same shape), well under 10 % per cycle.
-    per_cycle = (samples[-1] - samples[0]) / (len(samples) - 1)
+    # A leak grows the node by the same amount every cycle (before the fix: ~30 MiB, about
+    # a third of its size, per 300). Python's own arenas and the heap's fragmentation also
+    # grow, but less each cycle until they settle: 45, 47, 49, 51, 51, 53, 53, 53 MiB here
+    # (without the tunables: 44, 53, 62, 66, 67, 67 in CI, which failed a slope taken from
+    # the first cycle). So the slope is judged over the last half of the cycles only,
+    # where settling has flattened and a leak has not.
+    half = len(samples) // 2
+    per_cycle = (samples[-1] - samples[half - 1]) / (len(samples) - half)
     assert per_cycle <= 0.10 * samples[0], f"node RSS per cycle (MiB): {[round(s, 1) for s in samples]}"
 
 
