@@ -7,6 +7,7 @@ it was given, so what reached it is read from the response body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import websockets
 
 from tests.conftest import RunningNode, make_service, wait_for
 from tests.e2e.planes import gateway  # noqa: F401 (a fixture)
@@ -25,6 +28,15 @@ ECHO = """
 import asyncio, json, os
 
 async def app(scope, receive, send):
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if scope["path"] == "/refuse":
+            await send({"type": "websocket.close"})  # before accept: the client gets 403
+            return
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": "echo:" + message["text"]})
+        return
     if scope["type"] != "http":
         return
     while (await receive()).get("more_body"):
@@ -104,6 +116,41 @@ def test_request_ids_traceparent_json_access_log_and_a_502_s_line(nodes, tmp_pat
     # `anycore logs` still reads the rings.
     logs = node.cli("logs", "echo", "-n", "200")
     assert logs.returncode == 0 and "client-id-42" in logs.stdout and "request_id=doomed-7" in logs.stdout, logs.stderr
+
+
+def test_a_websocket_gets_one_access_line_when_it_ends(nodes, tmp_path, gateway):
+    """On both data planes (the native gateway hands WebSockets to the node, which writes
+    the line): status 101 or the refusal's, ``ms`` the connection's life, ``queued_ms``
+    the wait for the accept, ``bytes`` what the client got after the answer's head."""
+    node = nodes.start(echo(tmp_path, "ws"), args=("--access-log", "json", *gateway.get("args", ())),
+                       env=gateway.get("env"))
+    url = node.url.replace("http://", "ws://")
+
+    async def talk() -> None:
+        async with websockets.connect(url + "/ws?room=1", additional_headers={"x-request-id": "ws-7"},
+                                      compression=None) as ws:  # frames of known sizes
+            for text in ("one", "two"):
+                await ws.send(text)
+                assert await asyncio.wait_for(ws.recv(), 30) == "echo:" + text
+            assert access("/ws") is None  # not while it is open
+            await asyncio.sleep(0.2)  # a life the line's ms must show
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url + "/refuse", open_timeout=30)
+        assert refused.value.response.status_code == 403
+
+    def access(path: str) -> dict[str, Any] | None:
+        return next((r for r in json_lines(node) if r.get("event") == "request" and r.get("path") == path), None)
+
+    asyncio.run(talk())
+    line = wait_for(lambda: access("/ws"), what="the WebSocket's access line")
+    assert line["status"] == 101 and line["method"] == "GET" and line["service"] == "ws"
+    assert line["request_id"] == "ws-7" and line["client"] == "127.0.0.1" and line["release"].startswith("ws@")
+    assert line["ms"] >= 200 and 0 <= line["queued_ms"] < line["ms"]
+    # Two text frames of "echo:one" and a close frame (2 + 8 each, 2 + 2): unmasked server frames.
+    assert line["bytes"] == 2 * (2 + 8) + 4
+    refused_line = wait_for(lambda: access("/refuse"), what="the refused WebSocket's access line")
+    assert refused_line["status"] == 403 and refused_line["bytes"] > 0
+    assert sum(1 for r in json_lines(node) if r.get("path") in ("/ws", "/refuse")) == 2  # one line each
 
 
 def test_combined_access_log_and_json_node_events(nodes, tmp_path, gateway):

@@ -24,6 +24,7 @@ connections are the ones ``anycore-gateway`` hands over (``adopt``, ``gateway.ha
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 import time
@@ -193,6 +194,8 @@ class Gateway:
                               *(k + b": " + v + b"\r\n" for k, v in exchange.headers), b"\r\n"])
         session = WebSocketSession(conn.transport, exchange.client or conn.client, conn.server, self.websockets)
         session.scheme = "wss" if exchange.scheme == "https" else "ws"
+        if self.access_log is not None:
+            session.ended = functools.partial(self._websocket_ended, exchange)
         if session.start(handshake) is None:
             return
         found = self.route(host, path)
@@ -219,8 +222,20 @@ class Gateway:
         dispatched = exchange.dispatched_at
         self.stats.record(service.name if service is not None else "", exchange.release, status, now - exchange.created,
                           dispatched - exchange.created if dispatched else None)
-        if self.access_log is None:
-            return
+        if self.access_log is not None:
+            self._access_line(exchange, now, service.name if service is not None else "")
+
+    def _websocket_ended(self, exchange: Exchange, session: WebSocketSession) -> None:
+        """A WebSocket's access line, written when its connection ends, as nginx does: its
+        status is the handshake's (101, or the refusal's), ``ms`` the connection's life,
+        ``queued_ms`` the wait for the app's accept, ``bytes`` what the client got after
+        the answer's head. Not in the request stats: a connection's life is not a latency."""
+        exchange.status, exchange.body_sent, exchange.release = session.status, session.sent, session.release
+        exchange.dispatched_at = session.accepted_at
+        self._access_line(exchange, self._time(), session.service.name if session.service is not None else "")
+
+    def _access_line(self, exchange: Exchange, now: float, service: str) -> None:
+        assert self.access_log is not None
         queued = (exchange.dispatched_at or now) - exchange.created
         client = exchange.conn.client[0] if exchange.conn.client else None
         fields: dict[str, object] = dict(
@@ -232,7 +247,7 @@ class Gateway:
         line = ""
         if self.access_log is LogFormat.COMBINED:
             line = self._combined(exchange, client, time.time() - (now - exchange.created))
-        self.log.access(self.access_log, exchange.service.name if exchange.service else "", fields, line)
+        self.log.access(self.access_log, service, fields, line)
 
     @staticmethod
     def _combined(exchange: Exchange, client: str | None, received: float) -> str:

@@ -30,7 +30,7 @@ import asyncio
 import itertools
 import random
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 
@@ -76,6 +76,13 @@ class WebSocketSession(asyncio.Protocol):
         self.service: RequestSink | None = None
         self.accepted = False
         self.closed = False
+        # For the access line written when the connection ends (``ended``, set by the
+        # gateway while the log is on): the handshake answer's status (101, or a refusal's),
+        # when the app accepted, and the bytes the client got after the answer's head.
+        self.status = 0
+        self.accepted_at = 0.0
+        self.sent = 0
+        self.ended: Callable[[WebSocketSession], None] | None = None
         self.fragments: list[bytes] = []
         self.fragment_text = False
         self.release = ""
@@ -157,7 +164,8 @@ class WebSocketSession(asyncio.Protocol):
                 response.headers[name.decode("latin-1")] = value.decode("latin-1")
             response.headers["anycore-release"] = self.release
             self.protocol.send_response(response)
-            self.accepted = True
+            self._flush()  # the head, before ``accepted``: ``sent`` counts what follows it
+            self.accepted, self.accepted_at = True, asyncio.get_running_loop().time()
         elif type(frame) is wire.WsMsg:
             if frame.text is not None:
                 self.protocol.send_text(frame.text.encode())
@@ -378,6 +386,13 @@ class WebSocketSession(asyncio.Protocol):
     def _flush(self) -> None:
         for data in self.protocol.data_to_send():
             if data:
+                if not self.accepted and data.startswith(b"HTTP/1.1 "):
+                    # A handshake answer (ours, or websockets' own 400/426 to a bad one) is
+                    # one chunk, the first thing written: its status, and its body as sent.
+                    self.status = int(data[9:12])
+                    self.sent += len(data) - (data.find(b"\r\n\r\n") + 4)
+                else:
+                    self.sent += len(data)
                 self.transport.write(data)
             elif not self.transport.is_closing():
                 self.transport.close()  # an empty chunk means: close the TCP connection
@@ -440,6 +455,9 @@ class WebSocketSession(asyncio.Protocol):
         self.stalled_since = 0.0
         if self.service is not None:
             self.service.websocket_gone(self)
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended(self)
 
 
 def drain_delay(drain_timeout: float) -> float:
