@@ -63,7 +63,7 @@ from anycore.config import parse_route
 from anycore.errors import AnycoreError, ConfigError
 from anycore.gateway.http import Limits
 from anycore.gateway.server import Gateway
-from anycore.lifecycle import ServiceState
+from anycore.lifecycle import ServiceState, WorkerState
 from anycore.log import LogFormat, NodeLog, combined_line
 from anycore.router.core import WorkerSlots
 from anycore.stats import RequestStats
@@ -299,8 +299,11 @@ class NativeGateway:
         elif kind is dataplane.WorkerLost:
             worker = self.workers.get(message.worker)  # type: ignore[union-attr]
             self.log.event("gateway.worker_lost", worker=message.worker, inflight=message.inflight)  # type: ignore[union-attr]
-            if worker is not None:
-                worker.signal(signal.SIGKILL)  # no data socket, no use: its control EOF removes it
+            # No data socket, no use: kill it, and its control EOF removes it. Not a draining
+            # worker: its data socket closes as it exits by itself after Stop (killing it there
+            # turned a clean scale-down into "killed by SIGKILL"); its drain's timeout bounds that.
+            if worker is not None and worker.state is not WorkerState.DRAINING:
+                worker.signal(signal.SIGKILL)
         elif kind is dataplane.RequestCrashed:
             self._crashed(message)  # type: ignore[arg-type]
         elif kind is dataplane.AccessLog:

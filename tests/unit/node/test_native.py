@@ -19,6 +19,7 @@ import msgspec
 from anycore import dataplane, wire
 from anycore.config import ServiceConfig
 from anycore.gateway.http import Limits
+from anycore.lifecycle import WorkerState
 from anycore.log import NodeLog
 from anycore.node.native import NativeGateway
 from anycore.node.service import ServiceRuntime
@@ -208,6 +209,29 @@ async def test_an_unknown_message_is_ignored_a_lost_worker_is_killed_and_the_gat
     native.send(dataplane.RemoveWorker(1))  # nothing to send to: dropped, no error
     await asyncio.sleep(0.01)
     assert len(gone) == 1
+
+
+@run
+async def test_a_draining_worker_whose_data_socket_closes_as_it_exits_is_not_killed():
+    # After Stop a worker closes its sockets on its way to exit(0); the gateway may report
+    # its data socket lost first. Killing it then made a clean scale-down "killed by SIGKILL".
+    native, fake, runtime, _ = setup()
+    release = FakeRelease(runtime, "r1")
+    kills: list[tuple[int, int]] = []
+    draining, _ = worker(release, 1, kills)
+    serving, _ = worker(release, 2, kills)
+    for handle in (draining, serving):
+        handle.life.to(WorkerState.STARTING)
+        handle.life.to(WorkerState.READY)
+        runtime.worker_ready(handle)
+    await fake.expect(service("", False), dataplane.AddWorker("svc", "r1", 1, 4), dataplane.AddWorker("svc", "r1", 2, 4))
+    draining.life.to(WorkerState.DRAINING)  # as ReleaseSupervisor.drain_worker does
+    runtime.worker_draining(draining)
+    fake.say(dataplane.WorkerLost(1, 0))
+    fake.say(dataplane.WorkerLost(2, 0))  # a serving worker's lost data socket still kills it
+    await until(lambda: kills, "the kill of the serving worker")
+    await asyncio.sleep(0.01)
+    assert kills == [(1002, signal.SIGKILL)]
 
 
 @run
