@@ -1,5 +1,5 @@
 //! The access log on the native gateway (`--access-log`): one record per finished exchange,
-//! HTTP/1.1 (h1.rs) or an HTTP/2 stream (h2.rs), only when the node asks for it
+//! HTTP/1.1 (h1/) or an HTTP/2 stream (h2.rs), only when the node asks for it
 //! (`Settings.access_log`).
 //!
 //! The node owns the log (its formats, its rings for `anycore logs`, the dashboard's

@@ -1,7 +1,7 @@
 //! Bodies both ways under wire.py's credit window.
 //!
 //! Response: `GwBody::Stream` is fed by the worker's reader (Body frames, in order) and
-//! pulled by the connection (`h1.rs`, or hyper for HTTP/2) as the client's socket takes
+//! pulled by the connection (`h1/`, or hyper for HTTP/2) as the client's socket takes
 //! bytes; each chunk pulled pays its size back to the worker as Credit, so a worker never
 //! has more than WINDOW bytes buffered here for a slow client. Dropped before its end
 //! (the client left): Cancel.
@@ -144,7 +144,7 @@ impl HttpBody for GwBody {
 
 /// A request body still to come from the client, and who will read it.
 pub enum ReqBody {
-    /// HTTP/1.1 (`h1.rs`): the connection reads it from its own buffer and socket once
+    /// HTTP/1.1 (`h1/`): the connection reads it from its own buffer and socket once
     /// it hears where the request was placed.
     Conn(oneshot::Sender<Started>),
     /// A hyper body (HTTP/2): a `pump` task reads it.

@@ -125,7 +125,7 @@ impl Gateway {
         }))
     }
 
-    /// A connection refused a request itself (h1.rs): counted for the node.
+    /// A connection refused a request itself (h1/): counted for the node.
     pub fn refused(&self, status: u16) {
         let mut unrouted = self.unrouted.lock();
         *unrouted.refused.entry(status).or_insert(0) += 1;

@@ -1,6 +1,6 @@
 //! The client side: accept loops on the node's listening sockets (each connection is
 //! served by `h1::serve`), and the request path every transport shares — `submit`:
-//! route, admit, encode the Req frame, and the answer to wait for. HTTP/1.1 (`h1.rs`)
+//! route, admit, encode the Req frame, and the answer to wait for. HTTP/1.1 (`h1/`)
 //! calls it with a head parsed in place; HTTP/2 (hyper, `h2.rs`) through `handle`.
 //!
 //! Limits: `max_connections` (a semaphore; past it a new connection gets 503 and is

@@ -1,5 +1,5 @@
 //! HTTP/1.1 request heads and chunked bodies, parsed strictly and without I/O: bytes in,
-//! a `Head` (borrowing the connection's read buffer) or a `Refusal` out. `h1.rs` drives
+//! a `Head` (borrowing the connection's read buffer) or a `Refusal` out. `h1/` drives
 //! it; the unit tests below run it in memory.
 //!
 //! The rules are the Python gateway's (`gateway/http.py`, `gateway/chunked.py`): what two

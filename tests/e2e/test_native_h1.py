@@ -1,4 +1,4 @@
-"""HTTP/1.1 framing of ``anycore-gateway`` (native/src/h1.rs) on raw sockets, behind the
+"""HTTP/1.1 framing of ``anycore-gateway`` (native/src/h1/mod.rs) on raw sockets, behind the
 stand-in node and workers of tests/e2e/native_fake.py: HTTP/1.0 (an HTTP/1.1 status line,
 keep-alive only if asked, a streamed body ended by the close), HEAD, pipelined requests
 with bodies answered in order, a chunked upload past a frame's worth, ``Expect:

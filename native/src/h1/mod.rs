@@ -30,6 +30,11 @@
 //!   requests (closed). One `Sleep` per connection serves both: setting a deadline is a
 //!   store, and the timer, armed at most `step` (the shorter timeout) ahead, re-arms
 //!   itself when it fires early — so no timer is touched per request.
+//!
+//! Layout: this file reads requests and runs the exchange; `answer.rs` writes the answer's
+//! bytes (head, chunked or raw body, the gateway's refusals); `wait.rs` holds what an idle
+//! connection waits on (the shutdown's `Stop`, the one `Timer`); `tests.rs` runs one
+//! connection in memory.
 
 use crate::access;
 use crate::body::{GwBody, ReqBody, Started};
@@ -38,18 +43,25 @@ use crate::gateway::{self, Gateway, Resp, Service};
 use crate::handoff;
 use crate::http::{self, ConnInfo, Pending, Request, Submitted};
 use crate::parse::{self, Chunked, Framing, Parsed, Refusal, Upgrade};
-use crate::requestid::{self, Rid};
+use crate::requestid::Rid;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http_body::Body as _;
 use std::os::unix::io::OwnedFd;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{oneshot, Notify};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+mod answer;
+#[cfg(test)]
+mod tests;
+mod wait;
+
+use answer::{sent, Framing2};
+use wait::{Stop, Timer};
 
 /// Free room kept in the read buffer before a read.
 const READ: usize = 16 * 1024;
@@ -162,13 +174,6 @@ enum Out {
     Done,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Framing2 {
-    Raw,
-    Chunked,
-    Skip,
-}
-
 enum OutEvent {
     Answer(Result<Resp, oneshot::error::RecvError>),
     Chunk(Option<Result<Bytes, crate::body::Aborted>>),
@@ -267,7 +272,7 @@ where
                 if let Some(refusal) = parse::too_long(&self.buf, limit) {
                     return Err(Some(refusal));
                 }
-            } else if self.stop.0.flag.load(Ordering::Acquire) {
+            } else if self.stop.0.stopping() {
                 return Err(None);
             }
             if self.read_eof {
@@ -280,8 +285,8 @@ where
                 self.buf.reserve(READ);
             }
             let (stop, shard) = self.stop;
-            let stopping = stop.shards[shard].notified();
-            if self.buf.is_empty() && stop.flag.load(Ordering::Acquire) {
+            let stopping = stop.shard(shard).notified();
+            if self.buf.is_empty() && stop.stopping() {
                 return Err(None);
             }
             tokio::select! {
@@ -646,7 +651,7 @@ where
             access::push(self.gw, &rec.0, &rec.1);
         }
         let finished = matches!(x.upload, Upload::Done);
-        !close && x.keep_alive && finished && !self.stop.0.flag.load(Ordering::Acquire)
+        !close && x.keep_alive && finished && !self.stop.0.stopping()
     }
 
     /// Sends what the buffer holds of the request body to its worker while the credit
@@ -721,101 +726,6 @@ where
         Ok(())
     }
 
-    /// Writes the response head (and a whole body) into the write buffer.
-    fn begin(&mut self, resp: Resp, x: &mut Exchange, close: &mut bool) -> Out {
-        let (parts, body) = resp.into_parts();
-        let status = parts.status.as_u16();
-        let bodiless = status < 200 || status == 204 || status == 304;
-        let no_body = bodiless || x.head_method;
-        if let Some(rec) = x.access.as_deref_mut() {
-            rec.1 = access::Answer::of(self.gw, &parts);
-            if let GwBody::Full(Some(b)) = &body {
-                rec.1.bytes = if no_body { 0 } else { b.len() as u64 };
-            }
-        }
-        let out = &mut self.out;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(parts.status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("Unknown").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        let mut has_length = false;
-        for (name, value) in parts.headers.iter() {
-            if name == ::http::header::CONNECTION {
-                if value.as_bytes().eq_ignore_ascii_case(b"close") {
-                    *close = true;
-                    continue;
-                }
-            } else if name == ::http::header::TRANSFER_ENCODING {
-                continue; // the gateway frames the body itself
-            } else if name == ::http::header::CONTENT_LENGTH {
-                has_length = true;
-            } else if name.as_str() == requestid::HEADER {
-                continue; // the request's own id goes out (the one the app was given)
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        let framing = match &body {
-            GwBody::Full(b) => {
-                if !has_length && !bodiless {
-                    out.extend_from_slice(b"content-length: ");
-                    push_int(out, b.as_ref().map_or(0, |b| b.len()) as u64);
-                    out.extend_from_slice(b"\r\n");
-                }
-                if !matches!(x.upload, Upload::Done) {
-                    *close = true; // the rest of the request body will not be read
-                }
-                Framing2::Raw
-            }
-            GwBody::Stream(_) if no_body => Framing2::Skip,
-            GwBody::Stream(_) if has_length => Framing2::Raw,
-            GwBody::Stream(_) if !x.http10 => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                Framing2::Chunked
-            }
-            GwBody::Stream(_) => {
-                *close = true; // HTTP/1.0: the body ends with the connection
-                Framing2::Raw
-            }
-        };
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(x.rid.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        if *close || !x.keep_alive {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if x.http10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        match body {
-            GwBody::Full(b) => {
-                if let Some(b) = b.filter(|_| !no_body) {
-                    out.extend_from_slice(&b);
-                }
-                Out::Done
-            }
-            stream => Out::Streaming(stream, if no_body { Framing2::Skip } else { framing }),
-        }
-    }
-
-    fn chunk(&mut self, data: &[u8], framing: Framing2) {
-        match framing {
-            Framing2::Skip => {}
-            Framing2::Raw => self.out.extend_from_slice(data),
-            Framing2::Chunked => {
-                if data.is_empty() {
-                    return;
-                }
-                let _ = std::io::Write::write_fmt(&mut self.out, format_args!("{:x}\r\n", data.len()));
-                self.out.extend_from_slice(data);
-                self.out.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
@@ -832,26 +742,6 @@ where
     async fn refuse(&mut self, refusal: Refusal) {
         self.write_refusal(&refusal);
         self.close(true).await;
-    }
-
-    fn write_refusal(&mut self, refusal: &Refusal) {
-        self.gw.refused(refusal.status);
-        let resp = gateway::made(&self.gw.node_hv, None, refusal.status, refusal.error(), &refusal.detail, None);
-        let mut x = Exchange {
-            submitted: None,
-            svc: None,
-            id: 0,
-            upload: Upload::Done,
-            head_method: false,
-            http10: false,
-            keep_alive: false,
-            expect_continue: false,
-            body_timeout: Duration::ZERO,
-            rid: requestid::generate(),
-            access: None,
-        };
-        let mut close = true;
-        self.begin(resp, &mut x, &mut close);
     }
 
     /// Flushes, sends FIN, and (`linger`) reads on for a moment so the client gets the
@@ -891,214 +781,6 @@ where
     }
 }
 
-/// A streamed chunk's body bytes, for the access log's `bytes`.
-fn sent(x: &mut Exchange, data: &[u8], framing: Framing2) {
-    if let (Some(rec), false) = (x.access.as_deref_mut(), matches!(framing, Framing2::Skip)) {
-        rec.1.bytes += data.len() as u64;
-    }
-}
-
 fn body_late(timeout: Duration) -> Refusal {
     Refusal::new(408, format!("no request body bytes for {}s (body_timeout)", timeout.as_secs_f64()))
-}
-
-fn push_int(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-/// The gateway's shutdown as idle connections wait for it: a flag, and Notify shards, so
-/// that the wait each idle connection registers (a lock) is shared by 1/SHARDS of them,
-/// not by every connection on every thread (a `watch` receiver per connection would be).
-pub struct Stop {
-    flag: AtomicBool,
-    shards: Vec<Notify>,
-}
-
-const SHARDS: usize = 64;
-static STOP: OnceLock<Stop> = OnceLock::new();
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-impl Stop {
-    /// The gateway's Stop (the first call starts the task that watches `gw.shutdown`),
-    /// and a shard for one connection.
-    fn get(gw: &'static Gateway) -> (&'static Stop, usize) {
-        let stop = STOP.get_or_init(|| {
-            let mut rx = gw.shutdown.subscribe();
-            gw.rt.spawn(async move {
-                while !*rx.borrow() {
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-                if let Some(stop) = STOP.get() {
-                    stop.flag.store(true, Ordering::Release);
-                    for shard in &stop.shards {
-                        shard.notify_waiters();
-                    }
-                }
-            });
-            Stop { flag: AtomicBool::new(false), shards: (0..SHARDS).map(|_| Notify::new()).collect() }
-        });
-        (stop, NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS)
-    }
-}
-
-/// One deadline per connection on one `Sleep` (see the module's header).
-struct Timer {
-    sleep: Pin<Box<Sleep>>,
-    armed: Instant,
-    due: Instant,
-    step: Duration,
-}
-
-impl Timer {
-    /// `step`: the shortest of the usual delays (`set` with a shorter one resets the sleep).
-    fn new(step: Duration, first: Duration) -> Self {
-        let now = Instant::now();
-        Timer { sleep: Box::pin(tokio::time::sleep_until(now + step)), armed: now + step, due: now + first, step }
-    }
-
-    /// A store, unless `after` is shorter than `step` (a body timeout below the others).
-    fn set(&mut self, after: Duration) {
-        self.due = Instant::now() + after;
-        if self.due < self.armed {
-            self.armed = self.due;
-            self.sleep.as_mut().reset(self.due);
-        }
-    }
-
-    async fn expired(&mut self) {
-        loop {
-            self.sleep.as_mut().await;
-            let now = Instant::now();
-            if now >= self.due {
-                return;
-            }
-            self.armed = self.due.min(now + self.step);
-            self.sleep.as_mut().reset(self.armed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! One connection in memory (a duplex pipe for the socket) on a paused clock, against
-    //! a gateway with no services: every request is answered by the gateway itself.
-    use super::*;
-    use crate::control::Settings;
-    use std::sync::atomic::{AtomicBool, AtomicU64};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn gateway() -> &'static Gateway {
-        let settings = Settings {
-            node: "n1".into(),
-            max_connections: 10,
-            header_limit: 4096,
-            header_timeout: 10.0,
-            keepalive_timeout: 5.0,
-            threads: 1,
-            first_id: 0,
-            access_log: false,
-        };
-        let (shutdown, _) = tokio::sync::watch::channel(false);
-        Box::leak(Box::new(Gateway {
-            node_hv: gateway::static_value(&settings.node),
-            connections: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
-            settings,
-            control_fd: -1,
-            epoch: std::time::Instant::now(),
-            rt: tokio::runtime::Handle::current(),
-            next_id: AtomicU64::new(1),
-            services: Default::default(),
-            workers: Default::default(),
-            routes: parking_lot::RwLock::new(Arc::new(gateway::Routes { entries: Vec::new() })),
-            routes_gen: AtomicU64::new(0),
-            starting: AtomicBool::new(false),
-            unrouted: Default::default(),
-            shutdown,
-        }))
-    }
-
-    /// Sends `input` (then keeps the pipe open), returns all the gateway wrote until it
-    /// closed, and the virtual time that took.
-    async fn exchange(input: &[u8]) -> (String, Duration) {
-        let gw = gateway();
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let info = Arc::new(ConnInfo {
-            gw,
-            client_ip: "127.0.0.1".into(),
-            client_port: 1,
-            server_ip: String::new(),
-            server_port: 0,
-            scheme: "http",
-        });
-        let started = Instant::now();
-        tokio::spawn(serve(server, info, None));
-        client.write_all(input).await.unwrap();
-        let mut out = Vec::new();
-        client.read_to_end(&mut out).await.unwrap();
-        (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
-    }
-
-    fn statuses(out: &str) -> Vec<&str> {
-        let code = |c: &str| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit());
-        out.match_indices("HTTP/1.1 ").map(|(i, _)| out.get(i + 9..i + 12).unwrap_or("")).filter(|c| code(c)).collect()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn answers_come_in_order_and_a_refusal_closes() {
-        let (out, _) = exchange(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert_eq!(statuses(&out), ["404", "400"], "{out}"); // nothing after the refusal is read
-        assert!(out.contains("an HTTP/1.1 request needs a Host header") && out.ends_with("}"), "{out}");
-        assert!(out.contains("connection: close"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_head_that_stops_coming_is_408_after_the_header_timeout() {
-        let (out, took) = exchange(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
-        assert_eq!(statuses(&out), ["408"], "{out}");
-        assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(11), "{took:?}");
-        let (out, took) = exchange(b"").await; // never a byte: closed, nothing said
-        assert_eq!((out.as_str(), took.as_secs()), ("", 10));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_keep_alive_connection_closes_after_the_keepalive_timeout() {
-        let (out, took) = exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert_eq!(statuses(&out), ["404"]);
-        assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(6), "{took:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn http10_and_head_are_framed_for_their_client() {
-        let (out, took) = exchange(b"HEAD / HTTP/1.0\r\n\r\n").await;
-        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
-        assert!(out.contains("content-length: ") && out.ends_with("connection: close\r\n\r\n"), "{out}");
-        assert!(took < Duration::from_secs(1)); // HTTP/1.0 without keep-alive: closed at once
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_body_the_loop_saw_out_of_credit_wakes_for_credit_that_came_since() {
-        // The wedge: the exchange loop looked, saw no credit and stopped reading the socket;
-        // a worker's reader (another thread) then added credit before the wait began.
-        let gate = crate::gateway::CreditGate::new();
-        gate.avail.store(0, Ordering::Release);
-        let started = Started { worker: 1, gate: gate.clone(), max_body: 1 << 30 };
-        let mut upload = Upload::Pumping(started, Left::Length(10), 0);
-        gate.add(5);
-        let woke = tokio::time::timeout(Duration::from_secs(1), next_in(&mut upload, false)).await;
-        assert!(matches!(woke, Ok(InEvent::Credit)), "the loop must be woken to read again");
-        // Having seen credit, the loop reads the socket: nothing to wait for here.
-        assert!(tokio::time::timeout(Duration::from_secs(1), next_in(&mut upload, true)).await.is_err());
-    }
 }
