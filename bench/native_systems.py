@@ -28,7 +28,7 @@ def gateway_procs(system: System) -> dict[int, Proc]:
     name = system.name
     if name == "anycore":
         return {pid: p for pid, p in procs.items() if pid == system.proc.pid}  # type: ignore[union-attr]
-    if name == "anycore-native":
+    if name.startswith("anycore-native"):  # anycore-native-sN too (slots = N)
         return {pid: p for pid, p in procs.items() if "anycore-gateway" in cmdline(pid)}
     if name == "nginx-uvicorn":
         return {pid: p for pid, p in procs.items() if cmdline(pid).startswith("nginx")}
@@ -36,11 +36,20 @@ def gateway_procs(system: System) -> dict[int, Proc]:
 
 
 class AnycoreNative(Anycore):
-    name = "anycore-native"
+    """``slots``: a service setting other than the default (named anycore-native-sN)."""
+
     gateway = "native"
+
+    def __init__(self, slots: int = 0) -> None:
+        super().__init__()
+        self.slots = slots
+        self.name = f"anycore-native-s{slots}" if slots else "anycore-native"
 
     def command(self, workers: int, scale_to_zero: bool) -> tuple[list[str], dict[str, str]]:
         cmd, env = super().command(workers, scale_to_zero)
+        if self.slots:
+            toml = self.work / "anycore.toml"
+            toml.write_text(toml.read_text() + f"slots = {self.slots}\n")
         python = VENVS / "anycore" / "bin" / "python"
         probe = subprocess.run([str(python), "-c", "from anycore.node.native import find_binary; "
                                               "print(find_binary() or '')"], capture_output=True, text=True)

@@ -6,17 +6,19 @@ every process of the system, and the gateway's own CPU per request (the processe
 native_systems.gateway_procs names: anycore's node, anycore-gateway, nginx). Stage-1 gate:
 anycore-gateway ≤ 10 core-µs per hello request, and anycore-native ≥ 1.0× uvicorn on hello
 at c=32 and c=256. Systems take turns (ABAB), each started fresh per app and round.
-``BENCH_NATIVE_APPS=hello`` runs one app only.
+``BENCH_NATIVE_APPS=hello`` runs one app only; ``BENCH_NATIVE_SLOTS=32,64`` adds anycore-native
+with those slots per worker (anycore-native-s32, ...: what the default of 8 costs here).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 from common import APPS, Ctx, load1
 from load import wrk
-from native_systems import gateway_procs
+from native_systems import AnycoreNative, gateway_procs
 from procs import cpu_seconds
 from systems import http_get
 
@@ -27,11 +29,17 @@ EXPECTED = {"hello": b"Hello, world!", "fastapi": b'{"hello":"world"}', "cpu1ms"
 
 
 def run(ctx: Ctx) -> dict[str, Any]:
+    names = list(SYSTEMS)
+    if "anycore-native" in ctx.systems:
+        extra = [AnycoreNative(int(n)) for n in os.environ.get("BENCH_NATIVE_SLOTS", "").split(",") if n.strip()]
+        at = names.index("anycore-native") + 1
+        names[at:at] = [system.name for system in extra]
+        ctx = dataclasses.replace(ctx, systems={**ctx.systems, **{system.name: system for system in extra}})
     result: dict[str, Any] = {"rows": [], "errors": {}, "connections": list(CONNECTIONS), "apps": APP_NAMES,
-                              "systems": [n for n in SYSTEMS if n in ctx.systems]}
+                              "systems": [n for n in names if n in ctx.systems]}
     for app in APP_NAMES:
         for r in range(ctx.mode.rounds):
-            for name in ctx.order(SYSTEMS, r):
+            for name in ctx.order(names, r):
                 system = ctx.systems[name]
                 with ctx.attempt(result, name) as ok:
                     if not ok:
