@@ -336,3 +336,57 @@ def test_ps_shows_desired_against_actual_workers_and_the_scalers_last_decision(
     # table may wrap the cell, so only its start is matched whole).
     assert re.search(r"┃ scaler\s", text.stdout)
     assert re.search(r"2→2 \[1\.\.2\] (demand above capacity|panic mode)", text.stdout), text.stdout
+
+
+CPU_APP = """
+import time
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    end = time.process_time() + 0.05  # 50 ms of CPU, however long the core takes to give it
+    spins = 0
+    while time.process_time() < end:
+        spins += 1
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(spins).encode()})
+"""
+
+
+def test_requests_that_compute_get_a_second_worker_though_one_workers_slots_hold_them(
+        nodes: NodeFactory, tmp_path: Path) -> None:
+    # 3 clients of a CPU-bound handler: by slots alone (3 < 32 x 0.3) one worker holds them
+    # all on one core; its busy core makes the scaler ask for more (at most one per request).
+    svc = make_service(tmp_path, "cpu", CPU_APP, """
+        name = "cpu"
+        min_workers = 1
+        max_workers = 2
+        slots = 32
+        target_utilization = 0.3
+    """)
+    node = nodes.start(svc)
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=node.url, timeout=30) as http:
+            while not stop.is_set():
+                statuses.append(http.get("/").status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: worker_count(node, "cpu") == 2, 30, what="a second worker for the busy core")
+        wait_for(lambda: len({w["pid"] for w in live(node, "cpu")["workers"] if w["served"]}) == 2, 30,
+                 what="both workers serving")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert statuses and all(s == 200 for s in statuses), statuses[:20]
+    up = events(node, "scale.up")[0]
+    assert up["desired"] == "2" and float(up["busy"]) >= 0.3 and float(up["demand"]) <= 3, up
+    scaler = live(node, "cpu")["scaler"]
+    assert "busy" in scaler, scaler

@@ -52,7 +52,9 @@ class Run:
 
 
 def simulate(limits: Limits, trace: Callable[[float], float], duration: float, *, start: int = 1,
-             drain_time: float = 1.0, max_queue: int = 20) -> Run:
+             drain_time: float = 1.0, max_queue: int = 20, cpu_bound: bool = False) -> Run:
+    """``cpu_bound``: each request in flight keeps a worker's core busy (busy cores =
+    min(in flight, workers)), as the release supervisor would measure it; else none."""
     scaler = Scaler(limits)
     run = Run(limits)
     current = start
@@ -64,7 +66,7 @@ def simulate(limits: Limits, trace: Callable[[float], float], duration: float, *
         inflight = min(demand, current * limits.slots)
         queued = min(demand - inflight, max_queue)
         rejected = demand - inflight - queued
-        scaler.observe(now, inflight, queued, rejected)
+        scaler.observe(now, inflight, queued, rejected, float(min(inflight, current)) if cpu_bound else 0.0)
         decision = scaler.decide(now, current, draining=len(drains))
         before = current
         if decision.desired > current:
@@ -80,7 +82,7 @@ def need(limits: Limits, demand: float) -> int:
     return math.ceil(demand / (limits.slots * limits.target_utilization) - 1e-9) if demand > 0 else 0
 
 
-def assert_no_oscillation_and_bounded_steps(run: Run) -> None:
+def assert_no_oscillation_and_bounded_steps(run: Run, cpu_bound: bool = False) -> None:
     lim = run.limits
     last_up = -math.inf
     for s in run.steps:
@@ -94,8 +96,9 @@ def assert_no_oscillation_and_bounded_steps(run: Run) -> None:
         if d.desired < s.before:
             assert d.desired == s.before - 1, f"a scale-down of more than one worker: {s}"
             assert s.now - last_up >= lim.scale_down_delay, f"scale-down {s.now - last_up:.2f}s after a scale-up: {s}"
-    # and never more workers than the highest need any sample asked for
-    peak = max(need(lim, s.demand) for s in run.steps)
+    # and never more workers than the highest need any sample asked for (CPU-bound: a
+    # worker per request at most)
+    peak = max(max(need(lim, s.demand), s.demand if cpu_bound else 0) for s in run.steps)
     assert max(s.after for s in run.steps) <= max(lim.min_workers, min(lim.max_workers, peak), run.steps[0].before)
 
 
@@ -202,9 +205,11 @@ def test_from_zero_the_first_request_wakes_a_worker_on_the_same_tick() -> None:
     delay=st.sampled_from([0.0, 2.0, 10.0, 30.0]),
     keep_warm=st.sampled_from([0.0, 5.0, 60.0]),
     drain_time=st.sampled_from([0.25, 1.0, 5.0]),
+    cpu_bound=st.booleans(),
 )
 def test_any_trace_stays_in_bounds_and_never_scales_down_soon_after_up(
     demands: list[int], hold: int, min_workers: int, extra: int, delay: float, keep_warm: float, drain_time: float,
+    cpu_bound: bool,
 ) -> None:
     lim = Limits(min_workers=min_workers, max_workers=max(1, min_workers + extra), slots=4,
                  scale_down_delay=delay, keep_warm=keep_warm, stable_window=10.0, panic_window=2.0)
@@ -213,8 +218,44 @@ def test_any_trace_stays_in_bounds_and_never_scales_down_soon_after_up(
     def trace(t: float) -> float:
         return float(demands[min(len(demands) - 1, int(t / span))])
 
-    run = simulate(lim, trace, span * len(demands) + 20.0, start=max(1, min_workers), drain_time=drain_time)
-    assert_no_oscillation_and_bounded_steps(run)
+    run = simulate(lim, trace, span * len(demands) + 20.0, start=max(1, min_workers), drain_time=drain_time,
+                   cpu_bound=cpu_bound)
+    assert_no_oscillation_and_bounded_steps(run, cpu_bound)
+
+
+# -- busy cores: the CPU a release's workers use -------------------------------------------------
+
+CPU_LIMITS = Limits(min_workers=1, max_workers=8, slots=8, target_utilization=0.7,
+                    scale_down_delay=10.0, keep_warm=60.0, stable_window=10.0, panic_window=2.0)
+
+
+def test_cpu_bound_requests_that_fit_one_workers_slots_get_a_core_each() -> None:
+    # 4 requests that compute: by slots one worker holds them (4 < 8 x 0.7), sharing one core.
+    run = simulate(CPU_LIMITS, lambda t: 4.0, 30.0, cpu_bound=True)
+    assert run.count_at(30.0) == 4
+    assert_no_oscillation_and_bounded_steps(run, cpu_bound=True)
+    first = run.ups[0].decision
+    assert first.busy == 1.0 and first.demand == 4.0  # the input that asked, as `anycore ps` shows it
+
+
+def test_the_same_requests_awaiting_io_stay_on_one_worker() -> None:
+    run = simulate(CPU_LIMITS, lambda t: 4.0, 30.0, cpu_bound=False)
+    assert not run.ups and run.count_at(30.0) == 1
+
+
+def test_busy_cores_never_ask_for_more_workers_than_requests_nor_any_without_demand() -> None:
+    scaler = Scaler(CPU_LIMITS)
+    scaler.observe(0.0, 2, 0, 0, busy=3.0)  # three cores busy with two requests (threads of the app)
+    assert scaler.decide(0.0, 1).desired == 2
+    idle = Scaler(CPU_LIMITS)
+    idle.observe(0.0, 0, 0, 0, busy=1.0)  # a worker computing with no request in flight: no need of more
+    assert idle.decide(0.0, 1).desired == 1
+
+
+def test_when_the_computing_ends_the_workers_shrink_back_one_at_a_time_after_the_delay() -> None:
+    run = simulate(CPU_LIMITS, lambda t: 4.0 if t < 20.0 else 0.0, 120.0, cpu_bound=True)
+    assert run.count_at(19.0) == 4 and run.count_at(120.0) == 1
+    assert_no_oscillation_and_bounded_steps(run, cpu_bound=True)
 
 
 # -- share: max-min fairness of the node's cores ----------------------------------------------------

@@ -13,7 +13,8 @@ def _scaler(info: dict[str, Any] | None) -> str:
         return ""
     text = f"{info['actual']}→{info['desired']} [{info['min']}..{info['max']}]"
     if info.get("reason"):
-        text += f" {info['reason']} (demand {info['demand']}, need {info['stable_need']}/{info['panic_need']})"
+        text += (f" {info['reason']} (demand {info['demand']}, busy {info.get('busy', 0)} cores, "
+                 f"need {info['stable_need']}/{info['panic_need']})")
     return text
 
 
@@ -24,7 +25,7 @@ def render_ps(reply: dict[str, Any]) -> None:
     services = Table("service", "state", "release", "workers", "inflight", "queued", "served", "rejected", "quarantined",
                      "scaler", "health")
     workers = Table("service", "worker", "pid", "release", "env", "state", "inflight", "websockets", "served", "restarts",
-                    "rss MiB", "uptime s")
+                    "cpu", "rss MiB", "uptime s")
     for svc in reply["services"]:
         live = svc["live"] or {}
         health = "crashlooping" if live.get("crashlooping") else ("failed: " + live["failure"] if live.get("failure") else "ok")
@@ -37,7 +38,8 @@ def render_ps(reply: dict[str, Any]) -> None:
             for w in release.get("workers", []):
                 workers.add_row(svc["name"], str(w["id"]), str(w["pid"]), w["release"], w.get("env", "node"),
                                 w["state"], f"{w['inflight']}/{w['slots']}",
-                                str(w.get("websockets", 0)), str(w["served"]), str(release.get("restarts", 0)), str(w["rss_mib"]), str(w["uptime"]))
+                                str(w.get("websockets", 0)), str(w["served"]), str(release.get("restarts", 0)),
+                                f"{w.get('cpu', 0.0) * 100:.0f}%", str(w["rss_mib"]), str(w["uptime"]))
     cluster = reply.get("cluster")
     if cluster and cluster["peers"]:
         console.print(f"cluster: {len(cluster['peers'])} peer(s) {', '.join(sorted(cluster['peers']))}; "

@@ -2,9 +2,18 @@
 
 Inputs, sampled on every tick and on every wake-up (a request arriving with no worker):
 the demand, which is requests in flight + queued + rejected since the last sample (a
-rejected request was demand we could not hold). From the samples the scaler keeps two
-averages, in the Knative style: a *stable* window (``stable_window`` s) and a short *panic*
-window (``panic_window`` s). The estimated need is ``ceil(demand / (slots * target))``.
+rejected request was demand we could not hold), and the busy cores: the CPU the release's
+ready workers used over the last second or so, in cores (a worker's loop is one). From the
+samples the scaler keeps two averages, in the Knative style: a *stable* window
+(``stable_window`` s) and a short *panic* window (``panic_window`` s). The estimated need
+is the larger of ``ceil(demand / (slots * target))`` and ``ceil(busy / target)``, the
+second never above the demand itself (a worker more than there are requests serves none).
+
+Why both. Slots alone count concurrency, as Knative does: right for a service that awaits
+I/O, blind to one that computes. Four CPU-bound requests fit one worker's 8 slots, so by
+slots alone they share one core while the others idle; their worker's busy core asks
+for a second. The CPU term only ever raises the need, so an I/O-bound service scales as
+before.
 
 Rules:
 - Up: straight to the need of the panic window when it exceeds the current count (a burst
@@ -62,35 +71,41 @@ class Decision:
     panic_need: int
     demand: float
     panic: bool
+    busy: float = 0.0  # cores the workers used (panic window), an input shown with the demand
 
 
 @dataclass
 class Scaler:
     limits: Limits
-    samples: deque[tuple[float, float]] = field(default_factory=deque)  # (time, demand)
+    samples: deque[tuple[float, float, float]] = field(default_factory=deque)  # (time, demand, busy cores)
     last_up: float = -math.inf
     last_demand: float = -math.inf  # last time demand was above zero
     panic_until: float = -math.inf
     last: Decision | None = None
 
-    def observe(self, now: float, inflight: int, queued: int, rejected: int) -> None:
+    def observe(self, now: float, inflight: int, queued: int, rejected: int, busy: float = 0.0) -> None:
+        """One sample; ``busy``: the cores the ready workers used lately (0 when unknown)."""
         demand = float(inflight + queued + rejected)
         if self.last_demand == -math.inf:
             self.last_demand = now  # keep_warm counts from the release's start, not from the epoch
-        self.samples.append((now, demand))
+        self.samples.append((now, demand, max(0.0, busy)))
         if demand > 0:
             self.last_demand = now
         horizon = now - max(self.limits.stable_window, self.limits.panic_window)
         while self.samples and self.samples[0][0] < horizon:
             self.samples.popleft()
 
-    def _average(self, now: float, window: float) -> float:
-        values = [d for t, d in self.samples if t >= now - window]
+    def _average(self, now: float, window: float, index: int = 1) -> float:
+        values = [sample[index] for sample in self.samples if sample[0] >= now - window]
         return sum(values) / len(values) if values else 0.0
 
-    def _need(self, demand: float) -> int:
-        per_worker = self.limits.slots * self.limits.target_utilization
-        return math.ceil(demand / per_worker - 1e-9) if demand > 0 else 0
+    def _need(self, demand: float, busy: float) -> int:
+        if demand <= 0:
+            return 0
+        target = self.limits.target_utilization
+        by_slots = math.ceil(demand / (self.limits.slots * target) - 1e-9)
+        by_cpu = min(math.ceil(busy / target - 1e-9), math.ceil(demand - 1e-9))
+        return max(by_slots, by_cpu)
 
     def decide(self, now: float, current: int, draining: int = 0, budget: int | None = None) -> Decision:
         """Desired worker count given ``current`` ready-or-starting workers (``draining`` leaving)."""
@@ -100,7 +115,8 @@ class Scaler:
         # The latest sample counts fully in the panic window: a burst is seen on its first tick.
         if self.samples:
             panic_demand = max(panic_demand, self.samples[-1][1])
-        stable_need, panic_need = self._need(stable), self._need(panic_demand)
+        stable_busy, panic_busy = self._average(now, lim.stable_window, 2), self._average(now, lim.panic_window, 2)
+        stable_need, panic_need = self._need(stable, stable_busy), self._need(panic_demand, panic_busy)
         ceiling = lim.max_workers if budget is None else max(lim.min_workers, min(lim.max_workers, budget))
         clamp = lambda n: max(lim.min_workers, min(ceiling, n))  # noqa: E731
 
@@ -125,7 +141,7 @@ class Scaler:
             reason = Reason.SCALING_DOWN if desired < current else (Reason.KEEP_WARM if current == 1 else Reason.STEADY)
         else:
             desired, reason = clamp(current), Reason.STEADY
-        self.last = Decision(desired, reason, stable_need, panic_need, round(panic_demand, 2), panic)
+        self.last = Decision(desired, reason, stable_need, panic_need, round(panic_demand, 2), panic, round(panic_busy, 2))
         return self.last
 
 

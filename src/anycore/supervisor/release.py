@@ -62,6 +62,7 @@ from anycore.supervisor.zygote import ZygoteHandle, start_zygote
 from anycore.tasks import TaskGroup
 
 HOUSEKEEPING = 0.25
+BUSY_INTERVAL = 1.0  # seconds of CPU time per measure of a worker's busy cores (the scaler's input)
 HANG_DUMP_GRACE = 0.5  # between SIGUSR1 (faulthandler dumps every stack) and SIGKILL
 ZygoteFactory = Callable[..., ZygoteHandle]  # start_zygote's signature
 _worker_ids = itertools.count(1)
@@ -423,14 +424,15 @@ class ReleaseSupervisor:
         # not undo the backoff of a crashlooping release by forking at once.
         current = self.live_count() + self.pending_restarts
         draining = sum(1 for w in self.workers.values() if w.state is WorkerState.DRAINING)
-        self.scaler.observe(now, inflight, queued, rejected)
+        busy = sum(w.sample_busy(now, BUSY_INTERVAL) for w in self.workers.values() if w.state is WorkerState.READY)
+        self.scaler.observe(now, inflight, queued, rejected, busy)
         decision = self.scaler.decide(now, current, draining, budget)
         self.target = decision.desired
         if decision.desired > current:
             if current == 0 and queued:
                 self.counts.cold_starts[self.release] = self.counts.cold_starts.get(self.release, 0) + 1
             self.log.event("scale.up", self.name, release=self.release, workers=current, desired=decision.desired,
-                           reason=decision.reason.value, demand=decision.demand)
+                           reason=decision.reason.value, demand=decision.demand, busy=decision.busy)
             for _ in range(decision.desired - current):
                 self._start_worker()
         elif decision.desired < current:
@@ -575,7 +577,7 @@ class ReleaseSupervisor:
         info: dict[str, object] = {"min": limits.min_workers, "max": limits.max_workers, "budget": self.budget,
                                    "desired": self.target, "actual": self.live_count()}
         if last is not None:
-            info.update(reason=last.reason.value, demand=last.demand, stable_need=last.stable_need,
+            info.update(reason=last.reason.value, demand=last.demand, busy=last.busy, stable_need=last.stable_need,
                         panic_need=last.panic_need, panic=last.panic)
         return info
 

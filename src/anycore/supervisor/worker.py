@@ -41,7 +41,8 @@ class WorkerHandle:
                  on_lost: Callable[["WorkerHandle"], None],
                  clock: Callable[[], float] | None = None,
                  kill: Callable[[int, int], None] = os.kill,
-                 on_enqueue: Callable[["WorkerHandle", wire.Enqueue], None] | None = None) -> None:
+                 on_enqueue: Callable[["WorkerHandle", wire.Enqueue], None] | None = None,
+                 cpu_time: Callable[[int], float | None] | None = None) -> None:
         self.id = worker_id
         self.release = release
         self.slots = slots
@@ -78,6 +79,9 @@ class WorkerHandle:
         self._on_done = on_done
         self._on_lost = on_lost
         self._clock = clock or asyncio.get_running_loop().time
+        self._cpu_time = cpu_time or process_cpu_seconds
+        self.busy = 0.0  # cores it used over its last measured interval (the scaler's CPU input)
+        self._cpu_mark: tuple[float, float] | None = None  # (when, its CPU seconds then)
         self._kill = kill
         self._on_enqueue = on_enqueue  # the app's anycore.enqueue (node.jobs answers with Enqueued)
 
@@ -206,6 +210,21 @@ class WorkerHandle:
             except ProcessLookupError:
                 pass
 
+    def sample_busy(self, now: float, interval: float) -> float:
+        """The cores it used since its last sample (``busy``), measured again once
+        ``interval`` s have passed; the first call only sets the mark, so CPU spent before
+        the caller started asking (imports, lifespan startup) never counts."""
+        if self._cpu_mark is not None and now - self._cpu_mark[0] < interval:
+            return self.busy
+        cpu = self._cpu_time(self.pid) if self.pid else None
+        if cpu is None:
+            return self.busy
+        if self._cpu_mark is not None:
+            when, before = self._cpu_mark
+            self.busy = max(0.0, (cpu - before) / (now - when)) if now > when else self.busy
+        self._cpu_mark = (now, cpu)
+        return self.busy
+
     def rss_mib(self) -> float:
         try:
             with open(f"/proc/{self.pid}/statm") as f:
@@ -219,4 +238,18 @@ class WorkerHandle:
             "id": self.id, "pid": self.pid, "release": self.release, "state": self.state.value,
             "inflight": inflight, "slots": self.slots, "served": served, "websockets": len(self.sockets),
             "uptime": round(now - self.started_at, 1), "rss_mib": round(self.rss_mib(), 1),
+            "cpu": round(self.busy, 2),
         }
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (/proc), None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, ValueError, IndexError):
+        return None
