@@ -9,7 +9,9 @@ its owner, the release's supervisor, which applies the policy.
 It counts nothing: requests in flight and served are the router's (one owner per fact),
 asked through ``ports.ReleaseOwner``. ``exchanges`` is the id -> target routing map, not a
 count. Why the node ended it is ``exit_reason`` (``lifecycle.ExitReason``: whether it was
-deliberate is decided there, in one place) plus ``exit_detail``, the human text.
+deliberate is decided there, in one place) plus ``exit_detail``, the human text. What it
+measures of its process, when asked: RSS, and ``busy``, the cores it used over its last
+second or so (CPU time from /proc, the scaler's second input besides the router's counts).
 
 Under the native gateway the handle also holds ``data``, the node's end of the worker's
 data socket, until the node hands it to the gateway, and ``stop_gate``: a drained
