@@ -76,7 +76,7 @@ pub async fn serve<K: Send + 'static>(info: Arc<ConnInfo>, mut req: hyper::Reque
     let Ok(mut ours) = ours.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(ours)) else {
         return unavailable(gw, "the gateway could not make a socket for the WebSocket");
     };
-    if !handoff::send(gw.control_fd, &handoff::message(&info, &svc.name, &head), theirs.into()) {
+    if !handoff::send(gw.control_fd, &handoff::message(&info, &svc.name, &head, "2"), theirs.into()) {
         return unavailable(gw, "the node did not take the WebSocket");
     }
     let Ok(Ok(answer)) = tokio::time::timeout(ANSWER_TIMEOUT, read_answer(&mut ours)).await else {

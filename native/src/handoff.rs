@@ -25,10 +25,10 @@ const RELAY_LINGER: Duration = Duration::from_secs(5);
 
 pub const UPGRADE: u64 = 54;
 
-/// `dataplane.Upgrade(service, buffered, client, server, scheme)`.
-pub fn message(info: &ConnInfo, service: &str, buffered: &[u8]) -> Vec<u8> {
+/// `dataplane.Upgrade(service, buffered, client, server, scheme, http_version)`.
+pub fn message(info: &ConnInfo, service: &str, buffered: &[u8], http_version: &str) -> Vec<u8> {
     let mut o = Vec::with_capacity(64 + service.len() + buffered.len());
-    w_array(&mut o, 6);
+    w_array(&mut o, 7);
     w_uint(&mut o, UPGRADE);
     w_str(&mut o, service);
     w_bin(&mut o, buffered);
@@ -43,6 +43,7 @@ pub fn message(info: &ConnInfo, service: &str, buffered: &[u8]) -> Vec<u8> {
         w_uint(&mut o, info.server_port as u64);
     }
     w_str(&mut o, info.scheme);
+    w_str(&mut o, http_version); // "2": `buffered` is the HTTP/1.1 head an h2 stream stands for (h2ws.rs)
     o
 }
 

@@ -227,6 +227,7 @@ class Upgrade(msgspec.Struct, array_like=True, tag=54):
     client: tuple[str, int]          # the socket's peer, as accepted (not from proxy headers)
     server: tuple[str, int] | None   # the socket's local address
     scheme: str = "http"             # "https" under TLS: the socket is then the gateway's relay
+    http_version: str = "1.1"        # "2": an HTTP/2 WebSocket stream (RFC 8441), relayed as HTTP/1.1
 
 
 class RequestCrashed(msgspec.Struct, array_like=True, tag=60):

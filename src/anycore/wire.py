@@ -141,6 +141,7 @@ class WsOpen(msgspec.Struct, array_like=True, tag=11):
     group: str = ""  # a key's sessions opened together: none handles a message before all are open
     size: int = 1
     scheme: str = "ws"  # "wss" behind a TLS proxy (proxy headers, gateway/proxy.py)
+    http_version: str = "1.1"  # "2": an HTTP/2 stream (RFC 8441) the native gateway turned into this socket
 
 
 class WsAccept(msgspec.Struct, array_like=True, tag=12):

@@ -48,7 +48,8 @@ async def app(scope, receive, send):
             await send({"type": "websocket.close"})
             return
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": json.dumps({"scheme": scope["scheme"], "client": scope["client"]})})
+        await send({"type": "websocket.send", "text": json.dumps({"scheme": scope["scheme"], "client": scope["client"],
+                                                                  "http_version": scope["http_version"]})})
         while (message := await receive())["type"] == "websocket.receive":
             await send({"type": "websocket.send", "bytes": message.get("bytes") or message["text"].encode()})
         return
@@ -146,7 +147,8 @@ def test_tls_serves_http2_by_alpn_and_http11_and_a_sighup_reload_keeps_open_conn
         assert answer.json()["http_version"] == "1.1"
         # A WebSocket over TLS: the node's Python code serves it, the gateway relays the bytes.
         with connect(node.url.replace("https://", "wss://") + "/ws", ssl=pki.context(), open_timeout=10) as ws:
-            assert json.loads(ws.recv(timeout=10))["scheme"] == "wss"
+            greeting = json.loads(ws.recv(timeout=10))
+            assert greeting["scheme"] == "wss" and greeting["http_version"] == "1.1"
             big = os.urandom(300_000)  # past the relay's and the sockets' buffers, both ways
             for message in (b"ping", big):
                 ws.send(message)
@@ -318,12 +320,13 @@ class H2WebSocket:
 
 
 def test_a_websocket_over_http2_is_served_by_extended_connect(nodes, tmp_path):
-    node, pki, port = native_tls_node(nodes, tmp_path, "echo", ECHO, "--keepalive-timeout", "1")
+    node, pki, port = native_tls_node(nodes, tmp_path, "echo", ECHO, "--keepalive-timeout", "1", "--access-log", "combined")
     ws = H2WebSocket(port, pki.context(), "/ws")
     try:
         assert ws.status == 200
         opcode, greeting = ws.recv()
-        assert opcode == 1 and json.loads(greeting)["scheme"] == "wss"
+        # The app's scope says HTTP/2, though the node's WebSocket code was handed HTTP/1.1.
+        assert opcode == 1 and json.loads(greeting)["scheme"] == "wss" and json.loads(greeting)["http_version"] == "2"
         ws.send(b"ping")
         assert ws.recv() == (2, b"ping")
         big = os.urandom(300_000)  # past the h2 windows and the relay's buffers, both ways
@@ -346,6 +349,8 @@ def test_a_websocket_over_http2_is_served_by_extended_connect(nodes, tmp_path):
         assert refused.status == 403
     finally:
         refused.close()
+    # Each WebSocket's access line, when it ends, names the protocol the client spoke.
+    assert node.wait_output(r'"GET /ws HTTP/2" 101 ') and node.wait_output(r'"GET /refuse HTTP/2" 403 ')
 
 
 PAGE = """
@@ -463,6 +468,6 @@ def test_proxy_headers_set_scheme_and_client_only_from_a_trusted_peer(nodes, tmp
         ws_url = node.url.replace("http://", "ws://") + "/ws"
         with connect(ws_url, additional_headers=forwarded, open_timeout=10) as ws:
             seen = json.loads(ws.recv(timeout=10))
-        assert seen == {"scheme": "wss", "client": ["203.0.113.7", 0]}
+        assert seen == {"scheme": "wss", "client": ["203.0.113.7", 0], "http_version": "1.1"}
         with connect(ws_url, additional_headers={"x-forwarded-proto": "http"}, open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["scheme"] == "ws"

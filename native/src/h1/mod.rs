@@ -775,7 +775,7 @@ where
         if self.flush().await.is_err() {
             return;
         }
-        let message = handoff::message(&self.info, service, &self.buf);
+        let message = handoff::message(&self.info, service, &self.buf, "1.1");
         let Some(fd) = handoff(self.io) else { return };
         handoff::send(self.gw.control_fd, &message, fd);
     }

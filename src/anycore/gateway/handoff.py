@@ -35,11 +35,12 @@ HEAD_END = b"\r\n\r\n"
 class AdoptedConnection(HttpConnection):
     def __init__(self, gateway: ConnectionOwner, buffered: bytes, client: tuple[str, int] | None,
                  server: tuple[str, int] | None, clock: Callable[[], float] | None = None,
-                 scheme: str = "http") -> None:
+                 scheme: str = "http", http_version: str = "1.1") -> None:
         super().__init__(gateway, clock)
         self._buffered = buffered
         self._addresses = (client, server)
         self._scheme = scheme
+        self.stands_for = http_version if http_version != "1.1" else ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -117,6 +117,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport: Any = None
         self.client: tuple[str, int] | None = None
         self.scheme = "http"  # "https" on a TLS listener (--tls-cert)
+        # Set on an adopted connection whose head stands for another protocol's request (an
+        # HTTP/2 WebSocket stream, "2"): the exchange's http_version, for its scope and log line.
+        self.stands_for = ""
         self.server: tuple[str, int] | None = None
         self.pipeline: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
@@ -444,6 +447,8 @@ class HttpConnection(asyncio.Protocol):
             self.clock(),
         )
         exchange.rid = rid
+        if self.stands_for:
+            exchange.http_version = self.stands_for
         if self.limits.proxy is not None:
             exchange.scheme, exchange.client = self.limits.proxy.resolve(self.scheme, self.client, self._headers)
         else:

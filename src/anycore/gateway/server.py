@@ -88,12 +88,13 @@ class Gateway:
         self.tasks.spawn(self._sweep(), "sweeper")
 
     async def adopt(self, sock: socket.socket, buffered: bytes, client: tuple[str, int] | None,
-                    server: tuple[str, int] | None, scheme: str = "http") -> None:
+                    server: tuple[str, int] | None, scheme: str = "http", http_version: str = "1.1") -> None:
         """Serve a client connection another data plane accepted, as if ours had: ``buffered``
         (its unconsumed bytes, from a request's head) first; ``scheme`` "https" when that
-        plane holds its TLS session. The transport owns ``sock``."""
+        plane holds its TLS session; ``http_version`` "2" when the head stands for an HTTP/2
+        stream (the scope and the access line say so). The transport owns ``sock``."""
         await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: AdoptedConnection(self, buffered, client, server, scheme=scheme), sock=sock)
+            lambda: AdoptedConnection(self, buffered, client, server, scheme=scheme, http_version=http_version), sock=sock)
 
     def reload_tls(self) -> str:
         """SIGHUP: load the TLS files again; new connections get them, open ones keep theirs."""
@@ -194,6 +195,7 @@ class Gateway:
                               *(k + b": " + v + b"\r\n" for k, v in exchange.headers), b"\r\n"])
         session = WebSocketSession(conn.transport, exchange.client or conn.client, conn.server, self.websockets)
         session.scheme = "wss" if exchange.scheme == "https" else "ws"
+        session.http_version = exchange.http_version
         if self.access_log is not None:
             session.ended = functools.partial(self._websocket_ended, exchange)
         if session.start(handshake) is None:

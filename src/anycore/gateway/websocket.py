@@ -59,6 +59,7 @@ _ids = itertools.count(10**12)  # distinct from HTTP exchange ids
 
 class WebSocketSession(asyncio.Protocol):
     scheme = "ws"  # the scope's: "wss" when proxy headers say the client came over TLS
+    http_version = "1.1"  # the scope's: "2" for an HTTP/2 stream the native gateway relays
 
     def __init__(self, transport: Any, client: tuple[str, int] | None, server: tuple[str, int] | None,
                  registry: set["WebSocketSession"] | None = None) -> None:
@@ -126,7 +127,7 @@ class WebSocketSession(asyncio.Protocol):
     def open_frame(self, path: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], root_path: str) -> wire.WsOpen:
         protocols = [p.strip() for k, v in headers if k == b"sec-websocket-protocol" for p in v.decode("latin-1").split(",")]
         return wire.WsOpen(self.id, path, raw_path, query, headers, protocols, self.client, self.server, root_path,
-                           scheme=self.scheme)
+                           scheme=self.scheme, http_version=self.http_version)
 
     def reject(self, status: int, text: str) -> None:
         if self.protocol.state is State.CONNECTING:  # else the client already left

@@ -46,7 +46,7 @@ class Handoffs:
         client = (message.client[0], message.client[1]) if message.client else None
         server = (message.server[0], message.server[1]) if message.server else None
         try:
-            await self.gateway.adopt(sock, message.buffered, client, server, message.scheme)
+            await self.gateway.adopt(sock, message.buffered, client, server, message.scheme, message.http_version)
         except (OSError, ValueError) as exc:  # not a stream socket, or already closed by the peer
             sock.close()
             self.gateway.log.event("gateway.handoff_failed", service=message.service, error=f"{type(exc).__name__}: {exc}")

@@ -297,7 +297,7 @@ class WsCycle:
 
 def build_ws_scope(frame: wire.WsOpen, state: dict[str, Any]) -> dict[str, Any]:
     return {
-        "type": "websocket", "asgi": ASGI_VERSION, "http_version": "1.1", "scheme": frame.scheme, "path": frame.path,
+        "type": "websocket", "asgi": ASGI_VERSION, "http_version": frame.http_version, "scheme": frame.scheme, "path": frame.path,
         "raw_path": frame.raw_path, "query_string": frame.query, "root_path": frame.root_path,
         "headers": frame.headers, "client": frame.client, "server": frame.server,
         "subprotocols": frame.subprotocols, "state": state.copy(),
