@@ -18,7 +18,8 @@ from tests.browser import Browser, RoutesServer
 
 def worker(wid: int, release: str, state: str, inflight: int, uptime: float) -> dict[str, Any]:
     return {"id": wid, "pid": 4000 + wid, "release": release, "state": state, "inflight": inflight, "slots": 4,
-            "served": 1200 * wid, "websockets": 0, "uptime": uptime, "rss_mib": 41.5 + wid, "env": "node"}
+            "served": 1200 * wid, "websockets": 0, "uptime": uptime, "rss_mib": 41.5 + wid, "env": "node",
+            "cpu": 0.07 * wid}
 
 
 class MadeUpNode:
@@ -109,7 +110,8 @@ def test_dashboard_page_draws_a_deploy_in_a_cluster() -> None:
                 await page.wait_for("!!document.querySelector('[data-service=shop] table.workers')", what="the shop card")
                 text = await page.evaluate("document.body.innerText")
                 for expected in ("shop@b2c4e6f8", "shop@a1b3c5d7", "draining", "n-91c2", "3/8", "traffic shifted to",
-                                 "killed by signal 9", "auth", "stopped", "rolled back", "No module named 'jwt'"):
+                                 "killed by signal 9", "auth", "stopped", "rolled back", "No module named 'jwt'",
+                                 "49%"):  # worker 7's CPU (0.49 of a core)
                     assert expected in text, expected
                 await page.wait_for("document.querySelectorAll('.step.done').length >= 5", what="the deploy's phases")
                 await page.wait_for("Number(document.body.dataset.frames) >= 3", 20, "two updates after the first frame")

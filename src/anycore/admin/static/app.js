@@ -307,14 +307,15 @@
           h("td", {}, `#${w.id}`), h("td", {}, chip(w.release)), h("td", {}, badge(draining && w.state === "ready" ? "draining" : w.state)),
           h("td", {}, h("span", { class: `bar ${frac >= 1 ? "full" : ""}`, style: { "--c": colour(w.release) } }, h("i", { style: { width: `${frac * 100}%` } })),
             `${num(w.inflight)}/${slots}`),
-          h("td", { class: "num" }, String(num(w.served))), h("td", { class: "num" }, `${num(w.rss_mib).toFixed(1)} MiB`),
+          h("td", { class: "num" }, String(num(w.served))), h("td", { class: "num" }, `${Math.round(num(w.cpu) * 100)}%`),
+          h("td", { class: "num" }, `${num(w.rss_mib).toFixed(1)} MiB`),
           h("td", { class: "num" }, duration(w.uptime)), h("td", { class: "num muted" }, String(w.pid || "–"))));
       }
     }
     if (!rows.length) return h("p", { class: "muted" }, "no workers");
     const th = (t, cls) => h("th", { class: cls || "" }, t);
     return h("table", { class: "workers" },
-      h("thead", {}, h("tr", {}, th("worker"), th("release"), th("state"), th("in flight / slots"), th("served", "num"), th("RSS", "num"),
+      h("thead", {}, h("tr", {}, th("worker"), th("release"), th("state"), th("in flight / slots"), th("served", "num"), th("CPU", "num"), th("RSS", "num"),
         th("uptime", "num"), th("pid", "num"))),
       h("tbody", {}, rows));
   }
