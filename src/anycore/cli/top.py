@@ -131,7 +131,7 @@ def render(picture: Picture) -> "Group":
                            f"{snap.get('connections', 0)} connections  {when}")
     services = Table("service", "state", "release", "req/s", "5xx/s", "p50", "p99", "in flight", "queued", "served",
                      "rejected", "last minute (req/s)", title="services", title_justify="left")
-    workers = Table("service", "worker", "release", "state", "in flight/slots", "served", "RSS MiB", "uptime", "pid",
+    workers = Table("service", "worker", "release", "state", "in flight/slots", "served", "CPU", "RSS MiB", "uptime", "pid",
                     title="workers", title_justify="left")
     for svc in snap.get("services", []):
         name = svc["name"]
@@ -150,7 +150,8 @@ def render(picture: Picture) -> "Group":
             for w in (release or {}).get("workers", []):
                 state_text = "draining" if draining and w["state"] == "ready" else w["state"]
                 workers.add_row(name, f"#{w['id']}", w["release"], _styled(state_text), f"{w['inflight']}/{w['slots']}",
-                                str(w.get("served", 0)), f"{w.get('rss_mib', 0):.1f}", f"{w.get('uptime', 0):.0f}s",
+                                str(w.get("served", 0)), f"{w.get('cpu', 0.0) * 100:.0f}%", f"{w.get('rss_mib', 0):.1f}",
+                                f"{w.get('uptime', 0):.0f}s",
                                 str(w.get("pid", "")))
     parts: list[Any] = [header, services, workers]
     cluster = snap.get("cluster")

@@ -12,7 +12,7 @@ from anycore.cli.top import AdminUnreachable, Picture, admin_url, render, sparkl
 
 def state(seq: int, full: bool, rps: float, events: list[dict[str, Any]]) -> dict[str, Any]:
     worker = {"id": 4, "pid": 99, "release": "shop@b", "state": "ready", "inflight": 1, "slots": 4, "served": 10,
-              "rss_mib": 20.5, "uptime": 12.0}
+              "rss_mib": 20.5, "uptime": 12.0, "cpu": 0.37}
     old = {"id": 1, "pid": 98, "release": "shop@a", "state": "ready", "inflight": 1, "slots": 4, "served": 10,
            "rss_mib": 20.5, "uptime": 99.0}
     return {"seq": seq, "full": full, "t": 1.7e9, "series": [{"service": "shop", "release": "shop@b",
@@ -39,6 +39,7 @@ def test_picture_accumulates_rates_and_events_and_renders_services_workers_event
     assert list(picture.rps[("shop", "shop@b")]) == [10.0, 20.0] and picture.seq == 6 and len(picture.events) == 1
     out = text(picture)
     assert "shop@b" in out and "#4" in out and "#1" in out and "draining" in out
+    assert "37%" in out  # worker 4's CPU: 0.37 of a core
     assert "service.shifted" in out and "20.0" in out and "10.0 ms" in out  # p99 of the live release
     picture.state["snapshot"]["cluster"] = {"peers": {"n2": {"gateway": "http://h:1", "seen_s_ago": 0.5, "free": {"shop": 1},
                                                              "services": {"shop": {"release": "shop@b", "workers": 1, "slots": 4,
